@@ -1,0 +1,52 @@
+"""referral_service: the backbone of a county's 基层首诊、疑难上转、康复回家 referral network."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from .config import load_config
+from .errors import register_error_handlers
+from .extensions import babel, csrf, database, limiter, login_manager
+from .logging_setup import configure_logging
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the application: settings, extensions, blueprints, error handlers."""
+    settings = load_config(config)
+    app = Flask(__name__, instance_relative_config=False)
+    app.config.update(settings)
+    app.config["RATELIMIT_STORAGE_URI"] = settings["RATELIMIT_STORAGE_URI"]
+    app.config["RATELIMIT_HEADERS_ENABLED"] = True
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    configure_logging(settings["LOG_LEVEL"], settings["LOG_JSON"])
+
+    database.configure(
+        settings["DATABASE_URL"], echo=settings["SQL_ECHO"], pool_size=settings["DATABASE_POOL_SIZE"]
+    )
+    csrf.init_app(app)
+    limiter.init_app(app)
+    login_manager.init_app(app)
+    babel.init_app(app)
+
+    from . import observability
+    from .api import fhir, oauth
+
+    observability.init_app(app)
+    app.register_blueprint(oauth.bp)
+    app.register_blueprint(fhir.bp)
+    register_error_handlers(app)
+
+    from .cli import register_cli
+
+    register_cli(app)
+    return app
+
+
+def main() -> None:
+    """Console entry point: `referral-service <command>` (the same commands as `flask`)."""
+    from flask.cli import FlaskGroup
+
+    FlaskGroup(create_app=lambda: create_app()).main()

@@ -1,0 +1,65 @@
+"""Bearer-token guard for the FHIR API: token, scope and organisation on every call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app, g, request
+
+from ..auth.scopes import Scope, allows, parse_scopes
+from ..auth.tokens import TokenError, verify_token
+from ..domain.errors import Forbidden, InvalidToken, Unauthorized
+
+PLATFORM_CLIENTS = frozenset({"county-platform"})
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an API client acting for an organisation, with granted scopes."""
+
+    client_id: str
+    organization_id: str
+    scopes: tuple[Scope, ...]
+
+    @property
+    def is_platform(self) -> bool:
+        """The county platform may act for any provider."""
+        return self.client_id in PLATFORM_CLIENTS
+
+    def may(self, resource_type: str, permission: str) -> bool:
+        """Whether the granted scopes allow the interaction."""
+        return allows(list(self.scopes), resource_type, permission)
+
+
+def current_principal() -> Principal:
+    """Authenticate the request's bearer token (cached on g)."""
+    principal: Principal | None = g.get("principal")
+    if principal is not None:
+        return principal
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise Unauthorized("an access token is required (Authorization: Bearer ...)")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise InvalidToken("the Authorization header must be 'Bearer <token>'")
+    try:
+        claims = verify_token(
+            token.strip(), key=current_app.config["SECRET_KEY"], issuer=current_app.config["TOKEN_ISSUER"]
+        )
+    except TokenError as exc:
+        raise InvalidToken(str(exc)) from None
+    principal = Principal(claims.client_id, claims.organization_id, tuple(parse_scopes(claims.scope)))
+    g.principal = principal
+    g.client_id = claims.client_id
+    return principal
+
+
+def require(resource_type: str, permission: str) -> Principal:
+    """The caller, if its scopes allow the interaction on the type; else 401/403."""
+    principal = current_principal()
+    if not principal.may(resource_type, permission):
+        raise Forbidden(
+            f"the token's scopes do not allow '{permission}' on {resource_type} "
+            f"(needs system/{resource_type}.{permission})"
+        )
+    return principal

@@ -1,0 +1,27 @@
+"""FHIR JSON responses: content type, _pretty, headers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask import Response, request
+
+FHIR_JSON = "application/fhir+json"
+
+
+def fhir_response(
+    body: dict[str, Any] | bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """Serialise a resource (or pass stored JSON bytes through) as application/fhir+json."""
+    if isinstance(body, bytes):
+        data = body
+        if request.args.get("_pretty") == "true":
+            data = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2)
+    else:
+        option = orjson.OPT_INDENT_2 if request.args.get("_pretty") == "true" else 0
+        data = orjson.dumps(body, option=option)
+    response = Response(data, status=status, content_type=f"{FHIR_JSON}; charset=utf-8")
+    if headers:
+        response.headers.update(headers)
+    return response

@@ -1,0 +1,77 @@
+"""SMART on FHIR v2 system scopes: parsing, matching and granting."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+PERMISSIONS = "cruds"
+_SCOPE = re.compile(r"^system/(\*|[A-Z][A-Za-z]+)\.(\*|read|write|[cruds]+)$")
+# SMART v1 spellings still sent by older systems.
+_V1 = {"read": "rs", "write": "cud", "*": "cruds"}
+
+
+class ScopeError(ValueError):
+    """A scope string that is not a SMART system scope."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One system scope: a resource type (or *) and a set of permission letters."""
+
+    resource: str
+    permissions: str
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        """Parse `system/Patient.rs` (v2) or `system/Patient.read` (v1)."""
+        m = _SCOPE.match(text)
+        if not m:
+            raise ScopeError(f"not a SMART system scope: {text!r}")
+        resource, perms = m.groups()
+        perms = _V1.get(perms, perms)
+        if len(set(perms)) != len(perms) or perms != "".join(p for p in PERMISSIONS if p in perms):
+            raise ScopeError(f"permissions must be in the order c, r, u, d, s without repeats: {text!r}")
+        return cls(resource, perms)
+
+    def __str__(self) -> str:
+        return f"system/{self.resource}.{self.permissions}"
+
+    def allows(self, resource: str, permission: str) -> bool:
+        """Whether this scope permits the interaction letter on the resource type."""
+        return self.resource in ("*", resource) and permission in self.permissions
+
+    def intersect(self, other: Scope) -> Scope | None:
+        """What both scopes allow, or None."""
+        if self.resource == "*":
+            resource = other.resource
+        elif other.resource in ("*", self.resource):
+            resource = self.resource
+        else:
+            return None
+        perms = "".join(p for p in PERMISSIONS if p in self.permissions and p in other.permissions)
+        return Scope(resource, perms) if perms else None
+
+
+def parse_scopes(text: str) -> list[Scope]:
+    """Parse a space-separated scope string."""
+    return [Scope.parse(part) for part in text.split()]
+
+
+def grant(requested: str | None, held: str) -> list[Scope]:
+    """The intersection of what was asked and what the client holds (all held when nothing asked)."""
+    held_scopes = parse_scopes(held)
+    if not requested or not requested.strip():
+        return held_scopes
+    granted: list[Scope] = []
+    for asked in parse_scopes(requested):
+        for have in held_scopes:
+            common = asked.intersect(have)
+            if common is not None and common not in granted:
+                granted.append(common)
+    return granted
+
+
+def allows(scopes: list[Scope], resource: str, permission: str) -> bool:
+    """Whether any scope permits the interaction."""
+    return any(s.allows(resource, permission) for s in scopes)

@@ -1,0 +1,106 @@
+"""Engine and session factory for one database (SQLite embedded or PostgreSQL)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+
+
+class Database:
+    """One engine plus its session factory; created unbound, bound by `configure`."""
+
+    def __init__(self) -> None:
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+        self._key: tuple[str, bool, int] | None = None
+
+    def configure(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
+        """Create the engine for the URL, with the settings each dialect needs."""
+        if self._engine is not None:
+            if self._key == (url, echo, pool_size):
+                return  # same database: keep the pool (app factories in tests, CLI re-entry)
+            self._engine.dispose()
+        self._key = (url, echo, pool_size)
+        parsed = make_url(url)
+        options: dict[str, Any] = {"echo": echo, "future": True}
+        if parsed.get_backend_name() == "sqlite":
+            options["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        else:
+            options.update(
+                pool_pre_ping=True,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_timeout=10,
+                connect_args={"connect_timeout": 3},
+            )
+        engine = create_engine(url, **options)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_on_connect)
+            event.listen(engine, "begin", _sqlite_on_begin)
+        self._engine = engine
+        self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+
+    @property
+    def engine(self) -> Engine:
+        """The bound engine."""
+        if self._engine is None:
+            raise RuntimeError("database is not configured")
+        return self._engine
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the embedded SQLite engine is in use."""
+        return self.engine.dialect.name == "sqlite"
+
+    def session(self) -> Session:
+        """A new session (the caller owns it)."""
+        if self._sessions is None:
+            raise RuntimeError("database is not configured")
+        return self._sessions()
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[Session]:
+        """One transaction: commit once at the end, roll back on any error."""
+        session = self.session()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def ping(self) -> None:
+        """Raise if the database does not answer."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, record: ConnectionPoolEntry) -> None:
+    # Let SQLAlchemy emit BEGIN itself so that BEGIN IMMEDIATE serialises writers.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _sqlite_on_begin(conn: Any) -> None:
+    # Every transaction takes the write lock up front: read-then-write races (caps, conditional
+    # creates) cannot interleave, and SQLite never fails a transaction half-way with SQLITE_BUSY.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,95 @@
+"""App factory, /health (including a database outage and recovery), /metrics, FHIR error shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.engine import make_url
+
+from referral_service import create_app
+from referral_service.config import ConfigError
+from tests.support.tcp_proxy import TcpProxy
+
+
+def test_factory_builds_independent_apps(app: Flask) -> None:
+    assert app.config["ENV"] == "testing"
+    assert "fhir" in app.blueprints and "oauth" in app.blueprints
+    assert app.extensions["metrics"].registry is not None
+
+
+def test_factory_refuses_production_without_secret() -> None:
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        create_app({"ENV": "production", "SECRET_KEY": "", "DATABASE_URL": "sqlite://"})
+
+
+def test_health_reports_the_database(client: FlaskClient, backend: str) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok", "database": "ok", "backend": backend}
+    assert response.headers["X-Request-ID"]
+
+
+def test_request_id_is_echoed(client: FlaskClient) -> None:
+    response = client.get("/health", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+
+
+def test_metrics_count_requests_by_endpoint_and_status(client: FlaskClient) -> None:
+    client.get("/health")
+    client.get("/fhir/Nope")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'http_requests_total{endpoint="/health",method="GET",status="200"}' in text
+    assert 'status="404"' in text
+    assert "http_request_duration_seconds_bucket" in text
+    assert "db_pool_connections" in text
+
+
+def test_unknown_fhir_route_is_an_operation_outcome(client: FlaskClient) -> None:
+    response = client.get("/fhir/this/does/not/exist")
+    assert response.status_code == 404
+    assert response.mimetype == "application/fhir+json"
+    body = response.json
+    assert body["resourceType"] == "OperationOutcome"
+    assert body["issue"][0]["code"] == "not-found"
+    assert body["id"] == response.headers["X-Request-ID"]
+
+
+def test_metadata_needs_no_token(client: FlaskClient) -> None:
+    response = client.get("/fhir/metadata")
+    assert response.status_code == 200
+    assert response.json["resourceType"] == "CapabilityStatement"
+    assert response.json["fhirVersion"] == "4.0.1"
+
+
+def test_health_on_sqlite_outage_and_recovery(tmp_path: Path) -> None:
+    folder = tmp_path / "gone"
+    app = create_app({"ENV": "testing", "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}"})
+    client = app.test_client()
+    down = client.get("/health")
+    assert down.status_code == 503
+    assert down.json["database"] == "unreachable"
+    folder.mkdir()
+    assert client.get("/health").status_code == 200
+
+
+def test_health_on_postgres_outage_and_recovery(database_urls: dict[str, str]) -> None:
+    if "postgresql" not in database_urls:
+        pytest.skip("PostgreSQL does not answer")
+    url = make_url(database_urls["postgresql"])
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    proxy.start()
+    app = create_app({"ENV": "testing", "DATABASE_URL": url.set(port=proxy.port).render_as_string(False)})
+    client = app.test_client()
+    try:
+        assert client.get("/health").status_code == 200
+        proxy.stop()
+        down = client.get("/health")
+        assert down.status_code == 503
+        assert "database" in down.json["message"]
+        proxy.start()
+        assert client.get("/health").status_code == 200  # recovered without a restart
+    finally:
+        proxy.stop()
