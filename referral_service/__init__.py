@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask
 
+from .auth import passwords
 from .config import load_config
 from .errors import register_error_handlers
 from .extensions import babel, csrf, database, limiter, login_manager
@@ -22,6 +23,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["RATELIMIT_HEADERS_ENABLED"] = True
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     configure_logging(settings["LOG_LEVEL"], settings["LOG_JSON"])
+    passwords.configure(settings["ARGON2_TIME_COST"], settings["ARGON2_MEMORY_KIB"])
 
     database.configure(
         settings["DATABASE_URL"], echo=settings["SQL_ECHO"], pool_size=settings["DATABASE_POOL_SIZE"]

@@ -1,21 +1,39 @@
-"""FHIR REST blueprint: /fhir (thin handlers over the FHIR machinery)."""
+"""FHIR REST blueprint: /fhir (thin handlers: parse, call a service, serialise)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from email.utils import format_datetime
+from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
+from sqlalchemy.orm import Session
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
-from ..domain.errors import BadRequest, Problem
-from ..extensions import csrf
+from ..domain.actor import Actor
+from ..domain.errors import BadRequest, DomainError, NotFound, Problem
+from ..extensions import csrf, database
+from ..fhir import bundle_json, profiles
+from ..fhir.capability import capability_statement
+from ..fhir.outcome import operation_outcome
+from ..fhir.resources import RESOURCES
+from ..fhir.search import parse_search
+from ..fhir.store import ResourceStore, Stored
+from ..fhir.validation import check_resource
+from ..services import bundles
+from ..services import resources as service
+from ..services.actors import actor_for
+from .guard import current_principal, require
 from .responses import fhir_response
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 csrf.exempt(bp)
 
 FHIR_MIME_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+CONFORMANCE_TYPES = ("StructureDefinition", "CodeSystem", "ValueSet")
+T = TypeVar("T")
 
 
 @bp.before_request
@@ -25,10 +43,16 @@ def _check_body() -> None:
     if request.content_length is not None and request.content_length > limit:
         raise RequestEntityTooLarge()
     has_body = request.method in ("POST", "PUT", "PATCH") and bool(request.content_length)
-    if has_body and request.mimetype not in FHIR_MIME_TYPES and not request.path.endswith("/_search"):
+    form_search = (
+        request.path.endswith("/_search") and request.mimetype == "application/x-www-form-urlencoded"
+    )
+    if has_body and request.mimetype not in FHIR_MIME_TYPES and not form_search:
         raise UnsupportedMediaType(
             f"Content-Type {request.mimetype or '(none)'} is not supported; send application/fhir+json"
         )
+    fmt = request.args.get("_format")
+    if fmt and fmt not in ("json", "application/json", "application/fhir+json"):
+        raise UnsupportedMediaType(f"_format={fmt} is not supported; this server speaks JSON")
 
 
 def read_json_body() -> dict[str, Any]:
@@ -46,9 +70,274 @@ def read_json_body() -> dict[str, Any]:
     return body
 
 
+def base_url() -> str:
+    """The FHIR base URL callers should use in links."""
+    configured = current_app.config.get("FHIR_BASE_URL")
+    return str(configured).rstrip("/") if configured else request.url_root.rstrip("/") + "/fhir"
+
+
+def _known_type(resource_type: str) -> None:
+    if resource_type not in RESOURCES:
+        raise NotFound(
+            f"unknown resource type {resource_type!r}",
+            [Problem(f"unknown resource type {resource_type!r}", code="not-supported")],
+        )
+
+
+def with_actor(resource_type: str, permission: str, work: Callable[[Session, Actor], T]) -> T:
+    """Check token and scope, then run the work in one unit of work as the caller's Actor."""
+    principal = require(resource_type, permission)
+    with database.unit_of_work() as session:
+        actor = actor_for(
+            session, name=principal.client_id, kind="client", organization_id=principal.organization_id
+        )
+        g.actor = actor
+        return work(session, actor)
+
+
+def _headers(stored: Stored, *, location: bool = False) -> dict[str, str]:
+    headers = {
+        "ETag": stored.etag,
+        "Last-Modified": format_datetime(stored.last_updated, usegmt=True),
+    }
+    if location:
+        headers["Location"] = f"{base_url()}/{stored.res_type}/{stored.res_id}/_history/{stored.version_id}"
+        headers["Content-Location"] = headers["Location"]
+    return headers
+
+
+def _write_response(result: service.WriteResult) -> Response:
+    status = 201 if result.created else 200
+    headers = _headers(result.stored, location=True)
+    prefer = request.headers.get("Prefer", "")
+    if "return=minimal" in prefer:
+        return Response(status=status, headers=headers)
+    if "return=OperationOutcome" in prefer:
+        issues = result.warnings or [Problem("stored", code="informational", severity="information")]
+        return fhir_response(operation_outcome(issues), status, headers)
+    return fhir_response(result.stored.content, status, headers)
+
+
+# ------------------------------------------------------------------ capability and conformance
+
+
 @bp.get("/metadata")
 def metadata() -> Response:
     """The CapabilityStatement (no token needed)."""
-    from ..fhir.capability import capability_statement
+    return fhir_response(capability_statement(base_url()))
 
-    return fhir_response(capability_statement(request.url_root.rstrip("/")))
+
+def _conformance(resource_type: str) -> list[dict[str, Any]]:
+    return [r for r in profiles.all_conformance_resources() if r.get("resourceType") == resource_type]
+
+
+@bp.get("/<any(StructureDefinition,CodeSystem,ValueSet):resource_type>")
+def conformance_search(resource_type: str) -> Response:
+    """Our profiles, code systems and value sets; search by url."""
+    require(resource_type, "s")
+    url = request.args.get("url")
+    found = [r for r in _conformance(resource_type) if url is None or r.get("url") == url.split("|")[0]]
+    return fhir_response(
+        bundle_json.searchset_from_dicts(base_url(), resource_type, found, request.full_path)
+    )
+
+
+@bp.get("/<any(StructureDefinition,CodeSystem,ValueSet):resource_type>/<res_id>")
+def conformance_read(resource_type: str, res_id: str) -> Response:
+    """One conformance resource by id."""
+    require(resource_type, "r")
+    for r in _conformance(resource_type):
+        if r.get("id") == res_id:
+            return fhir_response(r)
+    raise NotFound(f"{resource_type}/{res_id} is not known")
+
+
+# ------------------------------------------------------------------------- instance level
+
+
+@bp.get("/<resource_type>/<res_id>")
+def read(resource_type: str, res_id: str) -> Response:
+    """read: the current version, served from the stored JSON."""
+    _known_type(resource_type)
+    stored = with_actor(
+        resource_type,
+        "r",
+        lambda s, a: service.read(s, a, resource_type, res_id, request_id=g.get("request_id")),
+    )
+    return fhir_response(stored.content, 200, _headers(stored))
+
+
+@bp.get("/<resource_type>/<res_id>/_history/<vid>")
+def vread(resource_type: str, res_id: str, vid: str) -> Response:
+    """vread: one version."""
+    _known_type(resource_type)
+    if not vid.isdigit():
+        raise NotFound(f"{resource_type}/{res_id}/_history/{vid} is not known")
+    stored = with_actor(
+        resource_type,
+        "r",
+        lambda s, a: service.read(
+            s, a, resource_type, res_id, version_id=int(vid), request_id=g.get("request_id")
+        ),
+    )
+    return fhir_response(stored.content, 200, _headers(stored))
+
+
+@bp.put("/<resource_type>/<res_id>")
+def update(resource_type: str, res_id: str) -> Response:
+    """update (and update-as-create with the client's id); If-Match guards against lost updates."""
+    _known_type(resource_type)
+    body = read_json_body()
+    result = with_actor(
+        resource_type,
+        "u",
+        lambda s, a: service.update(
+            s,
+            a,
+            resource_type,
+            res_id,
+            body,
+            if_match=request.headers.get("If-Match"),
+            request_id=g.get("request_id"),
+        ),
+    )
+    return _write_response(result)
+
+
+@bp.delete("/<resource_type>/<res_id>")
+def delete(resource_type: str, res_id: str) -> Response:
+    """delete: later reads answer 410."""
+    _known_type(resource_type)
+    with_actor(
+        resource_type,
+        "d",
+        lambda s, a: service.delete(s, a, resource_type, res_id, request_id=g.get("request_id")),
+    )
+    return Response(status=204)
+
+
+@bp.get("/<resource_type>/<res_id>/_history")
+def instance_history(resource_type: str, res_id: str) -> Response:
+    """Every version of one resource, newest first."""
+    _known_type(resource_type)
+    return _history(resource_type, res_id)
+
+
+@bp.get("/<resource_type>/_history")
+def type_history(resource_type: str) -> Response:
+    """Every version of every resource of the type, newest first."""
+    _known_type(resource_type)
+    return _history(resource_type, None)
+
+
+def _history(resource_type: str, res_id: str | None) -> Response:
+    count = _count_arg()
+    since = bundle_json.parse_since(request.args.get("_since"))
+    cursor = bundle_json.parse_history_cursor(request.args.get("_cursor"))
+
+    def work(session: Session, actor: Actor) -> bytes:
+        if res_id is not None:
+            service.read(session, actor, resource_type, res_id)  # 404 when unknown or hidden
+        page, nxt = ResourceStore(session).history(
+            resource_type, res_id, actor, count=count, since=since, before=cursor
+        )
+        return bundle_json.history_bundle(base_url(), request.path, dict(request.args), page, nxt)
+
+    return fhir_response(with_actor(resource_type, "r", work))
+
+
+# ----------------------------------------------------------------------------- type level
+
+
+def _count_arg() -> int:
+    raw = request.args.get("_count")
+    default, maximum = current_app.config["FHIR_DEFAULT_COUNT"], current_app.config["FHIR_MAX_COUNT"]
+    if raw is None:
+        return int(default)
+    if not raw.isdigit():
+        raise BadRequest(f"_count must be a whole number, not {raw!r}")
+    return max(1, min(int(raw), int(maximum)))
+
+
+@bp.get("/<resource_type>")
+def search(resource_type: str) -> Response:
+    """search by GET."""
+    _known_type(resource_type)
+    return _search(resource_type, list(request.args.items(multi=True)))
+
+
+@bp.post("/<resource_type>/_search")
+def search_post(resource_type: str) -> Response:
+    """search by POST (form body plus any query string)."""
+    _known_type(resource_type)
+    return _search(resource_type, list(request.args.items(multi=True)) + list(request.form.items(multi=True)))
+
+
+def _search(resource_type: str, args: list[tuple[str, str]]) -> Response:
+    cfg = current_app.config
+    query = parse_search(resource_type, args, cfg["FHIR_DEFAULT_COUNT"], cfg["FHIR_MAX_COUNT"])
+    page = with_actor(
+        resource_type,
+        "s",
+        lambda s, a: service.search(s, a, query, query_text=urlencode(args), request_id=g.get("request_id")),
+    )
+    return fhir_response(bundle_json.searchset(base_url(), resource_type, query, page))
+
+
+@bp.post("/<resource_type>")
+def create(resource_type: str) -> Response:
+    """create, or conditional create with If-None-Exist."""
+    _known_type(resource_type)
+    body = read_json_body()
+    result = with_actor(
+        resource_type,
+        "c",
+        lambda s, a: service.create(
+            s,
+            a,
+            resource_type,
+            body,
+            if_none_exist=request.headers.get("If-None-Exist"),
+            request_id=g.get("request_id"),
+        ),
+    )
+    return _write_response(result)
+
+
+@bp.post("/<resource_type>/$validate")
+@bp.post("/<resource_type>/<res_id>/$validate")
+def validate(resource_type: str, res_id: str | None = None) -> Response:
+    """$validate: every problem at once, as an OperationOutcome (200 even when invalid)."""
+    _known_type(resource_type)
+    require(resource_type, "r")
+    body = read_json_body()
+    if body.get("resourceType") == "Parameters":
+        inner = next(
+            (p.get("resource") for p in body.get("parameter", []) if p.get("name") == "resource"), None
+        )
+        if not isinstance(inner, dict):
+            raise BadRequest("Parameters must hold the resource to validate in parameter 'resource'")
+        body = inner
+    try:
+        warnings = check_resource(resource_type, body, url_id=res_id)
+    except DomainError as exc:
+        return fhir_response(operation_outcome(exc.problems))
+    issues = warnings or [Problem("no problems found", code="informational", severity="information")]
+    return fhir_response(operation_outcome(issues))
+
+
+# ----------------------------------------------------------------------------- system level
+
+
+@bp.post("")
+@bp.post("/")
+def transaction() -> Response:
+    """transaction and batch Bundles (scopes are checked per entry)."""
+    body = read_json_body()
+    principal = current_principal()
+    with database.unit_of_work() as session:
+        actor = actor_for(
+            session, name=principal.client_id, kind="client", organization_id=principal.organization_id
+        )
+    response_bundle, status = bundles.process(body, principal.may, actor, base_url(), database)
+    return fhir_response(response_bundle, status)

@@ -71,7 +71,9 @@ def token() -> Response:
     )
     response = jsonify(
         access_token=access_token,
-        token_type="Bearer",  # noqa: S106 - the OAuth token type, not a secret expires_in=ttl, scope=scope,
+        token_type="Bearer",  # noqa: S106 - the OAuth token type, not a secret
+        expires_in=ttl,
+        scope=scope,
         organization=f"Organization/{organization_id}",
     )
     response.headers["Cache-Control"] = "no-store"

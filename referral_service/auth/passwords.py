@@ -10,6 +10,14 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("no-such-account")
 
 
+def configure(time_cost: int, memory_kib: int) -> None:
+    """Set the argon2id cost (tests lower it; production keeps the library's strong defaults)."""
+    global _hasher, _DUMMY_HASH
+    if (_hasher.time_cost, _hasher.memory_cost) != (time_cost, memory_kib):
+        _hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib)
+        _DUMMY_HASH = _hasher.hash("no-such-account")
+
+
 def hash_secret(secret: str) -> str:
     """An argon2id hash of the secret (salted, parameters embedded)."""
     return _hasher.hash(secret)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
-from functools import lru_cache
 from typing import Literal
 
 Sex = Literal["male", "female"]
@@ -190,38 +189,50 @@ def _weighted(digits: str, first_weight: int) -> int:
     )
 
 
-@lru_cache(maxsize=4096)
-def _region_part(region_code: str) -> tuple[str, int]:
-    """Return a checked region code and its weighted sum."""
+_REGION_PARTS: dict[str, int] = {}
+_DATE_PARTS: dict[date, tuple[str, int]] = {}
+_DATE_CACHE_LIMIT = 100_000
+
+
+def _region_sum(region_code: str) -> int:
+    """Return the weighted sum of a region code, checking it on first use."""
     if len(region_code) != 6 or not set(region_code) <= _DIGITS:
         raise ValueError(f"region_code must be 6 digits, got {region_code!r}")
-    return region_code, _weighted(region_code, 0)
+    _REGION_PARTS[region_code] = total = _weighted(region_code, 0)
+    return total
 
 
-@lru_cache(maxsize=65536)
-def _date_part(year: int, month: int, day: int) -> tuple[str, int]:
-    """Return YYYYMMDD and its weighted sum."""
-    digits = f"{year:04d}{month:02d}{day:02d}"
-    return digits, _weighted(digits, 6)
+def _date_part(birth_date: date) -> tuple[str, int]:
+    """Return YYYYMMDD of a date and its weighted sum."""
+    digits = f"{birth_date.year:04d}{birth_date.month:02d}{birth_date.day:02d}"
+    part = (digits, _weighted(digits, 6))
+    if len(_DATE_PARTS) < _DATE_CACHE_LIMIT:
+        _DATE_PARTS[birth_date] = part
+    return part
 
 
 # Order code (characters 15-17) for every value 000-999 with its weighted sum.
 _ORDER_PARTS: tuple[tuple[str, int], ...] = tuple(
     (f"{code:03d}", _weighted(f"{code:03d}", 14)) for code in range(1000)
 )
+_PARITY = {"male": 1, "female": 0}
 
 
 def generate(region_code: str, birth_date: date, gender: str, sequence: int) -> str:
     """Return a valid number; `sequence` 0-499 picks order code 2*sequence (+1 for male)."""
-    if gender == "male":
-        parity = 1
-    elif gender == "female":
-        parity = 0
-    else:
+    # Called about a million times by the demo-data generator: the parts' weighted sums are
+    # computed once per region and date and looked up in dicts.
+    parity = _PARITY.get(gender)
+    if parity is None:
         raise ValueError(f"gender must be 'male' or 'female', got {gender!r}")
     if not 0 <= sequence <= MAX_SEQUENCE:
         raise ValueError(f"sequence must be 0-{MAX_SEQUENCE}, got {sequence}")
-    region, region_sum = _region_part(region_code)
-    digits, date_sum = _date_part(birth_date.year, birth_date.month, birth_date.day)
+    region_sum = _REGION_PARTS.get(region_code)
+    if region_sum is None:
+        region_sum = _region_sum(region_code)
+    date_part = _DATE_PARTS.get(birth_date) if type(birth_date) is date else None
+    if date_part is None:
+        date_part = _date_part(birth_date)
     order, order_sum = _ORDER_PARTS[2 * sequence + parity]
-    return f"{region}{digits}{order}{CHECK_CHARS[(region_sum + date_sum + order_sum) % 11]}"
+    check = CHECK_CHARS[(region_sum + date_part[1] + order_sum) % 11]
+    return f"{region_code}{date_part[0]}{order}{check}"

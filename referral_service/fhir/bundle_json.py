@@ -1,0 +1,138 @@
+"""Bundles built around stored JSON bytes (no re-serialisation of the resources)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+
+from ..domain.errors import BadRequest
+from .search import SearchQuery, decode_cursor, encode_cursor
+from .search_params import parse_date_range
+from .store import SearchPage, Stored, instant
+
+
+def _now() -> str:
+    return instant(datetime.now(UTC))
+
+
+def _link(relation: str, url: str) -> bytes:
+    return orjson.dumps({"relation": relation, "url": url})
+
+
+def _entry(base: str, stored: Stored, mode: str) -> bytes:
+    full_url = orjson.dumps(f"{base}/{stored.res_type}/{stored.res_id}")
+    return (
+        b'{"fullUrl":'
+        + full_url
+        + b',"resource":'
+        + stored.content
+        + b',"search":{"mode":"'
+        + mode.encode()
+        + b'"}}'
+    )
+
+
+def searchset(base: str, resource_type: str, query: SearchQuery, page: SearchPage) -> bytes:
+    """A searchset Bundle with self and next links (keyset cursor); never an empty next page."""
+    params = [(k, v) for k, v in query.raw]
+    self_url = f"{base}/{resource_type}" + (f"?{urlencode(params)}" if params else "")
+    links = [_link("self", self_url)]
+    if page.next_cursor:
+        nxt = [*params, ("_cursor", page.next_cursor)]
+        if not any(k == "_count" for k, _ in params):
+            nxt.append(("_count", str(query.count)))
+        links.append(_link("next", f"{base}/{resource_type}?{urlencode(nxt)}"))
+    parts = [b'{"resourceType":"Bundle","type":"searchset","timestamp":"', _now().encode(), b'"']
+    if page.total is not None:
+        parts.append(b',"total":' + str(page.total).encode())
+    parts.append(b',"link":[' + b",".join(links) + b"]")
+    entries = [_entry(base, s, "match") for s in page.matches] + [
+        _entry(base, s, "include") for s in page.included
+    ]
+    if entries:
+        parts.append(b',"entry":[' + b",".join(entries) + b"]")
+    parts.append(b"}")
+    return b"".join(parts)
+
+
+def searchset_from_dicts(
+    base: str, resource_type: str, resources: list[dict[str, Any]], self_url: str
+) -> dict[str, Any]:
+    """A searchset of resources that are not in the store (conformance resources)."""
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "link": [{"relation": "self", "url": f"{base}/{resource_type}"}],
+        "entry": [
+            {"fullUrl": f"{base}/{resource_type}/{r.get('id')}", "resource": r, "search": {"mode": "match"}}
+            for r in resources
+        ],
+    }
+
+
+def parse_since(value: str | None) -> datetime | None:
+    """The _since instant of a history request."""
+    if not value:
+        return None
+    try:
+        return parse_date_range(value)[0]
+    except ValueError:
+        raise BadRequest(f"_since={value!r} is not a FHIR instant") from None
+
+
+def parse_history_cursor(value: str | None) -> tuple[datetime, int, int] | None:
+    """The position after which the next history page starts."""
+    if not value:
+        return None
+    data = decode_cursor(value)
+    try:
+        return datetime.fromisoformat(data["t"]), int(data["pk"]), int(data["v"])
+    except (KeyError, TypeError, ValueError):
+        raise BadRequest("the paging cursor is not valid") from None
+
+
+def history_bundle(
+    base: str, path: str, args: dict[str, str], page: list[Stored], nxt: tuple[datetime, int, int] | None
+) -> bytes:
+    """A history Bundle, newest first, with a next link when there is more."""
+    args = {k: v for k, v in args.items() if k != "_cursor"}
+    server = base.rsplit("/fhir", 1)[0]
+    self_url = server + path + (f"?{urlencode(args)}" if args else "")
+    links = [_link("self", self_url)]
+    if nxt is not None:
+        cursor = encode_cursor({"t": nxt[0].isoformat(), "pk": nxt[1], "v": nxt[2]})
+        links.append(_link("next", server + path + "?" + urlencode({**args, "_cursor": cursor})))
+    entries = []
+    for s in page:
+        full_url = orjson.dumps(f"{base}/{s.res_type}/{s.res_id}")
+        request = orjson.dumps(
+            {
+                "method": "DELETE" if s.deleted else ("POST" if s.version_id == 1 else "PUT"),
+                "url": f"{s.res_type}/{s.res_id}" if s.version_id > 1 or s.deleted else s.res_type,
+            }
+        )
+        response = orjson.dumps(
+            {
+                "status": "204" if s.deleted else ("201" if s.version_id == 1 else "200"),
+                "etag": s.etag,
+                "lastModified": instant(s.last_updated),
+            }
+        )
+        body = b"" if s.deleted else b',"resource":' + s.content
+        entries.append(
+            b'{"fullUrl":' + full_url + body + b',"request":' + request + b',"response":' + response + b"}"
+        )
+    out = [
+        b'{"resourceType":"Bundle","type":"history","timestamp":"',
+        _now().encode(),
+        b'"',
+        b',"link":[' + b",".join(links) + b"]",
+    ]
+    if entries:
+        out.append(b',"entry":[' + b",".join(entries) + b"]")
+    out.append(b"}")
+    return b"".join(out)

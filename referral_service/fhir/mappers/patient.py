@@ -1,0 +1,111 @@
+"""Patient <-> registry Patient (resident identity number, address, poverty registration)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ...domain import resident_id
+from ...domain.actor import Actor
+from ...domain.errors import Conflict, Problem
+from ...domain.registry import Patient, PovertyRegistration
+from ..codes import BASE
+from .common import fhir_date, identifier_value, ref_id
+
+RESIDENT_ID_SYSTEM = f"{BASE}/sid/resident-id"
+POVERTY_URL = f"{BASE}/StructureDefinition/poverty-registration"
+
+
+def _name(resource: dict[str, Any]) -> tuple[str, str]:
+    names = resource.get("name") or []
+    official = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
+    family = official.get("family") or ""
+    given = "".join(official.get("given") or [])
+    if not family and not given and official.get("text"):
+        text = official["text"]
+        family, given = text[:1], text[1:]
+    return family[:50], given[:50]
+
+
+def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_create: bool) -> None:
+    """Insert or update the registry row; 409 when another patient holds the identity number."""
+    pid = str(resource["id"])
+    number = identifier_value(resource, RESIDENT_ID_SYSTEM)
+    number = resident_id.normalise(number) if number else None
+    if number:
+        other = session.scalar(select(Patient.id).where(Patient.resident_id == number, Patient.id != pid))
+        if other is not None:
+            raise Conflict(
+                f"another patient (Patient/{other}) has this resident identity number",
+                [
+                    Problem(
+                        "a patient with this resident identity number exists",
+                        expression="Patient.identifier",
+                        code="duplicate",
+                    )
+                ],
+            )
+    row = session.get(Patient, pid)
+    if row is None:
+        row = Patient(id=pid, created_by_org_id=actor.organization_id)
+        session.add(row)
+    row.family_name, row.given_name = _name(resource)
+    row.resident_id = number
+    row.gender = resource.get("gender") or "unknown"
+    row.birth_date = fhir_date(resource.get("birthDate"))
+    row.active = resource.get("active", True) is not False
+    phones = [t.get("value") for t in resource.get("telecom") or [] if t.get("system") == "phone"]
+    row.phone = phones[0] if phones else None
+    address = (resource.get("address") or [{}])[0]
+    row.district = (address.get("district") or "").strip() or None
+    lines = address.get("line") or []
+    row.township = lines[0] if len(lines) > 0 else None
+    row.village = lines[1] if len(lines) > 1 else None
+    row.address_line = lines[2] if len(lines) > 2 else None
+    gps = [ref_id(g, "Organization") for g in resource.get("generalPractitioner") or []]
+    row.general_practitioner_id = next((g for g in gps if g), None)
+    periods = [
+        e.get("valuePeriod") or {} for e in resource.get("extension") or [] if e.get("url") == POVERTY_URL
+    ]
+    row.poverty_registrations = [
+        PovertyRegistration(start=fhir_date(p.get("start")), end=fhir_date(p.get("end")))
+        for p in periods
+        if fhir_date(p.get("start"))
+    ]
+    session.flush()
+
+
+def from_domain(row: Patient) -> dict[str, Any]:
+    """The FHIR Patient of a registry row."""
+    resource: dict[str, Any] = {"resourceType": "Patient", "id": row.id}
+    extensions = []
+    for reg in row.poverty_registrations:
+        period = {"start": reg.start.isoformat()}
+        if reg.end:
+            period["end"] = reg.end.isoformat()
+        extensions.append({"url": POVERTY_URL, "valuePeriod": period})
+    if extensions:
+        resource["extension"] = extensions
+    if row.resident_id:
+        resource["identifier"] = [{"system": RESIDENT_ID_SYSTEM, "value": row.resident_id}]
+    resource["active"] = row.active
+    resource["name"] = [
+        {"use": "official", "text": row.name, "family": row.family_name, "given": [row.given_name]}
+    ]
+    if row.phone:
+        resource["telecom"] = [{"system": "phone", "value": row.phone, "use": "mobile"}]
+    resource["gender"] = row.gender
+    if row.birth_date:
+        resource["birthDate"] = row.birth_date.isoformat()
+    address: dict[str, Any] = {"use": "home", "country": "CN"}
+    lines = [x for x in (row.township, row.village, row.address_line) if x]
+    if lines:
+        address["line"] = lines
+    if row.district:
+        address["district"] = row.district
+    resource["address"] = [address]
+    if row.general_practitioner_id:
+        resource["generalPractitioner"] = [{"reference": f"Organization/{row.general_practitioner_id}"}]
+    return resource

@@ -1,0 +1,170 @@
+"""The resource types the server knows: search parameters, compartments, interactions."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from .search_params import SearchParam as P
+
+COMMON = [P("_id", "token", ()), P("_lastUpdated", "date", ())]
+READ_WRITE = ("read", "vread", "update", "history-instance", "history-type", "create", "search-type",
+              "delete")
+READ_ONLY = ("read", "vread", "history-instance", "history-type", "search-type")
+
+
+@dataclass(frozen=True)
+class ResourceDef:
+    """Everything the generic machinery needs to serve one resource type."""
+
+    type: str
+    params: tuple[P, ...]
+    patient_paths: tuple[str, ...] = ()  # where the patient of the record is ('' = the resource itself)
+    interactions: tuple[str, ...] = READ_WRITE
+    financial: bool = False  # visible to the insurance office of the patient's county
+    directory: bool = False  # organisations, practitioners: visible to every authorised client
+    operations: tuple[str, ...] = field(default_factory=tuple)
+
+    @cached_property
+    def by_name(self) -> dict[str, P]:
+        """Parameters by name."""
+        return {p.name: p for p in self.params}
+
+    @cached_property
+    def model(self) -> Any:
+        """The fhir.resources R4B model class."""
+        module = importlib.import_module(f"fhir.resources.R4B.{self.type.lower()}")
+        return getattr(module, self.type)
+
+    def compartment_patient(self, resource: dict[str, Any]) -> str | None:
+        """The id of the patient whose record this is, if any."""
+        from .search_params import references_of, walk
+
+        for path in self.patient_paths:
+            if path == "":
+                return str(resource.get("id")) if resource.get("id") else None
+            for value in walk(resource, path):
+                for rtype, rid in references_of(value):
+                    if rtype == "Patient":
+                        return rid
+        return None
+
+
+def _identifier() -> P:
+    return P("identifier", "token", ("identifier",))
+
+
+RESOURCES: dict[str, ResourceDef] = {
+    d.type: d
+    for d in [
+        ResourceDef(
+            "Patient",
+            (
+                _identifier(),
+                P("name", "string", ("name",)),
+                P("family", "string", ("name.family",)),
+                P("given", "string", ("name.given",)),
+                P("birthdate", "date", ("birthDate",)),
+                P("gender", "token", ("gender",)),
+                P("address-district", "string", ("address.district",)),
+                P("address", "string", ("address",)),
+                P("telecom", "token", ("telecom.value",)),
+                P("phone", "token", ("telecom.value",)),
+                P("organization", "reference", ("managingOrganization",), ("Organization",)),
+                P("general-practitioner", "reference", ("generalPractitioner",)),
+                P("active", "token", ("active",)),
+            ),
+            patient_paths=("",),
+            financial=True,
+        ),
+        ResourceDef(
+            "Organization",
+            (
+                _identifier(),
+                P("name", "string", ("name", "alias")),
+                P("type", "token", ("type",)),
+                P("address-district", "string", ("address.district",)),
+                P("address", "string", ("address",)),
+                P("partof", "reference", ("partOf",), ("Organization",)),
+                P("active", "token", ("active",)),
+            ),
+            directory=True,
+        ),
+        ResourceDef(
+            "Practitioner",
+            (_identifier(), P("name", "string", ("name",)), P("family", "string", ("name.family",)),
+             P("given", "string", ("name.given",)), P("active", "token", ("active",))),
+            directory=True,
+        ),
+        ResourceDef(
+            "PractitionerRole",
+            (_identifier(), P("practitioner", "reference", ("practitioner",), ("Practitioner",)),
+             P("organization", "reference", ("organization",), ("Organization",)),
+             P("role", "token", ("code",)), P("active", "token", ("active",))),
+            directory=True,
+        ),
+        ResourceDef(
+            "Group",
+            (_identifier(), P("member", "reference", ("member.entity",)), P("type", "token", ("type",)),
+             P("actual", "token", ("actual",)), P("name", "string", ("name",))),
+            financial=True,
+        ),
+        ResourceDef(
+            "Coverage",
+            (_identifier(), P("patient", "reference", ("beneficiary",), ("Patient",)),
+             P("beneficiary", "reference", ("beneficiary",), ("Patient",)),
+             P("payor", "reference", ("payor",)), P("type", "token", ("type",)),
+             P("status", "token", ("status",)), P("subscriber", "reference", ("subscriber",))),
+            patient_paths=("beneficiary",),
+            financial=True,
+        ),
+        ResourceDef(
+            "Encounter",
+            (_identifier(), P("patient", "reference", ("subject",), ("Patient",)),
+             P("subject", "reference", ("subject",)), P("date", "date", ("period",)),
+             P("status", "token", ("status",)), P("class", "token", ("class",)),
+             P("service-provider", "reference", ("serviceProvider",), ("Organization",)),
+             P("based-on", "reference", ("basedOn",), ("ServiceRequest",)),
+             P("diagnosis", "reference", ("diagnosis.condition",)),
+             P("episode-of-care", "reference", ("episodeOfCare",), ("EpisodeOfCare",)),
+             P("type", "token", ("type",))),
+            patient_paths=("subject",),
+        ),
+        ResourceDef(
+            "Condition",
+            (_identifier(), P("patient", "reference", ("subject",), ("Patient",)),
+             P("subject", "reference", ("subject",)),
+             P("encounter", "reference", ("encounter",), ("Encounter",)),
+             P("code", "token", ("code",)), P("clinical-status", "token", ("clinicalStatus",)),
+             P("category", "token", ("category",)), P("onset-date", "date", ("onsetDateTime", "onsetPeriod")),
+             P("recorded-date", "date", ("recordedDate",))),
+            patient_paths=("subject",),
+        ),
+        ResourceDef(
+            "Observation",
+            (_identifier(), P("patient", "reference", ("subject",), ("Patient",)),
+             P("subject", "reference", ("subject",)),
+             P("encounter", "reference", ("encounter",), ("Encounter",)),
+             P("code", "token", ("code",)), P("category", "token", ("category",)),
+             P("status", "token", ("status",)),
+             P("component-code", "token", ("component.code",)),
+             P("date", "date", ("effectiveDateTime", "effectivePeriod", "effectiveInstant"))),
+            patient_paths=("subject",),
+        ),
+        ResourceDef(
+            "AuditEvent",
+            (P("date", "date", ("recorded",)), P("agent-name", "string", ("agent.name",)),
+             P("entity", "reference", ("entity.what",)), P("action", "token", ("action",)),
+             P("outcome", "token", ("outcome",)), P("patient", "reference", ("entity.what",), ("Patient",)),
+             P("type", "token", ("type",)), P("subtype", "token", ("subtype",))),
+            interactions=READ_ONLY,
+        ),
+    ]
+}
+
+
+def params_for(resource_type: str) -> list[P]:
+    """Declared parameters of the type (without the common _id and _lastUpdated)."""
+    return list(RESOURCES[resource_type].params)

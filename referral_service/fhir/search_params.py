@@ -1,0 +1,177 @@
+"""Search parameter declarations and the extraction of index values from resource JSON."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+MIN_INSTANT = datetime(1, 1, 2, tzinfo=UTC)
+MAX_INSTANT = datetime(9999, 12, 30, tzinfo=UTC)
+_DATE = re.compile(
+    r"^(?P<y>\d{4})(-(?P<m>\d{2})(-(?P<d>\d{2})(T(?P<H>\d{2}):(?P<M>\d{2})(:(?P<S>\d{2})(\.(?P<f>\d+))?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One search parameter: name, type, and the element paths it indexes."""
+
+    name: str
+    type: str  # token, string, date, reference
+    paths: tuple[str, ...]
+    targets: tuple[str, ...] = ()  # reference target types (empty: any)
+    description: str = ""
+
+
+def walk(node: Any, path: str) -> Iterator[Any]:
+    """Values at a dotted path, flattening lists on the way."""
+    values: list[Any] = [node]
+    for part in path.split("."):
+        nxt: list[Any] = []
+        for v in values:
+            if isinstance(v, dict) and part in v:
+                child = v[part]
+                if isinstance(child, list):
+                    nxt.extend(child)
+                else:
+                    nxt.append(child)
+        values = nxt
+        if not values:
+            return
+    yield from values
+
+
+def normalise(text: str) -> str:
+    """Lower case, accents removed, whitespace folded: the default string match form."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(stripped.lower().split())[:200]
+
+
+def tokens_of(value: Any) -> Iterator[tuple[str | None, str]]:
+    """(system, code) pairs of an Identifier, CodeableConcept, Coding, code or boolean."""
+    if isinstance(value, bool):
+        yield None, "true" if value else "false"
+    elif isinstance(value, str):
+        yield None, value
+    elif isinstance(value, dict):
+        if "coding" in value:
+            for coding in value["coding"]:
+                if isinstance(coding, dict) and coding.get("code"):
+                    yield coding.get("system"), str(coding["code"])
+        elif "code" in value and isinstance(value["code"], str):
+            yield value.get("system"), value["code"]
+        elif "value" in value and isinstance(value["value"], str):  # Identifier
+            yield value.get("system"), value["value"]
+
+
+def strings_of(value: Any) -> Iterator[str]:
+    """Searchable strings of a string, HumanName or Address."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key in ("text", "family", "district", "city", "state", "postalCode", "country"):
+            if isinstance(value.get(key), str):
+                yield value[key]
+        for key in ("given", "prefix", "line"):
+            for part in value.get(key) or []:
+                if isinstance(part, str):
+                    yield part
+        family, given = value.get("family"), value.get("given")
+        if isinstance(family, str) and given:
+            yield family + "".join(g for g in given if isinstance(g, str))  # 王芳: Chinese full name
+
+
+def parse_date_range(text: str) -> tuple[datetime, datetime]:
+    """The instant range a FHIR date/dateTime/instant covers; zone-less values are Asia/Shanghai."""
+    m = _DATE.match(text.strip())
+    if not m:
+        raise ValueError(f"not a FHIR date or dateTime: {text!r}")
+    y, mo, d = int(m["y"]), m["m"], m["d"]
+    tz: tzinfo = UTC if m["tz"] == "Z" else SHANGHAI
+    if m["tz"] and m["tz"] != "Z":
+        sign = 1 if m["tz"][0] == "+" else -1
+        hh, mm = int(m["tz"][1:3]), int(m["tz"][4:6])
+        tz = timezone(sign * timedelta(hours=hh, minutes=mm))
+    if mo is None:
+        low = datetime(y, 1, 1, tzinfo=tz)
+        high = datetime(y + 1, 1, 1, tzinfo=tz)
+    elif d is None:
+        low = datetime(y, int(mo), 1, tzinfo=tz)
+        high = datetime(y + (int(mo) == 12), int(mo) % 12 + 1, 1, tzinfo=tz)
+    elif m["H"] is None:
+        low = datetime.combine(date(y, int(mo), int(d)), time(), tzinfo=tz)
+        high = low + timedelta(days=1)
+    else:
+        seconds = int(m["S"] or 0)
+        micro = int((m["f"] or "0")[:6].ljust(6, "0"))
+        low = datetime(y, int(mo), int(d), int(m["H"]), int(m["M"]), seconds, micro, tzinfo=tz)
+        if m["S"] is None:
+            high = low + timedelta(minutes=1)
+        elif m["f"] is None:
+            high = low + timedelta(seconds=1)
+        else:
+            high = low + timedelta(microseconds=1)
+    return low.astimezone(UTC), (high - timedelta(microseconds=1)).astimezone(UTC)
+
+
+def dates_of(value: Any) -> Iterator[tuple[datetime, datetime]]:
+    """Ranges of a date, dateTime, instant or Period."""
+    if isinstance(value, str):
+        yield parse_date_range(value)
+    elif isinstance(value, dict) and ("start" in value or "end" in value):
+        low = parse_date_range(value["start"])[0] if value.get("start") else MIN_INSTANT
+        high = parse_date_range(value["end"])[1] if value.get("end") else MAX_INSTANT
+        yield low, high
+
+
+def references_of(value: Any) -> Iterator[tuple[str, str]]:
+    """(type, id) of a relative or absolute literal Reference."""
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            parts = ref.rstrip("/").split("/")
+            if len(parts) >= 2:
+                if len(parts) >= 4 and parts[-2] == "_history":
+                    parts = parts[:-2]
+                yield parts[-2], parts[-1]
+
+
+@dataclass(frozen=True)
+class IndexRows:
+    """The index values of one resource, by kind."""
+
+    tokens: list[tuple[str, str | None, str]]
+    strings: list[tuple[str, str, str]]
+    dates: list[tuple[str, datetime, datetime]]
+    references: list[tuple[str, str, str]]
+
+
+def extract(resource: dict[str, Any], params: list[SearchParam]) -> IndexRows:
+    """Every index value the declared parameters find in the resource."""
+    rows = IndexRows([], [], [], [])
+    for p in params:
+        for path in p.paths:
+            for value in walk(resource, path):
+                if p.type == "token":
+                    rows.tokens.extend((p.name, s, c[:200]) for s, c in tokens_of(value))
+                elif p.type == "string":
+                    rows.strings.extend((p.name, normalise(s), s[:200]) for s in strings_of(value))
+                elif p.type == "date":
+                    rows.dates.extend((p.name, lo, hi) for lo, hi in dates_of(value))
+                elif p.type == "reference":
+                    rows.references.extend(
+                        (p.name, t, i) for t, i in references_of(value) if not p.targets or t in p.targets
+                    )
+    # One row per distinct value keeps the indexes small and searches free of duplicates.
+    return IndexRows(
+        list(dict.fromkeys(rows.tokens)), list(dict.fromkeys(rows.strings)),
+        list(dict.fromkeys(rows.dates)), list(dict.fromkeys(rows.references)),
+    )

@@ -1,0 +1,615 @@
+"""Persistence of FHIR resources: versions, search indexes, access-filtered searches (SQL only)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    delete,
+    false,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from ..domain.actor import Actor
+from ..domain.base import new_id
+from ..domain.errors import Gone, NotFound
+from ..domain.fhir_store import (
+    DateIndex,
+    PatientAccess,
+    ReferenceIndex,
+    ResourceVersion,
+    StoredResource,
+    StringIndex,
+    TokenIndex,
+)
+from ..domain.registry import Patient
+from .resources import RESOURCES, ResourceDef
+from .search import Clause, Include, SearchQuery, encode_cursor
+from .search_params import MAX_INSTANT, MIN_INSTANT, extract, normalise
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One stored version as served: its JSON bytes and the header values."""
+
+    res_type: str
+    res_id: str
+    version_id: int
+    last_updated: datetime
+    content: bytes
+    deleted: bool = False
+
+    @property
+    def etag(self) -> str:
+        """The weak ETag of this version."""
+        return f'W/"{self.version_id}"'
+
+    def as_dict(self) -> dict[str, Any]:
+        """The resource as a dict (parses the stored JSON)."""
+        return dict(orjson.loads(self.content))
+
+
+@dataclass
+class SearchPage:
+    """One page of matches plus included resources."""
+
+    matches: list[Stored]
+    included: list[Stored]
+    total: int | None
+    next_cursor: str | None
+
+
+def instant(ts: datetime) -> str:
+    """FHIR instant text (UTC, milliseconds)."""
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def now_ms() -> datetime:
+    """Now in UTC truncated to milliseconds, so meta.lastUpdated and the database agree."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _stored(row: Any) -> Stored:
+    return Stored(row.res_type, row.res_id, row.version_id, row.last_updated, row.content, row.deleted)
+
+
+class ResourceStore:
+    """Reads and writes resources of every registered type inside the caller's transaction."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # ----------------------------------------------------------------- reads
+
+    def current(self, res_type: str, res_id: str, *, for_update: bool = False) -> StoredResource | None:
+        """The current row (deleted or not), optionally locked for the rest of the transaction."""
+        stmt = select(StoredResource).where(
+            StoredResource.res_type == res_type, StoredResource.res_id == res_id
+        )
+        if for_update:
+            stmt = stmt.with_for_update()
+        return self.session.scalars(stmt).first()
+
+    def read(self, res_type: str, res_id: str, actor: Actor) -> Stored:
+        """The current version; 404 when unknown or not visible to the actor, 410 when deleted."""
+        rdef = RESOURCES[res_type]
+        stmt = select(
+            StoredResource.res_type,
+            StoredResource.res_id,
+            StoredResource.version_id,
+            StoredResource.last_updated,
+            StoredResource.content,
+            StoredResource.deleted,
+        ).where(StoredResource.res_type == res_type, StoredResource.res_id == res_id, visible(actor, rdef))
+        row = self.session.execute(stmt).first()
+        if row is None:
+            raise NotFound(f"{res_type}/{res_id} is not known")
+        if row.deleted:
+            raise Gone(f"{res_type}/{res_id} was deleted")
+        return _stored(row)
+
+    def vread(self, res_type: str, res_id: str, version_id: int, actor: Actor) -> Stored:
+        """One version; 404 when unknown, 410 when that version is a deletion."""
+        rdef = RESOURCES[res_type]
+        stmt = (
+            select(
+                ResourceVersion.version_id,
+                ResourceVersion.last_updated,
+                ResourceVersion.content,
+                ResourceVersion.deleted,
+            )
+            .join(StoredResource, StoredResource.pk == ResourceVersion.resource_pk)
+            .where(
+                StoredResource.res_type == res_type,
+                StoredResource.res_id == res_id,
+                ResourceVersion.version_id == version_id,
+                visible(actor, rdef),
+            )
+        )
+        row = self.session.execute(stmt).first()
+        if row is None:
+            raise NotFound(f"{res_type}/{res_id}/_history/{version_id} is not known")
+        if row.deleted:
+            raise Gone(f"{res_type}/{res_id} version {version_id} is a deletion")
+        return Stored(res_type, res_id, row.version_id, row.last_updated, row.content, row.deleted)
+
+    def history(
+        self,
+        res_type: str | None,
+        res_id: str | None,
+        actor: Actor,
+        *,
+        count: int,
+        since: datetime | None = None,
+        before: tuple[datetime, int, int] | None = None,
+    ) -> tuple[list[Stored], tuple[datetime, int, int] | None]:
+        """Versions newest first (instance, type or system level), keyset-paged."""
+        stmt = select(
+            StoredResource.res_type,
+            StoredResource.res_id,
+            ResourceVersion.version_id,
+            ResourceVersion.last_updated,
+            ResourceVersion.content,
+            ResourceVersion.deleted,
+            ResourceVersion.resource_pk,
+        ).join(StoredResource, StoredResource.pk == ResourceVersion.resource_pk)
+        if res_type is not None:
+            stmt = stmt.where(ResourceVersion.res_type == res_type, visible(actor, RESOURCES[res_type]))
+        if res_id is not None:
+            stmt = stmt.where(StoredResource.res_id == res_id)
+        if since is not None:
+            stmt = stmt.where(ResourceVersion.last_updated >= since)
+        if before is not None:
+            ts, pk, vid = before
+            stmt = stmt.where(
+                or_(
+                    ResourceVersion.last_updated < ts,
+                    and_(ResourceVersion.last_updated == ts, ResourceVersion.resource_pk < pk),
+                    and_(
+                        ResourceVersion.last_updated == ts,
+                        ResourceVersion.resource_pk == pk,
+                        ResourceVersion.version_id < vid,
+                    ),
+                )
+            )
+        stmt = stmt.order_by(
+            ResourceVersion.last_updated.desc(),
+            ResourceVersion.resource_pk.desc(),
+            ResourceVersion.version_id.desc(),
+        ).limit(count + 1)
+        rows = self.session.execute(stmt).all()
+        page = [
+            Stored(r.res_type, r.res_id, r.version_id, r.last_updated, r.content, r.deleted)
+            for r in rows[:count]
+        ]
+        nxt = None
+        if len(rows) > count and page:
+            last = rows[count - 1]
+            nxt = (last.last_updated, last.resource_pk, last.version_id)
+        return page, nxt
+
+    # ---------------------------------------------------------------- writes
+
+    def save(
+        self,
+        res_type: str,
+        resource: dict[str, Any],
+        *,
+        method: str,
+        owner_org_id: str | None,
+        existing: StoredResource | None = None,
+    ) -> Stored:
+        """Store a new version (creating the resource when `existing` is None) with its indexes."""
+        rdef = RESOURCES[res_type]
+        ts = now_ms()
+        if existing is None:
+            res_id = str(resource.get("id") or new_id())
+            version = 1
+        else:
+            res_id = existing.res_id
+            version = existing.version_id + 1
+        resource = dict(resource)
+        resource["id"] = res_id
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = instant(ts)
+        resource["meta"] = meta
+        content = orjson.dumps(_ordered(resource))
+        patient_id = rdef.compartment_patient(resource)
+        if existing is None:
+            pk = self.session.execute(
+                insert(StoredResource)
+                .values(
+                    res_type=res_type,
+                    res_id=res_id,
+                    version_id=version,
+                    last_updated=ts,
+                    deleted=False,
+                    content=content,
+                    owner_org_id=owner_org_id,
+                    patient_id=patient_id,
+                )
+                .returning(StoredResource.pk)
+            ).scalar_one()
+        else:
+            pk = existing.pk
+            self.session.execute(
+                update(StoredResource)
+                .where(StoredResource.pk == pk)
+                .values(
+                    version_id=version, last_updated=ts, deleted=False, content=content, patient_id=patient_id
+                )
+            )
+            self._drop_indexes(pk)
+        self.session.execute(
+            insert(ResourceVersion).values(
+                resource_pk=pk,
+                version_id=version,
+                res_type=res_type,
+                last_updated=ts,
+                method=method,
+                deleted=False,
+                content=content,
+            )
+        )
+        self._write_indexes(pk, res_type, resource, rdef)
+        self.session.expire_all()
+        return Stored(res_type, res_id, version, ts, content)
+
+    def delete(self, existing: StoredResource) -> Stored:
+        """Mark a resource deleted (a new version with no content); its indexes go."""
+        ts = now_ms()
+        version = existing.version_id + 1
+        self.session.execute(
+            update(StoredResource)
+            .where(StoredResource.pk == existing.pk)
+            .values(version_id=version, last_updated=ts, deleted=True)
+        )
+        self.session.execute(
+            insert(ResourceVersion).values(
+                resource_pk=existing.pk,
+                version_id=version,
+                res_type=existing.res_type,
+                last_updated=ts,
+                method="DELETE",
+                deleted=True,
+                content=b"{}",
+            )
+        )
+        self._drop_indexes(existing.pk)
+        self.session.expire_all()
+        return Stored(existing.res_type, existing.res_id, version, ts, b"{}", deleted=True)
+
+    def grant_access(self, patient_id: str, org_id: str, reason: str) -> None:
+        """Record that an organisation treated, referred or received the patient."""
+        exists = self.session.get(PatientAccess, (patient_id, org_id))
+        if exists is None:
+            self.session.add(PatientAccess(patient_id=patient_id, org_id=org_id, reason=reason))
+            self.session.flush()
+
+    def _drop_indexes(self, pk: int) -> None:
+        for table in (TokenIndex, StringIndex, DateIndex, ReferenceIndex):
+            self.session.execute(delete(table).where(table.resource_pk == pk))
+
+    def _write_indexes(self, pk: int, res_type: str, resource: dict[str, Any], rdef: ResourceDef) -> None:
+        rows = extract(resource, list(rdef.params))
+        base = {"resource_pk": pk, "res_type": res_type}
+        if rows.tokens:
+            self.session.execute(
+                insert(TokenIndex), [{**base, "param": p, "system": s, "code": c} for p, s, c in rows.tokens]
+            )
+        if rows.strings:
+            self.session.execute(
+                insert(StringIndex),
+                [{**base, "param": p, "value": v, "exact": e} for p, v, e in rows.strings],
+            )
+        if rows.dates:
+            self.session.execute(
+                insert(DateIndex), [{**base, "param": p, "low": lo, "high": hi} for p, lo, hi in rows.dates]
+            )
+        if rows.references:
+            self.session.execute(
+                insert(ReferenceIndex),
+                [{**base, "param": p, "target_type": t, "target_id": i} for p, t, i in rows.references],
+            )
+
+    # ---------------------------------------------------------------- search
+
+    def search(self, query: SearchQuery, actor: Actor) -> SearchPage:
+        """One page of matches in SQL (filters, access policy, keyset paging), plus includes."""
+        rdef = query.rdef
+        where = [
+            StoredResource.res_type == rdef.type,
+            StoredResource.deleted == false(),
+            visible(actor, rdef),
+        ]
+        where += [_clause_sql(rdef.type, c) for c in query.clauses]
+        total = None
+        if query.summary_count or query.total != "none":
+            total = self.session.scalar(select(func.count()).select_from(StoredResource).where(*where))
+        if query.summary_count or query.count == 0:
+            return SearchPage([], [], total, None)
+        key, desc = query.sort
+        sort_col: Any = {
+            "_pk": StoredResource.pk,
+            "_id": StoredResource.res_id,
+            "_lastUpdated": StoredResource.last_updated,
+        }[key]
+        if query.cursor is not None:
+            where.append(_after_cursor(sort_col, key, desc, query.cursor))
+        order = [sort_col.desc() if desc else sort_col.asc()]
+        if key != "_pk":
+            order.append(StoredResource.pk.desc() if desc else StoredResource.pk.asc())
+        stmt = (
+            select(
+                StoredResource.pk,
+                StoredResource.res_type,
+                StoredResource.res_id,
+                StoredResource.version_id,
+                StoredResource.last_updated,
+                StoredResource.content,
+                StoredResource.deleted,
+                sort_col.label("sort_value"),
+            )
+            .where(*where)
+            .order_by(*order)
+            .limit(query.count + 1)
+        )
+        rows = self.session.execute(stmt).all()
+        page_rows = rows[: query.count]
+        next_cursor = None
+        if len(rows) > query.count:
+            last = page_rows[-1]
+            value = last.sort_value.isoformat() if isinstance(last.sort_value, datetime) else last.sort_value
+            next_cursor = encode_cursor({"v": value, "pk": last.pk})
+        matches = [_stored(r) for r in page_rows]
+        included = self._included(query, [r.pk for r in page_rows], matches, actor)
+        return SearchPage(matches, included, total, next_cursor)
+
+    def _included(
+        self, query: SearchQuery, pks: list[int], matches: list[Stored], actor: Actor
+    ) -> list[Stored]:
+        if not pks or not (query.includes or query.revincludes):
+            return []
+        seen = {(m.res_type, m.res_id) for m in matches}
+        out: list[Stored] = []
+        for inc in query.includes:
+            refs = self.session.execute(
+                select(ReferenceIndex.target_type, ReferenceIndex.target_id).where(
+                    ReferenceIndex.resource_pk.in_(pks), ReferenceIndex.param == inc.param
+                )
+            ).all()
+            by_type: dict[str, set[str]] = {}
+            for t, i in refs:
+                if t in RESOURCES and (inc.target is None or t == inc.target):
+                    by_type.setdefault(t, set()).add(i)
+            for t, ids in by_type.items():
+                out += self._fetch(t, ids, actor, seen)
+        for inc in query.revincludes:
+            stmt = (
+                select(
+                    StoredResource.res_type,
+                    StoredResource.res_id,
+                    StoredResource.version_id,
+                    StoredResource.last_updated,
+                    StoredResource.content,
+                    StoredResource.deleted,
+                )
+                .join(ReferenceIndex, ReferenceIndex.resource_pk == StoredResource.pk)
+                .where(
+                    ReferenceIndex.res_type == inc.source,
+                    ReferenceIndex.param == inc.param,
+                    ReferenceIndex.target_type == query.rdef.type,
+                    ReferenceIndex.target_id.in_([m.res_id for m in matches]),
+                    StoredResource.deleted == false(),
+                    visible(actor, RESOURCES[inc.source]),
+                )
+                .limit(1000)
+            )
+            for row in self.session.execute(stmt).all():
+                if (row.res_type, row.res_id) not in seen:
+                    seen.add((row.res_type, row.res_id))
+                    out.append(_stored(row))
+        return out
+
+    def _fetch(self, res_type: str, ids: set[str], actor: Actor, seen: set[tuple[str, str]]) -> list[Stored]:
+        stmt = select(
+            StoredResource.res_type,
+            StoredResource.res_id,
+            StoredResource.version_id,
+            StoredResource.last_updated,
+            StoredResource.content,
+            StoredResource.deleted,
+        ).where(
+            StoredResource.res_type == res_type,
+            StoredResource.res_id.in_(ids),
+            StoredResource.deleted == false(),
+            visible(actor, RESOURCES[res_type]),
+        )
+        out = []
+        for row in self.session.execute(stmt).all():
+            if (row.res_type, row.res_id) not in seen:
+                seen.add((row.res_type, row.res_id))
+                out.append(_stored(row))
+        return out
+
+    def find_ids(self, query: SearchQuery, actor: Actor, limit: int = 2) -> list[str]:
+        """Ids of matches (for conditional create/update), at most `limit`."""
+        rdef = query.rdef
+        where = [
+            StoredResource.res_type == rdef.type,
+            StoredResource.deleted == false(),
+            visible(actor, rdef),
+        ]
+        where += [_clause_sql(rdef.type, c) for c in query.clauses]
+        return list(self.session.scalars(select(StoredResource.res_id).where(*where).limit(limit)))
+
+    def lock_key(self, key: str) -> None:
+        """Serialise writers on a key until the transaction ends (PostgreSQL advisory lock).
+
+        SQLite already serialises every write transaction (BEGIN IMMEDIATE).
+        """
+        if self.session.get_bind().dialect.name == "postgresql":
+            digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+            self.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": digest})
+
+
+def _ordered(resource: dict[str, Any]) -> dict[str, Any]:
+    """resourceType, id and meta first: the order people expect to read."""
+    head: dict[str, Any] = {k: resource[k] for k in ("resourceType", "id", "meta") if k in resource}
+    head.update((k, v) for k, v in resource.items() if k not in head)
+    return head
+
+
+def _after_cursor(sort_col: Any, key: str, desc: bool, cursor: dict[str, Any]) -> ColumnElement[bool]:
+    pk = cursor.get("pk")
+    value = cursor.get("v")
+    if not isinstance(pk, int):
+        from ..domain.errors import BadRequest
+
+        raise BadRequest("the paging cursor is not valid")
+    if key == "_pk":
+        return StoredResource.pk < pk if desc else StoredResource.pk > pk
+    if key == "_lastUpdated":
+        value = datetime.fromisoformat(str(value))
+    if desc:
+        return or_(sort_col < value, and_(sort_col == value, StoredResource.pk < pk))
+    return or_(sort_col > value, and_(sort_col == value, StoredResource.pk > pk))
+
+
+def _in_index(table: Any, res_type: str, param: str, condition: ColumnElement[bool]) -> ColumnElement[bool]:
+    sub = select(table.resource_pk).where(table.res_type == res_type, table.param == param, condition)
+    return StoredResource.pk.in_(sub)
+
+
+def _clause_sql(res_type: str, clause: Clause) -> ColumnElement[bool]:
+    p = clause.param
+    if p.name == "_id":
+        return StoredResource.res_id.in_(list(clause.values))
+    if p.name == "_lastUpdated":
+        col = StoredResource.last_updated
+        return or_(*[_date_compare(prefix, lo, hi, col, col) for prefix, lo, hi in clause.values])
+    table: Any = {"token": TokenIndex, "string": StringIndex, "date": DateIndex, "reference": ReferenceIndex}[
+        p.type
+    ]
+    if clause.modifier == "missing":
+        present = StoredResource.pk.in_(
+            select(table.resource_pk).where(table.res_type == res_type, table.param == p.name)
+        )
+        return not_(present) if clause.values[0] else present
+    if p.type == "token":
+        options = []
+        for system, code in clause.values:
+            cond = []
+            if code is not None:
+                cond.append(TokenIndex.code == code)
+            if system == "":
+                cond.append(TokenIndex.system.is_(None))
+            elif system is not None:
+                cond.append(TokenIndex.system == system)
+            options.append(and_(*cond) if cond else true())
+        match = _in_index(TokenIndex, res_type, p.name, or_(*options))
+        return not_(match) if clause.modifier == "not" else match
+    if p.type == "string":
+        options = []
+        for value in clause.values:
+            if clause.modifier == "exact":
+                options.append(StringIndex.exact == value)
+            elif clause.modifier == "contains":
+                options.append(StringIndex.value.contains(normalise(value), autoescape=True))
+            else:
+                options.append(StringIndex.value.startswith(normalise(value), autoescape=True))
+        return _in_index(StringIndex, res_type, p.name, or_(*options))
+    if p.type == "date":
+        return _in_index(
+            DateIndex,
+            res_type,
+            p.name,
+            or_(
+                *[
+                    _date_compare(prefix, lo, hi, DateIndex.low, DateIndex.high)
+                    for prefix, lo, hi in clause.values
+                ]
+            ),
+        )
+    options = []
+    for target_type, target_id in clause.values:
+        cond = [ReferenceIndex.target_id == target_id]
+        if target_type:
+            cond.append(ReferenceIndex.target_type == target_type)
+        options.append(and_(*cond))
+    return _in_index(ReferenceIndex, res_type, p.name, or_(*options))
+
+
+def _date_compare(prefix: str, lo: datetime, hi: datetime, low: Any, high: Any) -> ColumnElement[bool]:
+    """FHIR date prefix semantics over a stored range [low, high] and a parameter range [lo, hi]."""
+    if prefix == "eq":
+        return and_(low >= lo, high <= hi)
+    if prefix == "ne":
+        return or_(low < lo, high > hi)
+    if prefix == "gt" or prefix == "sa":
+        return high > hi if prefix == "gt" else low > hi
+    if prefix == "lt" or prefix == "eb":
+        return low < lo if prefix == "lt" else high < lo
+    if prefix == "ge":
+        return or_(high >= lo, and_(low >= lo, high <= hi))
+    if prefix == "le":
+        return or_(low <= hi, and_(low >= lo, high <= hi))
+    return and_(low <= hi, high >= lo)  # ap: overlaps
+
+
+def visible_patients(actor: Actor) -> Select[tuple[str]]:
+    """Ids of the patients the actor's organisation may see (DESIGN section 8)."""
+    org = actor.organization_id
+    catchment = [Patient.general_practitioner_id == org, Patient.created_by_org_id == org]
+    if (actor.leads_district or actor.is_insurer) and actor.district:
+        catchment.append(Patient.district == actor.district)
+    direct = select(Patient.id).where(or_(*catchment))
+    linked = select(PatientAccess.patient_id).where(PatientAccess.org_id == org)
+    return direct.union(linked)  # type: ignore[return-value]
+
+
+def visible(actor: Actor, rdef: ResourceDef) -> ColumnElement[bool]:
+    """SQL condition: the actor may see the row (what it may not see is answered as unknown)."""
+    if actor.sees_everything or rdef.directory:
+        return true()
+    if rdef.type == "AuditEvent":
+        return false()
+    own = StoredResource.owner_org_id == actor.organization_id
+    if actor.is_insurer and not rdef.financial:
+        return own
+    patients = visible_patients(actor)
+    if rdef.type == "Group":
+        members = select(ReferenceIndex.resource_pk).where(
+            ReferenceIndex.res_type == "Group",
+            ReferenceIndex.param == "member",
+            ReferenceIndex.target_type == "Patient",
+            ReferenceIndex.target_id.in_(patients),
+        )
+        return or_(own, StoredResource.pk.in_(members))
+    return or_(own, StoredResource.patient_id.in_(patients))
+
+
+def stored_ids(rows: Sequence[Stored]) -> list[str]:
+    """`Type/id` of each row (for tests and logs)."""
+    return [f"{r.res_type}/{r.res_id}" for r in rows]
+
+
+__all__ = ["MAX_INSTANT", "MIN_INSTANT", "Include", "ResourceStore", "SearchPage", "Stored", "visible"]

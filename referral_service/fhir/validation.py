@@ -1,0 +1,67 @@
+"""Write-time validation: structure (fhir.resources R4B) then our profiles; all problems at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..domain.errors import BadRequest, Problem, Unprocessable
+from . import profiles
+from .resources import RESOURCES
+
+
+def _path(resource_type: str, loc: tuple[Any, ...]) -> str:
+    out = resource_type
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def structure_problems(resource_type: str, body: dict[str, Any]) -> list[Problem]:
+    """Problems fhir.resources finds (types, cardinality, unknown elements, formats)."""
+    try:
+        RESOURCES[resource_type].model.model_validate(body)
+    except ValidationError as exc:
+        return [
+            Problem(
+                f"{_path(resource_type, tuple(e['loc']))}: {e['msg']}",
+                expression=_path(resource_type, tuple(e["loc"])),
+                code="structure",
+            )
+            for e in exc.errors()
+        ]
+    except (TypeError, ValueError) as exc:  # fhir.resources raises these for some malformed input
+        return [Problem(f"{resource_type}: {exc}", expression=resource_type, code="structure")]
+    return []
+
+
+def profile_problems(body: dict[str, Any]) -> list[Problem]:
+    """Problems our profiles find (bindings, identity numbers, plausibility, organisation rules)."""
+    return [
+        Problem(i.message, expression=i.expression, code=i.code, severity=i.severity)
+        for i in profiles.validate(body)
+    ]
+
+
+def check_resource(resource_type: str, body: dict[str, Any], *, url_id: str | None = None) -> list[Problem]:
+    """Validate a resource for a write: 400 for structure, 422 for profile errors; warnings returned."""
+    kind = body.get("resourceType")
+    if kind != resource_type:
+        raise BadRequest(
+            f"the body is a {kind or 'resource without resourceType'}, not a {resource_type}",
+            [Problem(f"resourceType must be {resource_type}", expression="resourceType", code="structure")],
+        )
+    if url_id is not None and body.get("id") not in (None, url_id):
+        raise BadRequest(
+            f"the body id {body.get('id')!r} differs from the URL id {url_id!r}",
+            [Problem("id differs from the URL", expression=f"{resource_type}.id", code="invalid")],
+        )
+    structural = structure_problems(resource_type, body)
+    if structural:
+        raise BadRequest(f"{resource_type} is not a valid FHIR R4 resource", structural)
+    found = profile_problems(body)
+    errors = [p for p in found if p.severity in ("error", "fatal")]
+    if errors:
+        raise Unprocessable(f"{resource_type} breaks a profile or business rule", errors)
+    return [p for p in found if p.severity not in ("error", "fatal")]

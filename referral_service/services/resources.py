@@ -1,0 +1,315 @@
+"""Generic FHIR use cases: create, update, delete, read, search — each inside the caller's unit of work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sqlalchemy import and_, false, or_, select
+from sqlalchemy.orm import Session
+
+from ..domain.actor import SYSTEM, Actor
+from ..domain.errors import Forbidden, NotFound, PreconditionFailed, Problem, Unprocessable
+from ..domain.fhir_store import StoredResource
+from ..domain.registry import AuditRecord
+from ..fhir.mappers import TO_DOMAIN
+from ..fhir.resources import RESOURCES
+from ..fhir.search import SearchQuery, parse_search
+from ..fhir.search_params import extract
+from ..fhir.store import ResourceStore, SearchPage, Stored
+from ..fhir.validation import check_resource
+
+# Only the county platform (and admins) may write these.
+PLATFORM_ONLY_WRITES = frozenset({"Organization"})
+
+# Hooks other use cases register (e.g. the referral workflow on a finished Encounter).
+AfterWrite = Callable[[Session, Actor, Stored, "WriteResult"], None]
+_after_write: dict[str, list[AfterWrite]] = {}
+
+
+def on_write(resource_type: str, hook: AfterWrite) -> None:
+    """Run `hook` after every stored write of the type, in the same transaction."""
+    _after_write.setdefault(resource_type, []).append(hook)
+
+
+@dataclass
+class WriteResult:
+    """The stored version and whether it was created (201) or matched/updated (200)."""
+
+    stored: Stored
+    created: bool
+    warnings: list[Problem] = field(default_factory=list)
+    matched_existing: bool = False
+
+
+def audit(
+    session: Session,
+    actor: Actor,
+    *,
+    action: str,
+    interaction: str,
+    entity_type: str | None = None,
+    entity_id: str | None = None,
+    patient_id: str | None = None,
+    query: str | None = None,
+    outcome: str = "0",
+    request_id: str | None = None,
+) -> None:
+    """Record an access to patient data (served as AuditEvent)."""
+    session.add(
+        AuditRecord(
+            action=action,
+            interaction=interaction,
+            outcome=outcome,
+            agent_kind=actor.kind,
+            agent_name=actor.name,
+            organization_id=actor.organization_id,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            patient_id=patient_id,
+            query=(query or "")[:2000] or None,
+            request_id=request_id,
+        )
+    )
+
+
+def _check_references(session: Session, resource_type: str, resource: dict[str, Any]) -> None:
+    """Every literal reference to a type we store must point at an existing resource (422 otherwise)."""
+    rows = extract(resource, list(RESOURCES[resource_type].params))
+    wanted = {(t, i) for _, t, i in rows.references if t in RESOURCES and t != "AuditEvent"}
+    if not wanted:
+        return
+    found = {
+        (r[0], r[1])
+        for r in session.execute(
+            select(StoredResource.res_type, StoredResource.res_id).where(
+                StoredResource.deleted == false(),
+                or_(*[and_(StoredResource.res_type == t, StoredResource.res_id == i) for t, i in wanted]),
+            )
+        ).all()
+    }
+    missing = sorted(wanted - found)
+    if missing:
+        problems = [
+            Problem(
+                f"{resource_type} references {t}/{i}, which does not exist",
+                expression=resource_type,
+                code="not-found",
+            )
+            for t, i in missing
+        ]
+        raise Unprocessable(problems[0].message, problems)
+
+
+def _check_write_allowed(actor: Actor, resource_type: str) -> None:
+    if resource_type in PLATFORM_ONLY_WRITES and not actor.sees_everything:
+        raise Forbidden(f"only the county platform may create or update {resource_type} resources")
+    if resource_type not in RESOURCES or "create" not in RESOURCES[resource_type].interactions:
+        raise Forbidden(f"{resource_type} cannot be written through the API")
+
+
+def _store_version(
+    session: Session,
+    actor: Actor,
+    resource_type: str,
+    body: dict[str, Any],
+    *,
+    method: str,
+    existing: StoredResource | None,
+) -> Stored:
+    store = ResourceStore(session)
+    stored = store.save(
+        resource_type,
+        body,
+        method=method,
+        owner_org_id=existing.owner_org_id if existing else actor.organization_id,
+        existing=existing,
+    )
+    resource = stored.as_dict()
+    mapper = TO_DOMAIN.get(resource_type)
+    if mapper is not None:
+        mapper(session, resource, actor, existing is None)
+    patient_id = RESOURCES[resource_type].compartment_patient(resource)
+    if patient_id and actor.organization_id and resource_type != "Patient":
+        store.grant_access(patient_id, actor.organization_id, "treated")
+    return stored
+
+
+def run_hooks(session: Session, actor: Actor, result: WriteResult) -> None:
+    """Run the after-write hooks of the stored type (bundles call this once all entries are stored)."""
+    for hook in _after_write.get(result.stored.res_type, []):
+        hook(session, actor, result.stored, result)
+
+
+def create(
+    session: Session,
+    actor: Actor,
+    resource_type: str,
+    body: dict[str, Any],
+    *,
+    if_none_exist: str | None = None,
+    request_id: str | None = None,
+    hooks: bool = True,
+    assigned_id: str | None = None,
+) -> WriteResult:
+    """Create a resource (server-assigned id); with If-None-Exist, return the one match instead."""
+    _check_write_allowed(actor, resource_type)
+    warnings = check_resource(resource_type, body)
+    if if_none_exist:
+        args = parse_qsl(if_none_exist.lstrip("?"), keep_blank_values=True)
+        query = parse_search(resource_type, args, 2, 2)
+        store = ResourceStore(session)
+        store.lock_key(f"{resource_type}?{sorted(args)}")
+        # Matching ignores visibility: a duplicate must never be created because a match is hidden.
+        ids = store.find_ids(query, SYSTEM, limit=2)
+        if len(ids) > 1:
+            raise PreconditionFailed(f"If-None-Exist matches more than one {resource_type}")
+        if ids:
+            current = store.current(resource_type, ids[0])
+            assert current is not None
+            if resource_type == "Patient" and actor.organization_id:
+                store.grant_access(ids[0], actor.organization_id, "presented")
+            stored = Stored(
+                resource_type, current.res_id, current.version_id, current.last_updated, current.content
+            )
+            return WriteResult(stored, created=False, matched_existing=True)
+    body = {k: v for k, v in body.items() if k != "id"}
+    if assigned_id:
+        body["id"] = assigned_id
+    _check_references(session, resource_type, body)
+    stored = _store_version(session, actor, resource_type, body, method="POST", existing=None)
+    result = WriteResult(stored, created=True, warnings=warnings)
+    audit(
+        session,
+        actor,
+        action="C",
+        interaction="create",
+        entity_type=resource_type,
+        entity_id=stored.res_id,
+        patient_id=RESOURCES[resource_type].compartment_patient(stored.as_dict()),
+        request_id=request_id,
+    )
+    if hooks:
+        run_hooks(session, actor, result)
+    return result
+
+
+def update(
+    session: Session,
+    actor: Actor,
+    resource_type: str,
+    res_id: str,
+    body: dict[str, Any],
+    *,
+    if_match: str | None = None,
+    request_id: str | None = None,
+    hooks: bool = True,
+) -> WriteResult:
+    """Replace a resource (creating it with the client's id when new); stale If-Match -> 412."""
+    _check_write_allowed(actor, resource_type)
+    warnings = check_resource(resource_type, body, url_id=res_id)
+    store = ResourceStore(session)
+    existing = store.current(resource_type, res_id, for_update=True)
+    if existing is not None and not existing.deleted:
+        # The writer must be able to see what it changes; otherwise it is unknown to it.
+        store.read(resource_type, res_id, actor)
+    if if_match is not None:
+        expected = if_match.strip().removeprefix("W/").strip('"')
+        current = str(existing.version_id) if existing is not None else None
+        if current != expected:
+            shown = "none" if current is None else f'W/"{current}"'
+            raise PreconditionFailed(f"If-Match {if_match} does not match the current version ({shown})")
+    body = {**body, "id": res_id}
+    _check_references(session, resource_type, body)
+    stored = _store_version(session, actor, resource_type, body, method="PUT", existing=existing)
+    result = WriteResult(stored, created=existing is None, warnings=warnings)
+    audit(
+        session,
+        actor,
+        action="U" if existing else "C",
+        interaction="update",
+        entity_type=resource_type,
+        entity_id=res_id,
+        patient_id=RESOURCES[resource_type].compartment_patient(stored.as_dict()),
+        request_id=request_id,
+    )
+    if hooks:
+        run_hooks(session, actor, result)
+    return result
+
+
+def delete(
+    session: Session, actor: Actor, resource_type: str, res_id: str, *, request_id: str | None = None
+) -> Stored | None:
+    """Delete a resource (a deletion version); deleting twice or an unknown id is fine (204)."""
+    _check_write_allowed(actor, resource_type)
+    store = ResourceStore(session)
+    existing = store.current(resource_type, res_id, for_update=True)
+    if existing is None or existing.deleted:
+        return None
+    store.read(resource_type, res_id, actor)
+    stored = store.delete(existing)
+    audit(
+        session,
+        actor,
+        action="D",
+        interaction="delete",
+        entity_type=resource_type,
+        entity_id=res_id,
+        patient_id=existing.patient_id,
+        request_id=request_id,
+    )
+    return stored
+
+
+def read(
+    session: Session,
+    actor: Actor,
+    resource_type: str,
+    res_id: str,
+    *,
+    version_id: int | None = None,
+    request_id: str | None = None,
+) -> Stored:
+    """The current (or a given) version, audited when it is patient data."""
+    if resource_type not in RESOURCES:
+        raise NotFound(f"unknown resource type {resource_type}")
+    store = ResourceStore(session)
+    stored = (
+        store.read(resource_type, res_id, actor)
+        if version_id is None
+        else store.vread(resource_type, res_id, version_id, actor)
+    )
+    rdef = RESOURCES[resource_type]
+    if not rdef.directory:
+        audit(
+            session,
+            actor,
+            action="R",
+            interaction="vread" if version_id else "read",
+            entity_type=resource_type,
+            entity_id=res_id,
+            request_id=request_id,
+            patient_id=rdef.compartment_patient(stored.as_dict()) if rdef.patient_paths else None,
+        )
+    return stored
+
+
+def search(
+    session: Session, actor: Actor, query: SearchQuery, *, query_text: str = "", request_id: str | None = None
+) -> SearchPage:
+    """One page of a search, audited when it is over patient data."""
+    page = ResourceStore(session).search(query, actor)
+    if not query.rdef.directory:
+        audit(
+            session,
+            actor,
+            action="E",
+            interaction="search",
+            entity_type=query.rdef.type,
+            query=query_text,
+            request_id=request_id,
+        )
+    return page

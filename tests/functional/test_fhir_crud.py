@@ -1,0 +1,238 @@
+"""FHIR interactions over HTTP on both engines: create, read, vread, update, history, delete, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.functional.fhir_helpers import FHIR, Fhir, organization, patient, token_for
+
+PID_1 = "620421199003070021"
+PID_2 = "620421198505050077"
+
+
+@pytest.fixture
+def platform(client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]) -> Fhir:
+    cid, secret = make_api_client("county-platform", "system/*.cruds", "qs-health-commission")
+    return Fhir(client, token_for(client, cid, secret))
+
+
+@pytest.fixture
+def clinic_org(platform: Fhir) -> str:
+    response = platform.put("Organization/th-01", organization("th-01"))
+    assert response.status_code == 201, response.json
+    return "th-01"
+
+
+@pytest.fixture
+def his(client: FlaskClient, make_api_client: Callable[..., tuple[str, str]], clinic_org: str) -> Fhir:
+    cid, secret = make_api_client("township-his", "system/*.cruds", clinic_org)
+    return Fhir(client, token_for(client, cid, secret))
+
+
+def test_create_read_vread_update_history(his: Fhir) -> None:
+    created = his.post("Patient", patient(PID_1))
+    assert created.status_code == 201, created.json
+    pid = created.json["id"]
+    assert created.headers["ETag"] == 'W/"1"'
+    assert created.headers["Location"].endswith(f"/fhir/Patient/{pid}/_history/1")
+    assert created.json["meta"]["versionId"] == "1"
+    assert created.mimetype == FHIR
+
+    read = his.get(f"Patient/{pid}")
+    assert read.status_code == 200
+    assert read.json == created.json
+    assert read.headers["Last-Modified"]
+
+    body = read.json | {"gender": "female", "telecom": [{"system": "phone", "value": "13800000000"}]}
+    updated = his.put(f"Patient/{pid}", body, headers={"If-Match": 'W/"1"'})
+    assert updated.status_code == 200, updated.json
+    assert updated.json["meta"]["versionId"] == "2"
+
+    stale = his.put(f"Patient/{pid}", body, headers={"If-Match": 'W/"1"'})
+    assert stale.status_code == 412
+    assert stale.json["resourceType"] == "OperationOutcome"
+
+    v1 = his.get(f"Patient/{pid}/_history/1")
+    assert v1.status_code == 200
+    assert "telecom" not in v1.json
+    history = his.get(f"Patient/{pid}/_history")
+    assert history.json["type"] == "history"
+    assert [e["resource"]["meta"]["versionId"] for e in history.json["entry"]] == ["2", "1"]
+    assert his.get(f"Patient/{pid}/_history/9").status_code == 404
+
+
+def test_delete_then_read_is_gone(his: Fhir) -> None:
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    assert his.delete(f"Patient/{pid}").status_code == 204
+    gone = his.get(f"Patient/{pid}")
+    assert gone.status_code == 410
+    assert gone.json["issue"][0]["code"] == "deleted"
+
+
+def test_prefer_minimal_and_outcome(his: Fhir) -> None:
+    minimal = his.post("Patient", patient(PID_1), headers={"Prefer": "return=minimal"})
+    assert minimal.status_code == 201
+    assert minimal.data == b""
+    assert minimal.headers["Location"]
+    outcome = his.post(
+        "Patient",
+        patient(PID_2, gender="male", birth="1985-05-05"),
+        headers={"Prefer": "return=OperationOutcome"},
+    )
+    assert outcome.json["resourceType"] == "OperationOutcome"
+
+
+def test_pretty_output(his: Fhir) -> None:
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    assert b"\n  " in his.get(f"Patient/{pid}?_pretty=true").data
+    assert b"\n" not in his.get(f"Patient/{pid}").data
+
+
+def test_conditional_create_returns_the_existing_one(his: Fhir) -> None:
+    first = his.post("Patient", patient(PID_1))
+    again = his.post(
+        "Patient",
+        patient(PID_1),
+        headers={"If-None-Exist": f"identifier=http://referral-service.example/fhir/sid/resident-id|{PID_1}"},
+    )
+    assert again.status_code == 200
+    assert again.json["id"] == first.json["id"]
+
+
+def test_duplicate_resident_id_is_409(his: Fhir) -> None:
+    assert his.post("Patient", patient(PID_1)).status_code == 201
+    dup = his.post("Patient", patient(PID_1))
+    assert dup.status_code == 409
+    assert dup.json["issue"][0]["code"] == "duplicate"
+
+
+def test_invalid_resident_id_is_422_naming_the_field(his: Fhir) -> None:
+    response = his.post("Patient", patient("620421199003070022"))
+    assert response.status_code == 422
+    assert any("identifier" in (i.get("expression") or [""])[0] for i in response.json["issue"])
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status"),
+    [
+        (b"{not json", FHIR, 400),
+        (b"\xff\xfe{}", FHIR, 400),
+        (b"[1, 2]", FHIR, 400),
+        (b'{"resourceType": "Patient"}', "text/plain", 415),
+        (b'{"resourceType": "Observation", "status": "final"}', FHIR, 400),
+        (b'{"resourceType": "Patient", "gender": 7}', FHIR, 400),
+        (b'{"resourceType": "Patient", "birthDate": "1990-13-45"}', FHIR, 400),
+        (b'{"resourceType": "Patient", "unknownElement": 1}', FHIR, 400),
+        (b'{"resourceType": "Patient", "gender": "femail"}', FHIR, 422),
+    ],
+)
+def test_bad_bodies(his: Fhir, data: bytes, content_type: str, status: int) -> None:
+    response = his.client.post(
+        "/fhir/Patient",
+        data=data,
+        content_type=content_type,
+        headers={"Authorization": f"Bearer {his.token}"},
+    )
+    assert response.status_code == status, response.json
+    assert response.json["resourceType"] == "OperationOutcome"
+
+
+def test_put_with_other_id_is_400(his: Fhir) -> None:
+    response = his.put("Patient/abc", patient(PID_1) | {"id": "xyz"})
+    assert response.status_code == 400
+
+
+def test_body_over_limit_is_413(his: Fhir) -> None:
+    his.client.application.config["MAX_CONTENT_LENGTH"] = 1000
+    response = his.client.post(
+        "/fhir/Patient",
+        data=b"{" + b" " * 2000 + b"}",
+        content_type=FHIR,
+        headers={"Authorization": f"Bearer {his.token}"},
+    )
+    assert response.status_code == 413
+    assert response.json["resourceType"] == "OperationOutcome"
+
+
+def test_unknown_type_and_id(his: Fhir) -> None:
+    assert his.get("Spaceship/1").status_code == 404
+    assert his.get("Spaceship").status_code == 404
+    missing = his.get("Patient/does-not-exist")
+    assert missing.status_code == 404
+    assert missing.json["issue"][0]["code"] == "not-found"
+
+
+def test_405_is_an_operation_outcome(his: Fhir) -> None:
+    response = his.client.patch("/fhir/metadata", headers={"Authorization": f"Bearer {his.token}"})
+    assert response.status_code == 405
+    assert response.json["resourceType"] == "OperationOutcome"
+
+
+def test_missing_and_bad_tokens(client: FlaskClient, his: Fhir) -> None:
+    none = client.get("/fhir/Patient")
+    assert none.status_code == 401
+    assert none.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "invalid_token" not in none.headers["WWW-Authenticate"]
+    assert none.json["resourceType"] == "OperationOutcome"
+    bad = client.get("/fhir/Patient", headers={"Authorization": "Bearer not.a.token"})
+    assert bad.status_code == 401
+    assert 'error="invalid_token"' in bad.headers["WWW-Authenticate"]
+
+
+def test_scope_outside_token_is_403(
+    client: FlaskClient, make_api_client: Callable[..., tuple[str, str]], clinic_org: str
+) -> None:
+    cid, secret = make_api_client("reader", "system/Patient.rs", clinic_org)
+    reader = Fhir(client, token_for(client, cid, secret))
+    response = reader.post("Patient", patient(PID_1))
+    assert response.status_code == 403
+    assert reader.get("Encounter").status_code == 403
+
+
+def test_organizations_are_written_only_by_the_platform(his: Fhir) -> None:
+    response = his.post("Organization", organization())
+    assert response.status_code == 403
+
+
+def test_validate_reports_every_problem(his: Fhir) -> None:
+    body = patient("620421199003070022") | {"gender": "femail"}
+    response = his.post("Patient/$validate", body)
+    assert response.status_code == 200
+    assert len(response.json["issue"]) >= 2
+    ok = his.post("Patient/$validate", patient(PID_1))
+    assert ok.json["issue"][0]["severity"] == "information"
+
+
+def test_reference_to_unknown_patient_is_422(his: Fhir) -> None:
+    enc = {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "Patient/nobody"},
+        "serviceProvider": {"reference": "Organization/th-01"},
+    }
+    response = his.post("Encounter", enc)
+    assert response.status_code == 422
+    assert "Patient/nobody" in response.json["issue"][0]["diagnostics"]
+
+
+def test_failed_request_leaves_no_rows(his: Fhir) -> None:
+    from sqlalchemy import func, select
+
+    from referral_service.domain.fhir_store import StoredResource
+    from referral_service.domain.registry import Patient
+    from referral_service.extensions import database
+
+    his.post("Patient", patient("620421199003070022"))
+    his.post("Patient", {"resourceType": "Patient", "gender": 1})
+    with database.session() as s:
+        assert s.scalar(select(func.count()).select_from(Patient)) == 0
+        assert (
+            s.scalar(
+                select(func.count()).select_from(StoredResource).where(StoredResource.res_type == "Patient")
+            )
+            == 0
+        )
