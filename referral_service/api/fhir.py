@@ -22,7 +22,7 @@ from ..fhir.resources import RESOURCES
 from ..fhir.search import parse_search
 from ..fhir.store import ResourceStore, Stored
 from ..fhir.validation import check_resource
-from ..services import bundles
+from ..services import audit_events, bundles
 from ..services import resources as service
 from ..services.actors import actor_for
 from .guard import current_principal, require
@@ -153,6 +153,32 @@ def conformance_read(resource_type: str, res_id: str) -> Response:
 
 
 # ------------------------------------------------------------------------- instance level
+
+
+@bp.get("/AuditEvent/<res_id>")
+def audit_event_read(res_id: str) -> Response:
+    """read an AuditEvent (from the audit log)."""
+    event = with_actor("AuditEvent", "r", lambda s, a: audit_events.read_audit_event(s, a, res_id))
+    return fhir_response(event)
+
+
+@bp.get("/AuditEvent")
+def audit_event_search() -> Response:
+    """search the audit log, newest first."""
+    args = list(request.args.items(multi=True))
+    count = _count_arg()
+    events, nxt = with_actor("AuditEvent", "s", lambda s, a: audit_events.search_audit_events(
+        s, a, [(k, v) for k, v in args if k != "_count"], count=count))
+    links = [{"relation": "self", "url": request.url}]
+    if nxt is not None:
+        kept = [(k, v) for k, v in args if k != "_cursor"]
+        links.append({"relation": "next",
+                      "url": f"{base_url()}/AuditEvent?{urlencode([*kept, ('_cursor', str(nxt))])}"})
+    return fhir_response({
+        "resourceType": "Bundle", "type": "searchset", "link": links,
+        "entry": [{"fullUrl": f"{base_url()}/AuditEvent/{e['id']}", "resource": e,
+                   "search": {"mode": "match"}} for e in events],
+    })
 
 
 @bp.get("/<resource_type>/<res_id>")

@@ -1,21 +1,73 @@
-"""CapabilityStatement generated from what is registered."""
+"""CapabilityStatement generated from what is really registered (types, interactions, parameters)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from .resources import RESOURCES
+
 SOFTWARE_VERSION = "0.1.0"
+CONFORMANCE_TYPES = ("StructureDefinition", "CodeSystem", "ValueSet")
+
+# Operations registered by later use cases: (resource type or "" for system, name, definition).
+OPERATIONS: list[tuple[str, str, str]] = [
+    ("", "validate", "http://hl7.org/fhir/OperationDefinition/Resource-validate"),
+]
+
+
+def register_operation(resource_type: str, name: str, definition: str) -> None:
+    """Declare an operation so that the CapabilityStatement lists it."""
+    if (resource_type, name, definition) not in OPERATIONS:
+        OPERATIONS.append((resource_type, name, definition))
+
+
+def _resource_entry(type_name: str) -> dict[str, Any]:
+    rdef = RESOURCES[type_name]
+    entry: dict[str, Any] = {
+        "type": type_name,
+        "interaction": [{"code": code} for code in rdef.interactions],
+        "versioning": "versioned",
+        "readHistory": True,
+        "updateCreate": "update" in rdef.interactions,
+        "conditionalCreate": "create" in rdef.interactions,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+        "searchInclude": [f"{type_name}:{p.name}" for p in rdef.params if p.type == "reference"],
+        "searchRevInclude": sorted(
+            f"{other.type}:{p.name}"
+            for other in RESOURCES.values()
+            for p in other.params
+            if p.type == "reference" and (not p.targets or type_name in p.targets)
+        ),
+        "searchParam": [
+            {"name": "_id", "type": "token"},
+            {"name": "_lastUpdated", "type": "date"},
+            *({"name": p.name, "type": p.type} for p in rdef.params),
+        ],
+    }
+    ops = [op for op in OPERATIONS if op[0] in ("", type_name)]
+    entry["operation"] = [{"name": name, "definition": definition} for _, name, definition in ops]
+    return entry
 
 
 def capability_statement(base_url: str) -> dict[str, Any]:
     """The server's CapabilityStatement with OAuth security and the token URL."""
+    server = base_url.rsplit("/fhir", 1)[0]
+    resources = [_resource_entry(t) for t in sorted(RESOURCES)]
+    resources += [
+        {"type": t, "interaction": [{"code": "read"}, {"code": "search-type"}],
+         "searchParam": [{"name": "url", "type": "uri"}]}
+        for t in CONFORMANCE_TYPES
+    ]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": "2026-11-30",
+        "publisher": "referral_service",
         "kind": "instance",
         "software": {"name": "referral_service", "version": SOFTWARE_VERSION},
-        "implementation": {"description": "County referral network FHIR API", "url": f"{base_url}/fhir"},
+        "implementation": {"description": "County referral network FHIR API", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
         "rest": [
@@ -23,24 +75,18 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                 "mode": "server",
                 "security": {
                     "cors": False,
-                    "service": [
-                        {
-                            "coding": [
-                                {
-                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                                    "code": "SMART-on-FHIR",
-                                }
-                            ]
-                        }
-                    ],
-                    "extension": [
-                        {
-                            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-                            "extension": [{"url": "token", "valueUri": f"{base_url}/oauth/token"}],
-                        }
-                    ],
+                    "service": [{"coding": [{
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR"}]}],
+                    "description": "OAuth2 client credentials; bearer JWT; SMART v2 system scopes",
+                    "extension": [{
+                        "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                        "extension": [{"url": "token", "valueUri": f"{server}/oauth/token"}],
+                    }],
                 },
-                "resource": [],
+                "resource": resources,
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+                "operation": [{"name": name, "definition": d} for t, name, d in OPERATIONS if t == ""],
             }
         ],
     }

@@ -93,3 +93,21 @@ def test_health_on_postgres_outage_and_recovery(database_urls: dict[str, str]) -
         assert client.get("/health").status_code == 200  # recovered without a restart
     finally:
         proxy.stop()
+
+
+def test_capability_statement_lists_what_is_registered(client: FlaskClient) -> None:
+    from referral_service.fhir.resources import RESOURCES
+
+    cs = client.get("/fhir/metadata").json
+    rest = cs["rest"][0]
+    types = {r["type"]: r for r in rest["resource"]}
+    assert set(RESOURCES) <= set(types)
+    patient = types["Patient"]
+    assert {"read", "vread", "create", "update", "search-type"} <= {i["code"] for i in patient["interaction"]}
+    assert {"identifier", "name", "birthdate"} <= {p["name"] for p in patient["searchParam"]}
+    assert "Encounter:subject" in patient["searchRevInclude"]
+    assert {i["code"] for i in types["AuditEvent"]["interaction"]} == {
+        "read", "vread", "history-instance", "history-type", "search-type"}
+    token_url = rest["security"]["extension"][0]["extension"][0]["valueUri"]
+    assert token_url.endswith("/oauth/token")
+    assert {"transaction", "batch"} == {i["code"] for i in rest["interaction"]}

@@ -1,0 +1,39 @@
+"""Every read, search and write of patient data leaves an AuditEvent, readable by the platform only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask.testing import FlaskClient
+
+from tests.functional.fhir_helpers import Fhir, organization, patient, token_for
+
+
+def test_patient_reads_and_writes_are_audited(
+    client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
+) -> None:
+    cid, secret = make_api_client("county-platform", "system/*.cruds", "qs-health-commission")
+    platform = Fhir(client, token_for(client, cid, secret))
+    assert platform.put("Organization/th-01", organization("th-01")).status_code == 201
+    hid, hsecret = make_api_client("township-his", "system/*.cruds", "th-01")
+    his = Fhir(client, token_for(client, hid, hsecret))
+    pid = his.post("Patient", patient("620421199003070021")).json["id"]
+    his.get(f"Patient/{pid}")
+    his.get("Patient?family=王")
+
+    events = platform.get("AuditEvent?agent-name=township-his").json["entry"]
+    actions = [(e["resource"]["action"], e["resource"]["subtype"][0]["code"]) for e in events]
+    assert actions == [("E", "search-type"), ("R", "read"), ("C", "create")]
+    read_event = events[1]["resource"]
+    assert read_event["entity"][0]["what"]["reference"] == f"Patient/{pid}"
+    assert read_event["agent"][0]["name"] == "township-his"
+    one = platform.get(f"AuditEvent/{read_event['id']}")
+    assert one.status_code == 200
+    assert one.json["id"] == read_event["id"]
+
+    by_patient = platform.get(f"AuditEvent?patient={pid}").json["entry"]
+    assert {e["resource"]["action"] for e in by_patient} >= {"R", "C"}
+
+    # Hospital systems cannot read the audit log: single reads are unknown, searches empty.
+    assert his.get(f"AuditEvent/{read_event['id']}").status_code == 404
+    assert his.get("AuditEvent").json.get("entry", []) == []
