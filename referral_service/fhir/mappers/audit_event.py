@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from ...domain.registry import AuditRecord
@@ -20,11 +21,11 @@ def from_domain(row: AuditRecord) -> dict[str, Any]:
     elif row.entity_type:
         entity["type"] = {"system": "http://hl7.org/fhir/resource-types", "code": row.entity_type}
     if row.query:
-        entity["query"] = __import__("base64").b64encode(row.query.encode()).decode()
+        entity["query"] = base64.b64encode(row.query.encode()).decode()
     entities = [entity] if entity else []
     if row.patient_id and not (row.entity_type == "Patient" and row.entity_id == row.patient_id):
-        entities.append({"what": {"reference": f"Patient/{row.patient_id}"},
-                         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}})
+        role = {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}
+        entities.append({"what": {"reference": f"Patient/{row.patient_id}"}, "role": role})
     agent: dict[str, Any] = {
         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type",
                              "code": "humanuser" if row.agent_kind == "user" else "dataprocessor"}]},
