@@ -34,6 +34,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     babel.init_app(app)
 
     from . import observability
+    from .config import PROJECT_ROOT
+    from .services import referrals
+
+    referrals.configure(PROJECT_ROOT / settings["RULES_DIR"])
+    from .fhir import profiles
+
+    profiles.default()  # load and check fhir_profiles/ now: a broken definition stops start-up
     from .api import fhir, oauth
 
     observability.init_app(app)

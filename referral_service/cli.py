@@ -7,6 +7,7 @@ from flask import Flask
 
 from . import migrate
 from .extensions import database
+from .seed.cli import register as register_seed
 
 
 def register_cli(app: Flask) -> None:
@@ -35,3 +36,4 @@ def register_cli(app: Flask) -> None:
         """Autogenerate a migration from the models."""
         migrate.revision(database.engine, message)
 
+    register_seed(app)

@@ -38,7 +38,8 @@ def _entry(base: str, stored: Stored, mode: str) -> bytes:
 def searchset(base: str, resource_type: str, query: SearchQuery, page: SearchPage) -> bytes:
     """A searchset Bundle with self and next links (keyset cursor); never an empty next page."""
     params = [(k, v) for k, v in query.raw]
-    self_url = f"{base}/{resource_type}" + (f"?{urlencode(params)}" if params else "")
+    here = [*params, ("_cursor", query.cursor_token)] if query.cursor_token else params
+    self_url = f"{base}/{resource_type}" + (f"?{urlencode(here)}" if here else "")
     links = [_link("self", self_url)]
     if page.next_cursor:
         nxt = [*params, ("_cursor", page.next_cursor)]
@@ -89,10 +90,19 @@ def parse_history_cursor(value: str | None) -> tuple[datetime, int, int] | None:
     if not value:
         return None
     data = decode_cursor(value)
+    ts, pk, vid = data.get("t"), data.get("pk"), data.get("v")
     try:
-        return datetime.fromisoformat(data["t"]), int(data["pk"]), int(data["v"])
-    except (KeyError, TypeError, ValueError):
-        raise BadRequest("the paging cursor is not valid") from None
+        at = datetime.fromisoformat(ts) if isinstance(ts, str) else None
+    except ValueError:
+        at = None
+    if (
+        at is None
+        or at.tzinfo is None
+        or not (isinstance(pk, int) and isinstance(vid, int))
+        or not (0 <= pk < 2**63 and 0 <= vid < 2**31)
+    ):
+        raise BadRequest("the paging cursor is not valid")
+    return at, pk, vid
 
 
 def history_bundle(

@@ -360,8 +360,10 @@ def _slice_matcher(
             return lambda item: isinstance(item, dict) and item.get("system") == value
     elif path == "url":
         profiles = [p for t in slice_element.get("type", []) for p in t.get("profile", [])]
-        if profiles:
-            url = profiles[0]
+        # A complex extension's parts are sliced by their fixed (relative) url.
+        fixed = by_id.get(f"{element_id}.url", {}).get("fixedUri")
+        if profiles or fixed:
+            url = profiles[0] if profiles else fixed
             return lambda item: isinstance(item, dict) and item.get("url") == url
     elif path == "coding.system":
         pattern = slice_element.get("patternCodeableConcept", {}).get("coding") or [{}]

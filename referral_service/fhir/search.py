@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +31,8 @@ RESULT_PARAMS = {
     "_containedType",
 }
 SORTABLE = {"_id", "_lastUpdated"}
+MAX_PK = 2**63 - 1
+_CURSOR_SALT = b"referral-service search cursor v1"
 
 
 @dataclass(frozen=True)
@@ -61,29 +65,68 @@ class SearchQuery:
     revincludes: list[Include] = field(default_factory=list)
     summary_count: bool = False
     total: str = "accurate"
-    cursor: dict[str, Any] | None = None
+    cursor: dict[str, Any] | None = None  # {"v": sort value (str, datetime or None), "pk": int}
     raw: list[tuple[str, str]] = field(default_factory=list)  # what to repeat in paging links
+    cursor_token: str | None = None  # the _cursor as received (for the page's self link)
+
+    @property
+    def sort_name(self) -> str:
+        """The sort as written in _sort (`_pk` is the default order by insertion)."""
+        key, desc = self.sort
+        return f"-{key}" if desc else key
 
 
 def _bad(message: str, expression: str | None = None) -> BadRequest:
     return BadRequest(message, [Problem(message, expression=expression, code="invalid")])
 
 
+def _checksum(payload: bytes) -> str:
+    return hmac.new(_CURSOR_SALT, payload, hashlib.sha256).hexdigest()[:16]
+
+
 def encode_cursor(data: dict[str, Any]) -> str:
-    """Opaque paging token."""
-    return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode().rstrip("=")
+    """Opaque paging token: the position as JSON plus a checksum, so an edited token is refused."""
+    payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + _checksum(payload)
 
 
 def decode_cursor(token: str) -> dict[str, Any]:
     """Read a paging token; 400 when it was tampered with."""
+    body, _, check = token.partition(".")
     try:
-        padded = token + "=" * (-len(token) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+        payload = base64.urlsafe_b64decode((body + "=" * (-len(body) % 4)).encode("ascii"))
+        data = json.loads(payload)
+    except (binascii.Error, ValueError, UnicodeError):
         raise _bad("the paging cursor is not valid", "_cursor") from None
+    if not hmac.compare_digest(check.encode("ascii", "replace"), _checksum(payload).encode()):
+        raise _bad("the paging cursor is not valid", "_cursor")
     if not isinstance(data, dict):
         raise _bad("the paging cursor is not valid", "_cursor")
     return data
+
+
+def _search_cursor(data: dict[str, Any], sort: tuple[str, bool]) -> dict[str, Any]:
+    """The typed position of a search cursor; 400 unless it was made for this sort."""
+    key, desc = sort
+    pk, value = data.get("pk"), data.get("v")
+    valid = (
+        data.get("s") == (f"-{key}" if desc else key)
+        and type(pk) is int
+        and 0 <= pk <= MAX_PK
+    )
+    if valid and key == "_pk":
+        valid = value is None
+    elif valid and key == "_id":
+        valid = isinstance(value, str) and 0 < len(value) <= 64
+    elif valid and key == "_lastUpdated":
+        try:
+            value = datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            value = None
+        valid = value is not None and value.tzinfo is not None
+    if not valid:
+        raise _bad("the paging cursor is not valid for this search", "_cursor")
+    return {"v": value, "pk": pk}
 
 
 def _split_values(raw: str) -> list[str]:
@@ -105,8 +148,9 @@ def _split_values(raw: str) -> list[str]:
 
 
 def _parse_date_value(name: str, value: str) -> tuple[str, datetime, datetime]:
-    prefix = value[:2] if value[:2] in DATE_PREFIXES and not value[:2].isdigit() else "eq"
-    text = value[2:] if value[:2] in DATE_PREFIXES else value
+    prefix = value[:2] if value[:2] in DATE_PREFIXES else "eq"
+    # A '+' of a zone offset that was not URL-encoded arrives as a space.
+    text = (value[2:] if value[:2] in DATE_PREFIXES else value).strip().replace(" ", "+")
     try:
         low, high = parse_date_range(text)
     except ValueError:
@@ -139,26 +183,27 @@ def parse_search(
     """Parse query-string pairs (GET or POST _search) into a SearchQuery; 400 on anything unknown."""
     rdef = RESOURCES[resource_type]
     query = SearchQuery(rdef=rdef, count=default_count)
+    cursor: dict[str, Any] | None = None
     for key, raw in args:
         name, _, modifier = key.partition(":")
         if name == "_count":
-            try:
-                query.count = max(0, min(int(raw), max_count))
-            except ValueError:
-                raise _bad(f"_count must be a whole number, not {raw!r}", "_count") from None
+            if not raw.strip().isdigit():
+                raise _bad(f"_count must be a whole number (0 or more), not {raw!r}", "_count")
+            query.count = min(int(raw), max_count)
             query.raw.append((key, raw))
         elif name == "_sort":
-            first = raw.split(",")[0].strip()
-            desc = first.startswith("-")
-            key_name = first.lstrip("-")
-            if key_name not in SORTABLE:
-                raise _bad(f"_sort by {key_name!r} is not supported (use _id or _lastUpdated)", "_sort")
-            query.sort = (key_name, desc)
+            keys = [k.strip() for k in raw.split(",")]
+            for k in keys:
+                if k.lstrip("-") not in SORTABLE:
+                    raise _bad(f"_sort by {k!r} is not supported (use _id or _lastUpdated)", "_sort")
+            query.sort = (keys[0].lstrip("-"), keys[0].startswith("-"))
             query.raw.append((key, raw))
         elif name in ("_include", "_revinclude"):
             parts = raw.split(":")
             if len(parts) not in (2, 3) or parts[0] not in RESOURCES:
                 raise _bad(f"{name}={raw!r}: expected Type:parameter[:TargetType]", name)
+            if len(parts) == 3 and parts[2] not in RESOURCES:
+                raise _bad(f"{name}={raw!r}: {parts[2]!r} is not a resource type", name)
             source = RESOURCES[parts[0]]
             p = source.by_name.get(parts[1])
             if p is None or p.type != "reference":
@@ -183,16 +228,21 @@ def parse_search(
             query.total = raw
             query.raw.append((key, raw))
         elif name == "_cursor":
-            query.cursor = decode_cursor(raw)
+            cursor = decode_cursor(raw)
+            query.cursor_token = raw
         elif name in RESULT_PARAMS:
             continue  # formatting parameters handled by the response layer
         else:
             query.clauses.append(_parse_clause(rdef, name, modifier or None, raw))
             query.raw.append((key, raw))
+    if cursor is not None:
+        query.cursor = _search_cursor(cursor, query.sort)
     return query
 
 
 def _parse_clause(rdef: ResourceDef, name: str, modifier: str | None, raw: str) -> Clause:
+    if name in ("_id", "_lastUpdated") and modifier:
+        raise _bad(f"modifier :{modifier} is not supported on {name}", name)
     if name == "_id":
         return Clause(SearchParam("_id", "special", ()), None, tuple(_split_values(raw)))
     if name == "_lastUpdated":

@@ -24,6 +24,8 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ..domain.actor import Actor
@@ -298,10 +300,19 @@ class ResourceStore:
         return Stored(existing.res_type, existing.res_id, version, ts, b"{}", deleted=True)
 
     def grant_access(self, patient_id: str, org_id: str, reason: str) -> None:
-        """Record that an organisation treated, referred or received the patient."""
-        exists = self.session.get(PatientAccess, (patient_id, org_id))
-        if exists is None:
-            self.session.add(PatientAccess(patient_id=patient_id, org_id=org_id, reason=reason))
+        """Record that an organisation treated, referred or received the patient.
+
+        Concurrent requests may grant the same link: the insert ignores an existing row instead of
+        failing on the primary key.
+        """
+        dialect = self.session.get_bind().dialect.name
+        values = {"patient_id": patient_id, "org_id": org_id, "reason": reason}
+        if dialect == "postgresql":
+            self.session.execute(pg_insert(PatientAccess).values(values).on_conflict_do_nothing())
+        elif dialect == "sqlite":
+            self.session.execute(sqlite_insert(PatientAccess).values(values).on_conflict_do_nothing())
+        elif self.session.get(PatientAccess, (patient_id, org_id)) is None:
+            self.session.add(PatientAccess(**values))
             self.session.flush()
 
     def _drop_indexes(self, pk: int) -> None:
@@ -377,8 +388,12 @@ class ResourceStore:
         next_cursor = None
         if len(rows) > query.count:
             last = page_rows[-1]
-            value = last.sort_value.isoformat() if isinstance(last.sort_value, datetime) else last.sort_value
-            next_cursor = encode_cursor({"v": value, "pk": last.pk})
+            value: str | None = None
+            if key == "_lastUpdated":
+                value = last.sort_value.isoformat()
+            elif key == "_id":
+                value = last.sort_value
+            next_cursor = encode_cursor({"s": query.sort_name, "v": value, "pk": last.pk})
         matches = [_stored(r) for r in page_rows]
         included = self._included(query, [r.pk for r in page_rows], matches, actor)
         return SearchPage(matches, included, total, next_cursor)
@@ -391,15 +406,20 @@ class ResourceStore:
         seen = {(m.res_type, m.res_id) for m in matches}
         out: list[Stored] = []
         for inc in query.includes:
+            targets = [inc.target] if inc.target is not None else list(RESOURCES)
             refs = self.session.execute(
-                select(ReferenceIndex.target_type, ReferenceIndex.target_id).where(
-                    ReferenceIndex.resource_pk.in_(pks), ReferenceIndex.param == inc.param
+                select(ReferenceIndex.target_type, ReferenceIndex.target_id)
+                .where(
+                    ReferenceIndex.resource_pk.in_(pks),
+                    ReferenceIndex.res_type == query.rdef.type,
+                    ReferenceIndex.param == inc.param,
+                    ReferenceIndex.target_type.in_(targets),
                 )
+                .distinct()
             ).all()
             by_type: dict[str, set[str]] = {}
             for t, i in refs:
-                if t in RESOURCES and (inc.target is None or t == inc.target):
-                    by_type.setdefault(t, set()).add(i)
+                by_type.setdefault(t, set()).add(i)
             for t, ids in by_type.items():
                 out += self._fetch(t, ids, actor, seen)
         for inc in query.revincludes:
@@ -479,16 +499,10 @@ def _ordered(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 def _after_cursor(sort_col: Any, key: str, desc: bool, cursor: dict[str, Any]) -> ColumnElement[bool]:
-    pk = cursor.get("pk")
-    value = cursor.get("v")
-    if not isinstance(pk, int):
-        from ..domain.errors import BadRequest
-
-        raise BadRequest("the paging cursor is not valid")
+    """Rows after the cursor's position in the sort order (ties broken by pk)."""
+    pk, value = cursor["pk"], cursor["v"]
     if key == "_pk":
         return StoredResource.pk < pk if desc else StoredResource.pk > pk
-    if key == "_lastUpdated":
-        value = datetime.fromisoformat(str(value))
     if desc:
         return or_(sort_col < value, and_(sort_col == value, StoredResource.pk < pk))
     return or_(sort_col > value, and_(sort_col == value, StoredResource.pk > pk))

@@ -110,6 +110,7 @@ def _run_entry(
     authorise: Authorise,
     base: str,
     written: list[service.WriteResult],
+    known: frozenset[tuple[str, str]] = frozenset(),
 ) -> dict[str, Any]:
     res_type, res_id, query = _split_url(entry.url)
     if not authorise(res_type, PERMISSION.get(entry.method, "r")):
@@ -124,6 +125,7 @@ def _run_entry(
             if_none_exist=entry.if_none_exist,
             hooks=False,
             assigned_id=entry.resource.get("id"),
+            known_refs=known,
         )
         if not result.matched_existing:
             written.append(result)
@@ -133,7 +135,8 @@ def _run_entry(
         if res_id is None:
             raise BadRequest(f"PUT {entry.url}: conditional update is not supported; give the id")
         result = service.update(
-            session, actor, res_type, res_id, entry.resource, if_match=entry.if_match, hooks=False
+            session, actor, res_type, res_id, entry.resource, if_match=entry.if_match, hooks=False,
+            known_refs=known,
         )
         written.append(result)
         return _entry_response(201 if result.created else 200, result.stored, base)
@@ -207,9 +210,14 @@ def process(
             ids = _assign_ids(session, entries)
             for e in entries:
                 e.resource = _rewrite(e.resource, ids) if e.resource is not None else None
+            known = frozenset((v.split("/", 1)[0], v.split("/", 1)[1]) for v in ids.values())
+            known |= frozenset(
+                (_split_url(e.url)[0], str(_split_url(e.url)[1])) for e in entries
+                if e.method == "PUT" and _split_url(e.url)[1] is not None
+            )
             for e in ordered:
                 try:
-                    responses[e.index] = _run_entry(session, actor, e, authorise, base, written)
+                    responses[e.index] = _run_entry(session, actor, e, authorise, base, written, known)
                 except DomainError as exc:
                     for p in exc.problems:
                         p.message = f"Bundle.entry[{e.index}] ({e.method} {e.url}): {p.message}"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from sqlalchemy import and_, false, or_, select
 from sqlalchemy.orm import Session
 
@@ -29,9 +30,26 @@ AfterWrite = Callable[[Session, Actor, Stored, "WriteResult"], None]
 _after_write: dict[str, list[AfterWrite]] = {}
 
 
+BeforeWrite = Callable[[Session, Actor, dict[str, Any], "dict[str, Any] | None"], None]
+_before_write: dict[str, list[BeforeWrite]] = {}
+
+
+def on_before_write(resource_type: str, hook: BeforeWrite) -> None:
+    """Run `hook(session, actor, new, previous)` before a write of the type is stored; it may refuse."""
+    if hook not in _before_write.setdefault(resource_type, []):
+        _before_write[resource_type].append(hook)
+
+
+def _run_before(session: Session, actor: Actor, resource_type: str, new: dict[str, Any],
+                previous: dict[str, Any] | None) -> None:
+    for hook in _before_write.get(resource_type, []):
+        hook(session, actor, new, previous)
+
+
 def on_write(resource_type: str, hook: AfterWrite) -> None:
     """Run `hook` after every stored write of the type, in the same transaction."""
-    _after_write.setdefault(resource_type, []).append(hook)
+    if hook not in _after_write.setdefault(resource_type, []):
+        _after_write[resource_type].append(hook)
 
 
 @dataclass
@@ -42,6 +60,7 @@ class WriteResult:
     created: bool
     warnings: list[Problem] = field(default_factory=list)
     matched_existing: bool = False
+    previous: dict[str, Any] | None = None  # the version this write replaced
 
 
 def audit(
@@ -75,10 +94,16 @@ def audit(
     )
 
 
-def _check_references(session: Session, resource_type: str, resource: dict[str, Any]) -> None:
+def _check_references(
+    session: Session,
+    resource_type: str,
+    resource: dict[str, Any],
+    known: frozenset[tuple[str, str]] = frozenset(),
+) -> None:
     """Every literal reference to a type we store must point at an existing resource (422 otherwise)."""
     rows = extract(resource, list(RESOURCES[resource_type].params))
-    wanted = {(t, i) for _, t, i in rows.references if t in RESOURCES and t != "AuditEvent"}
+    # `known`: resources being created in the same transaction (they may come later in its order).
+    wanted = {(t, i) for _, t, i in rows.references if t in RESOURCES and t != "AuditEvent"} - known
     if not wanted:
         return
     found = {
@@ -153,6 +178,7 @@ def create(
     request_id: str | None = None,
     hooks: bool = True,
     assigned_id: str | None = None,
+    known_refs: frozenset[tuple[str, str]] = frozenset(),
 ) -> WriteResult:
     """Create a resource (server-assigned id); with If-None-Exist, return the one match instead."""
     _check_write_allowed(actor, resource_type)
@@ -178,7 +204,8 @@ def create(
     body = {k: v for k, v in body.items() if k != "id"}
     if assigned_id:
         body["id"] = assigned_id
-    _check_references(session, resource_type, body)
+    _check_references(session, resource_type, body, known_refs)
+    _run_before(session, actor, resource_type, body, None)
     stored = _store_version(session, actor, resource_type, body, method="POST", existing=None)
     result = WriteResult(stored, created=True, warnings=warnings)
     audit(
@@ -206,6 +233,7 @@ def update(
     if_match: str | None = None,
     request_id: str | None = None,
     hooks: bool = True,
+    known_refs: frozenset[tuple[str, str]] = frozenset(),
 ) -> WriteResult:
     """Replace a resource (creating it with the client's id when new); stale If-Match -> 412."""
     _check_write_allowed(actor, resource_type)
@@ -222,9 +250,11 @@ def update(
             shown = "none" if current is None else f'W/"{current}"'
             raise PreconditionFailed(f"If-Match {if_match} does not match the current version ({shown})")
     body = {**body, "id": res_id}
-    _check_references(session, resource_type, body)
+    _check_references(session, resource_type, body, known_refs)
+    previous = orjson.loads(existing.content) if existing is not None and not existing.deleted else None
+    _run_before(session, actor, resource_type, body, previous)
     stored = _store_version(session, actor, resource_type, body, method="PUT", existing=existing)
-    result = WriteResult(stored, created=existing is None, warnings=warnings)
+    result = WriteResult(stored, created=existing is None, warnings=warnings, previous=previous)
     audit(
         session,
         actor,

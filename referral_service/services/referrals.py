@@ -1,0 +1,675 @@
+"""The referral workflow (基层首诊、疑难上转、康复回家): decide, refer up, admit, discharge, refer down."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..domain.actor import SYSTEM, Actor
+from ..domain.errors import Conflict, Forbidden, NotFound, Problem, Unprocessable
+from ..domain.fhir_store import StoredResource
+from ..domain.registry import Organization
+from ..fhir import codes
+from ..fhir.mappers import referral as shapes
+from ..fhir.search_params import SHANGHAI
+from ..fhir.store import ResourceStore, Stored, instant, now_ms
+from ..rules import Decision, DefaultRuleSets, evaluate, load_default_rule_sets
+from . import resources as service
+from .visit_facts import facts_of, load_visit, ref_id
+
+log = logging.getLogger(__name__)
+
+FINAL_TASK_STATES = frozenset({"completed", "rejected", "cancelled", "failed"})
+# Who may move a Task where: the owner (receiving organisation) or the requester (referring one).
+OWNER_MOVES: dict[str, frozenset[str]] = {
+    "requested": frozenset({"received", "accepted", "rejected"}),
+    "received": frozenset({"accepted", "rejected"}),
+    "accepted": frozenset({"in-progress", "rejected"}),
+    "in-progress": frozenset({"completed", "failed"}),
+}
+REQUESTER_MOVES: dict[str, frozenset[str]] = {
+    "draft": frozenset({"requested", "cancelled"}),
+    "requested": frozenset({"cancelled"}),
+    "received": frozenset({"cancelled"}),
+    "accepted": frozenset({"cancelled"}),
+}
+MOVED_BY_URL = f"{codes.BASE}/StructureDefinition/moved-by"
+OVERRIDE_URL = f"{codes.BASE}/StructureDefinition/referral-override-reason"
+
+
+@dataclass
+class _Rules:
+    sets: DefaultRuleSets | None = None
+    directory: Path | None = None
+
+
+_rules = _Rules()
+
+
+def configure(rules_dir: Path) -> None:
+    """Load (and validate) the rule sets once; hooks into the generic FHIR writes."""
+    if _rules.directory != rules_dir or _rules.sets is None:
+        _rules.sets = load_default_rule_sets(rules_dir)
+        _rules.directory = rules_dir
+    service.on_write("Encounter", _encounter_written)
+    service.on_before_write("Task", _check_task_move)
+    service.on_before_write("ServiceRequest", _check_referral_change)
+    service.on_write("ServiceRequest", _referral_written)
+
+
+def rule_sets() -> DefaultRuleSets:
+    """The loaded rule sets."""
+    if _rules.sets is None:
+        raise RuntimeError("referral rules are not configured")
+    return _rules.sets
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _load(session: Session, res_type: str, res_id: str) -> dict[str, Any] | None:
+    raw = session.execute(
+        select(StoredResource.content).where(
+            StoredResource.res_type == res_type,
+            StoredResource.res_id == res_id,
+            StoredResource.deleted.is_(False),
+        )
+    ).scalar_one_or_none()
+    return dict(orjson.loads(raw)) if raw is not None else None
+
+
+def _same(a: dict[str, Any] | None, b: dict[str, Any], ignore: tuple[str, ...]) -> bool:
+    if a is None:
+        return False
+    strip = ("meta", *ignore)
+    return {k: v for k, v in a.items() if k not in strip} == {k: v for k, v in b.items() if k not in strip}
+
+
+def _put(session: Session, body: dict[str, Any], *, ignore: tuple[str, ...] = ()) -> None:
+    """Write a workflow resource under its deterministic id, unless nothing changed (no duplicates)."""
+    current = _load(session, body["resourceType"], body["id"])
+    if _same(current, body, ignore):
+        return
+    service.update(session, SYSTEM, body["resourceType"], body["id"], body, hooks=False)
+
+
+def _now() -> str:
+    return instant(now_ms())
+
+
+def _code(resource: dict[str, Any], system: str) -> str | None:
+    for coding in (resource.get("code") or {}).get("coding", []):
+        if coding.get("system") == system:
+            return coding.get("code")
+    return None
+
+
+def choose_hospital(
+    session: Session, clinic: Organization | None, capability: str | None
+) -> Organization | None:
+    """A county-level hospital in the clinic's county: the one with the capability, else the general one."""
+    district = (clinic.district if clinic else "").strip()
+    hospitals = list(
+        session.scalars(
+            select(Organization)
+            .where(Organization.facility_level == "county", Organization.active.is_(True))
+            .order_by(Organization.id)
+        )
+    )
+    local = [h for h in hospitals if (h.district or "").strip() == district] or hospitals
+    for wanted in ([capability] if capability else []) + ["general"]:
+        for h in local:
+            if wanted in (h.capabilities or []):
+                return h
+    return local[0] if local else None
+
+
+# ----------------------------------------------------------------------- first visit: refer up
+
+
+def evaluate_visit(session: Session, actor: Actor, encounter_id: str) -> Decision:
+    """Decide on a finished first visit; store the GuidanceResponse and a draft referral + Task."""
+    ctx = load_visit(session, encounter_id)
+    decision = evaluate(rule_sets().up, facts_of(ctx), rule_sets().news2)
+    patient_id = str(ctx.patient["id"])
+    sr_id, task_id = f"ref-up-{encounter_id}", f"task-ref-up-{encounter_id}"
+    existing_sr = _load(session, "ServiceRequest", sr_id)
+    when = _now()
+    result_id = None
+    note = None
+    if decision.refers and ctx.provider is not None:
+        hospital = choose_hospital(session, ctx.provider, decision.capability)
+        if hospital is None:
+            note = "no county hospital is registered for this county"
+        elif existing_sr is None or existing_sr.get("status") == "draft":
+            sr = shapes.service_request(
+                sr_id,
+                kind="up-referral",
+                status="draft",
+                priority=decision.priority or "routine",
+                patient_id=patient_id,
+                encounter_id=encounter_id,
+                requester_id=ctx.provider.id,
+                performer_id=hospital.id,
+                authored=(existing_sr or {}).get("authoredOn", when),
+                reasons=[str(c["id"]) for c in ctx.conditions],
+                supporting=[shapes.ref("Observation", str(o["id"])) for o in ctx.observations],
+                note="; ".join(m.explanation_zh for m in decision.matched_rules),
+            )
+            result_id = sr_id
+            _put(session, sr, ignore=("authoredOn",))
+            _put(
+                session,
+                shapes.task(
+                    task_id,
+                    status="draft",
+                    sr_id=sr_id,
+                    patient_id=patient_id,
+                    owner_id=hospital.id,
+                    requester_id=ctx.provider.id,
+                    priority=sr["priority"],
+                    when=when,
+                ),
+                ignore=("authoredOn", "lastModified"),
+            )
+            ResourceStore(session).grant_access(patient_id, hospital.id, "referred")
+        else:
+            result_id = sr_id  # already confirmed: the clinician's choice stands
+    elif existing_sr is not None and existing_sr.get("status") == "draft":
+        # A re-evaluation no longer refers: withdraw the unconfirmed proposal.
+        _put(session, existing_sr | {"status": "revoked", "note": [{"text": "superseded by re-evaluation"}]})
+        old_task = _load(session, "Task", task_id)
+        if old_task is not None and old_task.get("status") == "draft":
+            _put(session, old_task | {"status": "cancelled", "lastModified": when})
+    gr = shapes.guidance_response(
+        f"gr-{encounter_id}",
+        decision,
+        patient_id=patient_id,
+        encounter_id=encounter_id,
+        when=when,
+        result_id=result_id,
+        note=note,
+    )
+    _put(session, gr, ignore=("occurrenceDateTime",))
+    return decision
+
+
+# ------------------------------------------------------------------- confirm, override, tasks
+
+
+def _org_of(actor: Actor) -> str | None:
+    return None if actor.sees_everything else actor.organization_id
+
+
+def _check_referral_change(
+    session: Session, actor: Actor, new: dict[str, Any], previous: dict[str, Any] | None
+) -> None:
+    """Only the requester changes a proposal; overriding (revoke, other target or urgency) needs a reason."""
+    if previous is None or _org_of(actor) is None:
+        return
+    requester = ref_id(previous.get("requester"))
+    performers = {ref_id(p) for p in previous.get("performer") or []}
+    if actor.organization_id != requester and actor.organization_id not in performers:
+        raise Forbidden("only the referring or receiving organisation may change this referral")
+    changed_target = {ref_id(p) for p in new.get("performer") or []} != performers
+    overriding = (
+        new.get("status") == "revoked" or changed_target or new.get("priority") != previous.get("priority")
+    )
+    if overriding:
+        if actor.organization_id != requester:
+            raise Forbidden("only the referring clinic may override its referral")
+        reason = _override_reason(new, previous)
+        if not reason:
+            raise Unprocessable(
+                "an override needs a reason",
+                [
+                    Problem(
+                        "give the reason in ServiceRequest.note or the referral-override-reason extension",
+                        expression="ServiceRequest.note",
+                        code="required",
+                    )
+                ],
+            )
+
+
+def _override_reason(sr: dict[str, Any], previous: dict[str, Any] | None = None) -> str | None:
+    """The reason extension, or a note the override added (notes already there do not count)."""
+    for ext in sr.get("extension") or []:
+        if ext.get("url") == OVERRIDE_URL and ext.get("valueString"):
+            return str(ext["valueString"])
+    before = {n.get("text") for n in (previous or {}).get("note") or []}
+    notes = [n.get("text") for n in sr.get("note") or [] if n.get("text") and n.get("text") not in before]
+    return notes[-1] if notes else None
+
+
+def _tasks_for(session: Session, sr_id: str) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(StoredResource.content).where(
+            StoredResource.res_type == "Task",
+            StoredResource.deleted.is_(False),
+            StoredResource.res_id.like(f"task-{sr_id}%"),
+        )
+    ).scalars()
+    return sorted((dict(orjson.loads(r)) for r in rows), key=lambda t: t["id"])
+
+
+def _active_task(session: Session, sr_id: str) -> dict[str, Any] | None:
+    tasks = [t for t in _tasks_for(session, sr_id) if t.get("status") not in FINAL_TASK_STATES]
+    return tasks[-1] if tasks else None
+
+
+def _move_task(
+    session: Session, task_: dict[str, Any], status: str, *, by: str, reason: str | None = None
+) -> None:
+    body = task_ | {"status": status, "lastModified": _now()}
+    body["extension"] = [e for e in body.get("extension") or [] if e.get("url") != MOVED_BY_URL]
+    body["extension"].append({"url": MOVED_BY_URL, "valueString": by})
+    if reason:
+        body["statusReason"] = {"text": reason}
+    service.update(session, SYSTEM, "Task", body["id"], body, hooks=False)
+
+
+def _referral_written(session: Session, actor: Actor, stored: Stored, result: service.WriteResult) -> None:
+    """Confirming (draft -> active) sends the Task; revoking cancels it; a new target gets a new Task."""
+    sr = stored.as_dict()
+    previous = result.previous or {}
+    sr_id = str(sr["id"])
+    kind = _code(sr, codes.REFERRAL_TYPE_SYSTEM)
+    task_ = _active_task(session, sr_id)
+    performer = ref_id((sr.get("performer") or [None])[0])
+    if sr.get("status") == "revoked" and task_ is not None:
+        _move_task(session, task_, "cancelled", by=actor.name, reason=_override_reason(sr, previous))
+        return
+    if sr.get("status") != "active" or kind not in ("up-referral", "down-referral"):
+        return
+    patient_id = ref_id(sr.get("subject")) or ""
+    requester = ref_id(sr.get("requester")) or ""
+    if task_ is None or ref_id(task_.get("owner")) != performer:
+        # No open Task (a HIS posted its own referral, or the last one was rejected): make one.
+        count = len(_tasks_for(session, sr_id))
+        new_id = f"task-{sr_id}" if count == 0 else f"task-{sr_id}-{count + 1}"
+        if task_ is not None:
+            _move_task(session, task_, "cancelled", by=actor.name, reason="re-targeted")
+        task_ = shapes.task(
+            new_id,
+            status="draft",
+            sr_id=sr_id,
+            patient_id=patient_id,
+            owner_id=performer or "",
+            requester_id=requester,
+            priority=sr.get("priority", "routine"),
+            when=_now(),
+        )
+        service.update(session, SYSTEM, "Task", new_id, task_, hooks=False)
+    if task_.get("status") == "draft":
+        _move_task(session, task_, "requested", by=actor.name)
+    if performer:
+        ResourceStore(session).grant_access(patient_id, performer, "referred")
+    if kind == "up-referral" and previous.get("status") != "active":
+        _open_episode(session, sr)
+
+
+def _episode_root(session: Session, sr: dict[str, Any]) -> dict[str, Any]:
+    seen = set()
+    current = sr
+    while True:
+        parent = ref_id((current.get("basedOn") or [None])[0])
+        if parent is None or parent in seen:
+            return current
+        seen.add(parent)
+        loaded = _load(session, "ServiceRequest", parent)
+        if loaded is None:
+            return current
+        current = loaded
+
+
+def _open_episode(session: Session, sr: dict[str, Any]) -> None:
+    root = _episode_root(session, sr)
+    eoc_id = f"eoc-{root['id']}"
+    if _load(session, "EpisodeOfCare", eoc_id) is not None:
+        return
+    _put(
+        session,
+        shapes.episode_of_care(
+            eoc_id,
+            patient_id=ref_id(sr.get("subject")) or "",
+            organization_id=ref_id(sr.get("requester")) or "",
+            referrals=[str(root["id"])],
+            start=str(root.get("authoredOn") or _now()),
+            status="active",
+        ),
+    )
+
+
+def _check_task_move(
+    session: Session, actor: Actor, new: dict[str, Any], previous: dict[str, Any] | None
+) -> None:
+    """Only the owner moves a Task forward, only the requester cancels or sends it; reasons where due."""
+    if previous is None:
+        return
+    old, wanted = previous.get("status"), new.get("status")
+    if old == wanted:
+        return
+    org = _org_of(actor)
+    owner, requester = ref_id(previous.get("owner")), ref_id(previous.get("requester"))
+    owner_moves = OWNER_MOVES.get(str(old), frozenset())
+    requester_moves = REQUESTER_MOVES.get(str(old), frozenset())
+    if org is not None and wanted in owner_moves and org != owner:
+        raise Forbidden(f"only the Task owner (Organization/{owner}) may move this Task to {wanted}")
+    if org is not None and wanted in requester_moves - owner_moves and org != requester:
+        raise Forbidden(f"only the requester (Organization/{requester}) may move this Task to {wanted}")
+    if org is not None and org not in (owner, requester):
+        raise Forbidden(f"only the Task owner (Organization/{owner}) may move this Task")
+    allowed: set[str] = set()
+    if org is None or org == owner:
+        allowed |= owner_moves
+    if org is None or org == requester:
+        allowed |= requester_moves
+    if wanted not in allowed:
+        nxt = ", ".join(sorted(allowed)) or "none (final state)"
+        raise Conflict(
+            f"Task cannot move from {old} to {wanted}; allowed next states: {nxt}",
+            [
+                Problem(
+                    f"Task cannot move from {old} to {wanted}; allowed next states: {nxt}",
+                    expression="Task.status",
+                    code="business-rule",
+                )
+            ],
+        )
+    if wanted == "rejected" and not (
+        (new.get("statusReason") or {}).get("text") or (new.get("statusReason") or {}).get("coding")
+    ):
+        raise Unprocessable(
+            "a rejection needs a reason (Task.statusReason)",
+            [
+                Problem(
+                    "Task.statusReason is required when rejecting",
+                    expression="Task.statusReason",
+                    code="required",
+                )
+            ],
+        )
+    new["lastModified"] = _now()
+    new["extension"] = [e for e in new.get("extension") or [] if e.get("url") != MOVED_BY_URL]
+    new["extension"].append({"url": MOVED_BY_URL, "valueString": actor.name})
+
+
+def confirm_referral(session: Session, actor: Actor, sr_id: str) -> None:
+    """The clinician confirms a proposed referral: it becomes active and its Task requested."""
+    sr = _load(session, "ServiceRequest", sr_id)
+    if sr is None:
+        raise NotFound(f"ServiceRequest/{sr_id} is not known")
+    if sr.get("status") != "draft":
+        raise Conflict(f"ServiceRequest/{sr_id} is {sr.get('status')}, not draft")
+    service.update(session, actor, "ServiceRequest", sr_id, sr | {"status": "active"})
+
+
+def override_referral(
+    session: Session,
+    actor: Actor,
+    sr_id: str,
+    *,
+    reason: str,
+    refer: bool,
+    target_id: str | None = None,
+    priority: str | None = None,
+) -> None:
+    """Override the proposal with a reason: no referral, or another target hospital or urgency."""
+    sr = _load(session, "ServiceRequest", sr_id)
+    if sr is None:
+        raise NotFound(f"ServiceRequest/{sr_id} is not known")
+    if not reason.strip():
+        raise Unprocessable("an override needs a reason")
+    body = dict(sr)
+    body["extension"] = [e for e in sr.get("extension") or [] if e.get("url") != OVERRIDE_URL]
+    body["extension"].append({"url": OVERRIDE_URL, "valueString": reason.strip()})
+    body["note"] = [*(sr.get("note") or []), {"text": reason.strip()}]
+    if not refer:
+        body["status"] = "revoked"
+    else:
+        if target_id:
+            body["performer"] = [shapes.ref("Organization", target_id)]
+        if priority:
+            body["priority"] = priority
+        body["status"] = "active"
+    service.update(session, actor, "ServiceRequest", sr_id, body)
+
+
+def move_task(session: Session, actor: Actor, task_id: str, status: str, reason: str | None = None) -> None:
+    """Move a referral Task (owner: received, accepted, rejected ...; requester: cancelled)."""
+    current = _load(session, "Task", task_id)
+    if current is None:
+        raise NotFound(f"Task/{task_id} is not known")
+    body = current | {"status": status}
+    if reason:
+        body["statusReason"] = {"text": reason}
+    service.update(session, actor, "Task", task_id, body)
+
+
+# --------------------------------------------------------------- admission, discharge, follow-up
+
+
+def _encounter_written(session: Session, actor: Actor, stored: Stored, result: service.WriteResult) -> None:
+    enc = stored.as_dict()
+    klass = (enc.get("class") or {}).get("code")
+    status = enc.get("status")
+    provider = session.get(Organization, ref_id(enc.get("serviceProvider")) or "")
+    if klass == "AMB" and status == "finished":
+        if provider is not None and provider.facility_level in ("township", "village"):
+            evaluate_visit(session, actor, str(enc["id"]))
+        _record_follow_up(session, actor, enc)
+    elif klass == "IMP" and status in ("arrived", "in-progress"):
+        _admit(session, actor, enc)
+    elif klass == "IMP" and status == "finished":
+        _admit(session, actor, enc)
+        discharge(session, actor, str(enc["id"]))
+
+
+def _basis(session: Session, enc: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for based in enc.get("basedOn") or []:
+        sr = _load(session, "ServiceRequest", ref_id(based) or "")
+        if sr is not None and _code(sr, codes.REFERRAL_TYPE_SYSTEM) == kind:
+            return sr
+    return None
+
+
+def _admit(session: Session, actor: Actor, enc: dict[str, Any]) -> None:
+    """Admission on an up-referral: its Task goes in-progress (accepting it first if still open)."""
+    sr = _basis(session, enc, "up-referral")
+    if sr is None:
+        return
+    task_ = _active_task(session, str(sr["id"]))
+    if task_ is None or ref_id(task_.get("owner")) != ref_id(enc.get("serviceProvider")):
+        return
+    for step in ("accepted", "in-progress"):
+        if (
+            (task_["status"] in ("requested", "received")
+            and step == "accepted")
+            or (task_["status"] == "accepted" and step == "in-progress")
+        ):
+            _move_task(session, task_, step, by=actor.name)
+            task_ = _load(session, "Task", str(task_["id"])) or task_
+
+
+def _township_clinic(
+    session: Session, patient: dict[str, Any], up: dict[str, Any] | None
+) -> Organization | None:
+    """The patient's township clinic: the episode's referrer, the GP, or that of the latest visit."""
+    candidates: list[str | None] = []
+    if up is not None:
+        candidates.append(ref_id(up.get("requester")))
+    candidates += [ref_id(g) for g in patient.get("generalPractitioner") or []]
+    for cid in candidates:
+        org = session.get(Organization, cid or "")
+        if org is not None and org.facility_level == "township":
+            return org
+    rows = session.execute(
+        select(StoredResource.content)
+        .where(
+            StoredResource.res_type == "Encounter",
+            StoredResource.patient_id == str(patient["id"]),
+            StoredResource.deleted.is_(False),
+        )
+        .order_by(StoredResource.last_updated.desc())
+    ).scalars()
+    for raw in rows:
+        enc = orjson.loads(raw)
+        if (enc.get("class") or {}).get("code") == "AMB":
+            org = session.get(Organization, ref_id(enc.get("serviceProvider")) or "")
+            if org is not None and org.facility_level == "township":
+                return org
+    return None
+
+
+def discharge(session: Session, actor: Actor, encounter_id: str) -> Decision:
+    """At the end of a stay: complete the up-referral, run the down-referral rules, plan follow-ups."""
+    ctx = load_visit(session, encounter_id)
+    up = _basis(session, ctx.encounter, "up-referral")
+    if up is not None:
+        task_ = _active_task(session, str(up["id"]))
+        if task_ is not None and task_.get("status") == "in-progress":
+            _move_task(session, task_, "completed", by=actor.name)
+        if up.get("status") == "active":
+            _put(session, up | {"status": "completed"})
+    decision = evaluate(rule_sets().down, facts_of(ctx), rule_sets().news2)
+    patient_id = str(ctx.patient["id"])
+    when = _now()
+    note = None
+    result_id = None
+    if decision.outcome == "down-referral":
+        clinic = _township_clinic(session, ctx.patient, up)
+        hospital_id = ref_id(ctx.encounter.get("serviceProvider")) or ""
+        if clinic is None:
+            note = "no township clinic found for the patient: no down-referral (down-referral-no-clinic)"
+        else:
+            sr_id = f"ref-down-{encounter_id}"
+            result_id = sr_id
+            sr = shapes.service_request(
+                sr_id,
+                kind="down-referral",
+                status="active",
+                priority="routine",
+                patient_id=patient_id,
+                encounter_id=encounter_id,
+                requester_id=hospital_id,
+                performer_id=clinic.id,
+                authored=when,
+                based_on=str(up["id"]) if up else None,
+                reasons=[str(c["id"]) for c in ctx.conditions],
+                note="; ".join(m.explanation_zh for m in decision.matched_rules),
+            )
+            if _load(session, "ServiceRequest", sr_id) is None:
+                _put(session, sr)
+                task_id = f"task-{sr_id}"
+                _put(
+                    session,
+                    shapes.task(
+                        task_id,
+                        status="requested",
+                        sr_id=sr_id,
+                        patient_id=patient_id,
+                        owner_id=clinic.id,
+                        requester_id=hospital_id,
+                        priority="routine",
+                        when=when,
+                    ),
+                )
+                start = ctx.start.astimezone(SHANGHAI).date()
+                end = (ctx.encounter.get("period") or {}).get("end")
+                if end:
+                    start = date.fromisoformat(end[:10])
+                _put(
+                    session,
+                    shapes.care_plan(
+                        f"cp-{sr_id}",
+                        patient_id=patient_id,
+                        sr_id=sr_id,
+                        clinic_id=clinic.id,
+                        start=start,
+                        days=list(decision.followup_days) or [7, 30, 90],
+                        when=when,
+                    ),
+                )
+                ResourceStore(session).grant_access(patient_id, clinic.id, "referred")
+                root = _episode_root(session, sr)
+                eoc_id = f"eoc-{root['id']}"
+                eoc = _load(session, "EpisodeOfCare", eoc_id)
+                refs = [r for r in ([str(up["id"])] if up else [])] + [sr_id]
+                if eoc is None:
+                    _put(
+                        session,
+                        shapes.episode_of_care(
+                            eoc_id,
+                            patient_id=patient_id,
+                            organization_id=clinic.id,
+                            referrals=refs,
+                            start=str(root.get("authoredOn") or when),
+                            status="active",
+                        ),
+                    )
+                else:
+                    have = [ref_id(r) for r in eoc.get("referralRequest") or []]
+                    if sr_id not in have:
+                        eoc["referralRequest"] = [
+                            *(eoc.get("referralRequest") or []),
+                            shapes.ref("ServiceRequest", sr_id),
+                        ]
+                        _put(session, eoc)
+    gr = shapes.guidance_response(
+        f"gr-{encounter_id}",
+        decision,
+        patient_id=patient_id,
+        encounter_id=encounter_id,
+        when=when,
+        result_id=result_id,
+        note=note,
+    )
+    _put(session, gr, ignore=("occurrenceDateTime",))
+    return decision
+
+
+def _record_follow_up(session: Session, actor: Actor, enc: dict[str, Any]) -> None:
+    """A finished visit based on a down-referral completes the next scheduled CarePlan activity."""
+    sr = _basis(session, enc, "down-referral")
+    if sr is None:
+        return
+    record_follow_up(session, actor, f"cp-{sr['id']}", str(enc["id"]))
+
+
+def record_follow_up(session: Session, actor: Actor, care_plan_id: str, encounter_id: str) -> int:
+    """Mark the next scheduled follow-up done; returns how many remain scheduled."""
+    plan = _load(session, "CarePlan", care_plan_id)
+    if plan is None:
+        raise NotFound(f"CarePlan/{care_plan_id} is not known")
+    activities = plan.get("activity") or []
+    done_by = {ref_id(o) for a in activities for o in a.get("outcomeReference") or []}
+    if encounter_id in done_by:
+        return sum(1 for a in activities if a["detail"]["status"] == "scheduled")
+    for activity in activities:
+        if activity["detail"]["status"] == "scheduled":
+            activity["detail"]["status"] = "completed"
+            activity["outcomeReference"] = [shapes.ref("Encounter", encounter_id)]
+            break
+    else:
+        raise Conflict(f"CarePlan/{care_plan_id} has no scheduled follow-up left")
+    remaining = sum(1 for a in activities if a["detail"]["status"] == "scheduled")
+    plan["activity"] = activities
+    if remaining == 0:
+        plan["status"] = "completed"
+        sr_id = ref_id((plan.get("basedOn") or [None])[0]) or ""
+        task_ = _active_task(session, sr_id)
+        if task_ is not None:
+            for step in ("accepted", "in-progress", "completed"):
+                if step in OWNER_MOVES.get(task_["status"], frozenset()):
+                    _move_task(session, task_, step, by=actor.name)
+                    task_ = _load(session, "Task", str(task_["id"])) or task_
+    _put(session, plan)
+    return remaining

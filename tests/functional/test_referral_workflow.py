@@ -1,0 +1,371 @@
+"""The referral journey through FHIR, on both engines: 基层首诊、疑难上转、康复回家."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from referral_service.fhir.codes import (
+    BASE,
+    CAPABILITY_SYSTEM,
+    DISCHARGE_DISPOSITION_SYSTEM,
+    ICD10_SYSTEM,
+    LOINC_SYSTEM,
+    OBSERVATION_SYSTEM,
+    V3_ACT_CODE_SYSTEM,
+)
+from tests.functional.fhir_helpers import Fhir, organization, patient, token_for
+
+RESIDENT = "620421199003070021"
+
+
+def _hospital(org_id: str, capabilities: list[str]) -> dict[str, Any]:
+    org = organization(org_id, level="county", name=org_id)
+    org["type"] += [{"coding": [{"system": CAPABILITY_SYSTEM, "code": c}]} for c in capabilities]
+    return org
+
+
+def vital(code: str, value: float, unit: str, enc: str, pat: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": LOINC_SYSTEM, "code": code}]},
+        "subject": {"reference": pat},
+        "encounter": {"reference": enc},
+        "effectiveDateTime": "2026-11-02T09:05:00+08:00",
+        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+    }
+
+
+def visit_bundle(
+    clinic: str,
+    *,
+    spo2: float = 90,
+    diagnoses: tuple[str, ...] = ("J18.9", "R50.9"),
+    start: str = "2026-11-02T09:00:00+08:00",
+) -> dict[str, Any]:
+    """A first-visit transaction: Patient, Encounter, 7 Observations, 2 Conditions."""
+    p, e = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
+    conds = [f"urn:uuid:{uuid.uuid4()}" for _ in diagnoses]
+    entries: list[dict[str, Any]] = [
+        {
+            "fullUrl": p,
+            "resource": patient(RESIDENT, gp=clinic),
+            "request": {
+                "method": "POST",
+                "url": "Patient",
+                "ifNoneExist": f"identifier={BASE}/sid/resident-id|{RESIDENT}",
+            },
+        },
+        {
+            "fullUrl": e,
+            "resource": {
+                "resourceType": "Encounter",
+                "status": "finished",
+                "class": {"system": V3_ACT_CODE_SYSTEM, "code": "AMB"},
+                "subject": {"reference": p},
+                "serviceProvider": {"reference": f"Organization/{clinic}"},
+                "period": {"start": start, "end": "2026-11-02T09:30:00+08:00"},
+                "diagnosis": [{"condition": {"reference": c}} for c in conds],
+            },
+            "request": {"method": "POST", "url": "Encounter"},
+        },
+    ]
+    obs = [
+        vital("9279-1", 22, "/min", e, p),
+        vital("59408-5", spo2, "%", e, p),
+        vital("8867-4", 115, "/min", e, p),
+        vital("8310-5", 38.5, "Cel", e, p),
+    ]
+    bp = vital("85354-9", 0, "mm[Hg]", e, p)
+    del bp["valueQuantity"]
+    bp["component"] = [
+        {
+            "code": {"coding": [{"system": LOINC_SYSTEM, "code": "8480-6"}]},
+            "valueQuantity": {
+                "value": 100,
+                "unit": "mm[Hg]",
+                "system": "http://unitsofmeasure.org",
+                "code": "mm[Hg]",
+            },
+        },
+        {
+            "code": {"coding": [{"system": LOINC_SYSTEM, "code": "8462-4"}]},
+            "valueQuantity": {
+                "value": 60,
+                "unit": "mm[Hg]",
+                "system": "http://unitsofmeasure.org",
+                "code": "mm[Hg]",
+            },
+        },
+    ]
+    acvpu = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": OBSERVATION_SYSTEM, "code": "acvpu"}]},
+        "subject": {"reference": p},
+        "encounter": {"reference": e},
+        "valueString": "A",
+    }
+    oxygen = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": OBSERVATION_SYSTEM, "code": "supplemental-oxygen"}]},
+        "subject": {"reference": p},
+        "encounter": {"reference": e},
+        "valueBoolean": False,
+    }
+    for o in [*obs, bp, acvpu, oxygen]:
+        entries.append({"resource": o, "request": {"method": "POST", "url": "Observation"}})
+    for c, code in zip(conds, diagnoses, strict=True):
+        entries.append(
+            {
+                "fullUrl": c,
+                "resource": {
+                    "resourceType": "Condition",
+                    "subject": {"reference": p},
+                    "encounter": {"reference": e},
+                    "code": {"coding": [{"system": ICD10_SYSTEM, "code": code}]},
+                    "clinicalStatus": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                "code": "active",
+                            }
+                        ]
+                    },
+                },
+                "request": {"method": "POST", "url": "Condition"},
+            }
+        )
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+@pytest.fixture
+def county(client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]) -> dict[str, Fhir]:
+    cid, secret = make_api_client("county-platform", "system/*.cruds", "qs-health-commission")
+    platform = Fhir(client, token_for(client, cid, secret))
+    for org in [
+        organization("th-01"),
+        organization("th-02"),
+        _hospital("hosp", ["general"]),
+        _hospital("mch", ["obstetrics", "paediatrics"]),
+    ]:
+        assert platform.put(f"Organization/{org['id']}", org).status_code == 201
+    clients = {"platform": platform}
+    for name, org in [("township-his", "th-01"), ("county-his", "hosp"), ("mch-his", "mch")]:
+        cid, secret = make_api_client(name, "system/*.cruds", org)
+        clients[name] = Fhir(client, token_for(client, cid, secret))
+    return clients
+
+
+def _one(fhir: Fhir, query: str) -> dict[str, Any]:
+    bundle = fhir.get(query).json
+    entries = [e for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+    assert len(entries) == 1, (query, bundle)
+    return entries[0]["resource"]
+
+
+def _first_visit(county: dict[str, Fhir]) -> tuple[str, str, dict[str, Any]]:
+    clinic = county["township-his"]
+    response = clinic.post("", visit_bundle("th-01"))
+    assert response.status_code == 200, response.json
+    locations = [e["response"]["location"] for e in response.json["entry"]]
+    pid = locations[0].split("/")[1]
+    eid = locations[1].split("/")[1]
+    gr = _one(clinic, f"GuidanceResponse?subject=Patient/{pid}")
+    return pid, eid, gr
+
+
+def test_full_journey(county: dict[str, Fhir]) -> None:
+    clinic, hospital = county["township-his"], county["county-his"]
+    pid, _eid, gr = _first_visit(county)
+    rules = [c["coding"][0]["code"] for c in gr["reasonCode"]]
+    assert rules == ["news2-high", "news2-medium"]
+    assert gr["moduleCanonical"].endswith("|2024.1")
+    news2 = gr["contained"][0]
+    assert gr["outputParameters"]["reference"] == "#news2"
+    assert {p["name"]: p.get("valueInteger") for p in news2["parameter"]}["total"] == 10
+    sr_id = gr["result"]["reference"].split("/")[1]
+    sr = clinic.get(f"ServiceRequest/{sr_id}").json
+    assert (sr["status"], sr["priority"], sr["performer"][0]["reference"]) == (
+        "draft",
+        "stat",
+        "Organization/hosp",
+    )
+    assert sr["category"][0]["coding"][0]["code"] == "3457005"
+    task = _one(clinic, f"Task?focus=ServiceRequest/{sr_id}")
+    assert (task["status"], task["owner"]["reference"]) == ("draft", "Organization/hosp")
+
+    # The clinician confirms: the referral is sent.
+    assert clinic.put(f"ServiceRequest/{sr_id}", sr | {"status": "active"}).status_code == 200
+    inbox = _one(hospital, "Task?owner=Organization/hosp&status=requested")
+    assert inbox["id"] == task["id"]
+    assert _one(clinic, f"EpisodeOfCare?patient=Patient/{pid}")["status"] == "active"
+
+    # The county hospital accepts and admits.
+    assert hospital.put(f"Task/{task['id']}", inbox | {"status": "accepted"}).status_code == 200
+    admission = {
+        "resourceType": "Encounter",
+        "status": "in-progress",
+        "class": {"system": V3_ACT_CODE_SYSTEM, "code": "IMP"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "serviceProvider": {"reference": "Organization/hosp"},
+        "basedOn": [{"reference": f"ServiceRequest/{sr_id}"}],
+        "period": {"start": "2026-11-02T14:00:00+08:00"},
+    }
+    created = hospital.post("Encounter", admission)
+    assert created.status_code == 201, created.json
+    imp = created.json
+    assert hospital.get(f"Task/{task['id']}").json["status"] == "in-progress"
+
+    # Discharge home with a stroke diagnosis: down-referral to the township clinic.
+    stroke = hospital.post(
+        "Condition",
+        {
+            "resourceType": "Condition",
+            "subject": {"reference": f"Patient/{pid}"},
+            "encounter": {"reference": f"Encounter/{imp['id']}"},
+            "code": {"coding": [{"system": ICD10_SYSTEM, "code": "I63.9"}]},
+        },
+    ).json
+    discharged = imp | {
+        "status": "finished",
+        "period": {"start": "2026-11-02T14:00:00+08:00", "end": "2026-11-12T10:00:00+08:00"},
+        "diagnosis": [{"condition": {"reference": f"Condition/{stroke['id']}"}}],
+        "hospitalization": {
+            "dischargeDisposition": {"coding": [{"system": DISCHARGE_DISPOSITION_SYSTEM, "code": "home"}]}
+        },
+    }
+    assert hospital.put(f"Encounter/{imp['id']}", discharged).status_code == 200
+    assert hospital.get(f"Task/{task['id']}").json["status"] == "completed"
+    assert hospital.get(f"ServiceRequest/{sr_id}").json["status"] == "completed"
+    down = _one(clinic, "ServiceRequest?code=down-referral&performer=Organization/th-01")
+    assert down["basedOn"][0]["reference"] == f"ServiceRequest/{sr_id}"
+    assert down["requester"]["reference"] == "Organization/hosp"
+    down_task = _one(clinic, "Task?owner=Organization/th-01&status=requested")
+    assert down_task["focus"]["reference"] == f"ServiceRequest/{down['id']}"
+    plan = _one(clinic, f"CarePlan?patient=Patient/{pid}")
+    assert [a["detail"]["scheduledPeriod"]["start"] for a in plan["activity"]] == [
+        "2026-11-19",
+        "2026-12-12",
+        "2027-02-10",
+    ]
+    episode = _one(clinic, f"EpisodeOfCare?patient=Patient/{pid}")
+    assert [r["reference"] for r in episode["referralRequest"]] == [
+        f"ServiceRequest/{sr_id}",
+        f"ServiceRequest/{down['id']}",
+    ]
+
+    # The first follow-up visit at the clinic completes the first activity.
+    follow = {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"system": V3_ACT_CODE_SYSTEM, "code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "serviceProvider": {"reference": "Organization/th-01"},
+        "basedOn": [{"reference": f"ServiceRequest/{down['id']}"}],
+        "period": {"start": "2026-11-19T09:00:00+08:00", "end": "2026-11-19T09:20:00+08:00"},
+    }
+    assert clinic.post("Encounter", follow).status_code == 201
+    plan = clinic.get(f"CarePlan/{plan['id']}").json
+    assert [a["detail"]["status"] for a in plan["activity"]] == ["completed", "scheduled", "scheduled"]
+
+
+def test_re_evaluating_a_visit_creates_no_duplicates(county: dict[str, Fhir]) -> None:
+    clinic = county["township-his"]
+    pid, eid, _ = _first_visit(county)
+    enc = clinic.get(f"Encounter/{eid}").json
+    assert clinic.put(f"Encounter/{eid}", enc).status_code == 200
+    for kind in ("GuidanceResponse", "ServiceRequest", "Task"):
+        assert clinic.get(f"{kind}?patient=Patient/{pid}&_summary=count").json["total"] == 1, kind
+
+
+def test_override_needs_a_reason_and_cancels_the_task(county: dict[str, Fhir]) -> None:
+    clinic = county["township-his"]
+    _, _, gr = _first_visit(county)
+    sr_id = gr["result"]["reference"].split("/")[1]
+    sr = clinic.get(f"ServiceRequest/{sr_id}").json
+    refused = clinic.put(f"ServiceRequest/{sr_id}", sr | {"status": "revoked"})
+    assert refused.status_code == 422
+    assert clinic.get(f"ServiceRequest/{sr_id}").json["meta"]["versionId"] == sr["meta"]["versionId"]
+    ok = clinic.put(
+        f"ServiceRequest/{sr_id}", sr | {"status": "revoked", "note": [{"text": "家属要求在本院治疗"}]}
+    )
+    assert ok.status_code == 200
+    assert _one(clinic, f"Task?focus=ServiceRequest/{sr_id}")["status"] == "cancelled"
+
+
+def test_rejection_then_retarget(county: dict[str, Fhir]) -> None:
+    clinic, hospital, mch = county["township-his"], county["county-his"], county["mch-his"]
+    _, _, gr = _first_visit(county)
+    sr_id = gr["result"]["reference"].split("/")[1]
+    sr = clinic.get(f"ServiceRequest/{sr_id}").json
+    clinic.put(f"ServiceRequest/{sr_id}", sr | {"status": "active"})
+    task = _one(hospital, "Task?owner=Organization/hosp&status=requested")
+    assert hospital.put(f"Task/{task['id']}", task | {"status": "rejected"}).status_code == 422
+    rejected = hospital.put(
+        f"Task/{task['id']}", task | {"status": "rejected", "statusReason": {"text": "no ICU bed"}}
+    )
+    assert rejected.status_code == 200
+    assert clinic.get(f"Task/{task['id']}").json["status"] == "rejected"
+    sr = clinic.get(f"ServiceRequest/{sr_id}").json
+    moved = clinic.put(
+        f"ServiceRequest/{sr_id}",
+        sr | {"performer": [{"reference": "Organization/mch"}], "note": [{"text": "县医院无床位，改转妇幼"}]},
+    )
+    assert moved.status_code == 200, moved.json
+    assert (
+        _one(mch, "Task?owner=Organization/mch&status=requested")["focus"]["reference"]
+        == f"ServiceRequest/{sr_id}"
+    )
+
+
+def test_forbidden_task_moves_change_nothing(county: dict[str, Fhir]) -> None:
+    clinic, hospital = county["township-his"], county["county-his"]
+    _, _, gr = _first_visit(county)
+    sr_id = gr["result"]["reference"].split("/")[1]
+    clinic.put(f"ServiceRequest/{sr_id}", clinic.get(f"ServiceRequest/{sr_id}").json | {"status": "active"})
+    task = _one(hospital, "Task?owner=Organization/hosp&status=requested")
+    not_owner = clinic.put(f"Task/{task['id']}", task | {"status": "accepted"})
+    assert not_owner.status_code == 403
+    skip = hospital.put(f"Task/{task['id']}", task | {"status": "completed"})
+    assert skip.status_code == 409
+    assert "allowed next states: accepted, received, rejected" in skip.json["issue"][0]["diagnostics"]
+    assert hospital.get(f"Task/{task['id']}").json["meta"]["versionId"] == task["meta"]["versionId"]
+
+
+def test_treat_here_when_nothing_matches(county: dict[str, Fhir]) -> None:
+    clinic = county["township-his"]
+    bundle = visit_bundle("th-01", spo2=97, diagnoses=("J06.9",))
+    for e in bundle["entry"]:  # calm vitals
+        r = e["resource"]
+        code = (r.get("code") or {}).get("coding", [{}])[0].get("code")
+        if code in ("9279-1",):
+            r["valueQuantity"]["value"] = 16
+        if code == "8867-4":
+            r["valueQuantity"]["value"] = 80
+        if code == "8310-5":
+            r["valueQuantity"]["value"] = 36.8
+        if code == "85354-9":
+            r["component"][0]["valueQuantity"]["value"] = 125
+            r["component"][1]["valueQuantity"]["value"] = 80
+    pid = clinic.post("", bundle).json["entry"][0]["response"]["location"].split("/")[1]
+    gr = _one(clinic, f"GuidanceResponse?subject=Patient/{pid}")
+    assert [c["coding"][0]["code"] for c in gr["reasonCode"]] == ["default"]
+    assert "result" not in gr
+    assert clinic.get(f"ServiceRequest?patient=Patient/{pid}&_summary=count").json["total"] == 0
