@@ -673,3 +673,27 @@ def record_follow_up(session: Session, actor: Actor, care_plan_id: str, encounte
                     task_ = _load(session, "Task", str(task_["id"])) or task_
     _put(session, plan)
     return remaining
+
+
+def explain_visit(session: Session, encounter_id: str) -> str:
+    """A readable account of the decision for a stored visit (for `flask rules explain`)."""
+    ctx = load_visit(session, encounter_id)
+    klass = (ctx.encounter.get("class") or {}).get("code")
+    rule_set = rule_sets().down if klass == "IMP" else rule_sets().up
+    decision = evaluate(rule_set, facts_of(ctx), rule_sets().news2)
+    n = decision.news2
+    lines = [
+        f"Encounter/{encounter_id}: rule set {decision.rule_set_id} version {decision.rule_set_version}",
+        f"outcome: {decision.outcome}"
+        + (f", urgency {decision.urgency} (priority {decision.priority})" if decision.urgency else "")
+        + (f", capability {decision.capability}" if decision.capability else ""),
+        f"NEWS2 total {n.total}, highest single parameter {n.max_single}"
+        + ("" if n.complete else f" — {n.message_en}"),
+    ]
+    lines += [f"  {i.parameter}: {i.value if i.value is not None else '-'} -> "
+              f"{i.score if i.score is not None else 'missing'}" for i in n.items]
+    lines.append("matched rules:")
+    lines += [f"  {m.id}: {m.explanation_en} / {m.explanation_zh}" for m in decision.matched_rules]
+    if decision.followup_days:
+        lines.append("follow-up days: " + ", ".join(str(d) for d in decision.followup_days))
+    return "\n".join(lines)
