@@ -1,0 +1,1 @@
+"""Unit tests of the pure settlement layer (policies and calculator)."""
