@@ -20,7 +20,7 @@ def register_cli(app: Flask) -> None:
         """Database schema (Alembic migrations)."""
 
     @db.command("upgrade")
-    @click.argument("revision", default="head")
+    @click.argument("revision", default="heads")
     def db_upgrade(revision: str) -> None:
         """Migrate the database to REVISION (default: head)."""
         migrate.upgrade(database.engine, revision)

@@ -19,8 +19,8 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate the database to the revision (default: the latest)."""
+def upgrade(engine: Engine, revision: str = "heads") -> None:
+    """Migrate the database to the revision (default: every head, so parallel branches apply)."""
     with engine.begin() as connection:
         cfg = alembic_config(engine)
         cfg.attributes["connection"] = connection
