@@ -38,13 +38,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .services import referrals
 
     referrals.configure(PROJECT_ROOT / settings["RULES_DIR"])
+    from .services import settlement
+
+    settlement.configure(PROJECT_ROOT / settings["POLICIES_DIR"])
     from .fhir import profiles
 
     profiles.default()  # load and check fhir_profiles/ now: a broken definition stops start-up
-    from .api import fhir, oauth
+    from .api import claims, fhir, oauth
 
     observability.init_app(app)
     app.register_blueprint(oauth.bp)
+    app.register_blueprint(claims.bp)  # before the generic routes it specialises
     app.register_blueprint(fhir.bp)
     register_error_handlers(app)
 

@@ -1,0 +1,81 @@
+"""Claim operations: POST /fhir/Claim/$submit (one-stop settlement) and /fhir/Claim/{id}/$reverse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, g
+
+from ..domain.errors import BadRequest
+from ..extensions import csrf
+from ..fhir.capability import register_operation
+from ..fhir.store import instant, now_ms
+from ..services import settlement
+from .fhir import _check_body, base_url, read_json_body, with_actor
+from .responses import fhir_response
+
+REVIEW_NOTE = "computed on accumulators that included the reversed claim: review"
+bp = Blueprint("claims", __name__, url_prefix="/fhir")
+csrf.exempt(bp)
+bp.before_request(_check_body)  # the same 413 / 415 checks as every /fhir route
+
+register_operation("Claim", "submit", "http://hl7.org/fhir/OperationDefinition/Claim-submit")
+register_operation(
+    "Claim", "reverse", "http://referral-service.example/fhir/OperationDefinition/Claim-reverse"
+)
+
+
+@bp.post("/Claim/$submit")
+def submit() -> Response:
+    """Settle a Claim (or a Bundle with the Claim and what it references); answers the ClaimResponse."""
+    body = read_json_body()
+
+    def work(session: Any, actor: Any) -> settlement.SubmitResult:
+        if body.get("resourceType") == "Bundle":
+            return settlement.submit_bundle(session, actor, body)
+        return settlement.submit_claim(session, actor, body)
+
+    result = with_actor("Claim", "c", work)
+    g.settlement_id = result.settlement_id
+    return fhir_response(result.claim_response, 200)
+
+
+@bp.post("/Claim/<claim_id>/$reverse")
+def reverse(claim_id: str) -> Response:
+    """冲销: reverse the settlement of a Claim with a reason (Parameters `reason`)."""
+    body = read_json_body()
+    if body.get("resourceType") != "Parameters":
+        raise BadRequest("$reverse takes Parameters with a 'reason' (valueString)")
+    reason = next(
+        (str(p.get("valueString") or "") for p in body.get("parameter") or [] if p.get("name") == "reason"),
+        "",
+    )
+    result = with_actor("Claim", "u", lambda s, a: settlement.reverse_settlement(s, a, claim_id, reason))
+    return fhir_response(
+        {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "claimResponse", "resource": result.claim_response},
+                {"name": "reversed", "valueDateTime": instant(now_ms())},
+                *(
+                    {
+                        "name": "laterSettlement",
+                        "part": [
+                            {"name": "claim", "valueReference": {"reference": f"Claim/{s.claim_id}"}},
+                            {
+                                "name": "claimResponse",
+                                "valueReference": {"reference": f"ClaimResponse/{s.claim_response_id}"},
+                            },
+                            {"name": "dischargeDate", "valueDate": s.discharge_date.isoformat()},
+                            {
+                                "name": "note",
+                                "valueString": REVIEW_NOTE,
+                            },
+                        ],
+                    }
+                    for s in result.later
+                ),
+            ],
+            "meta": {"source": base_url()},
+        }
+    )

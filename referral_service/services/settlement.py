@@ -1,0 +1,773 @@
+"""One-stop settlement at discharge (一站式结算): validate, decide facts, compute under row locks, store."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from ..domain.actor import SYSTEM, Actor
+from ..domain.base import new_id, utcnow
+from ..domain.errors import BadRequest, Conflict, Forbidden, NotFound, Problem, Unprocessable
+from ..domain.fhir_store import StoredResource
+from ..domain.ledger import FUNDS, EpisodeDeductible, Payable, Settlement, YearAccumulator
+from ..domain.registry import Coverage, Organization, Patient
+from ..fhir import codes
+from ..fhir.mappers import settlement as shapes
+from ..fhir.search_params import SHANGHAI, parse_date_range
+from ..fhir.store import ResourceStore, instant, now_ms
+from ..fhir.validation import structure_problems
+from ..settlement import (
+    ClaimInput,
+    ClaimRefused,
+    NoPolicyError,
+    Policy,
+    PolicyRegistry,
+    SettlementResult,
+    YearAccumulators,
+    load_policy_dir,
+    settle,
+)
+from .resources import audit
+
+CLAIM_TYPES = {"institutional": "inpatient", "professional": "outpatient"}
+ZERO = Decimal("0.00")
+
+
+@dataclass
+class _Policies:
+    registry: PolicyRegistry | None = None
+    directory: Path | None = None
+
+
+_policies = _Policies()
+
+
+def configure(policies_dir: Path) -> None:
+    """Load (and validate) the policy files once."""
+    if _policies.directory != policies_dir or _policies.registry is None:
+        _policies.registry = load_policy_dir(policies_dir)
+        _policies.directory = policies_dir
+
+
+def policies() -> PolicyRegistry:
+    """The loaded policies."""
+    if _policies.registry is None:
+        raise RuntimeError("settlement policies are not configured")
+    return _policies.registry
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """The ClaimResponse JSON and whether this submission created the settlement."""
+
+    claim_response: bytes
+    created: bool
+    settlement_id: str
+
+
+def _refuse(message: str, expression: str, code: str = "business-rule") -> Unprocessable:
+    return Unprocessable(message, [Problem(message, expression=expression, code=code)])
+
+
+def _ref_id(value: Any, kind: str) -> str | None:
+    if isinstance(value, dict) and isinstance(value.get("reference"), str):
+        parts = value["reference"].rstrip("/").split("/")
+        if len(parts) >= 2 and parts[-2] == kind:
+            return parts[-1]
+    return None
+
+
+def _load(session: Session, res_type: str, res_id: str) -> dict[str, Any] | None:
+    raw = session.execute(
+        select(StoredResource.content).where(
+            StoredResource.res_type == res_type,
+            StoredResource.res_id == res_id,
+            StoredResource.deleted.is_(False),
+        )
+    ).scalar_one_or_none()
+    return dict(orjson.loads(raw)) if raw is not None else None
+
+
+def discharge_date(claim: dict[str, Any]) -> date:
+    """billablePeriod.end as a date in Asia/Shanghai (date-only or zone-less values are Shanghai)."""
+    end = (claim.get("billablePeriod") or {}).get("end")
+    if not end:
+        raise _refuse(
+            "Claim.billablePeriod.end (the discharge) is required", "Claim.billablePeriod.end", "required"
+        )
+    if len(end) == 10:
+        return date.fromisoformat(end)
+    try:
+        return parse_date_range(end)[0].astimezone(SHANGHAI).date()
+    except ValueError:
+        raise _refuse(
+            f"Claim.billablePeriod.end {end!r} is not a date", "Claim.billablePeriod.end", "value"
+        ) from None
+
+
+def _items(claim: dict[str, Any]) -> list[tuple[Decimal, str]]:
+    items = claim.get("item") or []
+    if not items:
+        raise _refuse("a claim needs at least one item", "Claim.item", "required")
+    out, problems = [], []
+    for i, item in enumerate(items):
+        where = f"Claim.item[{i}]"
+        classes = [
+            c.get("code")
+            for c in (item.get("category") or {}).get("coding", [])
+            if c.get("system") == codes.CHARGE_CLASS_SYSTEM
+        ]
+        if not classes or classes[0] not in ("A", "B", "C"):
+            problems.append(
+                Problem(
+                    f"{where}.category needs a charge class A, B or C ({codes.CHARGE_CLASS_SYSTEM})",
+                    expression=f"{where}.category",
+                    code="required",
+                )
+            )
+            continue
+        amount: Decimal | None = None
+        currency = None
+        if item.get("net") is not None:
+            amount = _decimal(item["net"].get("value"))
+            currency = item["net"].get("currency")
+        elif item.get("unitPrice") is not None:
+            price = _decimal(item["unitPrice"].get("value"))
+            qty = _decimal((item.get("quantity") or {}).get("value", 1))
+            currency = item["unitPrice"].get("currency")
+            amount = price * qty if price is not None and qty is not None else None
+        if amount is None:
+            problems.append(
+                Problem(
+                    f"{where} has no amount (net, or unitPrice x quantity)",
+                    expression=f"{where}.net",
+                    code="required",
+                )
+            )
+            continue
+        if currency not in (None, "CNY"):
+            problems.append(
+                Problem(
+                    f"{where}: amounts must be in CNY, not {currency}",
+                    expression=f"{where}.net.currency",
+                    code="value",
+                )
+            )
+            continue
+        if amount < 0:
+            problems.append(
+                Problem(
+                    f"{where}: amount {amount} is negative", expression=f"{where}.net.value", code="value"
+                )
+            )
+            continue
+        if amount != amount.quantize(Decimal("0.01")):
+            problems.append(
+                Problem(
+                    f"{where}: amount {amount} is not whole fen",
+                    expression=f"{where}.net.value",
+                    code="value",
+                )
+            )
+            continue
+        out.append((amount.quantize(Decimal("0.01")), classes[0]))
+    if problems:
+        raise Unprocessable(problems[0].message, problems)
+    return out
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return None
+
+
+def content_hash(claim: dict[str, Any]) -> str:
+    """Fingerprint of what was claimed (ignoring id, meta and narrative) for idempotency."""
+    core = {k: v for k, v in claim.items() if k not in ("id", "meta", "text")}
+    return hashlib.sha256(orjson.dumps(core, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Referral:
+    referred: bool
+    episode_id: str | None
+
+
+def _check_referral(
+    session: Session, claim: dict[str, Any], patient_id: str, provider_id: str, discharge: date
+) -> _Referral:
+    """DESIGN 5: a claim's referral must be a referral of this patient to this provider, in force."""
+    ref = claim.get("referral")
+    if not ref:
+        return _Referral(False, None)
+    sr_id = _ref_id(ref, "ServiceRequest")
+    sr = _load(session, "ServiceRequest", sr_id) if sr_id else None
+    if sr is None:
+        raise _refuse("Claim.referral does not point to a known ServiceRequest", "Claim.referral")
+    kind = next(
+        (
+            c.get("code")
+            for c in (sr.get("code") or {}).get("coding", [])
+            if c.get("system") == codes.REFERRAL_TYPE_SYSTEM
+        ),
+        None,
+    )
+    problems = []
+    if kind not in ("up-referral", "down-referral"):
+        problems.append("it is not an up-referral or down-referral")
+    if _ref_id(sr.get("subject"), "Patient") != patient_id:
+        problems.append("its subject is another patient")
+    if provider_id not in {_ref_id(p, "Organization") for p in sr.get("performer") or []}:
+        problems.append("its performer does not include the claim's provider")
+    if sr.get("status") not in ("active", "completed"):
+        problems.append(f"its status is {sr.get('status')}, not active or completed")
+    authored = sr.get("authoredOn")
+    if not authored or parse_date_range(authored)[0].astimezone(SHANGHAI).date() > discharge:
+        problems.append("it was not authored on or before the discharge date")
+    # Walk the basedOn chain to the episode's root referral.
+    seen = {str(sr["id"])}
+    current = sr
+    while current.get("basedOn"):
+        parent_id = _ref_id(current["basedOn"][0], "ServiceRequest")
+        parent = _load(session, "ServiceRequest", parent_id) if parent_id else None
+        if parent is None or parent_id in seen:
+            problems.append("its basedOn chain does not resolve to earlier referrals (missing or a cycle)")
+            break
+        parent_kind = next(
+            (
+                c.get("code")
+                for c in (parent.get("code") or {}).get("coding", [])
+                if c.get("system") == codes.REFERRAL_TYPE_SYSTEM
+            ),
+            None,
+        )
+        if (
+            parent_kind not in ("up-referral", "down-referral")
+            or _ref_id(parent.get("subject"), "Patient") != patient_id
+        ):
+            problems.append("its basedOn chain leads to something that is not a referral of this patient")
+            break
+        seen.add(str(parent_id))
+        current = parent
+    if problems:
+        message = f"Claim.referral ServiceRequest/{sr_id} is refused: " + "; ".join(problems)
+        raise _refuse(message, "Claim.referral")
+    return _Referral(True, str(current["id"]))
+
+
+def _lock_accumulator(session: Session, patient_id: str, year: int) -> YearAccumulator:
+    """The person's accumulator row for the year, created if needed, locked until commit."""
+    dialect = session.get_bind().dialect.name
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(YearAccumulator)
+    session.execute(
+        ins.values(
+            patient_id=patient_id,
+            year=year,
+            inpatient_basic_paid=ZERO,
+            outpatient_basic_paid=ZERO,
+            critical_illness_cumulative_r1=ZERO,
+            critical_illness_paid=ZERO,
+            assistance_paid=ZERO,
+            safety_net_paid=ZERO,
+            patient_paid=ZERO,
+            settlements=0,
+        ).on_conflict_do_nothing()
+    )
+    row = session.scalars(
+        select(YearAccumulator)
+        .where(YearAccumulator.patient_id == patient_id, YearAccumulator.year == year)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    return row
+
+
+def _lock_episode(session: Session, episode_id: str, year: int) -> EpisodeDeductible:
+    dialect = session.get_bind().dialect.name
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(EpisodeDeductible)
+    session.execute(ins.values(episode_id=episode_id, year=year, borne=ZERO).on_conflict_do_nothing())
+    return session.scalars(
+        select(EpisodeDeductible)
+        .where(EpisodeDeductible.episode_id == episode_id, EpisodeDeductible.year == year)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def _validate_claim(claim: dict[str, Any]) -> None:
+    if claim.get("resourceType") != "Claim":
+        raise BadRequest(
+            f"$submit takes a Claim, not {claim.get('resourceType')!r}",
+            [Problem("resourceType must be Claim", expression="resourceType", code="structure")],
+        )
+    problems = structure_problems("Claim", claim)
+    if problems:
+        raise BadRequest("the Claim is not a valid FHIR R4 Claim", problems)
+
+
+def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> SubmitResult:
+    """Settle a claim at discharge: every payer at once, idempotent on (provider, identifier)."""
+    _validate_claim(claim)
+    provider_id = _ref_id(claim.get("provider"), "Organization")
+    if provider_id is None:
+        raise _refuse("Claim.provider must reference an Organization", "Claim.provider", "required")
+    if not actor.sees_everything and provider_id != actor.organization_id:
+        raise Forbidden("a client may submit claims only with its own organisation as provider")
+    idents = [i for i in claim.get("identifier") or [] if i.get("system") and i.get("value")]
+    if not idents:
+        raise _refuse(
+            "Claim.identifier (system and value) is required: it makes $submit idempotent",
+            "Claim.identifier",
+            "required",
+        )
+    key_system, key_value = str(idents[0]["system"]), str(idents[0]["value"])
+    claim_type_code = next(
+        (
+            c.get("code")
+            for c in (claim.get("type") or {}).get("coding", [])
+            if c.get("system") == shapes.CLAIM_TYPE_SYSTEM
+        ),
+        None,
+    )
+    if claim_type_code not in CLAIM_TYPES:
+        raise _refuse(
+            "Claim.type must be institutional (inpatient) or professional (outpatient) "
+            f"in {shapes.CLAIM_TYPE_SYSTEM}",
+            "Claim.type",
+            "code-invalid",
+        )
+    items = _items(claim)
+    patient_id = _ref_id(claim.get("patient"), "Patient")
+    patient = session.get(Patient, patient_id) if patient_id else None
+    if patient is None:
+        raise _refuse("Claim.patient is not a known Patient", "Claim.patient", "not-found")
+    provider = session.get(Organization, provider_id)
+    if provider is None or not provider.facility_level:
+        raise _refuse("Claim.provider is not a known health facility", "Claim.provider", "not-found")
+    discharge = discharge_date(claim)
+    region = (patient.district or "").strip()
+    try:
+        policy = policies().in_force(region, discharge)
+    except NoPolicyError as exc:
+        raise _refuse(str(exc), "Claim.billablePeriod.end") from None
+    coverage_id = _ref_id(((claim.get("insurance") or [{}])[0]).get("coverage"), "Coverage")
+    coverage = session.get(Coverage, coverage_id) if coverage_id else None
+    if (
+        coverage is None
+        or coverage.patient_id != patient.id
+        or coverage.type != "basic"
+        or not coverage.active_on(discharge)
+    ):
+        raise _refuse(
+            "the patient has no active basic Coverage on the discharge date (Claim.insurance[0].coverage)",
+            "Claim.insurance[0].coverage",
+        )
+    referral = _check_referral(session, claim, patient.id, provider.id, discharge)
+
+    store = ResourceStore(session)
+    store.lock_key(f"settlement|{provider.id}|{key_system}|{key_value}")
+    digest = content_hash(claim)
+    earlier = session.scalars(
+        select(Settlement).where(
+            Settlement.provider_id == provider.id,
+            Settlement.identifier_system == key_system,
+            Settlement.identifier_value == key_value,
+            Settlement.status == "active",
+        )
+    ).first()
+    if earlier is not None:
+        if earlier.content_hash != digest:
+            raise Conflict(
+                f"claim {key_system}|{key_value} was already settled with other content; "
+                "reverse that settlement first"
+            )
+        stored = _load(session, "ClaimResponse", earlier.claim_response_id)
+        assert stored is not None
+        return SubmitResult(orjson.dumps(stored), created=False, settlement_id=earlier.id)
+
+    year = discharge.year
+    acc = _lock_accumulator(session, patient.id, year)
+    episode = _lock_episode(session, referral.episode_id, year) if referral.episode_id else None
+    poor = patient.registered_poor_on(discharge)
+    out_of_county = (provider.district or "").strip() != region and not referral.referred
+    inpatient = CLAIM_TYPES[claim_type_code] == "inpatient"
+    try:
+        result = settle(
+            policy,
+            ClaimInput(
+                claim_type=CLAIM_TYPES[claim_type_code],
+                facility_level=provider.facility_level,
+                items=items,
+                registered_poor=poor,
+                unreferred_out_of_county=out_of_county,
+                episode_deductible_borne=episode.borne if episode is not None and inpatient else ZERO,
+            ),
+            YearAccumulators(
+                inpatient_basic_paid=acc.inpatient_basic_paid,
+                outpatient_basic_paid=acc.outpatient_basic_paid,
+                critical_illness_cumulative_r1=acc.critical_illness_cumulative_r1,
+                critical_illness_paid=acc.critical_illness_paid,
+                assistance_paid=acc.assistance_paid,
+            ),
+        )
+    except ClaimRefused as exc:
+        raise _refuse(str(exc), "Claim") from None
+    return _store(
+        session,
+        actor,
+        claim,
+        result,
+        policy,
+        provider,
+        patient,
+        coverage,
+        acc,
+        episode,
+        key_system=key_system,
+        key_value=key_value,
+        digest=digest,
+        discharge=discharge,
+        claim_type_code=claim_type_code,
+        poor=poor,
+        out_of_county=out_of_county,
+        referral=referral,
+    )
+
+
+def _store(
+    session: Session,
+    actor: Actor,
+    claim: dict[str, Any],
+    result: SettlementResult,
+    policy: Policy,
+    provider: Organization,
+    patient: Patient,
+    coverage: Coverage,
+    acc: YearAccumulator,
+    episode: EpisodeDeductible | None,
+    *,
+    key_system: str,
+    key_value: str,
+    digest: str,
+    discharge: date,
+    claim_type_code: str,
+    poor: bool,
+    out_of_county: bool,
+    referral: _Referral,
+) -> SubmitResult:
+    store = ResourceStore(session)
+    claim_body = {k: v for k, v in claim.items() if k not in ("meta",)}
+    existing_claim = store.current("Claim", str(claim["id"])) if claim.get("id") else None
+    stored_claim = store.save(
+        "Claim",
+        claim_body,
+        method="PUT" if existing_claim else "POST",
+        owner_org_id=actor.organization_id,
+        existing=existing_claim,
+    )
+    c = result.components
+    deltas = result.accumulator_deltas
+    acc.settlements += 1
+    settlement = Settlement(
+        id=new_id(),
+        claim_id=stored_claim.res_id,
+        claim_response_id=new_id(),
+        eob_id=new_id(),
+        provider_id=provider.id,
+        identifier_system=key_system,
+        identifier_value=key_value,
+        content_hash=digest,
+        patient_id=patient.id,
+        household_id=patient.household_id,
+        claim_type=CLAIM_TYPES[claim_type_code],
+        facility_level=provider.facility_level or "",
+        discharge_date=discharge,
+        accumulator_year=discharge.year,
+        registered_poor=poor,
+        referred=referral.referred,
+        unreferred_out_of_county=out_of_county,
+        episode_id=referral.episode_id,
+        policy_id=policy.id,
+        policy_version=policy.version,
+        total=c["total"],
+        eligible=c["eligible"],
+        basic_deductible=c["basic-deductible"],
+        basic_insurance=c["basic-insurance"],
+        critical_illness=c["critical-illness"],
+        medical_assistance=c["medical-assistance"],
+        poverty_safety_net=c["poverty-safety-net"],
+        class_b_self_pay=c["class-b-self-pay"],
+        out_of_list=c["out-of-list"],
+        patient_pay=c["patient-pay"],
+        deductible_borne=result.deductible_borne if CLAIM_TYPES[claim_type_code] == "inpatient" else ZERO,
+        ci_r1_added=deltas.critical_illness_cumulative_r1,
+        trace=[step.to_dict() for step in result.trace],
+        status="active",
+        sequence=acc.settlements,
+        settled_at=utcnow(),
+        settled_by=actor.name,
+    )
+    session.add(settlement)
+    acc.inpatient_basic_paid += deltas.inpatient_basic_paid
+    acc.outpatient_basic_paid += deltas.outpatient_basic_paid
+    acc.critical_illness_cumulative_r1 += deltas.critical_illness_cumulative_r1
+    acc.critical_illness_paid += deltas.critical_illness_paid
+    acc.assistance_paid += deltas.assistance_paid
+    acc.safety_net_paid += c["poverty-safety-net"]
+    acc.patient_paid += c["patient-pay"]
+    if episode is not None:
+        episode.borne += settlement.deductible_borne
+    for fund in FUNDS:
+        amount = settlement.amount_of(fund)
+        if amount > 0:
+            session.add(
+                Payable(settlement_id=settlement.id, fund=fund, hospital_id=provider.id, amount=amount)
+            )
+    session.flush()
+    created = instant(now_ms())
+    insurer_id = coverage.payor_id
+    response = shapes.claim_response(
+        settlement, claim_type=claim_type_code, insurer_id=insurer_id, created=created
+    )
+    caps = {
+        "inpatient basic insurance paid this year": policy.basic_insurance.inpatient.yearly_cap,
+        "outpatient basic insurance paid this year": policy.basic_insurance.outpatient.yearly_cap,
+        "critical illness paid this year": None if poor else policy.critical_illness.yearly_cap,
+        "medical assistance paid this year": policy.medical_assistance.yearly_cap if poor else None,
+    }
+    used = {
+        "inpatient basic insurance paid this year": acc.inpatient_basic_paid,
+        "outpatient basic insurance paid this year": acc.outpatient_basic_paid,
+        "critical illness paid this year": acc.critical_illness_paid,
+        "medical assistance paid this year": acc.assistance_paid,
+    }
+    eob = shapes.explanation_of_benefit(
+        settlement,
+        stored_claim.as_dict(),
+        claim_type=claim_type_code,
+        insurer_id=insurer_id,
+        coverage_id=coverage.id,
+        created=created,
+        used=used,
+        caps=caps,
+    )
+    owner = actor.organization_id
+    stored_response = store.save("ClaimResponse", response, method="POST", owner_org_id=owner)
+    store.save("ExplanationOfBenefit", eob, method="POST", owner_org_id=owner)
+    store.grant_access(patient.id, provider.id, "treated")
+    audit(
+        session,
+        actor,
+        action="C",
+        interaction="operation",
+        entity_type="Claim",
+        entity_id=stored_claim.res_id,
+        patient_id=patient.id,
+        query="$submit",
+    )
+    return SubmitResult(stored_response.content, created=True, settlement_id=settlement.id)
+
+
+@dataclass(frozen=True)
+class ReversalResult:
+    """The reversed settlement and the later ones of that person and year to review."""
+
+    settlement_id: str
+    claim_response: dict[str, Any]
+    later: list[Settlement]
+
+
+def reverse_settlement(session: Session, actor: Actor, claim_id: str, reason: str) -> ReversalResult:
+    """冲销: remove a settlement from every accumulator; keep both records; list later ones for review."""
+    if not reason or not reason.strip():
+        raise _refuse("a reversal needs a reason", "Parameters.parameter[reason]", "required")
+    settlement = session.scalars(
+        select(Settlement).where(Settlement.claim_id == claim_id, Settlement.status == "active")
+    ).first()
+    if settlement is None:
+        if session.scalars(select(Settlement.id).where(Settlement.claim_id == claim_id)).first() is not None:
+            raise Conflict(f"Claim/{claim_id} has no active settlement (already reversed)")
+        raise NotFound(f"Claim/{claim_id} has no settlement")
+    if (
+        not actor.sees_everything
+        and actor.organization_id not in (settlement.provider_id,)
+        and not actor.is_insurer
+    ):
+        raise Forbidden("only the hospital that settled the claim or the insurance office may reverse it")
+    acc = _lock_accumulator(session, settlement.patient_id, settlement.accumulator_year)
+    session.refresh(settlement, with_for_update=True)
+    if settlement.status != "active":
+        raise Conflict(f"Claim/{claim_id} was reversed meanwhile")
+    inpatient = settlement.claim_type == "inpatient"
+    if inpatient:
+        acc.inpatient_basic_paid -= settlement.basic_insurance
+    else:
+        acc.outpatient_basic_paid -= settlement.basic_insurance
+    acc.critical_illness_cumulative_r1 -= settlement.ci_r1_added
+    acc.critical_illness_paid -= settlement.critical_illness
+    acc.assistance_paid -= settlement.medical_assistance
+    acc.safety_net_paid -= settlement.poverty_safety_net
+    acc.patient_paid -= settlement.patient_pay
+    if settlement.episode_id and settlement.deductible_borne:
+        episode = _lock_episode(session, settlement.episode_id, settlement.accumulator_year)
+        episode.borne -= settlement.deductible_borne
+    settlement.status = "reversed"
+    settlement.reversed_at = utcnow()
+    settlement.reversed_by = actor.name
+    settlement.reversal_reason = reason.strip()
+    for payable in settlement.payables:
+        if payable.status == "unpaid":
+            payable.status = "cancelled"
+    session.flush()
+    store = ResourceStore(session)
+    claim_type = "institutional" if inpatient else "professional"
+    response = shapes.claim_response(
+        settlement, claim_type=claim_type, insurer_id=None, created=instant(now_ms())
+    )
+    current_response = store.current("ClaimResponse", settlement.claim_response_id, for_update=True)
+    if current_response is not None:
+        previous = orjson.loads(current_response.content)
+        response["insurer"] = previous.get("insurer", response["insurer"])
+        response["created"] = previous.get("created", response["created"])
+        store.save("ClaimResponse", response, method="PUT", owner_org_id=None, existing=current_response)
+    current_eob = store.current("ExplanationOfBenefit", settlement.eob_id, for_update=True)
+    if current_eob is not None:
+        eob = orjson.loads(current_eob.content) | {"status": "cancelled"}
+        store.save("ExplanationOfBenefit", eob, method="PUT", owner_org_id=None, existing=current_eob)
+    later = list(
+        session.scalars(
+            select(Settlement)
+            .where(
+                Settlement.patient_id == settlement.patient_id,
+                Settlement.accumulator_year == settlement.accumulator_year,
+                Settlement.sequence > settlement.sequence,
+                Settlement.status == "active",
+            )
+            .order_by(Settlement.sequence)
+        )
+    )
+    audit(
+        session,
+        actor,
+        action="U",
+        interaction="operation",
+        entity_type="Claim",
+        entity_id=claim_id,
+        patient_id=settlement.patient_id,
+        query="$reverse",
+    )
+    return ReversalResult(settlement.id, response, later)
+
+
+def recompute(session: Session, settlement_id: str) -> dict[str, str]:
+    """Recompute a stored settlement with its recorded policy and accumulators; differences by component."""
+    s = session.get(Settlement, settlement_id)
+    if s is None:
+        raise NotFound(f"settlement {settlement_id} is not known")
+    policy = policies().find(s.policy_id, s.policy_version)
+    if policy is None:
+        raise NotFound(f"policy {s.policy_id} version {s.policy_version} is no longer loaded")
+    claim = _load(session, "Claim", s.claim_id)
+    assert claim is not None
+    earlier = list(
+        session.scalars(
+            select(Settlement).where(
+                Settlement.patient_id == s.patient_id,
+                Settlement.accumulator_year == s.accumulator_year,
+                Settlement.sequence < s.sequence,
+                Settlement.status == "active",
+            )
+        )
+    )
+    acc = YearAccumulators(
+        inpatient_basic_paid=sum((e.basic_insurance for e in earlier if e.claim_type == "inpatient"), ZERO),
+        outpatient_basic_paid=sum((e.basic_insurance for e in earlier if e.claim_type == "outpatient"), ZERO),
+        critical_illness_cumulative_r1=sum((e.ci_r1_added for e in earlier), ZERO),
+        critical_illness_paid=sum((e.critical_illness for e in earlier), ZERO),
+        assistance_paid=sum((e.medical_assistance for e in earlier), ZERO),
+    )
+    borne = sum((e.deductible_borne for e in earlier if e.episode_id == s.episode_id and s.episode_id), ZERO)
+    result = settle(
+        policy,
+        ClaimInput(
+            claim_type=s.claim_type,
+            facility_level=s.facility_level,
+            items=_items(claim),
+            registered_poor=s.registered_poor,
+            unreferred_out_of_county=s.unreferred_out_of_county,
+            episode_deductible_borne=borne if s.claim_type == "inpatient" else ZERO,
+        ),
+        acc,
+    )
+    stored = shapes.component_values(s)
+    return {
+        code: f"{stored[code]} -> {value}"
+        for code, value in result.components.items()
+        if value != stored[code]
+    }
+
+
+def payable_summary(session: Session, settlement_id: str) -> dict[str, Decimal]:
+    """Amount per fund that the hospital is owed for a settlement."""
+    return {
+        p.fund: p.amount
+        for p in session.scalars(select(Payable).where(Payable.settlement_id == settlement_id))
+    }
+
+
+__all__ = [
+    "SYSTEM",
+    "ReversalResult",
+    "SubmitResult",
+    "configure",
+    "recompute",
+    "reverse_settlement",
+    "submit_claim",
+]
+
+
+def submit_bundle(session: Session, actor: Actor, bundle: dict[str, Any]) -> SubmitResult:
+    """$submit with a Bundle: store what the Claim references (same rules as the API), then settle."""
+    from .bundles import _rewrite
+    from .resources import create, update
+
+    entries = [
+        e for e in bundle.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+    ]
+    claims = [e for e in entries if e["resource"].get("resourceType") == "Claim"]
+    if len(claims) != 1:
+        raise BadRequest(
+            "the Bundle must hold exactly one Claim",
+            [Problem("exactly one Claim entry is required", expression="Bundle.entry", code="required")],
+        )
+    ids: dict[str, str] = {}
+    others = [e for e in entries if e is not claims[0]]
+    for e in others:
+        kind = e["resource"].get("resourceType")
+        rid = e["resource"].get("id") or new_id()
+        e["resource"] = {**e["resource"], "id": rid}
+        if e.get("fullUrl"):
+            ids[str(e["fullUrl"])] = f"{kind}/{rid}"
+    known = frozenset((v.split("/", 1)[0], v.split("/", 1)[1]) for v in ids.values())
+    for e in others:
+        resource = _rewrite(e["resource"], ids)
+        kind = str(resource.get("resourceType"))
+        if _load(session, kind, str(resource["id"])) is None:
+            create(session, actor, kind, resource, assigned_id=str(resource["id"]), known_refs=known)
+        else:
+            update(session, actor, kind, str(resource["id"]), resource, known_refs=known)
+    return submit_claim(session, actor, _rewrite(claims[0]["resource"], ids))

@@ -1,0 +1,102 @@
+"""Concurrent settlements of one person on PostgreSQL: caps hold, accumulators equal the ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import pytest
+import requests
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from referral_service.domain.ledger import Settlement, YearAccumulator
+from referral_service.extensions import database
+from tests.functional.settlement_helpers import County, claim
+from tests.support.live_server import live_server
+
+D = Decimal
+
+
+@pytest.fixture
+def county(client: FlaskClient, make_api_client: Callable[..., tuple[str, str]], backend: str) -> County:
+    if backend != "postgresql":
+        pytest.skip("row-lock concurrency is a PostgreSQL property (SQLite serialises every writer)")
+    return County(client, make_api_client)
+
+
+def test_fifty_concurrent_settlements_never_overspend(county: County) -> None:
+    pid, cov = county.patient(poor=True)
+    token = county.his["hosp"].token
+    claims = [
+        claim(
+            pid,
+            cov,
+            "hosp",
+            [("40000.00", "A"), ("500.00", "B"), ("300.00", "C")],
+            discharge=f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}",
+        )
+        for i in range(50)
+    ]
+    with live_server(county.platform.client.application) as base:
+
+        def submit(body: dict) -> int:
+            r = requests.post(
+                f"{base}/fhir/Claim/$submit",
+                json=body,
+                timeout=60,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
+            )
+            return r.status_code
+
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            statuses = list(pool.map(submit, claims))
+    assert statuses == [200] * 50
+    with database.session() as s:
+        rows = list(s.scalars(select(Settlement).where(Settlement.status == "active")))
+        acc = s.scalars(select(YearAccumulator)).one()
+    assert len(rows) == 50
+    basic = sum((r.basic_insurance for r in rows), D(0))
+    assistance = sum((r.medical_assistance for r in rows), D(0))
+    assert basic <= D("150000.00")
+    assert basic == D("150000.00")  # 50 stays of 40,000 exhaust the basic cap
+    assert assistance <= D("30000.00")
+    assert acc.inpatient_basic_paid == basic
+    assert acc.assistance_paid == assistance
+    assert acc.critical_illness_paid == sum((r.critical_illness for r in rows), D(0))
+    assert acc.critical_illness_cumulative_r1 == sum((r.ci_r1_added for r in rows), D(0))
+    assert sorted(r.sequence for r in rows) == list(range(1, 51))
+    for r in rows:
+        assert (
+            r.basic_insurance
+            + r.critical_illness
+            + r.medical_assistance
+            + r.poverty_safety_net
+            + r.patient_pay
+            == r.total
+        )
+
+
+def test_concurrent_identical_resubmissions_make_one_settlement(county: County) -> None:
+    pid, cov = county.patient()
+    token = county.his["hosp"].token
+    body = claim(pid, cov, "hosp", [("8000.00", "A")], key="SAME-KEY")
+    with live_server(county.platform.client.application) as base:
+
+        def submit(_: int) -> tuple[int, str]:
+            r = requests.post(
+                f"{base}/fhir/Claim/$submit",
+                json=body,
+                timeout=60,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
+            )
+            return r.status_code, r.json().get("id", "")
+
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            results = list(pool.map(submit, range(20)))
+    assert {status for status, _ in results} == {200}
+    assert len({rid for _, rid in results}) == 1
+    with database.session() as s:
+        assert s.scalar(select(func.count()).select_from(Settlement)) == 1
+        assert s.scalars(select(YearAccumulator)).one().inpatient_basic_paid == D("6000.00")
