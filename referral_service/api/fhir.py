@@ -7,7 +7,6 @@ from email.utils import format_datetime
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-import orjson
 from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
@@ -15,7 +14,7 @@ from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 from ..domain.actor import Actor
 from ..domain.errors import BadRequest, DomainError, NotFound, Problem
 from ..extensions import csrf, database
-from ..fhir import bundle_json, profiles
+from ..fhir import bundle_json, jsonio, profiles
 from ..fhir.capability import capability_statement
 from ..fhir.outcome import operation_outcome
 from ..fhir.resources import RESOURCES
@@ -61,8 +60,8 @@ def read_json_body() -> dict[str, Any]:
     if not raw:
         raise BadRequest("the request body is empty")
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        body = jsonio.loads(raw)
+    except jsonio.JsonError as exc:
         message = f"the body is not valid JSON: {exc}"
         raise BadRequest(message, [Problem(message, code="structure")]) from None
     if not isinstance(body, dict):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from flask import Response, request
+
+from ..fhir import jsonio
 
 FHIR_JSON = "application/fhir+json"
 
@@ -17,10 +18,9 @@ def fhir_response(
     if isinstance(body, bytes):
         data = body
         if request.args.get("_pretty") == "true":
-            data = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2)
+            data = jsonio.dumps(jsonio.loads(body), pretty=True)
     else:
-        option = orjson.OPT_INDENT_2 if request.args.get("_pretty") == "true" else 0
-        data = orjson.dumps(body, option=option)
+        data = jsonio.dumps(body, pretty=request.args.get("_pretty") == "true")
     response = Response(data, status=status, content_type=f"{FHIR_JSON}; charset=utf-8")
     if headers:
         response.headers.update(headers)

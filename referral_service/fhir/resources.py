@@ -200,6 +200,16 @@ RESOURCES: dict[str, ResourceDef] = {
              P("incoming-referral", "reference", ("referralRequest",)), P("date", "date", ("period",))),
             patient_paths=("patient",),
         ),
+        ResourceDef(  # monitoring alerts, written by the scans (services/alerts.py), read-only over the API
+            "Flag",
+            (_identifier(), P("subject", "reference", ("subject",)),
+             P("patient", "reference", ("subject",), ("Patient",)), P("status", "token", ("status",)),
+             P("category", "token", ("category",)), P("code", "token", ("code",)),
+             P("date", "date", ("period",))),
+            patient_paths=("subject",),
+            interactions=READ_ONLY,
+            financial=True,
+        ),
         ResourceDef(
             "Claim",
             (_identifier(), P("patient", "reference", ("patient",), ("Patient",)),
@@ -228,6 +238,15 @@ RESOURCES: dict[str, ResourceDef] = {
              P("coverage", "reference", ("insurance.coverage",), ("Coverage",))),
             patient_paths=("patient",),
             interactions=READ_ONLY,
+            financial=True,
+        ),
+        ResourceDef(  # fund payment batches (services/payments.py); recorded once, never changed
+            "PaymentReconciliation",
+            (_identifier(), P("requestor", "reference", ("requestor",), ("Organization",)),
+             P("payment-issuer", "reference", ("paymentIssuer",), ("Organization",)),
+             P("created", "date", ("created",)), P("outcome", "token", ("outcome",)),
+             P("status", "token", ("status",))),
+            interactions=("read", "vread", "history-instance", "history-type", "create", "search-type"),
             financial=True,
         ),
         ResourceDef(

@@ -170,6 +170,8 @@ def _parse_reference_value(value: str, modifier: str | None, param: SearchParam)
     if modifier and modifier[0].isupper():
         return modifier, value.rsplit("/", 1)[-1]
     parts = value.rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]  # a versioned reference searches for the resource
     if len(parts) >= 2:
         return parts[-2], parts[-1]
     if len(param.targets) == 1:

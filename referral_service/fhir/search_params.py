@@ -136,7 +136,8 @@ def references_of(value: Any) -> Iterator[tuple[str, str]]:
     """(type, id) of a relative or absolute literal Reference."""
     if isinstance(value, dict):
         ref = value.get("reference")
-        if isinstance(ref, str) and not ref.startswith("#"):
+        # Contained (#x), urn: and absolute references point outside this server's store.
+        if isinstance(ref, str) and not ref.startswith(("#", "urn:", "http://", "https://")):
             parts = ref.rstrip("/").split("/")
             if len(parts) >= 2:
                 if len(parts) >= 4 and parts[-2] == "_history":
@@ -161,14 +162,16 @@ def extract(resource: dict[str, Any], params: list[SearchParam]) -> IndexRows:
         for path in p.paths:
             for value in walk(resource, path):
                 if p.type == "token":
-                    rows.tokens.extend((p.name, s, c[:200]) for s, c in tokens_of(value))
+                    rows.tokens.extend((p.name, s[:200] if s else s, c[:200]) for s, c in tokens_of(value))
                 elif p.type == "string":
                     rows.strings.extend((p.name, normalise(s), s[:200]) for s in strings_of(value))
                 elif p.type == "date":
                     rows.dates.extend((p.name, lo, hi) for lo, hi in dates_of(value))
                 elif p.type == "reference":
                     rows.references.extend(
-                        (p.name, t, i) for t, i in references_of(value) if not p.targets or t in p.targets
+                        (p.name, t, i) for t, i in references_of(value)
+                        # FHIR ids are at most 64 characters and type names short: longer is not ours.
+                        if (not p.targets or t in p.targets) and len(t) <= 40 and len(i) <= 64
                     )
     # One row per distinct value keeps the indexes small and searches free of duplicates.
     return IndexRows(

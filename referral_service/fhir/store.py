@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     ColumnElement,
     Select,
@@ -41,6 +40,7 @@ from ..domain.fhir_store import (
     TokenIndex,
 )
 from ..domain.registry import Patient
+from . import jsonio
 from .resources import RESOURCES, ResourceDef
 from .search import Clause, Include, SearchQuery, encode_cursor
 from .search_params import MAX_INSTANT, MIN_INSTANT, extract, normalise
@@ -64,7 +64,7 @@ class Stored:
 
     def as_dict(self) -> dict[str, Any]:
         """The resource as a dict (parses the stored JSON)."""
-        return dict(orjson.loads(self.content))
+        return dict(jsonio.loads(self.content))
 
 
 @dataclass
@@ -233,7 +233,7 @@ class ResourceStore:
         meta["versionId"] = str(version)
         meta["lastUpdated"] = instant(ts)
         resource["meta"] = meta
-        content = orjson.dumps(_ordered(resource))
+        content = jsonio.dumps(_ordered(resource))
         patient_id = rdef.compartment_patient(resource)
         if existing is None:
             pk = self.session.execute(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import orjson
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -18,6 +17,7 @@ from ..domain.fhir_store import (
     TokenIndex,
 )
 from ..domain.registry import Coverage, Household, Organization, Patient, Practitioner, PractitionerRole
+from ..fhir import jsonio
 from ..fhir.mappers import FROM_DOMAIN
 from ..fhir.resources import RESOURCES
 from ..fhir.search_params import extract
@@ -86,7 +86,7 @@ def materialize(
                     "version_id": 1,
                     "last_updated": ts,
                     "deleted": False,
-                    "content": orjson.dumps(r),
+                    "content": jsonio.dumps(r),
                     "owner_org_id": None,
                     "patient_id": rdef.compartment_patient(r),
                 }

@@ -3,26 +3,36 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import orjson
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..domain.actor import Actor
 from ..domain.db import Database
-from ..domain.errors import BadRequest, DomainError, Forbidden, NotFound, Problem
+from ..domain.errors import (
+    BadRequest,
+    Conflict,
+    DomainError,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    Problem,
+)
+from ..fhir import jsonio
+from ..fhir.bundle_json import searchset
 from ..fhir.outcome import operation_outcome
 from ..fhir.resources import RESOURCES
-from ..fhir.search import parse_search
-from ..fhir.store import ResourceStore, Stored, instant
+from ..fhir.search import Include, SearchQuery, parse_search
+from ..fhir.store import Stored, instant
 from . import resources as service
 
-METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
-PERMISSION = {"DELETE": "d", "POST": "c", "PUT": "u", "GET": "r"}
+METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+URN_PREFIX = "urn:uuid:"
 
 Authorise = Callable[[str, str], bool]
 
@@ -32,42 +42,73 @@ class _Entry:
     index: int
     method: str
     url: str
+    res_type: str
+    res_id: str | None
+    query: str
     resource: dict[str, Any] | None
     full_url: str | None
     if_none_exist: str | None
     if_match: str | None
 
+    @property
+    def label(self) -> str:
+        """How problems name the entry."""
+        return f"Bundle.entry[{self.index}] ({self.method} {self.url})"
 
-def _parse_entries(bundle: dict[str, Any]) -> list[_Entry]:
-    entries = []
-    for i, raw in enumerate(bundle.get("entry") or []):
-        if not isinstance(raw, dict):
-            raise BadRequest(f"Bundle.entry[{i}] is not an object")
-        req = raw.get("request") or {}
-        method = str(req.get("method") or "").upper()
-        url = str(req.get("url") or "")
-        if method not in METHOD_ORDER or not url:
-            raise BadRequest(
-                f"Bundle.entry[{i}].request needs a method and url",
-                [
-                    Problem(
-                        "request.method and request.url are required",
-                        expression=f"Bundle.entry[{i}].request",
-                        code="required",
-                    )
-                ],
-            )
-        resource = raw.get("resource")
-        if method in ("POST", "PUT") and not isinstance(resource, dict):
-            raise BadRequest(f"Bundle.entry[{i}] ({method}) has no resource")
-        entries.append(
-            _Entry(i, method, url, resource, raw.get("fullUrl"), req.get("ifNoneExist"), req.get("ifMatch"))
-        )
-    return entries
+    @property
+    def permission(self) -> str:
+        """The SMART permission the entry needs."""
+        if self.method in ("GET", "HEAD"):
+            return "r" if self.res_id is not None else "s"
+        return {"DELETE": "d", "POST": "c", "PUT": "u"}[self.method]
+
+
+def _named(exc: DomainError, label: str) -> DomainError:
+    """The error with every problem naming the Bundle entry it belongs to."""
+    for p in exc.problems:
+        if not p.message.startswith(label):
+            p.message = f"{label}: {p.message}"
+    return exc
+
+
+def _entry_error(index: int, message: str, element: str, code: str = "required") -> BadRequest:
+    label = f"Bundle.entry[{index}]"
+    return BadRequest(f"{label}: {message}", [Problem(f"{label}: {message}", f"{label}.{element}", code)])
+
+
+def _parse_entry(index: int, raw: Any, base: str) -> _Entry:
+    """One Bundle entry; a 4xx naming the entry when it is malformed."""
+    if not isinstance(raw, dict):
+        raise _entry_error(index, "an entry must be a JSON object", "", "structure")
+    req = raw.get("request")
+    if not isinstance(req, dict):
+        raise _entry_error(index, "request (method and url) is required", "request")
+    method, url = req.get("method"), req.get("url")
+    if not isinstance(method, str) or not isinstance(url, str) or not url:
+        raise _entry_error(index, "request.method and request.url are required", "request")
+    method = method.upper()
+    if method not in METHOD_ORDER:
+        message = f"request.method {method} is not supported"
+        raise _entry_error(index, message, "request.method", "not-supported")
+    resource = raw.get("resource")
+    if method in ("POST", "PUT") and not isinstance(resource, dict):
+        raise _entry_error(index, f"a {method} entry needs a resource", "resource")
+    full_url, if_none_exist, if_match = raw.get("fullUrl"), req.get("ifNoneExist"), req.get("ifMatch")
+    for name, value in (("fullUrl", full_url), ("ifNoneExist", if_none_exist), ("ifMatch", if_match)):
+        if value is not None and not isinstance(value, str):
+            raise _entry_error(index, f"{name} must be a string", name, "structure")
+    try:
+        res_type, res_id, query = _split_url(url, base)
+    except DomainError as exc:
+        raise _named(exc, f"Bundle.entry[{index}] ({method} {url})") from None
+    return _Entry(
+        index, method, url, res_type, res_id, query,
+        dict(resource) if isinstance(resource, dict) else None, full_url, if_none_exist, if_match,
+    )
 
 
 def _rewrite(node: Any, ids: dict[str, str]) -> Any:
-    """Replace references to urn:uuid full URLs with the assigned Type/id."""
+    """Replace references to the full URLs of entries with the Type/id each was given."""
     if isinstance(node, dict):
         out = {}
         for k, v in node.items():
@@ -81,7 +122,30 @@ def _rewrite(node: Any, ids: dict[str, str]) -> Any:
     return node
 
 
-def _split_url(url: str) -> tuple[str, str | None, str]:
+def _references(node: Any) -> Iterator[str]:
+    """Every literal reference in a resource."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str):
+                yield v
+            else:
+                yield from _references(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _references(v)
+
+
+def _check_no_urn_left(entry: _Entry) -> None:
+    """A urn:uuid reference that names no entry of the Bundle cannot be resolved (400)."""
+    dangling = sorted({r for r in _references(entry.resource) if r.startswith(URN_PREFIX)})
+    if dangling:
+        message = f"{entry.label}: {dangling[0]} is not the fullUrl of any entry in this Bundle"
+        raise BadRequest(message, [Problem(message, f"Bundle.entry[{entry.index}].resource", "not-found")])
+
+
+def _split_url(url: str, base: str = "") -> tuple[str, str | None, str]:
+    if base and url.startswith(base + "/"):
+        url = url[len(base) + 1 :]
     parts = urlsplit(url)
     segments = [s for s in parts.path.strip("/").split("/") if s]
     if not segments or segments[0] not in RESOURCES:
@@ -98,7 +162,7 @@ def _entry_response(status: int, stored: Stored | None, base: str, *, body: bool
         response["lastModified"] = instant(stored.last_updated)
         out["fullUrl"] = f"{base}/{stored.res_type}/{stored.res_id}"
         if body:
-            out["resource"] = orjson.loads(stored.content)
+            out["resource"] = jsonio.loads(stored.content)
     out["response"] = response
     return out
 
@@ -112,11 +176,12 @@ def _run_entry(
     written: list[service.WriteResult],
     known: frozenset[tuple[str, str]] = frozenset(),
 ) -> dict[str, Any]:
-    res_type, res_id, query = _split_url(entry.url)
-    if not authorise(res_type, PERMISSION.get(entry.method, "r")):
+    res_type, res_id = entry.res_type, entry.res_id
+    if not authorise(res_type, entry.permission):
         raise Forbidden(f"the token's scopes do not allow {entry.method} on {res_type}")
     if entry.method == "POST":
         assert entry.resource is not None
+        assigned = entry.resource.get("id")
         result = service.create(
             session,
             actor,
@@ -124,9 +189,16 @@ def _run_entry(
             entry.resource,
             if_none_exist=entry.if_none_exist,
             hooks=False,
-            assigned_id=entry.resource.get("id"),
+            assigned_id=assigned,
             known_refs=known,
         )
+        if assigned and result.stored.res_id != assigned:
+            # Another entry of this transaction created what this one's ifNoneExist matches: the
+            # references to this entry's fullUrl would point nowhere.
+            raise BadRequest(
+                f"ifNoneExist matches {res_type}/{result.stored.res_id}, which another entry of this "
+                "transaction creates"
+            )
         if not result.matched_existing:
             written.append(result)
         return _entry_response(201 if result.created else 200, result.stored, base)
@@ -147,39 +219,117 @@ def _run_entry(
         return {"response": {"status": "204 No Content"}}
     if res_id is not None:
         stored = service.read(session, actor, res_type, res_id)
-        return _entry_response(200, stored, base)
-    search = parse_search(res_type, parse_qsl(query), 50, 1000)
-    page = service.search(session, actor, search, query_text=query)
-    from ..fhir.bundle_json import searchset
-
+        return _entry_response(200, stored, base, body=entry.method == "GET")
+    search = parse_search(res_type, parse_qsl(entry.query, keep_blank_values=True), 50, 1000)
+    _authorise_includes(search, authorise)
+    page = service.search(session, actor, search, query_text=entry.query)
     return {
-        "resource": orjson.loads(searchset(base, res_type, search, page)),
+        "resource": jsonio.loads(searchset(base, res_type, search, page)),
         "response": {"status": "200 OK"},
     }
 
 
-def _assign_ids(session: Session, entries: list[_Entry]) -> dict[str, str]:
-    """urn:uuid full URLs of created entries -> Type/id (a conditional create maps to its match)."""
-    ids: dict[str, str] = {}
-    store = ResourceStore(session)
-    from ..domain.actor import SYSTEM
+def _authorise_includes(search: SearchQuery, authorise: Authorise) -> None:
+    """403 unless the scopes cover what _include and _revinclude name; an _include whose target
+    types are open is narrowed (in the query, so in SQL) to the types the scopes let the caller read."""
+    for inc in search.revincludes:
+        if not authorise(inc.source, "s"):
+            raise Forbidden(f"the token's scopes do not allow searching {inc.source} (_revinclude)")
+    narrowed: list[Include] = []
+    for inc in search.includes:
+        declared = [inc.target] if inc.target else list(search.rdef.by_name[inc.param].targets)
+        for target in declared:
+            if not authorise(target, "r"):
+                raise Forbidden(f"the token's scopes do not allow reading {target} (_include)")
+        if declared:
+            narrowed.append(inc)
+        else:
+            narrowed += [replace(inc, target=t) for t in RESOURCES if authorise(t, "r")]
+    search.includes = narrowed
 
+
+def _run_named(
+    session: Session,
+    actor: Actor,
+    entry: _Entry,
+    authorise: Authorise,
+    base: str,
+    written: list[service.WriteResult],
+    known: frozenset[tuple[str, str]] = frozenset(),
+) -> dict[str, Any]:
+    """Run one entry; its failure names it (a clash with stored data is a 409, not a crash)."""
+    try:
+        return _run_entry(session, actor, entry, authorise, base, written, known)
+    except DomainError as exc:
+        raise _named(exc, entry.label) from None
+    except IntegrityError:
+        raise Conflict(
+            f"{entry.label}: conflicts with data stored by another request or entry; nothing was stored"
+        ) from None
+
+
+def _assign_ids(session: Session, entries: list[_Entry]) -> dict[str, str]:
+    """Full URLs of created (and PUT) entries -> Type/id; a conditional create maps to its match.
+
+    The conditional creates' locks are taken here, in a fixed order, and held until the transaction
+    ends: nobody else can create a match between this look-up and the entry's create.
+    """
+    ids: dict[str, str] = {}
+    for e in entries:
+        if e.method == "PUT" and e.full_url and e.res_id:
+            ids[e.full_url] = f"{e.res_type}/{e.res_id}"
+    conditional = sorted(
+        (e for e in entries if e.method == "POST" and e.if_none_exist),
+        key=lambda e: (e.res_type, str(e.if_none_exist)),
+    )
+    matched: dict[int, str] = {}
+    for e in conditional:
+        assert e.if_none_exist is not None
+        try:
+            found = service.conditional_matches(session, e.res_type, e.if_none_exist)
+        except DomainError as exc:
+            raise _named(exc, e.label) from None
+        if len(found) > 1:
+            raise _named(
+                PreconditionFailed(f"ifNoneExist matches more than one {e.res_type}"), e.label
+            )
+        if found:
+            matched[e.index] = found[0]
     for e in entries:
         if e.method != "POST" or e.resource is None:
             continue
-        res_type = _split_url(e.url)[0]
-        new_id = None
-        if e.if_none_exist:
-            found = store.find_ids(
-                parse_search(res_type, parse_qsl(e.if_none_exist.lstrip("?")), 2, 2), SYSTEM
-            )
-            if len(found) == 1:
-                new_id = found[0]
-        new_id = new_id or uuid.uuid4().hex
+        new_id = matched.get(e.index) or uuid.uuid4().hex
         e.resource = {**e.resource, "id": new_id}
         if e.full_url:
-            ids[e.full_url] = f"{res_type}/{new_id}"
+            ids[e.full_url] = f"{e.res_type}/{new_id}"
     return ids
+
+
+def _write_order(writes: list[_Entry]) -> list[_Entry]:
+    """POSTs then PUTs (the FHIR order), except that an entry another one references goes first.
+
+    Registry rows need what they point at (a Coverage its Patient) to exist already; references in a
+    cycle (Encounter.diagnosis <-> Condition.encounter) are checked as `known` instead.
+    """
+    by_target = {f"{e.res_type}/{e.resource['id']}": e for e in writes if e.resource and e.resource.get("id")}
+    by_target.update({f"{e.res_type}/{e.res_id}": e for e in writes if e.method == "PUT" and e.res_id})
+    out: list[_Entry] = []
+    state: dict[int, str] = {}
+
+    def visit(e: _Entry) -> None:
+        if state.get(e.index):
+            return  # done, or on the current path (a cycle)
+        state[e.index] = "visiting"
+        for ref in _references(e.resource):
+            dep = by_target.get(ref)
+            if dep is not None and dep is not e:
+                visit(dep)
+        state[e.index] = "done"
+        out.append(e)
+
+    for e in sorted(writes, key=lambda e: (METHOD_ORDER[e.method], e.index)):
+        visit(e)
+    return out
 
 
 def _outcome_entry(exc: DomainError) -> dict[str, Any]:
@@ -201,40 +351,68 @@ def process(
             f"Bundle.type must be transaction or batch, not {kind!r}",
             [Problem("Bundle.type must be transaction or batch", expression="Bundle.type", code="value")],
         )
-    entries = _parse_entries(bundle)
-    ordered = sorted(entries, key=lambda e: (METHOD_ORDER[e.method], e.index))
+    raw_entries = bundle.get("entry", [])
+    if not isinstance(raw_entries, list):
+        raise BadRequest(
+            "Bundle.entry must be a list",
+            [Problem("Bundle.entry must be a list", expression="Bundle.entry", code="structure")],
+        )
+    if kind == "transaction":
+        return _transaction([_parse_entry(i, raw, base) for i, raw in enumerate(raw_entries)],
+                            authorise, actor, base, database)
+    return _batch(raw_entries, authorise, actor, base, database)
+
+
+def _transaction(
+    entries: list[_Entry], authorise: Authorise, actor: Actor, base: str, database: Database
+) -> tuple[dict[str, Any], int]:
+    """All entries in one unit of work, in the FHIR order: DELETE, POST, PUT, GET (then the hooks)."""
     responses: dict[int, dict[str, Any]] = {}
     written: list[service.WriteResult] = []
-    if kind == "transaction":
-        with database.unit_of_work() as session:
-            ids = _assign_ids(session, entries)
-            for e in entries:
-                e.resource = _rewrite(e.resource, ids) if e.resource is not None else None
-            known = frozenset((v.split("/", 1)[0], v.split("/", 1)[1]) for v in ids.values())
-            known |= frozenset(
-                (_split_url(e.url)[0], str(_split_url(e.url)[1])) for e in entries
-                if e.method == "PUT" and _split_url(e.url)[1] is not None
-            )
-            for e in ordered:
-                try:
-                    responses[e.index] = _run_entry(session, actor, e, authorise, base, written, known)
-                except DomainError as exc:
-                    for p in exc.problems:
-                        p.message = f"Bundle.entry[{e.index}] ({e.method} {e.url}): {p.message}"
-                    raise
-            for result in written:
-                service.run_hooks(session, actor, result)
-        return {
-            "resourceType": "Bundle",
-            "type": "transaction-response",
-            "entry": [responses[i] for i in range(len(entries))],
-        }, 200
-    for e in ordered:
+    with database.unit_of_work() as session:
+        for e in entries:
+            if e.method == "DELETE":
+                responses[e.index] = _run_named(session, actor, e, authorise, base, written)
+        ids = _assign_ids(session, entries)
+        writes = [e for e in entries if e.method in ("POST", "PUT")]
+        for e in writes:
+            e.resource = _rewrite(e.resource, ids)
+            _check_no_urn_left(e)
+        known = frozenset((t, i) for t, _, i in (v.partition("/") for v in ids.values()))
+        for e in _write_order(writes):
+            responses[e.index] = _run_named(session, actor, e, authorise, base, written, known)
+        for e in entries:
+            if e.method in ("GET", "HEAD"):
+                responses[e.index] = _run_named(session, actor, e, authorise, base, written)
+        for result in written:
+            service.run_hooks(session, actor, result)
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [responses[i] for i in range(len(entries))],
+    }, 200
+
+
+def _batch(
+    raw_entries: list[Any], authorise: Authorise, actor: Actor, base: str, database: Database
+) -> tuple[dict[str, Any], int]:
+    """Each entry in its own unit of work; a failing entry answers its own status (then the hooks)."""
+    responses: dict[int, dict[str, Any]] = {}
+    written: list[service.WriteResult] = []
+    entries: list[_Entry] = []
+    for i, raw in enumerate(raw_entries):
         try:
+            entries.append(_parse_entry(i, raw, base))
+        except DomainError as exc:
+            responses[i] = _outcome_entry(exc)
+    for e in entries:  # no entry may depend on another: entry order is as good as any
+        try:
+            if e.method == "POST" and e.resource is not None:
+                e.resource.pop("id", None)
+            if e.resource is not None:
+                _check_no_urn_left(e)
             with database.unit_of_work() as session:
-                if e.method == "POST" and e.resource is not None:
-                    e.resource = {k: v for k, v in e.resource.items() if k != "id"}
-                responses[e.index] = _run_entry(session, actor, e, authorise, base, written)
+                responses[e.index] = _run_named(session, actor, e, authorise, base, written)
         except DomainError as exc:
             responses[e.index] = _outcome_entry(exc)
     if written:
@@ -244,5 +422,5 @@ def process(
     return {
         "resourceType": "Bundle",
         "type": "batch-response",
-        "entry": [responses[i] for i in range(len(entries))],
+        "entry": [responses[i] for i in range(len(raw_entries))],
     }, 200

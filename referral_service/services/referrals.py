@@ -8,7 +8,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -16,7 +15,7 @@ from ..domain.actor import SYSTEM, Actor
 from ..domain.errors import Conflict, Forbidden, NotFound, Problem, Unprocessable
 from ..domain.fhir_store import StoredResource
 from ..domain.registry import Organization
-from ..fhir import codes
+from ..fhir import codes, jsonio
 from ..fhir.mappers import referral as shapes
 from ..fhir.search_params import SHANGHAI
 from ..fhir.store import ResourceStore, Stored, instant, now_ms
@@ -82,7 +81,7 @@ def _load(session: Session, res_type: str, res_id: str) -> dict[str, Any] | None
             StoredResource.deleted.is_(False),
         )
     ).scalar_one_or_none()
-    return dict(orjson.loads(raw)) if raw is not None else None
+    return dict(jsonio.loads(raw)) if raw is not None else None
 
 
 def _same(a: dict[str, Any] | None, b: dict[str, Any], ignore: tuple[str, ...]) -> bool:
@@ -257,7 +256,7 @@ def _tasks_for(session: Session, sr_id: str) -> list[dict[str, Any]]:
             StoredResource.res_id.like(f"task-{sr_id}%"),
         )
     ).scalars()
-    return sorted((dict(orjson.loads(r)) for r in rows), key=lambda t: t["id"])
+    return sorted((dict(jsonio.loads(r)) for r in rows), key=lambda t: t["id"])
 
 
 def _active_task(session: Session, sr_id: str) -> dict[str, Any] | None:
@@ -521,7 +520,7 @@ def _township_clinic(
         .order_by(StoredResource.last_updated.desc())
     ).scalars()
     for raw in rows:
-        enc = orjson.loads(raw)
+        enc = jsonio.loads(raw)
         if (enc.get("class") or {}).get("code") == "AMB":
             org = session.get(Organization, ref_id(enc.get("serviceProvider")) or "")
             if org is not None and org.facility_level == "township":

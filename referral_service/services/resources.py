@@ -7,15 +7,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from sqlalchemy import and_, false, or_, select
 from sqlalchemy.orm import Session
 
 from ..domain.actor import SYSTEM, Actor
-from ..domain.errors import Forbidden, NotFound, PreconditionFailed, Problem, Unprocessable
+from ..domain.errors import Conflict, Forbidden, Gone, NotFound, PreconditionFailed, Problem, Unprocessable
 from ..domain.fhir_store import StoredResource
 from ..domain.registry import AuditRecord
+from ..fhir import jsonio
 from ..fhir.mappers import TO_DOMAIN
+from ..fhir.mappers.patient import RESIDENT_ID_SYSTEM
 from ..fhir.resources import RESOURCES
 from ..fhir.search import SearchQuery, parse_search
 from ..fhir.search_params import extract
@@ -145,6 +146,7 @@ def _store_version(
     existing: StoredResource | None,
 ) -> Stored:
     store = ResourceStore(session)
+    _lock_business_keys(store, resource_type, body)
     stored = store.save(
         resource_type,
         body,
@@ -162,10 +164,50 @@ def _store_version(
     return stored
 
 
+def _lock_business_keys(store: ResourceStore, resource_type: str, body: dict[str, Any]) -> None:
+    """Serialise writers of the same unique business key (a resident identity number).
+
+    Without the lock two concurrent writes could both pass the duplicate check and one would then fail
+    on the unique index (a 500); with it the later one sees the earlier one and answers 409.
+    """
+    if resource_type != "Patient":
+        return
+    for ident in body.get("identifier") or []:
+        if isinstance(ident, dict) and ident.get("system") == RESIDENT_ID_SYSTEM:
+            value = ident.get("value")
+            if isinstance(value, str):
+                store.lock_key(f"Patient.resident-id|{value.strip().upper()}")
+
+
+def _sees(store: ResourceStore, actor: Actor, resource_type: str, res_id: str) -> bool:
+    """Whether the actor may see the resource (deleted or not)."""
+    try:
+        store.read(resource_type, res_id, actor)
+    except Gone:
+        return True
+    except NotFound:
+        return False
+    return True
+
+
 def run_hooks(session: Session, actor: Actor, result: WriteResult) -> None:
     """Run the after-write hooks of the stored type (bundles call this once all entries are stored)."""
     for hook in _after_write.get(result.stored.res_type, []):
         hook(session, actor, result.stored, result)
+
+
+def conditional_matches(session: Session, resource_type: str, if_none_exist: str) -> list[str]:
+    """Ids (at most two) matching an If-None-Exist query, under a lock held until the transaction ends.
+
+    The lock serialises concurrent conditional creates of the same query, so exactly one creates and
+    the others find the winner. Matching ignores visibility: a duplicate must never be created
+    because a match is hidden from the caller.
+    """
+    args = parse_qsl(if_none_exist.lstrip("?"), keep_blank_values=True)
+    query = parse_search(resource_type, args, 2, 2)
+    store = ResourceStore(session)
+    store.lock_key(f"{resource_type}?{sorted(args)}")
+    return store.find_ids(query, SYSTEM, limit=2)
 
 
 def create(
@@ -184,19 +226,22 @@ def create(
     _check_write_allowed(actor, resource_type)
     warnings = check_resource(resource_type, body)
     if if_none_exist:
-        args = parse_qsl(if_none_exist.lstrip("?"), keep_blank_values=True)
-        query = parse_search(resource_type, args, 2, 2)
-        store = ResourceStore(session)
-        store.lock_key(f"{resource_type}?{sorted(args)}")
-        # Matching ignores visibility: a duplicate must never be created because a match is hidden.
-        ids = store.find_ids(query, SYSTEM, limit=2)
+        ids = conditional_matches(session, resource_type, if_none_exist)
         if len(ids) > 1:
             raise PreconditionFailed(f"If-None-Exist matches more than one {resource_type}")
         if ids:
+            store = ResourceStore(session)
             current = store.current(resource_type, ids[0])
             assert current is not None
             if resource_type == "Patient" and actor.organization_id:
+                # The patient presented at the clinic with their identity: now in its records.
                 store.grant_access(ids[0], actor.organization_id, "presented")
+            elif not _sees(store, actor, resource_type, ids[0]):
+                # Never hand out a record the caller may not read; only say that it exists.
+                raise Conflict(
+                    f"If-None-Exist matches a {resource_type} this client may not read",
+                    [Problem("a matching resource exists", expression=resource_type, code="duplicate")],
+                )
             stored = Stored(
                 resource_type, current.res_id, current.version_id, current.last_updated, current.content
             )
@@ -240,9 +285,13 @@ def update(
     warnings = check_resource(resource_type, body, url_id=res_id)
     store = ResourceStore(session)
     existing = store.current(resource_type, res_id, for_update=True)
-    if existing is not None and not existing.deleted:
-        # The writer must be able to see what it changes; otherwise it is unknown to it.
-        store.read(resource_type, res_id, actor)
+    if existing is None:
+        # Update-as-create: concurrent creators of the same id queue here; the later ones then update.
+        store.lock_key(f"{resource_type}/{res_id}")
+        existing = store.current(resource_type, res_id, for_update=True)
+    if existing is not None and not _sees(store, actor, resource_type, res_id):
+        # The writer must be able to see what it changes (even a deleted one); otherwise it is unknown.
+        raise NotFound(f"{resource_type}/{res_id} is not known")
     if if_match is not None:
         expected = if_match.strip().removeprefix("W/").strip('"')
         current = str(existing.version_id) if existing is not None else None
@@ -251,7 +300,7 @@ def update(
             raise PreconditionFailed(f"If-Match {if_match} does not match the current version ({shown})")
     body = {**body, "id": res_id}
     _check_references(session, resource_type, body, known_refs)
-    previous = orjson.loads(existing.content) if existing is not None and not existing.deleted else None
+    previous = jsonio.loads(existing.content) if existing is not None and not existing.deleted else None
     _run_before(session, actor, resource_type, body, previous)
     stored = _store_version(session, actor, resource_type, body, method="PUT", existing=existing)
     result = WriteResult(stored, created=existing is None, warnings=warnings, previous=previous)

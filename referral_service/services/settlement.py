@@ -9,7 +9,6 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -21,7 +20,7 @@ from ..domain.errors import BadRequest, Conflict, Forbidden, NotFound, Problem, 
 from ..domain.fhir_store import StoredResource
 from ..domain.ledger import FUNDS, EpisodeDeductible, Payable, Settlement, YearAccumulator
 from ..domain.registry import Coverage, Organization, Patient
-from ..fhir import codes
+from ..fhir import codes, jsonio
 from ..fhir.mappers import settlement as shapes
 from ..fhir.search_params import SHANGHAI, parse_date_range
 from ..fhir.store import ResourceStore, instant, now_ms
@@ -95,7 +94,7 @@ def _load(session: Session, res_type: str, res_id: str) -> dict[str, Any] | None
             StoredResource.deleted.is_(False),
         )
     ).scalar_one_or_none()
-    return dict(orjson.loads(raw)) if raw is not None else None
+    return dict(jsonio.loads(raw)) if raw is not None else None
 
 
 def discharge_date(claim: dict[str, Any]) -> date:
@@ -198,7 +197,7 @@ def _decimal(value: Any) -> Decimal | None:
 def content_hash(claim: dict[str, Any]) -> str:
     """Fingerprint of what was claimed (ignoring id, meta and narrative) for idempotency."""
     core = {k: v for k, v in claim.items() if k not in ("id", "meta", "text")}
-    return hashlib.sha256(orjson.dumps(core, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(jsonio.dumps(core, sort_keys=True)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -397,7 +396,7 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
             )
         stored = _load(session, "ClaimResponse", earlier.claim_response_id)
         assert stored is not None
-        return SubmitResult(orjson.dumps(stored), created=False, settlement_id=earlier.id)
+        return SubmitResult(jsonio.dumps(stored), created=False, settlement_id=earlier.id)
 
     year = discharge.year
     acc = _lock_accumulator(session, patient.id, year)
@@ -640,13 +639,13 @@ def reverse_settlement(session: Session, actor: Actor, claim_id: str, reason: st
     )
     current_response = store.current("ClaimResponse", settlement.claim_response_id, for_update=True)
     if current_response is not None:
-        previous = orjson.loads(current_response.content)
+        previous = jsonio.loads(current_response.content)
         response["insurer"] = previous.get("insurer", response["insurer"])
         response["created"] = previous.get("created", response["created"])
         store.save("ClaimResponse", response, method="PUT", owner_org_id=None, existing=current_response)
     current_eob = store.current("ExplanationOfBenefit", settlement.eob_id, for_update=True)
     if current_eob is not None:
-        eob = orjson.loads(current_eob.content) | {"status": "cancelled"}
+        eob = jsonio.loads(current_eob.content) | {"status": "cancelled"}
         store.save("ExplanationOfBenefit", eob, method="PUT", owner_org_id=None, existing=current_eob)
     later = list(
         session.scalars(

@@ -7,14 +7,13 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..domain.errors import NotFound
 from ..domain.fhir_store import ReferenceIndex, StoredResource
 from ..domain.registry import Organization
-from ..fhir import codes
+from ..fhir import codes, jsonio
 from ..fhir.search_params import SHANGHAI, parse_date_range
 from ..rules import Facts, age_on, icd10_category
 
@@ -50,7 +49,7 @@ def _load(session: Session, res_type: str, res_id: str) -> dict[str, Any]:
     ).scalar_one_or_none()
     if row is None:
         raise NotFound(f"{res_type}/{res_id} is not known")
-    return dict(orjson.loads(row))
+    return dict(jsonio.loads(row))
 
 
 def _referencing(
@@ -67,7 +66,7 @@ def _referencing(
             StoredResource.deleted.is_(False),
         )
     ).scalars()
-    return [dict(orjson.loads(r)) for r in rows]
+    return [dict(jsonio.loads(r)) for r in rows]
 
 
 def ref_id(value: Any) -> str | None:
@@ -143,7 +142,7 @@ def load_visit(session: Session, encounter_id: str) -> VisitContext:
         )
     ).scalars()
     for raw in rows:
-        other = dict(orjson.loads(raw))
+        other = dict(jsonio.loads(raw))
         if other.get("status") != "finished" or (other.get("class") or {}).get("code") != "AMB":
             continue
         other_start = encounter_start(other)

@@ -107,7 +107,12 @@ def test_capability_statement_lists_what_is_registered(client: FlaskClient) -> N
     assert {"identifier", "name", "birthdate"} <= {p["name"] for p in patient["searchParam"]}
     assert "Encounter:subject" in patient["searchRevInclude"]
     assert {i["code"] for i in types["AuditEvent"]["interaction"]} == {
-        "read", "vread", "history-instance", "history-type", "search-type"}
+        "read",
+        "vread",
+        "history-instance",
+        "history-type",
+        "search-type",
+    }
     token_url = rest["security"]["extension"][0]["extension"][0]["valueUri"]
     assert token_url.endswith("/oauth/token")
     assert {"transaction", "batch"} == {i["code"] for i in rest["interaction"]}

@@ -32,9 +32,15 @@ def test_token_with_basic_auth(client: FlaskClient, his: tuple[str, str]) -> Non
 
 
 def test_token_with_form_credentials_and_narrowed_scope(client: FlaskClient, his: tuple[str, str]) -> None:
-    response = client.post("/oauth/token", data={
-        "grant_type": "client_credentials", "client_id": his[0], "client_secret": his[1],
-        "scope": "system/Patient.cruds system/Task.rs"})
+    response = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": his[0],
+            "client_secret": his[1],
+            "scope": "system/Patient.cruds system/Task.rs",
+        },
+    )
     assert response.status_code == 200
     assert response.json["scope"] == "system/Patient.rs"
 
@@ -46,15 +52,21 @@ def test_token_lifetime_follows_configuration(client: FlaskClient, his: tuple[st
 
 
 def test_scope_outside_the_client_is_invalid_scope(client: FlaskClient, his: tuple[str, str]) -> None:
-    response = client.post("/oauth/token", data={"grant_type": "client_credentials",
-                                                 "scope": "system/Task.rs"}, headers=basic(*his))
+    response = client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "scope": "system/Task.rs"},
+        headers=basic(*his),
+    )
     assert response.status_code == 400
     assert response.json["error"] == "invalid_scope"
 
 
 def test_malformed_scope_is_invalid_scope(client: FlaskClient, his: tuple[str, str]) -> None:
-    response = client.post("/oauth/token", data={"grant_type": "client_credentials",
-                                                 "scope": "patient/*.read"}, headers=basic(*his))
+    response = client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "scope": "patient/*.read"},
+        headers=basic(*his),
+    )
     assert response.status_code == 400
     assert response.json["error"] == "invalid_scope"
 
@@ -63,8 +75,11 @@ def test_bad_secret_is_401_and_secret_never_logged(
     client: FlaskClient, his: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.DEBUG):
-        response = client.post("/oauth/token", data={"grant_type": "client_credentials"},
-                               headers=basic(his[0], "wrong-secret-zebra"))
+        response = client.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            headers=basic(his[0], "wrong-secret-zebra"),
+        )
     assert response.status_code == 401
     assert response.json["error"] == "invalid_client"
     assert response.headers["WWW-Authenticate"].startswith("Basic")
@@ -73,8 +88,9 @@ def test_bad_secret_is_401_and_secret_never_logged(
 
 
 def test_unknown_client_gets_the_same_answer(client: FlaskClient, his: tuple[str, str]) -> None:
-    response = client.post("/oauth/token", data={"grant_type": "client_credentials"},
-                           headers=basic("nobody", "whatever"))
+    response = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, headers=basic("nobody", "whatever")
+    )
     assert response.status_code == 401
     assert response.json == {"error": "invalid_client", "error_description": "client authentication failed"}
 
@@ -107,8 +123,12 @@ def test_no_credentials(client: FlaskClient) -> None:
 
 def test_token_endpoint_is_rate_limited(client: FlaskClient, his: tuple[str, str]) -> None:
     client.application.config["TOKEN_RATE_LIMIT"] = "3/minute"
-    statuses = [client.post("/oauth/token", data={"grant_type": "client_credentials"},
-                            headers=basic(his[0], "bad")).status_code for _ in range(5)]
+    statuses = [
+        client.post(
+            "/oauth/token", data={"grant_type": "client_credentials"}, headers=basic(his[0], "bad")
+        ).status_code
+        for _ in range(5)
+    ]
     assert statuses[:3] == [401, 401, 401]
     assert statuses[3:] == [429, 429]
 

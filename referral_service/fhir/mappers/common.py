@@ -12,6 +12,8 @@ def ref_id(reference: Any, expected_type: str) -> str | None:
     """The id of a literal `Type/id` reference of the expected type (None when absent)."""
     if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
         return None
+    if reference["reference"].startswith(("http://", "https://", "urn:", "#")):
+        return None  # a resource on another server (or contained): not one of our registry rows
     parts = reference["reference"].rstrip("/").split("/")
     if len(parts) < 2 or parts[-2] != expected_type:
         return None
@@ -56,3 +58,30 @@ def identifier_value(resource: dict[str, Any], system: str) -> str | None:
         if ident.get("system") == system and ident.get("value"):
             return str(ident["value"])
     return None
+
+
+def clip(value: Any, size: int) -> str | None:
+    """A string cut to the column size (registry columns are bounded; the stored JSON keeps it whole)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text[:size] if text else None
+
+
+def ensure_unique(session: Any, model: Any, column: Any, value: str | None, own_id: str, what: str,
+                  expression: str, **also: Any) -> None:
+    """409 when another row already holds the business key."""
+    from sqlalchemy import select
+
+    from ...domain.errors import Conflict
+
+    if value is None:
+        return
+    stmt = select(model.id).where(column == value, model.id != own_id)
+    for name, wanted in also.items():
+        stmt = stmt.where(getattr(model, name) == wanted)
+    with session.no_autoflush:  # the row being written must not be flushed (and collide) first
+        other = session.scalar(stmt)
+    if other is not None:
+        raise Conflict(f"another resource ({other}) already has this {what}", [
+            Problem(f"duplicate {what}", expression=expression, code="duplicate")])

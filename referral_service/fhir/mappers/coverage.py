@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from ...domain.actor import Actor
 from ...domain.registry import Coverage
 from ..codes import COVERAGE_TYPE_SYSTEM
-from .common import coding_code, fhir_date, ref_id, require_ref
+from .common import clip, coding_code, ensure_unique, fhir_date, ref_id, require_ref
 
 
 def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_create: bool) -> None:
@@ -22,7 +22,10 @@ def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_creat
     row.patient_id = require_ref(resource, "beneficiary", "Patient")
     row.type = coding_code(resource.get("type"), COVERAGE_TYPE_SYSTEM) or "other"
     row.status = resource.get("status") or "active"
-    row.member_number = resource.get("subscriberId")
+    # Member numbers are unique within our own schemes; other payors' numbers are kept in the JSON only.
+    row.member_number = clip(resource.get("subscriberId"), 64) if row.type != "other" else None
+    ensure_unique(session, Coverage, Coverage.member_number, row.member_number, cid, "member number",
+                  "Coverage.subscriberId", type=row.type)
     period = resource.get("period") or {}
     row.period_start = fhir_date(period.get("start"))
     row.period_end = fhir_date(period.get("end"))

@@ -12,7 +12,7 @@ from ...domain.actor import Actor
 from ...domain.errors import Problem, Unprocessable
 from ...domain.registry import Household, Patient
 from ..codes import BASE
-from .common import ref_id
+from .common import clip, ensure_unique, ref_id
 
 INCOME_URL = f"{BASE}/StructureDefinition/household-annual-income"
 HOUSEHOLD_CODE_SYSTEM = f"{BASE}/sid/household"
@@ -54,7 +54,8 @@ def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_creat
     codes = [
         i.get("value") for i in resource.get("identifier") or [] if i.get("system") == HOUSEHOLD_CODE_SYSTEM
     ]
-    row.code = codes[0] if codes else row.code
+    row.code = clip(codes[0], 64) if codes else row.code
+    ensure_unique(session, Household, Household.code, row.code, hid, "household code", "Group.identifier")
     if first is not None:
         row.district = first.district or row.district
         row.township = first.township
@@ -71,7 +72,7 @@ def from_domain(row: Household) -> dict[str, Any]:
         "resourceType": "Group",
         "id": row.id,
         "extension": [
-            {"url": INCOME_URL, "valueMoney": {"value": float(row.annual_income), "currency": "CNY"}}
+            {"url": INCOME_URL, "valueMoney": {"value": row.annual_income, "currency": "CNY"}}
         ],
     }
     if row.code:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from ...domain.actor import Actor
 from ...domain.registry import Organization
 from ..codes import CAPABILITY_SYSTEM, FACILITY_LEVEL_SYSTEM, ORGANIZATION_KIND_SYSTEM
-from .common import coding_code, ref_id
+from .common import clip, coding_code, ensure_unique, ref_id
 
 ORG_CODE_SYSTEM = "http://referral-service.example/fhir/sid/organization-code"
 
@@ -34,14 +34,16 @@ def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_creat
         }
     )
     address = (resource.get("address") or [{}])[0]
-    row.district = (address.get("district") or "").strip()
-    row.city = address.get("city")
+    row.district = clip(address.get("district"), 100) or ""
+    row.city = clip(address.get("city"), 100)
     lines = address.get("line") or []
-    row.township = lines[0] if lines else None
+    row.township = clip(lines[0], 100) if lines else None
     row.parent_id = ref_id(resource.get("partOf"), "Organization")
     row.active = resource.get("active", True) is not False
     codes = [i.get("value") for i in resource.get("identifier") or [] if i.get("system") == ORG_CODE_SYSTEM]
-    row.code = codes[0] if codes else None
+    row.code = clip(codes[0], 64) if codes else None
+    ensure_unique(session, Organization, Organization.code, row.code, oid, "organization code",
+                  "Organization.identifier")
     session.flush()
 
 

@@ -12,7 +12,7 @@ from ...domain.actor import Actor
 from ...domain.errors import Conflict, Problem
 from ...domain.registry import Patient, PovertyRegistration
 from ..codes import BASE
-from .common import fhir_date, identifier_value, ref_id
+from .common import clip, fhir_date, identifier_value, ref_id
 
 RESIDENT_ID_SYSTEM = f"{BASE}/sid/resident-id"
 POVERTY_URL = f"{BASE}/StructureDefinition/poverty-registration"
@@ -57,13 +57,13 @@ def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_creat
     row.birth_date = fhir_date(resource.get("birthDate"))
     row.active = resource.get("active", True) is not False
     phones = [t.get("value") for t in resource.get("telecom") or [] if t.get("system") == "phone"]
-    row.phone = phones[0] if phones else None
+    row.phone = clip(phones[0], 32) if phones else None
     address = (resource.get("address") or [{}])[0]
-    row.district = (address.get("district") or "").strip() or None
+    row.district = clip(address.get("district"), 100)
     lines = address.get("line") or []
-    row.township = lines[0] if len(lines) > 0 else None
-    row.village = lines[1] if len(lines) > 1 else None
-    row.address_line = lines[2] if len(lines) > 2 else None
+    row.township = clip(lines[0], 100) if len(lines) > 0 else None
+    row.village = clip(lines[1], 100) if len(lines) > 1 else None
+    row.address_line = clip(lines[2], 200) if len(lines) > 2 else None
     gps = [ref_id(g, "Organization") for g in resource.get("generalPractitioner") or []]
     row.general_practitioner_id = next((g for g in gps if g), None)
     periods = [

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from ...domain.actor import Actor
 from ...domain.registry import Practitioner, PractitionerRole
 from ..codes import BASE
-from .common import require_ref
+from .common import clip, ensure_unique, require_ref
 
 LICENSE_SYSTEM = f"{BASE}/sid/practitioner-license"
 
@@ -24,9 +24,11 @@ def practitioner_to_domain(session: Session, resource: dict[str, Any], actor: Ac
     row.given_name = ("".join(name.get("given") or []) or (name.get("text") or "")[1:])[:50]
     row.gender = resource.get("gender")
     licenses = [i.get("value") for i in resource.get("identifier") or [] if i.get("system") == LICENSE_SYSTEM]
-    row.license_number = licenses[0] if licenses else None
+    row.license_number = clip(licenses[0], 64) if licenses else None
+    ensure_unique(session, Practitioner, Practitioner.license_number, row.license_number, pid,
+                  "practitioner licence number", "Practitioner.identifier")
     phones = [t.get("value") for t in resource.get("telecom") or [] if t.get("system") == "phone"]
-    row.phone = phones[0] if phones else None
+    row.phone = clip(phones[0], 32) if phones else None
     session.flush()
 
 
@@ -53,7 +55,7 @@ def role_to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_
     row.practitioner_id = require_ref(resource, "practitioner", "Practitioner")
     row.organization_id = require_ref(resource, "organization", "Organization")
     codes = [c.get("code") for cc in resource.get("code") or [] for c in cc.get("coding", [])]
-    row.role = (codes[0] if codes else "doctor") or "doctor"
+    row.role = clip(codes[0] if codes else None, 32) or "doctor"
     row.active = resource.get("active", True) is not False
     session.flush()
 

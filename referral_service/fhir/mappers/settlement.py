@@ -29,7 +29,7 @@ FUND_PAYERS = ("basic-insurance", "critical-illness", "medical-assistance", "pov
 
 def money(value: Decimal) -> dict[str, Any]:
     """A CNY Money element (JSON number with at most two decimals)."""
-    return {"value": float(value), "currency": "CNY"}
+    return {"value": value, "currency": "CNY"}  # Decimal: written with exactly two places
 
 
 def component_values(s: Settlement) -> dict[str, Decimal]:

@@ -1,0 +1,538 @@
+"""FHIR search over HTTP on both engines: parameter types, modifiers, prefixes, result parameters, paging."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import pytest
+from flask.testing import FlaskClient
+
+from referral_service.domain.resident_id import generate
+from tests.functional.fhir_helpers import RESIDENT_ID, Fhir, organization, patient, token_for
+
+V3 = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+LOINC = "http://loinc.org"
+MRN = "urn:oid:1.2.156.1"
+
+
+def _pid(birth: str, gender: str, n: int) -> str:
+    return generate("620421", date.fromisoformat(birth), gender, n)
+
+
+@pytest.fixture
+def platform(client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]) -> Fhir:
+    cid, secret = make_api_client("county-platform", "system/*.cruds", "qs-health-commission")
+    fhir = Fhir(client, token_for(client, cid, secret))
+    assert fhir.put("Organization/th-01", organization("th-01")).status_code == 201
+    assert fhir.put("Organization/ch-01", organization("ch-01", level="county")).status_code == 201
+    return fhir
+
+
+@dataclass
+class World:
+    """Patients and encounters that most search tests look for."""
+
+    fang: dict[str, Any]  # 王芳, female, 1990-03-07, GP th-01
+    ming: dict[str, Any]  # 王小明, male, 1985-05-05
+    na: dict[str, Any]  # 李娜, female, 2000-01-01, no resident id, an MRN without system
+    jose: dict[str, Any]  # José Müller, male, no birth date
+    enc_jan: dict[str, Any]  # 王芳, 2024-01-05 08:00-10:00 (+08:00), finished
+    enc_feb: dict[str, Any]  # 王小明, 2024-02-10 .. 2024-02-15, in-progress
+
+    def ids(self, *names: str) -> set[str]:
+        return {getattr(self, n)["id"] for n in names}
+
+
+def _created(response: Any) -> dict[str, Any]:
+    assert response.status_code == 201, response.json
+    return dict(response.json)
+
+
+def encounter(subject: str, start: str, end: str | None, status: str = "finished") -> dict[str, Any]:
+    period = {"start": start} | ({"end": end} if end else {})
+    return {
+        "resourceType": "Encounter",
+        "status": status,
+        "class": {"system": V3, "code": "AMB"},
+        "subject": {"reference": f"Patient/{subject}"},
+        # a county hospital's outpatient visit: no referral rules run on it
+        "serviceProvider": {"reference": "Organization/ch-01"},
+        "period": period,
+    }
+
+
+@pytest.fixture
+def world(platform: Fhir) -> World:
+    fang = _created(platform.post("Patient", patient(_pid("1990-03-07", "female", 1), gp="th-01")))
+    ming = _created(
+        platform.post(
+            "Patient",
+            patient(
+                _pid("1985-05-05", "male", 2), family="王", given="小明", gender="male", birth="1985-05-05"
+            ),
+        )
+    )
+    na_body = patient(None, family="李", given="娜", birth="2000-01-01")
+    na_body["identifier"] = [{"value": "MRN-0042"}]
+    na = _created(platform.post("Patient", na_body))
+    jose_body = patient(None, family="Müller", given="José", gender="male")
+    del jose_body["birthDate"]
+    jose_body["identifier"] = [{"system": MRN, "value": "MRN-0042"}]
+    jose = _created(platform.post("Patient", jose_body))
+    enc_jan = _created(
+        platform.post(
+            "Encounter", encounter(fang["id"], "2024-01-05T08:00:00+08:00", "2024-01-05T10:00:00+08:00")
+        )
+    )
+    enc_feb = _created(
+        platform.post("Encounter", encounter(ming["id"], "2024-02-10", "2024-02-15", status="in-progress"))
+    )
+    return World(fang, ming, na, jose, enc_jan, enc_feb)
+
+
+def ids_of(response: Any, mode: str = "match") -> set[str]:
+    assert response.status_code == 200, response.json
+    bundle = response.json
+    assert bundle["resourceType"] == "Bundle"
+    assert bundle["type"] == "searchset"
+    return {e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == mode}
+
+
+def ordered_ids(response: Any) -> list[str]:
+    assert response.status_code == 200, response.json
+    return [e["resource"]["id"] for e in response.json.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def assert_400(response: Any) -> None:
+    assert response.status_code == 400, response.json
+    assert response.json["resourceType"] == "OperationOutcome"
+
+
+# ------------------------------------------------------------------------------------------ token
+
+
+def test_token_parameters(platform: Fhir, world: World) -> None:
+    number = world.fang["identifier"][0]["value"]
+    assert ids_of(platform.get(f"Patient?identifier={RESIDENT_ID}|{number}")) == world.ids("fang")
+    assert ids_of(platform.get(f"Patient?identifier={number}")) == world.ids("fang")
+    assert ids_of(platform.get(f"Patient?identifier={RESIDENT_ID}|")) == world.ids("fang", "ming")
+    # the same value under two systems, and without one
+    assert ids_of(platform.get("Patient?identifier=MRN-0042")) == world.ids("na", "jose")
+    assert ids_of(platform.get("Patient?identifier=|MRN-0042")) == world.ids("na")
+    assert ids_of(platform.get(f"Patient?identifier={MRN}|MRN-0042")) == world.ids("jose")
+    assert ids_of(platform.get(f"Patient?identifier={RESIDENT_ID}|MRN-0042")) == set()
+    assert ids_of(platform.get(f"Patient?identifier=other|{number}")) == set()
+
+    # token code and not
+    assert ids_of(platform.get("Patient?gender=female")) == world.ids("fang", "na")
+    assert ids_of(platform.get("Patient?gender:not=female")) == world.ids("ming", "jose")
+    assert ids_of(platform.get("Encounter?status=finished")) == world.ids("enc_jan")
+    assert ids_of(platform.get(f"Encounter?class={V3}|AMB")) == world.ids("enc_jan", "enc_feb")
+    assert ids_of(platform.get("Encounter?class=IMP")) == set()
+    assert ids_of(platform.get("Encounter?status:not=finished")) == world.ids("enc_feb")
+
+
+# ----------------------------------------------------------------------------------------- string
+
+
+def test_string_parameters(platform: Fhir, world: World) -> None:
+    assert ids_of(platform.get("Patient?name=王芳")) == world.ids("fang")
+    assert ids_of(platform.get("Patient?family=王")) == world.ids("fang", "ming")
+    assert ids_of(platform.get("Patient?name=王")) == world.ids("fang", "ming")
+    assert ids_of(platform.get("Patient?given=小明")) == world.ids("ming")
+    assert ids_of(platform.get("Patient?name=王小")) == world.ids("ming")  # starts with
+    assert ids_of(platform.get("Patient?name=明")) == set()  # not a prefix of any part
+    assert ids_of(platform.get("Patient?name:contains=明")) == world.ids("ming")
+    assert ids_of(platform.get("Patient?name:exact=王芳")) == world.ids("fang")
+    assert ids_of(platform.get("Patient?name:exact=王小")) == set()
+    assert ids_of(platform.get("Patient?family:exact=李")) == world.ids("na")
+
+    # string case and accent insensitive
+    for value in ("muller", "MÜLLER", "Mül", "jose", "JOSÉ"):
+        assert ids_of(platform.get(f"Patient?name={value}")) == world.ids("jose"), value
+    assert ids_of(platform.get("Patient?name:exact=Müller")) == world.ids("jose")
+    assert ids_of(platform.get("Patient?name:exact=muller")) == set()
+    assert ids_of(platform.get("Patient?name:exact=Mül")) == set()
+    assert ids_of(platform.get("Patient?name:contains=ULL")) == world.ids("jose")
+    assert ids_of(platform.get("Patient?family:contains=se")) == set()  # José is the given name
+
+    # string wildcards are literal
+    assert ids_of(platform.get("Patient?name=%25")) == set()
+    assert ids_of(platform.get("Patient?name:contains=_")) == set()
+    assert ids_of(platform.get("Patient?address=城关")) == world.ids("fang", "ming", "na", "jose")
+
+
+# ------------------------------------------------------------------------------------------- date
+
+
+BIRTHDATE_CASES = [
+    ("birthdate=1990-03-07", {"fang"}),
+    ("birthdate=eq1990-03-07", {"fang"}),
+    ("birthdate=1990", {"fang"}),
+    ("birthdate=1990-03", {"fang"}),
+    ("birthdate=1990-03-08", set()),
+    ("birthdate=gt1990-03-07", {"na"}),
+    ("birthdate=ge1990-03-07", {"fang", "na"}),
+    ("birthdate=lt1990-03-07", {"ming"}),
+    ("birthdate=le1990-03-07", {"fang", "ming"}),
+    ("birthdate=ne1990-03-07", {"ming", "na"}),
+    ("birthdate=gt1985-05-05&birthdate=lt2000-01-01", {"fang"}),
+    ("birthdate=1985-05-05,2000-01-01", {"ming", "na"}),
+    ("birthdate=ge1999-12-31T16:00:00Z", {"na"}),  # 2000-01-01 in Shanghai starts then
+    ("birthdate=lt1999-12-31T16:00:00Z", {"fang", "ming"}),
+]
+
+# enc_jan: 2024-01-05 08:00-10:00 Shanghai (00:00-02:00 UTC); enc_feb: 2024-02-10 .. 2024-02-15
+ENCOUNTER_DATE_CASES = [
+    ("date=2024-01-05", {"enc_jan"}),
+    ("date=2024-01", {"enc_jan"}),
+    ("date=2024", {"enc_jan", "enc_feb"}),
+    ("date=2024-02-12", set()),  # the stay is longer than the day
+    ("date=2024-02", {"enc_feb"}),
+    ("date=gt2024-01-31", {"enc_feb"}),
+    ("date=ge2024-02-15", {"enc_feb"}),
+    ("date=gt2024-02-15", set()),
+    ("date=lt2024-02-10", {"enc_jan"}),
+    ("date=le2024-02-10", {"enc_jan", "enc_feb"}),
+    ("date=lt2024-01-05", set()),
+    ("date=le2024-01-05", {"enc_jan"}),
+    ("date=ge2024-01-05T01:00:00Z", {"enc_jan", "enc_feb"}),  # 09:00 Shanghai: inside the visit
+    ("date=gt2024-01-05T03:00:00Z", {"enc_feb"}),  # after the visit ended
+    ("date=lt2024-01-05T00:00:00Z", set()),  # 08:00 Shanghai, when the visit started
+    ("date=lt2024-01-05T00:30:00Z", {"enc_jan"}),  # the visit started before
+    ("date=2024-01-05T08:00:00%2B08:00", set()),  # a second cannot contain a two-hour visit
+    ("date=eq2024-01-05T07:00:00%2B08:00,2024-02", {"enc_feb"}),
+]
+
+
+def test_date_parameters(platform: Fhir, world: World) -> None:
+    for query, expected in BIRTHDATE_CASES:
+        assert ids_of(platform.get(f"Patient?{query}")) == world.ids(*expected), query
+    for query, expected in ENCOUNTER_DATE_CASES:
+        assert ids_of(platform.get(f"Encounter?{query}")) == world.ids(*expected), query
+    for bad in ("birthdate=yesterday", "birthdate=xx1990", "birthdate=1990-13", "birthdate=1990-02-30"):
+        assert_400(platform.get(f"Patient?{bad}"))
+    assert_400(platform.get("Encounter?date=2024-01-05T25:00"))
+
+
+# -------------------------------------------------------------------------------------- reference
+
+
+def test_reference_missing_id_and_combinations(platform: Fhir, world: World) -> None:
+    fang = world.fang["id"]
+    expected = world.ids("enc_jan")
+    assert ids_of(platform.get(f"Encounter?subject=Patient/{fang}")) == expected
+    assert ids_of(platform.get(f"Encounter?subject={fang}")) == expected
+    assert ids_of(platform.get(f"Encounter?patient={fang}")) == expected
+    assert ids_of(platform.get(f"Encounter?patient=Patient/{fang}")) == expected
+    assert ids_of(platform.get(f"Encounter?subject:Patient={fang}")) == expected
+    assert ids_of(platform.get(f"Encounter?subject=http://elsewhere.example/fhir/Patient/{fang}")) == expected
+    assert ids_of(platform.get(f"Encounter?subject=Group/{fang}")) == set()
+    assert ids_of(platform.get(f"Encounter?subject=Patient/{fang}/_history/1")) == expected
+    both = f"Encounter?subject={fang},{world.ming['id']}"
+    assert ids_of(platform.get(both)) == world.ids("enc_jan", "enc_feb")
+    assert ids_of(platform.get("Patient?general-practitioner=Organization/th-01")) == world.ids("fang")
+    assert ids_of(platform.get("Encounter?service-provider=ch-01")) == world.ids("enc_jan", "enc_feb")
+
+    # missing modifier
+    assert ids_of(platform.get("Patient?birthdate:missing=true")) == world.ids("jose")
+    assert ids_of(platform.get("Patient?birthdate:missing=false")) == world.ids("fang", "ming", "na")
+    assert ids_of(platform.get("Patient?general-practitioner:missing=false")) == world.ids("fang")
+    assert ids_of(platform.get("Patient?general-practitioner:missing=true")) == world.ids(
+        "ming", "na", "jose"
+    )
+    assert ids_of(platform.get("Patient?telecom:missing=true")) == world.ids("fang", "ming", "na", "jose")
+    assert_400(platform.get("Patient?birthdate:missing=maybe"))
+
+    # or values and repeated params
+    assert ids_of(platform.get("Patient?family=王,李")) == world.ids("fang", "ming", "na")
+    assert ids_of(platform.get("Patient?family=王,李&gender=female")) == world.ids("fang", "na")
+    assert ids_of(platform.get("Patient?name=王&name=小")) == world.ids("ming")
+    assert ids_of(platform.get("Patient?gender=female&gender=male")) == set()
+    assert ids_of(platform.get(f"Patient?_id={world.fang['id']},{world.na['id']}")) == world.ids("fang", "na")
+
+    # id parameter
+    assert ids_of(platform.get(f"Patient?_id={world.ming['id']}")) == world.ids("ming")
+    assert ids_of(platform.get(f"Encounter?_id={world.ming['id']}")) == set()  # a Patient's id
+    assert ids_of(platform.get("Patient?_id=nobody")) == set()
+
+
+def test_last_updated_prefixes(platform: Fhir, world: World) -> None:
+    time.sleep(0.01)
+    later = _created(platform.post("Patient", patient(None, family="赵", given="六")))
+    stamp = later["meta"]["lastUpdated"]
+    all_patients = world.ids("fang", "ming", "na", "jose") | {later["id"]}
+    assert ids_of(platform.get(f"Patient?_lastUpdated={stamp}")) == {later["id"]}
+    assert ids_of(platform.get(f"Patient?_lastUpdated=eq{stamp}")) == {later["id"]}
+    assert ids_of(platform.get(f"Patient?_lastUpdated=ge{stamp}")) == {later["id"]}
+    assert ids_of(platform.get(f"Patient?_lastUpdated=gt{stamp}")) == set()
+    assert ids_of(platform.get(f"Patient?_lastUpdated=lt{stamp}")) == all_patients - {later["id"]}
+    assert ids_of(platform.get(f"Patient?_lastUpdated=le{stamp}")) == all_patients
+    assert ids_of(platform.get("Patient?_lastUpdated=gt2000-01-01")) == all_patients
+    assert ids_of(platform.get("Patient?_lastUpdated=lt2000-01-01")) == set()
+    day = stamp[:10]
+    assert ids_of(platform.get(f"Patient?_lastUpdated=ge{day}T00:00:00Z&_lastUpdated=le{stamp}")) >= {
+        later["id"]
+    }
+    # an offset written with an unescaped '+' arrives as a space; it still parses
+    assert ids_of(platform.get("Patient?_lastUpdated=gt2000-01-01T00:00:00+08:00")) == all_patients
+    assert_400(platform.get("Patient?_lastUpdated=soon"))
+
+
+# ---------------------------------------------------------------------------------- result params
+
+
+def _bulk_patients(fhir: Fhir, count: int, family: str = "陈") -> list[str]:
+    """Create `count` Patients in one transaction Bundle; their ids in order."""
+    entries = [
+        {
+            "fullUrl": f"urn:uuid:00000000-0000-4000-8000-{i:012d}",
+            "resource": patient(None, family=family, given=f"{i:04d}"),
+            "request": {"method": "POST", "url": "Patient"},
+        }
+        for i in range(count)
+    ]
+    response = fhir.post("", {"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert response.status_code == 200, response.json
+    return [e["response"]["location"].split("/")[1] for e in response.json["entry"]]
+
+
+def test_count_default_and_maximum(platform: Fhir, client: FlaskClient) -> None:
+    _bulk_patients(platform, 60)
+    page = platform.get("Patient")
+    assert page.json["total"] == 60
+    assert len(page.json["entry"]) == 50
+    assert "_count=50" in next(link["url"] for link in page.json["link"] if link["relation"] == "next")
+    assert len(platform.get("Patient?_count=7").json["entry"]) == 7
+    whole = platform.get("Patient?_count=5000")
+    assert len(whole.json["entry"]) == 60
+    assert not [link for link in whole.json["link"] if link["relation"] == "next"]
+    zero = platform.get("Patient?_count=0")
+    assert zero.json["total"] == 60
+    assert "entry" not in zero.json
+    assert_400(platform.get("Patient?_count=many"))
+    assert_400(platform.get("Patient?_count=-1"))
+
+
+def test_count_is_capped_at_the_maximum(platform: Fhir, client: FlaskClient) -> None:
+    client.application.config["FHIR_MAX_COUNT"] = 5
+    _bulk_patients(platform, 8)
+    capped = platform.get("Patient?_count=1000")
+    assert len(capped.json["entry"]) == 5
+    nxt = next(link["url"] for link in capped.json["link"] if link["relation"] == "next")
+    assert len(platform.client.get(nxt, headers=platform._headers()).json["entry"]) == 3
+
+
+def test_sort(platform: Fhir, world: World) -> None:
+    time.sleep(0.01)
+    platform.put(f"Patient/{world.ming['id']}", world.ming | {"active": True})  # now the newest
+    oldest_first = ordered_ids(platform.get("Patient?_sort=_lastUpdated"))
+    assert oldest_first == [world.fang["id"], world.na["id"], world.jose["id"], world.ming["id"]]
+    newest_first = ordered_ids(platform.get("Patient?_sort=-_lastUpdated"))
+    assert newest_first == list(reversed(oldest_first))
+    by_id = ordered_ids(platform.get("Patient?_sort=_id"))
+    assert by_id == sorted(world.ids("fang", "ming", "na", "jose"))
+    assert ordered_ids(platform.get("Patient?_sort=-_id")) == list(reversed(by_id))
+    assert_400(platform.get("Patient?_sort=shoe-size"))
+
+
+def test_sorted_paging_visits_each_once(platform: Fhir) -> None:
+    ids = _bulk_patients(platform, 23)
+    for sort in ("_id", "-_id", "_lastUpdated", "-_lastUpdated", None):
+        url: str | None = "Patient?_count=5" + (f"&_sort={sort}" if sort else "")
+        seen: list[str] = []
+        pages = 0
+        while url:
+            response = (
+                platform.get(url) if pages == 0 else platform.client.get(url, headers=platform._headers())
+            )
+            seen += ordered_ids(response)
+            pages += 1
+            url = next((lk["url"] for lk in response.json["link"] if lk["relation"] == "next"), None)
+        assert pages == 5, sort
+        assert sorted(seen) == sorted(ids), sort
+        if sort in ("_id", "-_id"):
+            assert seen == sorted(ids, reverse=sort == "-_id")
+        elif sort is None:
+            assert seen == ids  # creation order
+
+
+def test_include_and_revinclude(platform: Fhir, world: World) -> None:
+    response = platform.get("Encounter?status=finished&_include=Encounter:subject")
+    assert ids_of(response) == world.ids("enc_jan")
+    assert ids_of(response, "include") == world.ids("fang")
+    typed = platform.get("Encounter?_include=Encounter:subject:Patient")
+    assert ids_of(typed, "include") == world.ids("fang", "ming")
+    assert ids_of(platform.get("Encounter?_include=Encounter:subject:Group"), "include") == set()
+    rev = platform.get(f"Patient?_id={world.fang['id']},{world.na['id']}&_revinclude=Encounter:subject")
+    assert ids_of(rev) == world.ids("fang", "na")
+    assert ids_of(rev, "include") == world.ids("enc_jan")
+    includes = [e for e in rev.json["entry"] if e["search"]["mode"] == "include"]
+    assert includes[0]["fullUrl"].endswith(f"/fhir/Encounter/{world.enc_jan['id']}")
+    assert rev.json["total"] == 2  # includes are not counted
+    assert_400(platform.get("Encounter?_include=Encounter:status"))
+    assert_400(platform.get("Encounter?_include=Patient:general-practitioner"))
+    assert_400(platform.get("Patient?_revinclude=Encounter"))
+
+
+def test_summary_total_and_post_search(platform: Fhir, world: World) -> None:
+    counted = platform.get("Patient?family=王&_summary=count")
+    assert counted.status_code == 200
+    assert counted.json["total"] == 2
+    assert "entry" not in counted.json
+    assert not [link for link in counted.json["link"] if link["relation"] == "next"]
+    no_total = platform.get("Patient?_total=none")
+    assert "total" not in no_total.json
+    assert len(no_total.json["entry"]) == 4
+    assert platform.get("Patient?_total=accurate").json["total"] == 4
+    assert_400(platform.get("Patient?_summary=banana"))
+    assert_400(platform.get("Patient?_total=roughly"))
+
+    # post search with form body
+    response = platform.client.post(
+        "/fhir/Patient/_search",
+        data={"family": "王", "gender": "male"},
+        headers={"Authorization": f"Bearer {platform.token}"},
+    )
+    assert ids_of(response) == world.ids("ming")
+    # query string and body combine (AND)
+    combined = platform.client.post(
+        "/fhir/Patient/_search?family=王",
+        data={"gender": "female"},
+        headers={"Authorization": f"Bearer {platform.token}"},
+    )
+    assert ids_of(combined) == world.ids("fang")
+    bad = platform.client.post(
+        "/fhir/Patient/_search",
+        data={"colour": "blue"},
+        headers={"Authorization": f"Bearer {platform.token}"},
+    )
+    assert_400(bad)
+
+
+BAD_QUERIES = [
+    "Patient?colour=blue",
+    "Patient?name:fuzzy=wang",
+    "Patient?birthdate:exact=1990",
+    "Patient?gender:contains=f",
+    "Encounter?subject:Spaceship=1",
+    "Patient?family=",
+    "Encounter?_include=Nothing:subject",
+    "Encounter?_include=Encounter:subject:Nothing",
+    "Patient?_id:not=x",
+    "Patient?_lastUpdated:missing=true",
+    "Patient?_sort=_id,colour",
+]
+
+
+def test_unknown_or_malformed_parameters_are_400(platform: Fhir, world: World) -> None:
+    for query in BAD_QUERIES:
+        response = platform.get(query)
+        assert response.status_code == 400, query
+        assert response.json["resourceType"] == "OperationOutcome"
+        assert response.json["issue"][0]["severity"] == "error"
+
+
+def test_links_are_absolute_and_repeat_the_query(platform: Fhir, world: World) -> None:
+    response = platform.get("Patient?family=王&_count=1")
+    links = {link["relation"]: link["url"] for link in response.json["link"]}
+    assert links["self"].startswith("http://localhost/fhir/Patient?")
+    assert links["next"].startswith("http://localhost/fhir/Patient?")
+    query = dict(parse_qsl(urlsplit(links["next"]).query))
+    assert query["family"] == "王"
+    assert query["_count"] == "1"
+    second = platform.client.get(links["next"], headers=platform._headers())
+    assert len(second.json["entry"]) == 1
+    assert "next" not in {link["relation"] for link in second.json["link"]}
+    # the self link of a later page names that page
+    second_self = next(link["url"] for link in second.json["link"] if link["relation"] == "self")
+    assert "_cursor=" in second_self
+    again = platform.client.get(second_self, headers=platform._headers())
+    assert ordered_ids(again) == ordered_ids(second)
+
+
+# ----------------------------------------------------------------------------------------- paging
+
+
+def test_paging_with_inserts_between_pages(platform: Fhir) -> None:
+    """250 Patients paged by 20 while new ones arrive: each old one exactly once, no empty last page."""
+    before = set(_bulk_patients(platform, 250))
+    response = platform.get("Patient?_count=20")
+    seen: list[str] = []
+    pages = 0
+    inserted = 0
+    while True:
+        assert response.status_code == 200, response.json
+        entries = response.json.get("entry", [])
+        assert entries, "an empty page was served"
+        seen += [e["resource"]["id"] for e in entries]
+        pages += 1
+        nxt = next((lk["url"] for lk in response.json["link"] if lk["relation"] == "next"), None)
+        if nxt is None:
+            break
+        assert nxt.startswith("http://localhost/fhir/Patient?")
+        if pages <= 3:  # new Patients between page fetches
+            _created(platform.post("Patient", patient(None, family="新", given=str(pages))))
+            inserted += 1
+        response = platform.client.get(nxt, headers=platform._headers())
+    assert len(seen) == len(set(seen))
+    assert before <= set(seen)
+    assert len(seen) == 250 + inserted
+    assert pages == (250 + inserted + 19) // 20
+
+
+def test_paging_when_the_last_page_is_exactly_full(platform: Fhir) -> None:
+    _bulk_patients(platform, 40)
+    first = platform.get("Patient?_count=20")
+    nxt = next(lk["url"] for lk in first.json["link"] if lk["relation"] == "next")
+    second = platform.client.get(nxt, headers=platform._headers())
+    assert len(second.json["entry"]) == 20
+    assert "next" not in {lk["relation"] for lk in second.json["link"]}
+
+
+TAMPERINGS: list[Callable[[str], str]] = [
+    lambda c: c[:-2] + ("AA" if c[-2:] != "AA" else "BB"),
+    lambda c: c[1:],
+    lambda c: "not-a-cursor",
+    lambda c: "%%%",
+    lambda c: c + "x",
+    lambda c: "eyJ2IjoiYSIsInBrIjoxfQ",  # a hand-made {"v":"a","pk":1}
+    lambda c: "eyJ2Ijoibm90IGEgZGF0ZSIsInBrIjoxfQ",  # {"v":"not a date","pk":1}
+    lambda c: c.replace("Q", "R", 1) if "Q" in c else c.replace("A", "B", 1),
+]
+
+
+def test_tampered_cursor_is_400(platform: Fhir) -> None:
+    _bulk_patients(platform, 5)
+    first = platform.get("Patient?_count=2&_sort=_lastUpdated")
+    nxt = next(lk["url"] for lk in first.json["link"] if lk["relation"] == "next")
+    cursor = dict(parse_qsl(urlsplit(nxt).query))["_cursor"]
+    assert platform.get(f"Patient?_count=2&_sort=_lastUpdated&_cursor={cursor}").status_code == 200
+    for tamper in TAMPERINGS:
+        changed = tamper(cursor)
+        assert changed != cursor
+        response = platform.get(f"Patient?_count=2&_sort=_lastUpdated&_cursor={quote(changed)}")
+        assert response.status_code == 400, changed
+        assert response.json["resourceType"] == "OperationOutcome"
+
+
+def test_cursor_from_another_sort_is_400(platform: Fhir) -> None:
+    _bulk_patients(platform, 5)
+    first = platform.get("Patient?_count=2&_sort=_id")
+    nxt = next(lk["url"] for lk in first.json["link"] if lk["relation"] == "next")
+    cursor = dict(parse_qsl(urlsplit(nxt).query))["_cursor"]
+    assert_400(platform.get(f"Patient?_count=2&_sort=_lastUpdated&_cursor={cursor}"))
+
+
+def test_history_cursor_tampered_is_400(platform: Fhir, world: World) -> None:
+    response = platform.get("Patient/_history?_count=1")
+    nxt = next(lk["url"] for lk in response.json["link"] if lk["relation"] == "next")
+    cursor = dict(parse_qsl(urlsplit(nxt).query))["_cursor"]
+    assert platform.client.get(nxt, headers=platform._headers()).status_code == 200
+    assert_400(platform.get(f"Patient/_history?_count=1&_cursor={cursor[:-3]}"))
+    assert_400(platform.get("Patient/_history?_count=1&_cursor=eyJ0IjoiMjAyNC0wMS0wMSIsInBrIjoxLCJ2IjoxfQ"))

@@ -1,0 +1,95 @@
+"""Server defects found while testing interoperability, kept as regression tests.
+
+Each test states the behaviour FHIR and DESIGN.md section 9 ask for ("never 500 for bad input", "a
+duplicate business key: 409", valid FHIR is stored on both engines, absolute references are external).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from referral_service.fhir.codes import BASE
+from tests.functional.fhir_helpers import Fhir, organization, patient, token_for
+from tests.interop.conftest import PLATFORM_ORG
+
+V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+
+
+@pytest.fixture
+def platform(client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]) -> Fhir:
+    client_id, secret = make_api_client("county-platform", "system/*.cruds", PLATFORM_ORG)
+    fhir = Fhir(client, token_for(client, client_id, secret))
+    assert fhir.put("Organization/o1", organization("o1")).status_code == 201
+    assert fhir.put("Patient/p1", patient(None) | {"id": "p1"}).status_code == 201
+    assert fhir.put("Practitioner/d1", {"resourceType": "Practitioner", "id": "d1"}).status_code == 201
+    return fhir
+
+
+def coverage(cid: str, **fields: Any) -> dict[str, Any]:
+    return {"resourceType": "Coverage", "id": cid, "status": "active",
+            "beneficiary": {"reference": "Patient/p1"}, "payor": [{"reference": "Organization/o1"}], **fields}
+
+
+def test_reference_to_another_server_is_not_checked_against_local_resources(platform: Fhir) -> None:
+    external = {"reference": "http://insurer.example/fhir/Organization/X1"}
+    response = platform.put("Coverage/c1", coverage("c1", payor=[external]))
+    assert response.status_code == 201, response.json
+
+
+DUPLICATE_KEYS = [
+    ("Practitioner", {"identifier": [{"system": f"{BASE}/sid/practitioner-license", "value": "L-1"}]}),
+    ("Organization", organization() | {
+        "identifier": [{"system": f"{BASE}/sid/organization-code", "value": "ORG-1"}]}),
+    ("Group", {"type": "person", "actual": True,
+               "identifier": [{"system": f"{BASE}/sid/household", "value": "HH-1"}]}),
+]
+
+
+@pytest.mark.parametrize(("rtype", "body"), DUPLICATE_KEYS, ids=[k[0] for k in DUPLICATE_KEYS])
+def test_duplicate_business_identifier_is_409(platform: Fhir, rtype: str, body: dict[str, Any]) -> None:
+    first = platform.put(f"{rtype}/first", {**body, "resourceType": rtype, "id": "first"})
+    assert first.status_code == 201, first.json
+    second = platform.put(f"{rtype}/second", {**body, "resourceType": rtype, "id": "second"})
+    assert second.status_code == 409, second.json
+    assert (second.json or {}).get("resourceType") == "OperationOutcome"
+
+
+def test_same_member_number_at_two_payors_is_fine(platform: Fhir) -> None:
+    assert platform.put("Coverage/a", coverage("a", subscriberId="M-1")).status_code == 201
+    other_payor = coverage("b", subscriberId="M-1", payor=[{"reference": "Patient/p1"}])  # self-pay
+    response = platform.put("Coverage/b", other_payor)
+    assert response.status_code == 201, response.json
+
+
+LONG = [
+    ("Patient", "patient address line 150", patient(None) | {
+        "address": [{"district": "青山县", "line": ["x" * 150]}]}),
+    ("Patient", "patient phone 40", patient(None) | {"telecom": [{"system": "phone", "value": "1" * 40}]}),
+    ("Patient", "identifier system 250", patient(None) | {
+        "identifier": [{"system": "http://x.example/" + "s" * 250, "value": "1"}]}),
+    ("Organization", "organization address line 150", organization() | {
+        "address": [{"district": "青山县", "line": ["y" * 150]}]}),
+    ("Organization", "organization city 150", organization() | {
+        "address": [{"district": "青山县", "city": "c" * 150}]}),
+    ("Practitioner", "practitioner phone 40", {"telecom": [{"system": "phone", "value": "1" * 40}]}),
+    ("PractitionerRole", "role code 40", {
+        "practitioner": {"reference": "Practitioner/d1"}, "organization": {"reference": "Organization/o1"},
+        "code": [{"coding": [{"system": "http://x.example", "code": "c" * 40}]}]}),
+    ("Coverage", "subscriberId 70", coverage("x", subscriberId="s" * 70)),
+    ("Coverage", "reference to a 50-character type", coverage("x", payor=[
+        {"reference": "http://x.example/fhir/" + "T" * 50 + "/1"}])),
+]
+
+
+@pytest.mark.parametrize(("rtype", "what", "body"), LONG, ids=[case[1] for case in LONG])
+def test_long_strings_are_stored_on_both_engines(
+    platform: Fhir, backend: str, request: pytest.FixtureRequest, rtype: str, what: str, body: dict[str, Any]
+) -> None:
+    """FHIR strings may be long; a registry column of String(n) must not turn them into a 500."""
+    response = platform.put(f"{rtype}/long", {**body, "resourceType": rtype, "id": "long"})
+    assert response.status_code == 201, response.json
+    assert platform.get(f"{rtype}/long").json == response.json
