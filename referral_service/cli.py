@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -66,7 +67,49 @@ def register_cli(app: Flask) -> None:
         with database.session() as session:
             click.echo(explain_visit(session, encounter_id))
 
+    @app.cli.group("policy")
+    def policy() -> None:
+        """Settlement policies: check files, show the one in force."""
+
+    @policy.command("check")
+    @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+    def policy_check(files: tuple[str, ...]) -> None:
+        """Validate policy files (default: every file in POLICIES_DIR), overlaps included."""
+        from .settlement import check_files as check_policies
+
+        paths = [Path(f) for f in files] or sorted(
+            p for p in policies_dir(app).glob("*") if p.suffix in (".yaml", ".yml", ".json"))
+        problems = check_policies(paths)
+        for problem in problems:
+            click.echo(problem, err=True)
+        if problems:
+            raise SystemExit(1)
+        click.echo(f"{len(paths)} policy file(s) OK")
+
+    @policy.command("show")
+    @click.option("--region", required=True, help="insured region (district), e.g. 青山县")
+    @click.option("--date", "on", required=True, type=click.DateTime(formats=["%Y-%m-%d"]))
+    def policy_show(region: str, on: datetime) -> None:
+        """Print the policy in force for a region on a date."""
+        import json
+
+        from .services.settlement import policies
+        from .settlement import NoPolicyError
+
+        try:
+            found = policies().in_force(region, on.date())
+        except NoPolicyError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(json.dumps(found.to_dict(), ensure_ascii=False, indent=2, default=str))
+
     register_seed(app)
+
+
+def policies_dir(app: Flask) -> Path:
+    """The configured folder of policy files."""
+    from .config import PROJECT_ROOT
+
+    return PROJECT_ROOT / app.config["POLICIES_DIR"]
 
 
 def rules_dir(app: Flask) -> Path:

@@ -45,3 +45,21 @@ def test_rules_explain_a_stored_visit(app: Flask, county: dict) -> None:  # noqa
     assert "outcome: refer-up, urgency emergency (priority stat)" in result.output
     assert "NEWS2 total 10" in result.output
     assert "news2-high:" in result.output and "news2-medium:" in result.output
+
+
+def test_policy_check_and_show(app: Flask, tmp_path: Path) -> None:
+    runner = app.test_cli_runner()
+    ok = runner.invoke(args=["policy", "check"])
+    assert ok.exit_code == 0, ok.output
+    shown = runner.invoke(args=["policy", "show", "--region", "青山县", "--date", "2026-03-01"])
+    assert shown.exit_code == 0
+    assert '"id": "qingshan-2018"' in shown.output
+    assert '"county": "0.80"' in shown.output
+    missing = runner.invoke(args=["policy", "show", "--region", "别县", "--date", "2026-03-01"])
+    assert missing.exit_code == 1
+    assert "别县" in missing.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: x\nversion: '1'\nregion: 青山县\nvalid_from: 2018-01-01\n", encoding="utf-8")
+    refused = runner.invoke(args=["policy", "check", str(bad)])
+    assert refused.exit_code == 1
+    assert "bad.yaml" in refused.output
