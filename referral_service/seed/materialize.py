@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
+from psycopg import sql
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -52,6 +54,24 @@ def _missing(session: Session, res_type: str, chunk: int) -> Iterator[list[Any]]
         last = rows[-1].id
 
 
+def _bulk(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert rows fast: COPY on PostgreSQL, a Core executemany elsewhere (no ORM bookkeeping)."""
+    if not rows:
+        return
+    connection = session.connection()
+    raw: Any = connection.connection.dbapi_connection
+    if connection.dialect.name == "postgresql" and isinstance(raw, psycopg.Connection):
+        columns = list(rows[0])
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns))
+        )
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in columns])
+        return
+    connection.execute(table.insert(), rows)
+
+
 def materialize(
     session: Session,
     types: tuple[str, ...] = ORDER,
@@ -96,21 +116,18 @@ def materialize(
                 StoredResource.res_id, StoredResource.pk, sort_by_parameter_order=True
             )
             pks = {res_id: pk for res_id, pk in session.execute(returning, values).all()}
-            session.execute(
-                insert(ResourceVersion),
-                [
-                    {
-                        "resource_pk": pks[v["res_id"]],
-                        "version_id": 1,
-                        "res_type": res_type,
-                        "last_updated": ts,
-                        "method": "POST",
-                        "deleted": False,
-                        "content": v["content"],
-                    }
-                    for v in values
-                ],
-            )
+            versions = [
+                {
+                    "resource_pk": pks[v["res_id"]],
+                    "version_id": 1,
+                    "res_type": res_type,
+                    "last_updated": ts,
+                    "method": "POST",
+                    "deleted": False,
+                    "content": v["content"],
+                }
+                for v in values
+            ]
             tokens, strings, dates, refs = [], [], [], []
             for r in resources:
                 pk = pks[r["id"]]
@@ -132,13 +149,13 @@ def materialize(
                     for p, t, i in idx.references
                 ]
             for table, batch in (
+                (ResourceVersion, versions),
                 (TokenIndex, tokens),
                 (StringIndex, strings),
                 (DateIndex, dates),
                 (ReferenceIndex, refs),
             ):
-                if batch:
-                    session.execute(insert(table), batch)
+                _bulk(session, table.__table__, batch)
             counts[res_type] += len(rows)
             if progress:
                 progress(res_type, len(rows))
