@@ -88,6 +88,17 @@ def now_ms() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+# The columns a served row needs (current version).
+SERVED = (
+    StoredResource.res_type,
+    StoredResource.res_id,
+    StoredResource.version_id,
+    StoredResource.last_updated,
+    StoredResource.content,
+    StoredResource.deleted,
+)
+
+
 def _stored(row: Any) -> Stored:
     return Stored(row.res_type, row.res_id, row.version_id, row.last_updated, row.content, row.deleted)
 
@@ -109,17 +120,23 @@ class ResourceStore:
             stmt = stmt.with_for_update()
         return self.session.scalars(stmt).first()
 
+    def load(self, res_type: str, res_id: str) -> dict[str, Any] | None:
+        """The current JSON of a live resource, for use cases (no access check: callers decide)."""
+        raw = self.session.execute(
+            select(StoredResource.content).where(
+                StoredResource.res_type == res_type,
+                StoredResource.res_id == res_id,
+                StoredResource.deleted.is_(False),
+            )
+        ).scalar_one_or_none()
+        return dict(jsonio.loads(raw)) if raw is not None else None
+
     def read(self, res_type: str, res_id: str, actor: Actor) -> Stored:
         """The current version; 404 when unknown or not visible to the actor, 410 when deleted."""
         rdef = RESOURCES[res_type]
-        stmt = select(
-            StoredResource.res_type,
-            StoredResource.res_id,
-            StoredResource.version_id,
-            StoredResource.last_updated,
-            StoredResource.content,
-            StoredResource.deleted,
-        ).where(StoredResource.res_type == res_type, StoredResource.res_id == res_id, visible(actor, rdef))
+        stmt = select(*SERVED).where(
+            StoredResource.res_type == res_type, StoredResource.res_id == res_id, visible(actor, rdef)
+        )
         row = self.session.execute(stmt).first()
         if row is None:
             raise NotFound(f"{res_type}/{res_id} is not known")
@@ -369,16 +386,7 @@ class ResourceStore:
         if key != "_pk":
             order.append(StoredResource.pk.desc() if desc else StoredResource.pk.asc())
         stmt = (
-            select(
-                StoredResource.pk,
-                StoredResource.res_type,
-                StoredResource.res_id,
-                StoredResource.version_id,
-                StoredResource.last_updated,
-                StoredResource.content,
-                StoredResource.deleted,
-                sort_col.label("sort_value"),
-            )
+            select(StoredResource.pk, *SERVED, sort_col.label("sort_value"))
             .where(*where)
             .order_by(*order)
             .limit(query.count + 1)
@@ -424,14 +432,7 @@ class ResourceStore:
                 out += self._fetch(t, ids, actor, seen)
         for inc in query.revincludes:
             stmt = (
-                select(
-                    StoredResource.res_type,
-                    StoredResource.res_id,
-                    StoredResource.version_id,
-                    StoredResource.last_updated,
-                    StoredResource.content,
-                    StoredResource.deleted,
-                )
+                select(*SERVED)
                 .join(ReferenceIndex, ReferenceIndex.resource_pk == StoredResource.pk)
                 .where(
                     ReferenceIndex.res_type == inc.source,
@@ -450,14 +451,7 @@ class ResourceStore:
         return out
 
     def _fetch(self, res_type: str, ids: set[str], actor: Actor, seen: set[tuple[str, str]]) -> list[Stored]:
-        stmt = select(
-            StoredResource.res_type,
-            StoredResource.res_id,
-            StoredResource.version_id,
-            StoredResource.last_updated,
-            StoredResource.content,
-            StoredResource.deleted,
-        ).where(
+        stmt = select(*SERVED).where(
             StoredResource.res_type == res_type,
             StoredResource.res_id.in_(ids),
             StoredResource.deleted == false(),

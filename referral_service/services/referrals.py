@@ -74,14 +74,7 @@ def rule_sets() -> DefaultRuleSets:
 
 
 def _load(session: Session, res_type: str, res_id: str) -> dict[str, Any] | None:
-    raw = session.execute(
-        select(StoredResource.content).where(
-            StoredResource.res_type == res_type,
-            StoredResource.res_id == res_id,
-            StoredResource.deleted.is_(False),
-        )
-    ).scalar_one_or_none()
-    return dict(jsonio.loads(raw)) if raw is not None else None
+    return ResourceStore(session).load(res_type, res_id)
 
 
 def _same(a: dict[str, Any] | None, b: dict[str, Any], ignore: tuple[str, ...]) -> bool:

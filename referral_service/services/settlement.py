@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 from ..domain.actor import SYSTEM, Actor
 from ..domain.base import new_id, utcnow
 from ..domain.errors import BadRequest, Conflict, Forbidden, NotFound, Problem, Unprocessable
-from ..domain.fhir_store import StoredResource
 from ..domain.ledger import FUNDS, EpisodeDeductible, Payable, Settlement, YearAccumulator
 from ..domain.registry import Coverage, Organization, Patient
 from ..fhir import codes, jsonio
@@ -87,14 +86,7 @@ def _ref_id(value: Any, kind: str) -> str | None:
 
 
 def _load(session: Session, res_type: str, res_id: str) -> dict[str, Any] | None:
-    raw = session.execute(
-        select(StoredResource.content).where(
-            StoredResource.res_type == res_type,
-            StoredResource.res_id == res_id,
-            StoredResource.deleted.is_(False),
-        )
-    ).scalar_one_or_none()
-    return dict(jsonio.loads(raw)) if raw is not None else None
+    return ResourceStore(session).load(res_type, res_id)
 
 
 def discharge_date(claim: dict[str, Any]) -> date:

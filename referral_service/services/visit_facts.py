@@ -15,6 +15,7 @@ from ..domain.fhir_store import ReferenceIndex, StoredResource
 from ..domain.registry import Organization
 from ..fhir import codes, jsonio
 from ..fhir.search_params import SHANGHAI, parse_date_range
+from ..fhir.store import ResourceStore
 from ..rules import Facts, age_on, icd10_category
 
 _VITALS = {
@@ -40,16 +41,10 @@ class VisitContext:
 
 
 def _load(session: Session, res_type: str, res_id: str) -> dict[str, Any]:
-    row = session.execute(
-        select(StoredResource.content).where(
-            StoredResource.res_type == res_type,
-            StoredResource.res_id == res_id,
-            StoredResource.deleted.is_(False),
-        )
-    ).scalar_one_or_none()
-    if row is None:
+    found = ResourceStore(session).load(res_type, res_id)
+    if found is None:
         raise NotFound(f"{res_type}/{res_id} is not known")
-    return dict(jsonio.loads(row))
+    return found
 
 
 def _referencing(
