@@ -279,7 +279,7 @@ def _count_arg() -> int:
     default, maximum = current_app.config["FHIR_DEFAULT_COUNT"], current_app.config["FHIR_MAX_COUNT"]
     if raw is None:
         return int(default)
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise BadRequest(f"_count must be a whole number, not {raw!r}")
     return max(1, min(int(raw), int(maximum)))
 
@@ -301,6 +301,7 @@ def search_post(resource_type: str) -> Response:
 def _search(resource_type: str, args: list[tuple[str, str]]) -> Response:
     cfg = current_app.config
     query = parse_search(resource_type, args, cfg["FHIR_DEFAULT_COUNT"], cfg["FHIR_MAX_COUNT"])
+    service.authorise_includes(query, current_principal().may)  # included types need their own scopes
     page = with_actor(
         resource_type,
         "s",

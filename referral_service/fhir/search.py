@@ -169,6 +169,9 @@ def _parse_token_value(value: str) -> tuple[str | None, str | None]:
 def _parse_reference_value(value: str, modifier: str | None, param: SearchParam) -> tuple[str | None, str]:
     if modifier and modifier[0].isupper():
         return modifier, value.rsplit("/", 1)[-1]
+    if value.startswith(("http://", "https://", "urn:")):
+        # Absolute references are external (never indexed as ours): such a value matches nothing.
+        return "(external)", value
     parts = value.rstrip("/").split("/")
     if len(parts) >= 4 and parts[-2] == "_history":
         parts = parts[:-2]  # a versioned reference searches for the resource
@@ -187,11 +190,14 @@ def parse_search(
     query = SearchQuery(rdef=rdef, count=default_count)
     cursor: dict[str, Any] | None = None
     for key, raw in args:
+        if "\x00" in key or "\x00" in raw:
+            raise _bad(f"{key}: a search parameter must not contain NUL characters", key.replace("\x00", ""))
         name, _, modifier = key.partition(":")
         if name == "_count":
-            if not raw.strip().isdigit():
+            digits = raw.strip()
+            if not (digits.isascii() and digits.isdigit()):
                 raise _bad(f"_count must be a whole number (0 or more), not {raw!r}", "_count")
-            query.count = min(int(raw), max_count)
+            query.count = min(int(digits), max_count) if len(digits) <= 9 else max_count
             query.raw.append((key, raw))
         elif name == "_sort":
             keys = [k.strip() for k in raw.split(",")]

@@ -52,7 +52,12 @@ def normalise(text: str) -> str:
     """Lower case, accents removed, whitespace folded: the default string match form."""
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return " ".join(stripped.lower().split())[:200]
+    return _column(" ".join(stripped.lower().split()))
+
+
+def _column(text: str) -> str:
+    """A value as an index column holds it: at most 200 characters, no NUL (PostgreSQL refuses it)."""
+    return text.replace("\x00", "")[:200]
 
 
 def tokens_of(value: Any) -> Iterator[tuple[str | None, str]]:
@@ -100,26 +105,44 @@ def parse_date_range(text: str) -> tuple[datetime, datetime]:
         sign = 1 if m["tz"][0] == "+" else -1
         hh, mm = int(m["tz"][1:3]), int(m["tz"][4:6])
         tz = timezone(sign * timedelta(hours=hh, minutes=mm))
+    unit: str | timedelta
     if mo is None:
-        low = datetime(y, 1, 1, tzinfo=tz)
-        high = datetime(y + 1, 1, 1, tzinfo=tz)
+        low, unit = datetime(y, 1, 1, tzinfo=tz), "year"
     elif d is None:
-        low = datetime(y, int(mo), 1, tzinfo=tz)
-        high = datetime(y + (int(mo) == 12), int(mo) % 12 + 1, 1, tzinfo=tz)
+        low, unit = datetime(y, int(mo), 1, tzinfo=tz), "month"
     elif m["H"] is None:
-        low = datetime.combine(date(y, int(mo), int(d)), time(), tzinfo=tz)
-        high = low + timedelta(days=1)
+        low, unit = datetime.combine(date(y, int(mo), int(d)), time(), tzinfo=tz), timedelta(days=1)
     else:
         seconds = int(m["S"] or 0)
         micro = int((m["f"] or "0")[:6].ljust(6, "0"))
         low = datetime(y, int(mo), int(d), int(m["H"]), int(m["M"]), seconds, micro, tzinfo=tz)
         if m["S"] is None:
-            high = low + timedelta(minutes=1)
-        elif m["f"] is None:
-            high = low + timedelta(seconds=1)
+            unit = timedelta(minutes=1)
         else:
-            high = low + timedelta(microseconds=1)
-    return low.astimezone(UTC), (high - timedelta(microseconds=1)).astimezone(UTC)
+            unit = timedelta(seconds=1) if m["f"] is None else timedelta(microseconds=1)
+    try:
+        high = _after(low, unit) - timedelta(microseconds=1)
+    except (ValueError, OverflowError):  # the range reaches the end of the calendar
+        high = MAX_INSTANT
+    return _utc(low, MIN_INSTANT), _utc(high, MAX_INSTANT)
+
+
+def _after(low: datetime, unit: str | timedelta) -> datetime:
+    """The first instant after the year, month or span that starts at `low`."""
+    if unit == "year":
+        return low.replace(year=low.year + 1)
+    if unit == "month":
+        return low.replace(year=low.year + low.month // 12, month=low.month % 12 + 1)
+    assert isinstance(unit, timedelta)
+    return low + unit
+
+
+def _utc(moment: datetime, beyond: datetime) -> datetime:
+    """The instant in UTC, kept within [MIN_INSTANT, MAX_INSTANT] (year 1 at +08:00 is before UTC's)."""
+    try:
+        return min(max(moment.astimezone(UTC), MIN_INSTANT), MAX_INSTANT)
+    except OverflowError:
+        return beyond
 
 
 def dates_of(value: Any) -> Iterator[tuple[datetime, datetime]]:
@@ -162,9 +185,11 @@ def extract(resource: dict[str, Any], params: list[SearchParam]) -> IndexRows:
         for path in p.paths:
             for value in walk(resource, path):
                 if p.type == "token":
-                    rows.tokens.extend((p.name, s[:200] if s else s, c[:200]) for s, c in tokens_of(value))
+                    rows.tokens.extend(
+                        (p.name, _column(s) if s else s, _column(c)) for s, c in tokens_of(value)
+                    )
                 elif p.type == "string":
-                    rows.strings.extend((p.name, normalise(s), s[:200]) for s in strings_of(value))
+                    rows.strings.extend((p.name, normalise(s), _column(s)) for s in strings_of(value))
                 elif p.type == "date":
                     rows.dates.extend((p.name, lo, hi) for lo, hi in dates_of(value))
                 elif p.type == "reference":

@@ -18,6 +18,30 @@ def _path(resource_type: str, loc: tuple[Any, ...]) -> str:
     return out
 
 
+_ALLOWED_CONTROLS = frozenset("\t\n\r")
+
+
+def control_character_problems(node: Any, path: str) -> list[Problem]:
+    """FHIR strings may not hold control characters other than tab, CR and LF."""
+    found: list[Problem] = []
+    if isinstance(node, str):
+        if any(ch < " " and ch not in _ALLOWED_CONTROLS for ch in node):
+            found.append(
+                Problem(
+                    f"{path}: control characters are not allowed in FHIR strings",
+                    expression=path,
+                    code="structure",
+                )
+            )
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            found += control_character_problems(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += control_character_problems(value, f"{path}[{index}]")
+    return found
+
+
 def structure_problems(resource_type: str, body: dict[str, Any]) -> list[Problem]:
     """Problems fhir.resources finds (types, cardinality, unknown elements, formats)."""
     try:
@@ -57,7 +81,7 @@ def check_resource(resource_type: str, body: dict[str, Any], *, url_id: str | No
             f"the body id {body.get('id')!r} differs from the URL id {url_id!r}",
             [Problem("id differs from the URL", expression=f"{resource_type}.id", code="invalid")],
         )
-    structural = structure_problems(resource_type, body)
+    structural = control_character_problems(body, resource_type) or structure_problems(resource_type, body)
     if structural:
         raise BadRequest(f"{resource_type} is not a valid FHIR R4 resource", structural)
     found = profile_problems(body)

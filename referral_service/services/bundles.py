@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -26,7 +26,7 @@ from ..fhir import jsonio
 from ..fhir.bundle_json import searchset
 from ..fhir.outcome import operation_outcome
 from ..fhir.resources import RESOURCES
-from ..fhir.search import Include, SearchQuery, parse_search
+from ..fhir.search import parse_search
 from ..fhir.store import Stored, instant
 from . import resources as service
 
@@ -71,15 +71,16 @@ def _named(exc: DomainError, label: str) -> DomainError:
     return exc
 
 
-def _entry_error(index: int, message: str, element: str, code: str = "required") -> BadRequest:
+def _entry_error(index: int, message: str, element: str | None, code: str = "required") -> BadRequest:
     label = f"Bundle.entry[{index}]"
-    return BadRequest(f"{label}: {message}", [Problem(f"{label}: {message}", f"{label}.{element}", code)])
+    where = f"{label}.{element}" if element else label
+    return BadRequest(f"{label}: {message}", [Problem(f"{label}: {message}", where, code)])
 
 
 def _parse_entry(index: int, raw: Any, base: str) -> _Entry:
     """One Bundle entry; a 4xx naming the entry when it is malformed."""
     if not isinstance(raw, dict):
-        raise _entry_error(index, "an entry must be a JSON object", "", "structure")
+        raise _entry_error(index, "an entry must be a JSON object", None, "structure")
     req = raw.get("request")
     if not isinstance(req, dict):
         raise _entry_error(index, "request (method and url) is required", "request")
@@ -221,31 +222,12 @@ def _run_entry(
         stored = service.read(session, actor, res_type, res_id)
         return _entry_response(200, stored, base, body=entry.method == "GET")
     search = parse_search(res_type, parse_qsl(entry.query, keep_blank_values=True), 50, 1000)
-    _authorise_includes(search, authorise)
+    service.authorise_includes(search, authorise)
     page = service.search(session, actor, search, query_text=entry.query)
     return {
         "resource": jsonio.loads(searchset(base, res_type, search, page)),
         "response": {"status": "200 OK"},
     }
-
-
-def _authorise_includes(search: SearchQuery, authorise: Authorise) -> None:
-    """403 unless the scopes cover what _include and _revinclude name; an _include whose target
-    types are open is narrowed (in the query, so in SQL) to the types the scopes let the caller read."""
-    for inc in search.revincludes:
-        if not authorise(inc.source, "s"):
-            raise Forbidden(f"the token's scopes do not allow searching {inc.source} (_revinclude)")
-    narrowed: list[Include] = []
-    for inc in search.includes:
-        declared = [inc.target] if inc.target else list(search.rdef.by_name[inc.param].targets)
-        for target in declared:
-            if not authorise(target, "r"):
-                raise Forbidden(f"the token's scopes do not allow reading {target} (_include)")
-        if declared:
-            narrowed.append(inc)
-        else:
-            narrowed += [replace(inc, target=t) for t in RESOURCES if authorise(t, "r")]
-    search.includes = narrowed
 
 
 def _run_named(
@@ -358,8 +340,8 @@ def process(
             [Problem("Bundle.entry must be a list", expression="Bundle.entry", code="structure")],
         )
     if kind == "transaction":
-        return _transaction([_parse_entry(i, raw, base) for i, raw in enumerate(raw_entries)],
-                            authorise, actor, base, database)
+        entries = [_parse_entry(i, raw, base) for i, raw in enumerate(raw_entries)]
+        return _transaction(entries, authorise, actor, base, database)
     return _batch(raw_entries, authorise, actor, base, database)
 
 
@@ -378,7 +360,10 @@ def _transaction(
         for e in writes:
             e.resource = _rewrite(e.resource, ids)
             _check_no_urn_left(e)
-        known = frozenset((t, i) for t, _, i in (v.partition("/") for v in ids.values()))
+        # What this transaction creates may be referenced before it is written (a cycle).
+        known = frozenset((t, i) for t, _, i in (v.partition("/") for v in ids.values())) | frozenset(
+            (e.res_type, e.res_id) for e in writes if e.method == "PUT" and e.res_id
+        )
         for e in _write_order(writes):
             responses[e.index] = _run_named(session, actor, e, authorise, base, written, known)
         for e in entries:
@@ -415,6 +400,10 @@ def _batch(
                 responses[e.index] = _run_named(session, actor, e, authorise, base, written)
         except DomainError as exc:
             responses[e.index] = _outcome_entry(exc)
+        except IntegrityError:  # raised by the commit itself
+            responses[e.index] = _outcome_entry(
+                Conflict(f"{e.label}: conflicts with data stored by another request; nothing was stored")
+            )
     if written:
         with database.unit_of_work() as session:
             for result in written:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -15,10 +15,10 @@ from ..domain.errors import Conflict, Forbidden, Gone, NotFound, PreconditionFai
 from ..domain.fhir_store import StoredResource
 from ..domain.registry import AuditRecord
 from ..fhir import jsonio
-from ..fhir.mappers import TO_DOMAIN
+from ..fhir.mappers import ON_DELETE, TO_DOMAIN
 from ..fhir.mappers.patient import RESIDENT_ID_SYSTEM
 from ..fhir.resources import RESOURCES
-from ..fhir.search import SearchQuery, parse_search
+from ..fhir.search import Include, SearchQuery, parse_search
 from ..fhir.search_params import extract
 from ..fhir.store import ResourceStore, SearchPage, Stored
 from ..fhir.validation import check_resource
@@ -330,6 +330,9 @@ def delete(
         return None
     store.read(resource_type, res_id, actor)
     stored = store.delete(existing)
+    release = ON_DELETE.get(resource_type)
+    if release is not None:
+        release(session, res_id)
     audit(
         session,
         actor,
@@ -374,6 +377,26 @@ def read(
             patient_id=rdef.compartment_patient(stored.as_dict()) if rdef.patient_paths else None,
         )
     return stored
+
+
+def authorise_includes(query: SearchQuery, may: Callable[[str, str], bool]) -> None:
+    """403 unless the token's scopes (`may(type, permission)`) cover what _include and _revinclude
+    bring in. An _include whose target types are open is narrowed, in the query and so in SQL, to
+    the types the caller may read."""
+    for inc in query.revincludes:
+        if not may(inc.source, "s"):
+            raise Forbidden(f"the token's scopes do not allow searching {inc.source} (_revinclude)")
+    narrowed: list[Include] = []
+    for inc in query.includes:
+        declared = [inc.target] if inc.target else list(query.rdef.by_name[inc.param].targets)
+        for target in declared:
+            if not may(target, "r"):
+                raise Forbidden(f"the token's scopes do not allow reading {target} (_include)")
+        if declared:
+            narrowed.append(inc)
+        else:
+            narrowed += [replace(inc, target=t) for t in RESOURCES if may(t, "r")]
+    query.includes = narrowed
 
 
 def search(

@@ -236,3 +236,37 @@ def test_failed_request_leaves_no_rows(his: Fhir) -> None:
             )
             == 0
         )
+
+
+def test_control_characters_are_400_with_the_path(his: Fhir) -> None:
+    body = patient(PID_1)
+    body["name"][0]["family"] = "王\x00"
+    response = his.post("Patient", body)
+    assert response.status_code == 400
+    assert response.json["issue"][0]["expression"] == ["Patient.name[0].family"]
+    body["name"][0]["family"] = "王\t"  # tab, CR and LF are allowed
+    assert his.post("Patient", body).status_code == 201
+
+
+def test_deleting_a_patient_frees_its_identity_number(his: Fhir) -> None:
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    assert his.post("Patient", patient(PID_1)).status_code == 409
+    assert his.delete(f"Patient/{pid}").status_code == 204
+    again = his.post("Patient", patient(PID_1))
+    assert again.status_code == 201
+    assert again.json["id"] != pid
+
+
+def test_history_count_must_be_ascii_digits(his: Fhir) -> None:
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    assert his.get(f"Patient/{pid}/_history?_count=²").status_code == 400
+
+
+def test_search_by_absolute_reference_matches_nothing_local(his: Fhir) -> None:
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    enc = {"resourceType": "Encounter", "status": "in-progress",
+           "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+           "subject": {"reference": f"Patient/{pid}"}, "serviceProvider": {"reference": "Organization/th-01"}}
+    assert his.post("Encounter", enc).status_code == 201
+    assert his.get(f"Encounter?subject=Patient/{pid}").json["total"] == 1
+    assert his.get(f"Encounter?subject=http://other.example/fhir/Patient/{pid}").json["total"] == 0

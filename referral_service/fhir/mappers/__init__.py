@@ -32,6 +32,9 @@ TO_DOMAIN: dict[str, ToDomain] = {
     "PractitionerRole": practitioner.role_to_domain,
 }
 
+# Registry rows to release when the resource is deleted.
+ON_DELETE: dict[str, Callable[[Session, str], None]] = {"Patient": patient.on_delete}
+
 FROM_DOMAIN: dict[str, Callable[[Any], dict[str, Any]]] = {
     "Patient": patient.from_domain,
     "Organization": organization.from_domain,

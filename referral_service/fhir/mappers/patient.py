@@ -77,6 +77,15 @@ def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_creat
     session.flush()
 
 
+def on_delete(session: Session, patient_id: str) -> None:
+    """A deleted Patient leaves the registry: its identity number is free for a corrected record."""
+    row = session.get(Patient, patient_id)
+    if row is not None:
+        row.resident_id = None
+        row.active = False
+        session.flush()
+
+
 def from_domain(row: Patient) -> dict[str, Any]:
     """The FHIR Patient of a registry row."""
     resource: dict[str, Any] = {"resourceType": "Patient", "id": row.id}
