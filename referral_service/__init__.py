@@ -31,7 +31,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     limiter.init_app(app)
     login_manager.init_app(app)
-    babel.init_app(app)
+    from .web import init_app as init_web
+    from .web import select_locale
+
+    babel.init_app(app, locale_selector=select_locale)
 
     from . import observability
     from .config import PROJECT_ROOT
@@ -41,6 +44,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .services import settlement
 
     settlement.configure(PROJECT_ROOT / settings["POLICIES_DIR"])
+    from .services import payments
+
+    payments.configure()
     from .fhir import profiles
 
     profiles.default()  # load and check fhir_profiles/ now: a broken definition stops start-up
@@ -50,11 +56,25 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(oauth.bp)
     app.register_blueprint(claims.bp)  # before the generic routes it specialises
     app.register_blueprint(fhir.bp)
+    from .api import monitoring as monitoring_api
+    from .services import indicators
+
+    indicators.configure(PROJECT_ROOT / settings["MONITORING_CONFIG"])  # broken thresholds stop start-up
+    app.register_blueprint(monitoring_api.bp)
+    from .api import exports as exports_api
+    from .exports import SettlementExportRequest, export_commands, export_dir, export_settlements
+
+    exports_api.init_app(app, export_settlements, SettlementExportRequest, export_dir)
+    app.cli.add_command(export_commands(database.unit_of_work, app.config))
+    init_web(app)
     register_error_handlers(app)
 
     from .cli import register_cli
 
     register_cli(app)
+    from .monitoring.cli import register as register_monitoring
+
+    register_monitoring(app)
     return app
 
 

@@ -1,0 +1,1 @@
+"""Monitoring: scheduled job definitions (config/jobs.toml), their runner, the scheduler process and CLI."""

@@ -1,0 +1,23 @@
+"""Staff web forms: sign-in, the clinic and the county hospital (server-rendered, progressive enhancement)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import Flask
+
+from .auth import select_locale
+from .blueprint import bp
+
+__all__ = ["bp", "init_app", "select_locale"]
+
+
+def init_app(app: Flask) -> None:
+    """Register the blueprint, sign-in, session lifetime and the template helpers."""
+    from . import auth, formatting, views_clinic, views_common, views_hospital  # noqa: F401  (routes)
+
+    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
+    app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(minutes=int(app.config["SESSION_TIMEOUT_MINUTES"]))
+    auth.init_login(app)
+    formatting.init_app(app)
+    app.register_blueprint(bp)

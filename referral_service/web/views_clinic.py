@@ -1,0 +1,262 @@
+"""Township and village clinic: patients, registration, first visits, decisions, referrals, follow-ups."""
+
+from __future__ import annotations
+
+from flask import flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_babel import gettext as _
+from marshmallow import ValidationError
+
+from ..services import registration, visits
+from .auth import role_required, work
+from .blueprint import bp
+from .forms import FormState, charge_rows, checkboxes, code_list, text_fields
+
+DIAGNOSIS_ROWS = 4
+CHARGE_ROWS = 4
+
+REGISTRATION_TEXT = (
+    "family_name",
+    "given_name",
+    "gender",
+    "birth_date",
+    "resident_id",
+    "phone",
+    "district",
+    "township",
+    "village",
+    "address_line",
+    "household_mode",
+    "household_code",
+    "household_income",
+    "poverty_start",
+    "poverty_end",
+    "coverage_member_number",
+    "coverage_start",
+)
+REGISTRATION_CHECKS = ("poverty_registered", "coverage_basic")
+VISIT_TEXT = (
+    "complaint",
+    "respiration_rate",
+    "spo2",
+    "systolic_bp",
+    "diastolic_bp",
+    "pulse",
+    "consciousness",
+    "temperature",
+    "pregnancy",
+)
+
+
+@bp.get("/clinic")
+@role_required("clinic")
+def clinic_home() -> ResponseReturnValue:
+    """The clinic's overview: decisions to confirm, referrals in flight, follow-ups due."""
+    with work() as (db, actor):
+        up, down = visits.clinic_referrals(db, actor)
+        plans = visits.follow_ups(db, actor)
+    to_confirm = [r for r in up if r.status == "draft"]
+    declined = [r for r in up if r.status == "active" and r.task_status == "rejected"]
+    in_flight = [r for r in up if r.status == "active" and r.task_status != "rejected"]
+    due = [p for p in plans if p.next_due is not None]
+    return render_template(
+        "web/clinic/home.html",
+        to_confirm=to_confirm,
+        declined=declined,
+        in_flight=in_flight,
+        due=due[:10],
+        incoming=[r for r in down if r.task_status == "requested"],
+    )
+
+
+@bp.get("/clinic/patients")
+@role_required("clinic")
+def patient_search() -> ResponseReturnValue:
+    """Find a patient by name, resident identity number or household number."""
+    query = request.args.get("q", "").strip()
+    found: list[registration.PatientRow] = []
+    if query:
+        with work() as (db, actor):
+            found = registration.search_patients(db, actor, query)
+    return render_template("web/clinic/patients.html", query=query, found=found)
+
+
+@bp.route("/clinic/patients/new", methods=["GET", "POST"])
+@role_required("clinic")
+def patient_new() -> ResponseReturnValue:
+    """Register a patient (建档) with household, poverty registration and insurance."""
+    form = FormState()
+    if request.method == "GET":
+        with work() as (db, actor):
+            form.values = registration.clinic_defaults(db, actor)
+        return render_template("web/clinic/register.html", form=form)
+    payload, form.values = text_fields(request.form, REGISTRATION_TEXT)
+    checks = checkboxes(request.form, REGISTRATION_CHECKS)
+    payload.update(checks)
+    form.values.update(checks)
+    try:
+        with work() as (db, actor):
+            registered = registration.register_patient(db, actor, payload)
+    except ValidationError as exc:
+        form.fail(exc.messages)
+        return render_template("web/clinic/register.html", form=form), 422
+    flash(_("The patient is registered."), "success")
+    return redirect(url_for("web.patient_view", patient_id=registered.patient_id))
+
+
+@bp.get("/clinic/patients/<patient_id>")
+@role_required("clinic")
+def patient_view(patient_id: str) -> ResponseReturnValue:
+    """A patient's registration, visits and referrals."""
+    with work() as (db, actor):
+        record = registration.patient_record(db, actor, patient_id)
+        history = visits.patient_visits(db, actor, patient_id)
+        referral_list = visits.patient_referrals(db, actor, patient_id)
+    return render_template("web/clinic/patient.html", record=record, visits=history, referrals=referral_list)
+
+
+def _visit_form(
+    form: FormState, record: registration.PatientRecord, status: int = 200
+) -> ResponseReturnValue:
+    diagnoses = list(form.value("diagnoses", []))
+    charges = list(form.value("charges", []))
+    return render_template(
+        "web/clinic/visit.html",
+        form=form,
+        record=record,
+        diagnoses=diagnoses + [""] * max(DIAGNOSIS_ROWS - len(diagnoses), 1),
+        charges=charges + [{}] * max(CHARGE_ROWS - len(charges), 1),
+        vitals=visits.VITALS,
+    ), status
+
+
+@bp.route("/clinic/patients/<patient_id>/visit", methods=["GET", "POST"])
+@role_required("clinic")
+def visit_new(patient_id: str) -> ResponseReturnValue:
+    """The first-visit form: complaint, vital signs, diagnoses, charges; the rules decide on saving."""
+    form = FormState()
+    with work() as (db, actor):
+        record = registration.patient_record(db, actor, patient_id)
+    if request.method == "GET":
+        return _visit_form(form, record)
+    payload, form.values = text_fields(request.form, VISIT_TEXT)
+    oxygen = checkboxes(request.form, ("supplemental_oxygen",))
+    payload.update(oxygen)
+    form.values.update(oxygen)
+    payload["diagnoses"] = form.values["diagnoses"] = code_list(request.form, "diagnosis")
+    payload["charges"] = form.values["charges"] = charge_rows(request.form)
+    try:
+        with work() as (db, actor):
+            encounter_id = visits.record_first_visit(db, actor, patient_id, payload)
+    except ValidationError as exc:
+        form.fail(exc.messages)
+        return _visit_form(form, record, 422)
+    return redirect(url_for("web.visit_decision", encounter_id=encounter_id))
+
+
+def _decision_page(
+    encounter_id: str, override_form: FormState | None = None, status: int = 200
+) -> ResponseReturnValue:
+    with work() as (db, actor):
+        decision = visits.visit_decision(db, actor, encounter_id)
+        targets = visits.referral_targets(db, actor) if decision.referral else []
+    return render_template(
+        "web/clinic/decision.html",
+        decision=decision,
+        targets=targets,
+        form=override_form or FormState(),
+    ), status
+
+
+@bp.get("/clinic/visits/<encounter_id>")
+@role_required("clinic")
+def visit_decision(encounter_id: str) -> ResponseReturnValue:
+    """The rules' decision on a visit, with its explanation, NEWS2 and the proposed hospital."""
+    return _decision_page(encounter_id)
+
+
+@bp.post("/clinic/referrals/<sr_id>/confirm")
+@role_required("clinic")
+def referral_confirm(sr_id: str) -> ResponseReturnValue:
+    """Confirm the proposed referral: it is sent to the hospital."""
+    with work() as (db, actor):
+        visits.confirm(db, actor, sr_id)
+        encounter_id = visits.visit_of_referral(db, actor, sr_id)
+    flash(_("The referral is confirmed and sent to the hospital."), "success")
+    return redirect(url_for("web.visit_decision", encounter_id=encounter_id))
+
+
+@bp.post("/clinic/referrals/<sr_id>/override")
+@role_required("clinic")
+def referral_override(sr_id: str) -> ResponseReturnValue:
+    """Override the proposal with a reason."""
+    payload, values = text_fields(request.form, ("action", "reason", "target_id", "priority"))
+    form = FormState(values=values)
+    with work() as (db, actor):
+        encounter_id = visits.visit_of_referral(db, actor, sr_id)
+    try:
+        with work() as (db, actor):
+            visits.override(db, actor, sr_id, payload)
+    except ValidationError as exc:
+        form.fail(exc.messages)
+        return _decision_page(encounter_id, form, 422)
+    flash(
+        _("The referral is withdrawn.")
+        if payload.get("action") == "no-referral"
+        else _("The referral is changed and sent."),
+        "success",
+    )
+    return redirect(url_for("web.visit_decision", encounter_id=encounter_id))
+
+
+@bp.get("/clinic/referrals")
+@role_required("clinic")
+def clinic_referrals() -> ResponseReturnValue:
+    """The clinic's referrals with their status, and the patients referred back to it."""
+    with work() as (db, actor):
+        up, down = visits.clinic_referrals(db, actor)
+    return render_template("web/clinic/referrals.html", up=up, down=down)
+
+
+@bp.get("/clinic/follow-ups")
+@role_required("clinic")
+def follow_ups() -> ResponseReturnValue:
+    """Down-referred patients and their follow-up visits, the next due first."""
+    with work() as (db, actor):
+        plans = visits.follow_ups(db, actor)
+    return render_template("web/clinic/follow_ups.html", plans=plans)
+
+
+@bp.post("/clinic/down-referrals/<task_id>/accept")
+@role_required("clinic")
+def down_referral_accept(task_id: str) -> ResponseReturnValue:
+    """Take over a down-referred patient."""
+    with work() as (db, actor):
+        visits.acknowledge_down_referral(db, actor, task_id)
+    flash(_("The down-referred patient is accepted."), "success")
+    return redirect(url_for("web.follow_ups"))
+
+
+@bp.route("/clinic/follow-ups/<care_plan_id>", methods=["GET", "POST"])
+@role_required("clinic")
+def follow_up_record(care_plan_id: str) -> ResponseReturnValue:
+    """Record a follow-up visit."""
+    form = FormState()
+    with work() as (db, actor):
+        plan = visits.follow_up_plan(db, actor, care_plan_id)
+    if request.method == "GET":
+        return render_template("web/clinic/follow_up.html", plan=plan, form=form)
+    payload, form.values = text_fields(request.form, ("notes",))
+    try:
+        with work() as (db, actor):
+            remaining = visits.record_follow_up_visit(db, actor, care_plan_id, payload)
+    except ValidationError as exc:
+        form.fail(exc.messages)
+        return render_template("web/clinic/follow_up.html", plan=plan, form=form), 422
+    flash(
+        _("The follow-up is recorded; %(num)d more scheduled.", num=remaining)
+        if remaining
+        else _("The follow-up is recorded; the plan is complete."),
+        "success",
+    )
+    return redirect(url_for("web.follow_ups"))

@@ -1,0 +1,195 @@
+"""County hospital: referral inbox, accept or decline, admit, discharge and the down-referral decision."""
+
+from __future__ import annotations
+
+from flask import abort, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_babel import force_locale
+from flask_babel import gettext as _
+from marshmallow import ValidationError
+
+from ..domain.errors import Unprocessable
+from ..services import visits
+from .auth import role_required, work
+from .blueprint import bp
+from .forms import FormState, charge_rows, code_list, text_fields
+
+DIAGNOSIS_ROWS = 4
+CHARGE_ROWS = 5
+
+
+@bp.get("/hospital")
+@role_required("hospital")
+def hospital_inbox() -> ResponseReturnValue:
+    """Referrals waiting (urgent first, then the oldest), accepted ones, and admitted patients."""
+    with work() as (db, actor):
+        inbox = visits.hospital_inbox(db, actor)
+    return render_template("web/hospital/inbox.html", inbox=inbox)
+
+
+def _referral_page(task_id: str, form: FormState | None = None, status: int = 200) -> ResponseReturnValue:
+    with work() as (db, actor):
+        incoming = visits.incoming_referral(db, actor, task_id)
+    return render_template("web/hospital/referral.html", incoming=incoming, form=form or FormState()), status
+
+
+@bp.get("/hospital/referrals/<task_id>")
+@role_required("hospital")
+def hospital_referral(task_id: str) -> ResponseReturnValue:
+    """One referral: the clinic's decision, NEWS2, diagnoses; accept, decline or admit."""
+    return _referral_page(task_id)
+
+
+@bp.post("/hospital/referrals/<task_id>/accept")
+@role_required("hospital")
+def referral_accept(task_id: str) -> ResponseReturnValue:
+    """Accept the referral."""
+    with work() as (db, actor):
+        visits.accept(db, actor, task_id)
+    flash(_("The referral is accepted."), "success")
+    return redirect(url_for("web.hospital_referral", task_id=task_id))
+
+
+@bp.post("/hospital/referrals/<task_id>/decline")
+@role_required("hospital")
+def referral_decline(task_id: str) -> ResponseReturnValue:
+    """Decline the referral with a reason."""
+    payload, values = text_fields(request.form, ("reason",))
+    form = FormState(values=values)
+    try:
+        with work() as (db, actor):
+            visits.decline(db, actor, task_id, payload)
+    except ValidationError as exc:
+        form.fail(exc.messages)
+        return _referral_page(task_id, form, 422)
+    flash(_("The referral is declined; the clinic sees your reason."), "success")
+    return redirect(url_for("web.hospital_inbox"))
+
+
+@bp.post("/hospital/referrals/<task_id>/admit")
+@role_required("hospital")
+def referral_admit(task_id: str) -> ResponseReturnValue:
+    """Admit the referred patient."""
+    with work() as (db, actor):
+        encounter_id = visits.admit(db, actor, task_id)
+    flash(_("The patient is admitted."), "success")
+    return redirect(url_for("web.discharge_form", encounter_id=encounter_id))
+
+
+def _discharge_page(encounter_id: str, form: FormState, status: int = 200) -> ResponseReturnValue:
+    with work() as (db, actor):
+        encounter, patient = visits.admission(db, actor, encounter_id)
+    if encounter.get("status") == "finished" and status == 200:
+        return redirect(url_for("web.discharge_result", encounter_id=encounter_id))
+    diagnoses = list(form.value("diagnoses", []))
+    charges = list(form.value("charges", []))
+    return render_template(
+        "web/hospital/discharge.html",
+        form=form,
+        encounter=encounter,
+        patient=patient,
+        encounter_id=encounter_id,
+        admitted=visits.encounter_start(encounter),
+        patient_name=visits.patient_name(patient),
+        diagnoses=diagnoses + [""] * max(DIAGNOSIS_ROWS - len(diagnoses), 1),
+        charges=charges + [{}] * max(CHARGE_ROWS - len(charges), 1),
+        dispositions=visits.DISPOSITIONS,
+    ), status
+
+
+@bp.route("/hospital/admissions/<encounter_id>/discharge", methods=["GET", "POST"])
+@role_required("hospital")
+def discharge_form(encounter_id: str) -> ResponseReturnValue:
+    """Discharge: disposition, discharge diagnoses and charges; the down-referral rules decide."""
+    form = FormState(values={"disposition": "home"})
+    if request.method == "GET":
+        return _discharge_page(encounter_id, form)
+    payload, form.values = text_fields(request.form, ("disposition", "summary"))
+    payload["diagnoses"] = form.values["diagnoses"] = code_list(request.form, "diagnosis")
+    payload["charges"] = form.values["charges"] = charge_rows(request.form)
+    try:
+        with work() as (db, actor):
+            visits.discharge(db, actor, encounter_id, payload)
+    except ValidationError as exc:
+        form.fail(exc.messages)
+        return _discharge_page(encounter_id, form, 422)
+    flash(_("The patient is discharged."), "success")
+    return redirect(url_for("web.discharge_result", encounter_id=encounter_id))
+
+
+@bp.get("/hospital/discharges/<encounter_id>")
+@role_required("hospital")
+def discharge_result(encounter_id: str) -> ResponseReturnValue:
+    """The down-referral decision at discharge (康复回家) with the follow-up plan."""
+    with work() as (db, actor):
+        charged = visits.has_charges(db, actor, encounter_id)
+        decision = visits.visit_decision(db, actor, encounter_id)
+    return render_template("web/hospital/discharged.html", decision=decision, charged=charged)
+
+
+@bp.get("/hospital/settlements/<encounter_id>")
+@role_required("hospital")
+def settlement_page(encounter_id: str) -> ResponseReturnValue:
+    """One-stop settlement at the discharge desk: the preview with its trace, or the settlement made."""
+    return _settlement_page(encounter_id, FormState())
+
+
+def _settlement_page(encounter_id: str, form: FormState, status: int = 200) -> ResponseReturnValue:
+    with work() as (db, actor):
+        current = visits.settlement_at_desk(db, actor, encounter_id)
+    problem = None
+    if current is None or current.status == "reversed":
+        try:
+            with work() as (db, actor):
+                preview = visits.settlement_preview(db, actor, encounter_id)
+        except Unprocessable as exc:  # e.g. no active basic insurance on the discharge date
+            preview, problem = None, exc.message
+        shown = preview
+    else:
+        shown = current
+    return render_template(
+        "web/hospital/settlement.html",
+        settlement=shown,
+        current=current,
+        problem=problem,
+        form=form,
+        encounter_id=encounter_id,
+    ), status
+
+
+@bp.post("/hospital/settlements/<encounter_id>/confirm")
+@role_required("hospital")
+def settlement_confirm(encounter_id: str) -> ResponseReturnValue:
+    """Settle for every payer at once; the patient pays only their share."""
+    with work() as (db, actor):
+        visits.settle_at_discharge(db, actor, encounter_id)
+    flash(_("The stay is settled. Print the settlement slip for the patient."), "success")
+    return redirect(url_for("web.settlement_page", encounter_id=encounter_id))
+
+
+@bp.post("/hospital/settlements/<encounter_id>/reverse")
+@role_required("hospital")
+def settlement_reverse(encounter_id: str) -> ResponseReturnValue:
+    """Reverse the settlement with a reason (冲销)."""
+    payload, values = text_fields(request.form, ("reason",))
+    form = FormState(values=values)
+    try:
+        with work() as (db, actor):
+            visits.reverse_at_desk(db, actor, encounter_id, payload)
+    except ValidationError as exc:
+        form.fail(exc.messages)
+        return _settlement_page(encounter_id, form, 422)
+    flash(_("The settlement is reversed; every fund's share is taken back."), "success")
+    return redirect(url_for("web.settlement_page", encounter_id=encounter_id))
+
+
+@bp.get("/hospital/settlements/<encounter_id>/slip")
+@role_required("hospital")
+def settlement_slip(encounter_id: str) -> ResponseReturnValue:
+    """The settlement slip (结算单) on A4, in Chinese whatever the screen language."""
+    with work() as (db, actor):
+        current = visits.settlement_at_desk(db, actor, encounter_id)
+    if current is None:
+        abort(404)
+    with force_locale("zh"):
+        return render_template("web/hospital/slip.html", settlement=current)

@@ -1,0 +1,187 @@
+"""County hospital pages: inbox order and age, accept, decline with reason, admit, discharge, refer down."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from flask import Flask
+
+from tests.functional.test_web_clinic import stored
+from tests.functional.test_web_support import (
+    CALM,
+    County,
+    build_county,
+    confirm_referral_of,
+    field_errors,
+    record_visit,
+    registration_form,
+    resident,
+    waiting_task,
+)
+
+
+@pytest.fixture
+def county(app: Flask) -> County:
+    return build_county(app)
+
+
+def _referred(county: County, patient: str, **visit: object) -> tuple[str, str]:
+    """A confirmed up-referral; returns (encounter id, ServiceRequest id)."""
+    clinic = county.client("clinic")
+    encounter_id = record_visit(clinic, county.patients[patient], **visit)
+    return encounter_id, confirm_referral_of(clinic, encounter_id)
+
+
+def test_inbox_lists_the_most_urgent_first_then_the_oldest(county: County) -> None:
+    from datetime import date
+
+    clinic = county.client("clinic")
+    third = clinic.post(
+        "/clinic/patients/new",
+        data=registration_form(
+            given_name="三妹", resident_id=resident(date(1960, 1, 1), "female", 51), birth_date="1960-01-01"
+        ),
+    )
+    county.patients["third"] = third.headers["Location"].rsplit("/", 1)[-1]
+    _referred(county, "woman", **{**CALM, "diagnosis": ["I21.0"]})  # county-only-dx: urgent, older
+    _referred(county, "third", **{**CALM, "diagnosis": ["K35.8"]})  # urgent, newer
+    _referred(county, "elder")  # NEWS2 high: emergency, newest
+    page = county.client("hospital").get("/hospital").get_data(as_text=True)
+    waiting = page.split('id="waiting"', 1)[1].split("</table>", 1)[0]
+    assert [m for m in re.findall(r"(王建国|李秀英|李三妹)", waiting)] == ["王建国", "李秀英", "李三妹"]
+    assert re.findall(r'badge badge-(\w+)"', waiting) == ["stat", "urgent", "urgent"]
+    assert "0 minutes" in waiting or "1 minute" in waiting  # the age of each request
+
+
+def test_accept_then_admit_then_discharge_home_refers_down(county: County) -> None:
+    _, sr_id = _referred(county, "elder")
+    hospital = county.client("hospital")
+    task = waiting_task(hospital)
+    detail = hospital.get(f"/hospital/referrals/{task}").get_data(as_text=True)
+    assert "王建国" in detail and "城关镇卫生院" in detail and "news2-high" in detail and "咳嗽三天" in detail
+    assert hospital.post(f"/hospital/referrals/{task}/accept").status_code == 302
+    assert stored("Task", task)["status"] == "accepted"
+    inbox = hospital.get("/hospital").get_data(as_text=True)
+    assert "王建国" in inbox.split('id="accepted"', 1)[1].split("</table>", 1)[0]
+    admitted = hospital.post(f"/hospital/referrals/{task}/admit")
+    stay = admitted.headers["Location"].split("/")[-2]
+    assert stored("Task", task)["status"] == "in-progress"
+    encounter = stored("Encounter", stay)
+    assert encounter["class"]["code"] == "IMP" and encounter["basedOn"] == [
+        {"reference": f"ServiceRequest/{sr_id}"}
+    ]
+    form_page = hospital.get(f"/hospital/admissions/{stay}/discharge").get_data(as_text=True)
+    assert "Discharge" in form_page and 'value="home" selected' in form_page
+    assert "王建国" in hospital.get("/hospital").get_data(as_text=True).split('id="admitted"', 1)[1]
+    done = hospital.post(
+        f"/hospital/admissions/{stay}/discharge",
+        data={
+            "disposition": "home",
+            "diagnosis": ["I63.9", "I10"],
+            "summary": "左侧肢体乏力好转",
+            "charges-0-description": "住院床位费",
+            "charges-0-charge_class": "A",
+            "charges-0-amount": "1,200.00",
+            "charges-1-description": "进口药",
+            "charges-1-charge_class": "C",
+            "charges-1-amount": "300",
+        },
+    )
+    assert done.status_code == 302, field_errors(done.get_data(as_text=True))
+    result = hospital.get(done.headers["Location"]).get_data(as_text=True)
+    assert "Down-referral to the township clinic" in result and "城关镇卫生院" in result
+    assert result.count("scheduled") == 3
+    assert stored("Task", task)["status"] == "completed"
+    assert stored("ServiceRequest", sr_id)["status"] == "completed"
+    down = stored("ServiceRequest", f"ref-down-{stay}")
+    assert down["basedOn"] == [{"reference": f"ServiceRequest/{sr_id}"}] and down["status"] == "active"
+    finished = stored("Encounter", stay)
+    assert finished["status"] == "finished"
+    assert finished["hospitalization"]["dischargeDisposition"]["coding"][0]["code"] == "home"
+    claim = stored("Claim", f"claim-{stay}")
+    assert claim["type"]["coding"][0]["code"] == "institutional"
+    assert [(i["category"]["coding"][0]["code"], i["net"]["value"]) for i in claim["item"]] == [
+        ("A", 1200.0),
+        ("C", 300.0),
+    ]
+    assert claim["total"] == {"value": 1500.0, "currency": "CNY"}
+    # Discharged: the form now shows the decision, and discharging twice is refused.
+    assert hospital.get(f"/hospital/admissions/{stay}/discharge").status_code == 302
+    again = hospital.post(
+        f"/hospital/admissions/{stay}/discharge", data={"disposition": "home", "diagnosis": "I63.9"}
+    )
+    assert again.status_code == 409
+
+
+def test_discharge_without_a_down_referral_diagnosis(county: County) -> None:
+    _referred(county, "elder")
+    hospital = county.client("hospital")
+    task = waiting_task(hospital)
+    stay = hospital.post(f"/hospital/referrals/{task}/admit").headers["Location"].split("/")[-2]
+    done = hospital.post(
+        f"/hospital/admissions/{stay}/discharge", data={"disposition": "home", "diagnosis": "J18.9"}
+    )
+    page = hospital.get(done.headers["Location"]).get_data(as_text=True)
+    assert "No down-referral" in page and "Follow-up visits" not in page
+
+
+def test_discharge_errors_are_shown_beside_the_field(county: County) -> None:
+    _referred(county, "elder")
+    hospital = county.client("hospital")
+    task = waiting_task(hospital)
+    stay = hospital.post(f"/hospital/referrals/{task}/admit").headers["Location"].split("/")[-2]
+    response = hospital.post(
+        f"/hospital/admissions/{stay}/discharge",
+        data={
+            "disposition": "moon",
+            "diagnosis": ["", "I6"],
+            "summary": "好转",
+            "charges-0-description": "床位费",
+            "charges-0-charge_class": "A",
+            "charges-0-amount": "abc",
+        },
+    )
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    errors = field_errors(html)
+    assert errors["disposition"] == "Choose one of the options."
+    assert "Not an ICD-10 code" in errors["diagnosis-0"]
+    assert errors["charges-0-amount"] == "Enter a number."
+    assert 'value="I6"' in html and "好转" in html and 'value="床位费"' in html and 'value="abc"' in html
+    assert stored("Encounter", stay)["status"] == "in-progress"
+
+
+def test_decline_needs_a_reason_and_the_clinic_sees_it(county: County) -> None:
+    _referred(county, "elder")
+    hospital = county.client("hospital")
+    task = waiting_task(hospital)
+    missing = hospital.post(f"/hospital/referrals/{task}/decline", data={"reason": ""})
+    assert missing.status_code == 422
+    html = missing.get_data(as_text=True)
+    assert (
+        field_errors(html)["reason"] == "This field is required." and '<details class="decline" open>' in html
+    )
+    assert stored("Task", task)["status"] == "requested"
+    done = hospital.post(f"/hospital/referrals/{task}/decline", data={"reason": "ICU 无床位"})
+    assert done.status_code == 302
+    assert stored("Task", task)["status"] == "rejected"
+    assert "No referrals waiting." in hospital.get("/hospital").get_data(as_text=True)
+    home = county.client("clinic").get("/clinic").get_data(as_text=True)
+    assert "ICU 无床位" in home.split("Declined by the hospital", 1)[1].split("</section>", 1)[0]
+    assert hospital.post(f"/hospital/referrals/{task}/accept").status_code == 409  # final state
+
+
+def test_a_referral_to_another_hospital_is_not_in_this_inbox(county: County) -> None:
+    from tests.functional.test_web_support import MCH
+
+    clinic = county.client("clinic")
+    encounter_id = record_visit(clinic, county.patients["woman"])
+    clinic.post(
+        f"/clinic/referrals/ref-up-{encounter_id}/override",
+        data={"action": "change", "target_id": MCH, "reason": "产科情况"},
+    )
+    hospital = county.client("hospital")
+    assert "No referrals waiting." in hospital.get("/hospital").get_data(as_text=True)
+    assert stored("Task", f"task-ref-up-{encounter_id}-2")["owner"] == {"reference": f"Organization/{MCH}"}
+    assert hospital.get(f"/hospital/referrals/task-ref-up-{encounter_id}-2").status_code == 404
