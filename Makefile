@@ -18,10 +18,12 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
-## make run: install, migrate, load the demo county once, serve on http://127.0.0.1:$(PORT)
+## make run: install, migrate, load the demo county once, start the scheduler, serve on http://127.0.0.1:$(PORT)
 run: install
 	$(FLASK) db upgrade
 	$(FLASK) seed-demo
+	$(FLASK) scheduler run & scheduler=$$!; \
+	trap 'kill $$scheduler 2>/dev/null; wait $$scheduler' EXIT; \
 	$(BIN)/gunicorn --bind 127.0.0.1:$(PORT) --workers 2 --threads 4 --timeout 120 \
 		--access-logfile - wsgi:app
 
