@@ -29,6 +29,7 @@ run: install
 
 ## make test: install and run the whole suite (SQLite, and PostgreSQL when it answers)
 test: install
+	$(BIN)/pybabel -q compile -d referral_service/translations
 	$(BIN)/pytest -n 2 -p no:cacheprovider
 
 lint: install
