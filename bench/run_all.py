@@ -35,6 +35,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str], int]]:
         ("rules", [], 600),
         ("settlement", [], 600),
         ("seed", ["--patients", seed_patients], 1800),
+        ("exports", ["--steps", "10000,100000", "--xlsx-rows", "100000"] if args.quick else [], 3600),
     ]
     names = {name for name, _, _ in known} | {"fhir"}
     found = (p.stem.removeprefix("bench_") for p in BENCH.glob("bench_*.py"))

@@ -217,6 +217,7 @@ RESOURCES: dict[str, ResourceDef] = {
              P("status", "token", ("status",)), P("use", "token", ("use",)),
              P("insurer", "reference", ("insurer",)), P("encounter", "reference", ("item.encounter",))),
             patient_paths=("patient",),
+            interactions=tuple(i for i in READ_WRITE if i != "delete"),  # settled claims are reversed
             financial=True,
             operations=("submit", "reverse"),
         ),

@@ -324,6 +324,8 @@ def delete(
 ) -> Stored | None:
     """Delete a resource (a deletion version); deleting twice or an unknown id is fine (204)."""
     _check_write_allowed(actor, resource_type)
+    if "delete" not in RESOURCES[resource_type].interactions:
+        raise Forbidden(f"{resource_type} resources cannot be deleted (reverse or correct them instead)")
     store = ResourceStore(session)
     existing = store.current(resource_type, res_id, for_update=True)
     if existing is None or existing.deleted:

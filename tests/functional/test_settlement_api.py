@@ -274,3 +274,12 @@ def test_outpatient_cap_is_its_own_pot(county: County) -> None:
         "Claim/$submit", claim(pid, cov, "th-01", [("1200.00", "A")], discharge="2026-03-04")
     )
     assert components(inpatient.json)["basic-insurance"] == D("900.00")  # (1200 - 200) * 0.90
+
+
+def test_claims_and_payment_batches_cannot_be_deleted(county: County) -> None:
+    pid, cov = county.patient()
+    response = county.his["hosp"].post("Claim/$submit", claim(pid, cov, "hosp", [("1000.00", "A")]))
+    claim_id = response.json["request"]["reference"].split("/")[1]
+    refused = county.his["hosp"].delete(f"Claim/{claim_id}")
+    assert refused.status_code == 403
+    assert county.his["hosp"].get(f"Claim/{claim_id}").status_code == 200
