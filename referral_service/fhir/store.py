@@ -289,7 +289,7 @@ class ResourceStore:
             )
         )
         self._write_indexes(pk, res_type, resource, rdef)
-        self.session.expire_all()
+        self._expire_rows()
         return Stored(res_type, res_id, version, ts, content)
 
     def delete(self, existing: StoredResource) -> Stored:
@@ -313,7 +313,7 @@ class ResourceStore:
             )
         )
         self._drop_indexes(existing.pk)
-        self.session.expire_all()
+        self._expire_rows()
         return Stored(existing.res_type, existing.res_id, version, ts, b"{}", deleted=True)
 
     def grant_access(self, patient_id: str, org_id: str, reason: str) -> None:
@@ -331,6 +331,16 @@ class ResourceStore:
         elif self.session.get(PatientAccess, (patient_id, org_id)) is None:
             self.session.add(PatientAccess(**values))
             self.session.flush()
+
+    def _expire_rows(self) -> None:
+        """Forget loaded StoredResource rows (changed behind the ORM's back by Core statements).
+
+        Only those: expiring everything would make the caller's other objects (a settlement, the
+        accumulators) reload attribute by attribute.
+        """
+        for obj in list(self.session.identity_map.values()):
+            if isinstance(obj, StoredResource):
+                self.session.expire(obj)
 
     def _drop_indexes(self, pk: int) -> None:
         for table in (TokenIndex, StringIndex, DateIndex, ReferenceIndex):
