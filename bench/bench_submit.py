@@ -22,8 +22,8 @@ import statistics
 import sys
 import threading
 import time
-from datetime import date
 import uuid
+from datetime import date
 from pathlib import Path
 from typing import Any
 
