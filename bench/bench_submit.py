@@ -44,17 +44,37 @@ def claim_body(patient_id: str, coverage_id: str, n: int) -> bytes:
     items = []
     for i in range(20):
         cls = "ABBC"[i % 4] if i % 5 else "A"
-        items.append({"sequence": i + 1, "productOrService": {"text": f"item {i + 1}"},
-                      "category": {"coding": [{"system": "http://referral-service.example/fhir/CodeSystem/charge-class",
-                                               "code": cls}]},
-                      "net": {"value": round(rng.uniform(50, 2500), 2), "currency": "CNY"}})
+        items.append(
+            {
+                "sequence": i + 1,
+                "productOrService": {"text": f"item {i + 1}"},
+                "category": {
+                    "coding": [
+                        {
+                            "system": "http://referral-service.example/fhir/CodeSystem/charge-class",
+                            "code": cls,
+                        }
+                    ]
+                },
+                "net": {"value": round(rng.uniform(50, 2500), 2), "currency": "CNY"},
+            }
+        )
     body = {
-        "resourceType": "Claim", "status": "active", "use": "claim", "created": "2026-11-01",
+        "resourceType": "Claim",
+        "status": "active",
+        "use": "claim",
+        "created": "2026-11-01",
         "identifier": [{"system": "http://his.qs-county-hospital.example/claim", "value": uuid.uuid4().hex}],
-        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "institutional"}]},
+        "type": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "institutional"}
+            ]
+        },
         "patient": {"reference": f"Patient/{patient_id}"},
         "provider": {"reference": "Organization/qs-county-hospital"},
-        "priority": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/processpriority", "code": "normal"}]},
+        "priority": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/processpriority", "code": "normal"}]
+        },
         "billablePeriod": {"start": "2026-10-20", "end": "2026-11-01"},
         "insurance": [{"sequence": 1, "focal": True, "coverage": {"reference": f"Coverage/{coverage_id}"}}],
         "item": items,
@@ -62,8 +82,9 @@ def claim_body(patient_id: str, coverage_id: str, n: int) -> bytes:
     return json.dumps(body).encode()
 
 
-def drive(port: int, path: str, bodies: list[bytes], headers: dict[str, str], clients: int,
-          seconds: float) -> dict[str, Any]:
+def drive(
+    port: int, path: str, bodies: list[bytes], headers: dict[str, str], clients: int, seconds: float
+) -> dict[str, Any]:
     """`clients` threads, keep-alive connections, each posting the next body until time is up."""
     lock = threading.Lock()
     cursor = iter(range(len(bodies)))
@@ -101,13 +122,20 @@ def drive(port: int, path: str, bodies: list[bytes], headers: dict[str, str], cl
     elapsed = time.monotonic() - started
     latencies.sort()
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 2 else [0.0] * 99
-    return {"requests": len(latencies), "per_s": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(q[49] * 1000, 1), "p95_ms": round(q[94] * 1000, 1), "statuses": statuses,
-            "seconds": round(elapsed, 1)}
+    return {
+        "requests": len(latencies),
+        "per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(q[49] * 1000, 1),
+        "p95_ms": round(q[94] * 1000, 1),
+        "statuses": statuses,
+        "seconds": round(elapsed, 1),
+    }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--patients", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--clients", type=int, default=8)
@@ -130,15 +158,32 @@ def main() -> int:
         seed_demo(database.engine, patients=args.patients)
         with database.unit_of_work() as session:
             materialize(session, ("Organization", "Patient", "Coverage"))
-            people = list(session.execute(select(Coverage.patient_id, Coverage.id).where(Coverage.period_start <= date(2026, 11, 1)).order_by(Coverage.id)))
+            people = list(
+                session.execute(
+                    select(Coverage.patient_id, Coverage.id)
+                    .where(Coverage.period_start <= date(2026, 11, 1))
+                    .order_by(Coverage.id)
+                )
+            )
         database.dispose()
         bodies = [claim_body(p, c, i) for i, (p, c) in enumerate(people)]
-        env = {**os.environ, "DATABASE_URL": url, "ENV": "production", "SECRET_KEY": "bench-" + "k" * 40,
-               "LOG_LEVEL": "WARNING", "BASELINE_DSN": conninfo}
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "ENV": "production",
+            "SECRET_KEY": "bench-" + "k" * 40,
+            "LOG_LEVEL": "WARNING",
+            "BASELINE_DSN": conninfo,
+        }
         port, base_port = bf.free_port(), bf.free_port()
         app = bf.Server("app", bf.gunicorn_cmd("wsgi:app", port, 2, 4), env, ROOT, logs / "submit-app.log")
-        baseline = bf.Server("baseline", bf.gunicorn_cmd("baseline_app:app", base_port, 2, 4, chdir=BENCH),
-                             env, ROOT, logs / "submit-baseline.log")
+        baseline = bf.Server(
+            "baseline",
+            bf.gunicorn_cmd("baseline_app:app", base_port, 2, 4, chdir=BENCH),
+            env,
+            ROOT,
+            logs / "submit-baseline.log",
+        )
         try:
             app.wait_ready(f"http://127.0.0.1:{port}/health")
             baseline_ready = f"http://127.0.0.1:{base_port}/docs/0"
@@ -160,8 +205,14 @@ def main() -> int:
             baseline.stop()
     ratio = submit["per_s"] / bare["per_s"] if bare["per_s"] else 0.0
     machine = bf.machine_info()
-    result = {"submit": submit, "baseline_create": bare, "ratio": round(ratio, 3), "machine": machine,
-              "patients": args.patients, "clients": args.clients}
+    result = {
+        "submit": submit,
+        "baseline_create": bare,
+        "ratio": round(ratio, 3),
+        "machine": machine,
+        "patients": args.patients,
+        "clients": args.clients,
+    }
     print(json.dumps(result, indent=2, default=str))
     verdict = "met" if ratio >= 0.3 else "missed"
     markdown = (
@@ -173,15 +224,19 @@ def main() -> int:
         "| measure | per second | p50 ms | p95 ms | statuses |\n|---|---|---|---|---|\n"
         f"| `Claim/$submit` (settlements) | {submit['per_s']} | {submit['p50_ms']} | {submit['p95_ms']} | "
         f"{submit['statuses']} |\n"
-        f"| bare create baseline | {bare['per_s']} | {bare['p50_ms']} | {bare['p95_ms']} | {bare['statuses']} |\n\n"
+        f"| bare create baseline | {bare['per_s']} | {bare['p50_ms']} | {bare['p95_ms']} | "
+        f"{bare['statuses']} |\n\n"
         f"Ratio {ratio:.2f}x the bare create (target >= 0.3x: **{verdict}**). "
         f"Load average at start: {machine.get('loadavg_at_start')}.\n"
     )
     if not args.no_results:
         text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
         pattern = re.compile(rf"^## {re.escape(SECTION)}\s*$.*?(?=^## |\Z)", re.S | re.M)
-        text = pattern.sub(lambda _m: markdown + "\n", text, count=1) if pattern.search(text) else (
-            text.rstrip() + "\n\n" + markdown)
+        text = (
+            pattern.sub(lambda _m: markdown + "\n", text, count=1)
+            if pattern.search(text)
+            else (text.rstrip() + "\n\n" + markdown)
+        )
         RESULTS.write_text(text.rstrip() + "\n")
     return 0 if submit["statuses"].keys() <= {200} else 1
 
