@@ -14,7 +14,16 @@ __all__ = ["bp", "init_app", "select_locale"]
 
 def init_app(app: Flask) -> None:
     """Register the blueprint, sign-in, session lifetime and the template helpers."""
-    from . import auth, formatting, views_clinic, views_common, views_hospital  # noqa: F401  (routes)
+    from . import (  # noqa: F401  (routes)
+        auth,
+        formatting,
+        views_admin,
+        views_clinic,
+        views_common,
+        views_hospital,
+        views_insurer,
+        views_monitor,
+    )
 
     app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
     app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(minutes=int(app.config["SESSION_TIMEOUT_MINUTES"]))

@@ -153,9 +153,25 @@ MENUS: dict[str, list[tuple[str, Any]]] = {
         ("web.follow_ups", _l("Follow-ups")),
     ],
     "hospital": [("web.hospital_inbox", _l("Referral inbox"))],
-    "insurer": [("web.office_home", _l("Insurance office"))],
-    "monitor": [("web.office_home", _l("Monitoring"))],
-    "admin": [("web.office_home", _l("Administration"))],
+    "insurer": [
+        ("web.office_home", _l("Insurance office")),
+        ("web.insurer_settlements", _l("Settlements")),
+        ("web.insurer_payments", _l("Payments")),
+        ("web.insurer_exports", _l("Exports")),
+    ],
+    "monitor": [
+        ("web.office_home", _l("Monitoring")),
+        ("web.monitor_dashboard", _l("Dashboard")),
+        ("web.monitor_alerts", _l("Alerts")),
+    ],
+    "admin": [
+        ("web.office_home", _l("Administration")),
+        ("web.admin_users", _l("Users")),
+        ("web.admin_clients", _l("API clients")),
+        ("web.admin_organisations", _l("Organisations")),
+        ("web.admin_rules", _l("Policies and rules")),
+        ("web.admin_audit", _l("Audit log")),
+    ],
 }
 
 

@@ -2,7 +2,9 @@
 
 Clinic registers a patient and records a visit with low SpO2 -> sees the emergency referral decision ->
 confirms -> the county hospital accepts, admits, discharges and settles -> the down-referral appears at
-the clinic, which records the first follow-up.
+the clinic, which records the first follow-up -> the insurance office exports the month and sees totals
+matching the settlements -> after the poverty scan, the poverty-alleviation office sees the household's alert
+on its dashboard and resolves it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from referral_service.extensions import database
 from referral_service.migrate import upgrade
 from referral_service.seed import DEMO_PASSWORD, seed_demo
 from referral_service.seed.materialize import materialize
+from referral_service.services import alerts
+from referral_service.services.indicators import local_today
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -134,7 +138,7 @@ def test_referral_journey_across_roles(live_county: str) -> None:
             expect(page.locator("#gender")).to_have_value("male")
             page.fill("#village", "东关村")
             page.check("input[name=household_mode][value=new]")
-            page.fill("#household_income", "8400")
+            page.fill("#household_income", "1600")  # below the poverty line: the scan flags the household
             page.check("#coverage_basic")
             shot(page, "03-registration")
             page.click("button[type=submit].primary")
@@ -284,5 +288,64 @@ def test_referral_journey_across_roles(live_county: str) -> None:
             expect(page.locator("h1")).to_contain_text("Follow-ups of down-referred patients")
             shot(page, "17-follow-ups-english")
             assert not re.search(r"\b500\b", page.title())
+            page.click("form.lang-switch button")
+            expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+            sign_out(page)
+
+            # The insurance office exports this month; the file's totals match the settlements page.
+            today = local_today()
+            sign_in(page, "insurer")
+            page.click("nav >> text=数据导出")
+            page.fill("#from", today.replace(day=1).isoformat())
+            page.fill("#to", today.isoformat())
+            page.select_option("#format", "xlsx")
+            page.click("#run-export")
+            result = page.locator("#export-result")
+            expect(result).to_contain_text("导出完成")
+            expect(result.locator(".badge-ok")).to_have_count(4)  # every fund matches the settlements page
+            expect(result.locator("a[href$='.xlsx']")).to_have_count(1)
+            expect(result.locator("a[href$='.manifest.json']")).to_have_count(1)
+            expect(page.locator("#history tbody tr").first).to_contain_text("insurer")
+            shot(page, "19-insurer-export")
+            page.set_viewport_size(PHONE)
+            for path in ("/insurer/exports", "/insurer/settlements", "/insurer/payments"):
+                page.goto(f"{base}{path}")
+                width = page.evaluate("document.documentElement.scrollWidth")
+                assert width <= PHONE["width"], (path, width)
+            page.set_viewport_size(DESKTOP)
+            page.goto(f"{base}/insurer/exports")
+            page.click("nav >> text=结算")
+            expect(page.locator("#by-hospital")).to_contain_text("青山县人民医院")
+            shot(page, "20-insurer-settlements")
+            sign_out(page)
+
+            # The nightly poverty scan (run here through the service) flags the household.
+            with database.unit_of_work() as db:
+                scan = alerts.scan_poverty_risk(db, today)
+            assert scan.raised >= 1, scan
+            sign_in(page, "monitor")
+            page.click("nav >> text=监测看板")
+            expect(page.locator("svg#chart-oop")).to_be_visible()
+            expect(page.locator("#townships")).to_contain_text("城关镇")
+            shot(page, "21-monitor-dashboard")
+            page.set_viewport_size(PHONE)
+            for path in ("/monitor", "/monitor/alerts"):
+                page.goto(f"{base}{path}")
+                width = page.evaluate("document.documentElement.scrollWidth")
+                assert width <= PHONE["width"], (path, width)
+            page.set_viewport_size(DESKTOP)
+            page.goto(f"{base}/monitor")
+            page.click("nav >> text=预警")
+            row = page.locator("#alerts tbody tr").first
+            expect(row).to_contain_text("城关镇")
+            row.locator("a").click()
+            expect(page.locator("#figures")).to_contain_text("1600")
+            page.click("#acknowledge")
+            expect(page.locator(".flash-success")).to_contain_text("预警已签收")
+            page.fill("#note", "已上门核实，纳入医疗救助")
+            shot(page, "22-monitor-alert")
+            page.click("#resolve")
+            expect(page.locator("#alert-status")).to_have_text("已办结")
+            expect(page.locator("#resolution")).to_contain_text("纳入医疗救助")
         finally:
             browser.close()

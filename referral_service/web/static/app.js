@@ -98,3 +98,15 @@
     button.addEventListener("click", function () { window.print(); });
   });
 })();
+
+/* Long-running forms (the settlement export): show a spinner and stop a second submit. */
+(function () {
+  "use strict";
+  Array.prototype.forEach.call(document.querySelectorAll("form[data-busy]"), function (form) {
+    form.addEventListener("submit", function (event) {
+      if (form.classList.contains("busy")) { event.preventDefault(); return; }
+      form.classList.add("busy");
+      form.setAttribute("aria-busy", "true");
+    });
+  });
+})();
