@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from ..domain.actor import Actor
 from ..domain.base import new_id
@@ -593,15 +593,37 @@ def _date_compare(prefix: str, lo: datetime, hi: datetime, low: Any, high: Any) 
     return and_(low <= hi, high >= lo)  # ap: overlaps
 
 
-def visible_patients(actor: Actor) -> Select[tuple[str]]:
-    """Ids of the patients the actor's organisation may see (DESIGN section 8)."""
+def _catchment(actor: Actor) -> list[ColumnElement[bool]]:
+    """Registry conditions on Patient that put a patient in the actor's catchment."""
     org = actor.organization_id
     catchment = [Patient.general_practitioner_id == org, Patient.created_by_org_id == org]
     if (actor.leads_district or actor.is_insurer) and actor.district:
         catchment.append(Patient.district == actor.district)
-    direct = select(Patient.id).where(or_(*catchment))
-    linked = select(PatientAccess.patient_id).where(PatientAccess.org_id == org)
+    return catchment
+
+
+def visible_patients(actor: Actor) -> Select[tuple[str]]:
+    """Ids of the patients the actor's organisation may see (DESIGN section 8)."""
+    direct = select(Patient.id).where(or_(*_catchment(actor)))
+    linked = select(PatientAccess.patient_id).where(PatientAccess.org_id == actor.organization_id)
     return direct.union(linked)  # type: ignore[return-value]
+
+
+def _patient_visible(actor: Actor, patient_id: Any) -> ColumnElement[bool]:
+    """Correlated test for one patient id: index look-ups per candidate row, never the whole set.
+
+    (An `IN (SELECT ... UNION ...)` makes the planner build every patient of a catchment — tens of
+    thousands in a county — for each query.)
+    """
+    in_catchment = (
+        select(Patient.id).where(Patient.id == patient_id, or_(*_catchment(actor))).exists()
+    )
+    linked = (
+        select(PatientAccess.patient_id)
+        .where(PatientAccess.patient_id == patient_id, PatientAccess.org_id == actor.organization_id)
+        .exists()
+    )
+    return or_(in_catchment, linked)
 
 
 def visible(actor: Actor, rdef: ResourceDef) -> ColumnElement[bool]:
@@ -613,16 +635,20 @@ def visible(actor: Actor, rdef: ResourceDef) -> ColumnElement[bool]:
     own = StoredResource.owner_org_id == actor.organization_id
     if actor.is_insurer and not rdef.financial:
         return own
-    patients = visible_patients(actor)
     if rdef.type == "Group":
-        members = select(ReferenceIndex.resource_pk).where(
-            ReferenceIndex.res_type == "Group",
-            ReferenceIndex.param == "member",
-            ReferenceIndex.target_type == "Patient",
-            ReferenceIndex.target_id.in_(patients),
+        member = aliased(ReferenceIndex)
+        members = (
+            select(member.resource_pk)
+            .where(
+                member.resource_pk == StoredResource.pk,
+                member.param == "member",
+                member.target_type == "Patient",
+                _patient_visible(actor, member.target_id),
+            )
+            .exists()
         )
-        return or_(own, StoredResource.pk.in_(members))
-    return or_(own, StoredResource.patient_id.in_(patients))
+        return or_(own, members)
+    return or_(own, _patient_visible(actor, StoredResource.patient_id))
 
 
 def stored_ids(rows: Sequence[Stored]) -> list[str]:
