@@ -457,7 +457,14 @@ class Loader:
                 fh.write(method.encode() + b"\t" + target.encode() + b"\t" + body + b"\n")
         return path
 
-    def run_wrk(self, scenario: Scenario, seconds: int, tsv: Path) -> dict[str, Any]:
+    def run_wrk(
+        self,
+        scenario: Scenario,
+        seconds: int,
+        tsv: Path,
+        balance_pgid: int | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         self.salt += 1
         env = dict(
             os.environ,
@@ -481,14 +488,33 @@ class Loader:
             str(self.script),
             scenario.base,
         ]
-        done = subprocess.run(cmd, env=env, capture_output=True, timeout=seconds + 60)
-        text = done.stdout.decode("utf-8", "replace")
+        attempts = 0
+        while True:
+            attempts += 1
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            if balance_pgid is not None and seconds > 4:
+                # Keep-alive connections stay with the gunicorn worker that accepted them; when
+                # one worker holds them all, the other core idles. Start again (a few times).
+                time.sleep(1.5)
+                counts = connections_per_worker(balance_pgid, int(scenario.base.rsplit(":", 1)[1]))
+                if record is not None:
+                    record["connections_per_worker"] = counts
+                    record["wrk_starts"] = attempts
+                if len(counts) > 1 and min(counts) == 0 and attempts < 5:
+                    proc.kill()
+                    proc.communicate(timeout=30)
+                    continue
+            try:
+                out, err = proc.communicate(timeout=seconds + 60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+            break
+        text = out.decode("utf-8", "replace")
         for line in text.splitlines():
             if line.startswith("BENCH_JSON "):
                 return dict(json.loads(line[len("BENCH_JSON ") :]))
-        raise RuntimeError(
-            f"wrk gave no result (exit {done.returncode}): {text[-500:]} {done.stderr[-500:]!r}"
-        )
+        raise RuntimeError(f"wrk gave no result (exit {proc.returncode}): {text[-500:]} {err[-500:]!r}")
 
     def measure(
         self,
@@ -515,9 +541,9 @@ class Loader:
         }
         with CpuMeter(server_pgid).measure(result):
             if during is None:
-                raw = self.run_wrk(scenario, seconds, tsv)
+                raw = self.run_wrk(scenario, seconds, tsv, server_pgid, result)
             else:
-                raw = run_alongside(lambda: self.run_wrk(scenario, seconds, tsv), during)
+                raw = run_alongside(lambda: self.run_wrk(scenario, seconds, tsv, server_pgid, result), during)
         duration = raw["duration_us"] / 1e6
         good = sum(v for k, v in raw["statuses"].items() if int(k) in scenario.ok)
         socket_errors = sum(v for k, v in raw["errors"].items() if k != "status")
@@ -545,6 +571,32 @@ class Loader:
             f"cpu {result['cpu_pct_of_core']}{flag}"
         )
         return result
+
+
+def connections_per_worker(master_pid: int, port: int) -> list[int]:
+    """Established connections to the port held by each child process of the server (its workers)."""
+    inodes: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(name).read_text().splitlines()[1:]:
+                cols = line.split()
+                if cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                    inodes[cols[9]] = 0
+    counts = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == master_pid:
+            continue
+        try:
+            raw = Path(f"/proc/{entry.name}/stat").read_text()
+            if int(raw[raw.rindex(")") + 2 :].split()[2]) != master_pid:
+                continue
+            links = [
+                os.readlink(f"/proc/{entry.name}/fd/{fd}") for fd in os.listdir(f"/proc/{entry.name}/fd")
+            ]
+        except (OSError, ValueError):
+            continue
+        counts.append(sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes))
+    return sorted(counts)
 
 
 def run_alongside(main: Callable[[], dict[str, Any]], side: Callable[[], Any]) -> dict[str, Any]:
@@ -1379,6 +1431,13 @@ def postgres_phase(
         checks = {"search_identifier": one_match, "search_identifier_platform": one_match}
         for scenario in scenarios:
             check_once(scenario, checks.get(scenario.name))
+        # Each of ours right before its baseline: a pair sees the same outside load on a shared machine.
+        order = [
+            "patient_create", "baseline_insert_patient", "encounter_create", "baseline_insert_encounter",
+            "patient_read", "baseline_select", "patient_read_platform", "search_identifier",
+            "search_identifier_platform", "visit_bundle",
+        ]  # fmt: skip
+        scenarios.sort(key=lambda sc: order.index(sc.name))
         for scenario in scenarios:
             if not budget.allows(args.seconds + args.warmup + 30):
                 section["measurements"][scenario.name] = {"skipped": "time budget spent"}
@@ -1503,6 +1562,7 @@ def sqlite_phase(
             targets.append(("ours1w", base1, "Bearer " + client_token(base1, "township-his"), app1))
         if peer_base is not None and peer is not None:
             targets.append(("peer", peer_base, f"Bearer {PEER_TOKEN}", peer))
+        planned: list[tuple[Scenario, Server]] = []
         for who, base, auth, server in targets:
             scenarios = [
                 Scenario(
@@ -1528,17 +1588,21 @@ def sqlite_phase(
                     resources_per_request=10,
                 ),
             ]
-            for scenario in scenarios:
-                try:
-                    check_once(scenario, one_match if "search" in scenario.name else None)
-                except RuntimeError as exc:
-                    section["measurements"][scenario.name] = {"error": str(exc)[:800]}
-                    log(f"  {scenario.name}: check failed: {str(exc)[:300]}")
-                    continue
-                if not budget.allows(args.seconds + args.warmup + 30):
-                    section["measurements"][scenario.name] = {"skipped": "time budget spent"}
-                    continue
-                section["measurements"][scenario.name] = loader.measure(scenario, server.pid)
+            planned += [(scenario, server) for scenario in scenarios]
+        # By kind of request, each server in turn: the servers compared see the same outside load.
+        kinds = ("encounter_create", "search_identifier", "bundle10")
+        planned.sort(key=lambda item: kinds.index(item[0].name.split("_", 1)[1]))
+        for scenario, server in planned:
+            try:
+                check_once(scenario, one_match if "search" in scenario.name else None)
+            except RuntimeError as exc:
+                section["measurements"][scenario.name] = {"error": str(exc)[:800]}
+                log(f"  {scenario.name}: check failed: {str(exc)[:300]}")
+                continue
+            if not budget.allows(args.seconds + args.warmup + 30):
+                section["measurements"][scenario.name] = {"skipped": "time budget spent"}
+                continue
+            section["measurements"][scenario.name] = loader.measure(scenario, server.pid)
 
 
 def ensure_peer(logs: Path) -> str:
@@ -1576,6 +1640,12 @@ def ensure_peer(logs: Path) -> str:
 # --------------------------------------------------------------------------- report
 
 
+def conns(x: dict[str, Any]) -> str:
+    """' (connections per worker a+b)' when recorded: a lopsided split leaves a core idle."""
+    counts = x.get("connections_per_worker")
+    return f" (conns {'+'.join(map(str, counts))})" if counts and len(counts) > 1 else ""
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
@@ -1607,7 +1677,8 @@ def render(results: dict[str, Any]) -> str:
         "waits for answers, so it never over-drives the server); the `cpu` column gives the split "
         "in % of one "
         "core (app / PostgreSQL / wrk / other processes on the machine); anything in `other` is outside "
-        "interference (other work on the machine at the time).",
+        "interference (other work on the machine at the time); `conns` is how the 8 keep-alive connections "
+        "fell on the gunicorn workers (wrk is restarted, up to 4 times, when one worker got none).",
         "",
     ]
     pg = results.get("postgres")
@@ -1684,7 +1755,7 @@ def render(results: dict[str, Any]) -> str:
                 f"{str(b.get('p50_ms', '-')) + ' / ' + str(b.get('p95_ms', '-')) if b else '-'} | "
                 f"{r if r is not None else '-'} | {goal} | {met} | "
                 f"{cpu.get('server', '?')}/{cpu.get('postgres', '?')}/"
-                f"{cpu.get('wrk', '?')}/{cpu.get('other', '?')} |"
+                f"{cpu.get('wrk', '?')}/{cpu.get('other', '?')}{conns(o)} |"
             )
         for key in ("baseline_insert_patient", "baseline_insert_encounter", "baseline_select"):
             b = ms.get(key, {})
@@ -1692,7 +1763,7 @@ def render(results: dict[str, Any]) -> str:
                 cpu = b["cpu_pct_of_core"]
                 lines.append(
                     f"| ({key}) | | | | | | {b['per_s']} | {b['p50_ms']} / {b['p95_ms']} | | | | "
-                    f"{cpu['server']}/{cpu['postgres']}/{cpu['wrk']}/{cpu['other']} |"
+                    f"{cpu['server']}/{cpu['postgres']}/{cpu['wrk']}/{cpu['other']}{conns(b)} |"
                 )
         failures = [(k, v) for k, v in ms.items() if v.get("first_error")]
         if failures:
