@@ -88,6 +88,8 @@ def _fresh_postgres() -> Iterator[str]:
     try:
         admin = _pg_connect()
     except psycopg.OperationalError as exc:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":  # CI: the PostgreSQL half must run
+            pytest.fail(f"PostgreSQL is required but unreachable: {exc}")
         pytest.skip(f"PostgreSQL unreachable: {exc}")
     name = f"test_seed_{uuid.uuid4().hex[:12]}"
     settings = _pg_admin()
