@@ -321,8 +321,8 @@ local W = {7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2}
 local C = "10X98765432"
 
 local function resident(n)
-  -- region 9SSTTT (SS run salt, TTT thread), birth date 1971-01-01 + n/1000 days, order n%1000
-  local region = string.format("9%02d%03d", salt % 100, tid)
+  -- region 9SSSTT (SSS run salt, TT thread), birth date 1971-01-01 + n/1000 days, order n%1000
+  local region = string.format("9%03d%02d", salt % 1000, tid % 100)
   local t = 31536000 + math.floor(n / 1000) * 86400
   local order = n % 1000
   local first17 = region .. os.date("!%Y%m%d", t) .. string.format("%03d", order)
@@ -491,6 +491,9 @@ class Loader:
         attempts = 0
         while True:
             attempts += 1
+            if attempts > 1:  # new resident ids for generated Patients: the killed run used some
+                self.salt += 1
+                env["BENCH_SALT"] = str(self.salt)
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             if balance_pgid is not None and seconds > 4:
                 # Keep-alive connections stay with the gunicorn worker that accepted them; when
