@@ -446,7 +446,7 @@ class Loader:
         self.wrk_threads = wrk_threads
         self.script = work / "bench.lua"
         self.script.write_text(LUA)
-        self.salt = 0
+        self.salt = random.randrange(1000)  # resident ids of new Patients differ from earlier runs
 
     def _file(self, scenario: Scenario) -> Path:
         path = self.work / f"{scenario.name}.tsv"
@@ -627,14 +627,15 @@ def run_alongside(main: Callable[[], dict[str, Any]], side: Callable[[], Any]) -
 
 
 @contextlib.contextmanager
-def scratch_postgres(server: str, keep: bool) -> Iterator[tuple[str, str]]:
-    """(SQLAlchemy URL, libpq conninfo) of a new database, dropped afterwards."""
+def scratch_postgres(server: str, keep: bool, reuse: str | None = None) -> Iterator[tuple[str, str]]:
+    """(SQLAlchemy URL, libpq conninfo) of a new database (or the one to reuse), dropped afterwards."""
     import psycopg
 
-    name = f"bench_fhir_{uuid.uuid4().hex[:10]}"
+    name = reuse or f"bench_fhir_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server, autocommit=True) as admin:
         host, port, user = admin.info.host, admin.info.port, admin.info.user
-        admin.execute(f'CREATE DATABASE "{name}"')
+        if reuse is None:
+            admin.execute(f'CREATE DATABASE "{name}"')
     conninfo = f"host={host} port={port} user={user} dbname={name}"
     try:
         yield f"postgresql+psycopg://{user}@{host}:{port}/{name}", conninfo
@@ -642,7 +643,7 @@ def scratch_postgres(server: str, keep: bool) -> Iterator[tuple[str, str]]:
         from referral_service.extensions import database
 
         database.dispose()
-        if keep:
+        if keep or reuse:
             log(f"kept database {name}")
         else:
             with psycopg.connect(server, autocommit=True) as admin:
@@ -1308,9 +1309,14 @@ def postgres_phase(
     section: dict[str, Any] = {"measurements": {}}
     results["postgres"] = section
     with contextlib.ExitStack() as stack:
-        url, conninfo = stack.enter_context(scratch_postgres(args.server, args.keep))
-        log(f"PostgreSQL: loading {args.patients:,} patients")
-        section["setup"] = load_registry(url, args.patients, args.publish, args.materialize_sample)
+        url, conninfo = stack.enter_context(scratch_postgres(args.server, args.keep, args.reuse_database))
+        if args.reuse_database:
+            log(f"PostgreSQL: reusing {args.reuse_database} (loaded by an earlier run)")
+            configure(url)
+            section["setup"] = {"reused": args.reuse_database}
+        else:
+            log(f"PostgreSQL: loading {args.patients:,} patients")
+            section["setup"] = load_registry(url, args.patients, args.publish, args.materialize_sample)
         with psycopg.connect(conninfo) as conn:
             section["setup"]["database_size"] = conn.execute(
                 "SELECT pg_size_pretty(pg_database_size(current_database()))"
@@ -1321,6 +1327,7 @@ def postgres_phase(
 
         # The baseline table: as many rows as patients, each a stored Patient's JSON.
         with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS bench_baseline")
             conn.execute("CREATE TABLE bench_baseline (id bigserial PRIMARY KEY, body bytea NOT NULL)")
             sample_json = conn.execute(
                 "SELECT content FROM fhir_resource WHERE res_type = 'Patient' LIMIT 1"
@@ -1441,7 +1448,10 @@ def postgres_phase(
             "search_identifier_platform", "visit_bundle",
         ]  # fmt: skip
         scenarios.sort(key=lambda sc: order.index(sc.name))
+        only = set(args.only.split(",")) if args.only else None
         for scenario in scenarios:
+            if only is not None and scenario.name not in only:
+                continue
             if not budget.allows(args.seconds + args.warmup + 30):
                 section["measurements"][scenario.name] = {"skipped": "time budget spent"}
                 continue
@@ -2051,6 +2061,14 @@ def main() -> int:
     )
     parser.add_argument("--no-results", action="store_true", help="do not touch bench/RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL database (debugging)")
+    parser.add_argument(
+        "--reuse-database",
+        metavar="NAME",
+        help="measure on a database kept by an earlier --keep run (no loading; iterating on the code)",
+    )
+    parser.add_argument(
+        "--only", metavar="NAMES", help="comma-separated measurements to run (default: all)"
+    )
     parser.add_argument("--max-minutes", type=float, default=80, help="skip remaining loads after this")
     args = parser.parse_args()
 

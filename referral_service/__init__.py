@@ -28,6 +28,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     database.configure(
         settings["DATABASE_URL"], echo=settings["SQL_ECHO"], pool_size=settings["DATABASE_POOL_SIZE"]
     )
+    from .services import actors
+
+    actors.forget()  # organisation facts cached by an earlier app of this process (tests, CLI)
     csrf.init_app(app)
     limiter.init_app(app)
     login_manager.init_app(app)

@@ -26,3 +26,9 @@ def _client_key() -> str:
 
 
 limiter = Limiter(key_func=_client_key, default_limits=[])
+
+
+@limiter.request_filter
+def _fhir_api() -> bool:
+    """FHIR calls skip the per-request limit check: they carry tokens, whose endpoint is limited."""
+    return request.path.startswith("/fhir/")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from flask import current_app, g, request
 
 from ..auth.scopes import Scope, allows, parse_scopes
-from ..auth.tokens import TokenError, verify_token
+from ..auth.tokens import TokenError, verify_token_cached
 from ..domain.errors import Forbidden, InvalidToken, Unauthorized
 
 PLATFORM_CLIENTS = frozenset({"county-platform"})
@@ -43,7 +43,7 @@ def current_principal() -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise InvalidToken("the Authorization header must be 'Bearer <token>'")
     try:
-        claims = verify_token(
+        claims = verify_token_cached(
             token.strip(), key=current_app.config["SECRET_KEY"], issuer=current_app.config["TOKEN_ISSUER"]
         )
     except TokenError as exc:

@@ -7,6 +7,7 @@ import hmac
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 import jwt
 
@@ -69,3 +70,19 @@ def verify_token(token: str, *, key: str, issuer: str) -> TokenClaims:
         expires=datetime.fromtimestamp(int(payload["exp"]), UTC),
         token_id=str(payload.get("jti", "")),
     )
+
+
+@lru_cache(maxsize=4096)
+def _verified(token: str, key: str, issuer: str) -> TokenClaims:
+    return verify_token(token, key=key, issuer=issuer)
+
+
+def verify_token_cached(token: str, *, key: str, issuer: str, now: datetime | None = None) -> TokenClaims:
+    """`verify_token`, remembering tokens already verified (a client sends the same one for an hour).
+
+    Signature and issuer are checked once per token; expiry is checked on every call.
+    """
+    claims = _verified(token, key, issuer)
+    if claims.expires <= (now or datetime.now(UTC)):
+        raise TokenError("the access token has expired")
+    return claims

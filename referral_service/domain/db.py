@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Dialect, Engine, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -34,7 +36,6 @@ class Database:
             options["connect_args"] = {"timeout": 30, "check_same_thread": False}
         else:
             options.update(
-                pool_pre_ping=True,
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_timeout=10,
@@ -44,6 +45,14 @@ class Database:
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
+        else:
+            dialect = engine.dialect
+
+            def ping_if_idle(dbapi_conn: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+                _ping_if_idle(dialect, dbapi_conn, record)
+
+            event.listen(engine, "checkout", ping_if_idle)
+            event.listen(engine, "checkin", _note_checkin)
         self._engine = engine
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
 
@@ -87,6 +96,29 @@ class Database:
         """Close every pooled connection."""
         if self._engine is not None:
             self._engine.dispose()
+
+
+# A connection that sat in the pool longer than this is pinged before use (a database restart or a
+# dropped socket shows up as a fresh connection instead of a failed request). Busy connections are
+# not pinged: under load that round trip would be paid on every request.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _note_checkin(dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dialect: Dialect, dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        alive = dialect.do_ping(dbapi_conn)
+    except Exception:
+        alive = False
+    if not alive:
+        # The pool discards this connection and checks out (or opens) another.
+        raise DisconnectionError("the pooled connection no longer answers")
 
 
 def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, record: ConnectionPoolEntry) -> None:

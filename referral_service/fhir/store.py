@@ -6,13 +6,16 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Select,
     and_,
+    bindparam,
     delete,
+    event,
     false,
     func,
     insert,
@@ -43,7 +46,7 @@ from ..domain.registry import Patient
 from . import jsonio
 from .resources import RESOURCES, ResourceDef
 from .search import Clause, Include, SearchQuery, encode_cursor
-from .search_params import MAX_INSTANT, MIN_INSTANT, extract, normalise
+from .search_params import MAX_INSTANT, MIN_INSTANT, IndexRows, extract, normalise
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,32 @@ SERVED = (
 )
 
 
+# Write statements built once (the values come as parameters).
+_INSERT_RESOURCE = insert(StoredResource).returning(StoredResource.pk)
+_INSERT_VERSION = insert(ResourceVersion)
+_INSERT_INDEX = {
+    "token": insert(TokenIndex),
+    "string": insert(StringIndex),
+    "date": insert(DateIndex),
+    "reference": insert(ReferenceIndex),
+}
+
+
+_GRANT_ACCESS = {
+    "postgresql": pg_insert(PatientAccess).on_conflict_do_nothing(),
+    "sqlite": sqlite_insert(PatientAccess).on_conflict_do_nothing(),
+}
+
+
+_GRANTED = "granted_access"  # session.info: (patient, org) links granted in the open transaction
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_granted(session: Session, *_: Any) -> None:
+    session.info.pop(_GRANTED, None)
+
+
 def _stored(row: Any) -> Stored:
     return Stored(row.res_type, row.res_id, row.version_id, row.last_updated, row.content, row.deleted)
 
@@ -134,10 +163,9 @@ class ResourceStore:
     def read(self, res_type: str, res_id: str, actor: Actor) -> Stored:
         """The current version; 404 when unknown or not visible to the actor, 410 when deleted."""
         rdef = RESOURCES[res_type]
-        stmt = select(*SERVED).where(
-            StoredResource.res_type == res_type, StoredResource.res_id == res_id, visible(actor, rdef)
-        )
-        row = self.session.execute(stmt).first()
+        stmt = _read_statement(policy_shape(actor, rdef))
+        params = {"res_type": res_type, "res_id": res_id, **policy_params(actor)}
+        row = self.session.connection().execute(stmt, params).first()
         if row is None:
             raise NotFound(f"{res_type}/{res_id} is not known")
         if row.deleted:
@@ -234,6 +262,7 @@ class ResourceStore:
         method: str,
         owner_org_id: str | None,
         existing: StoredResource | None = None,
+        index_rows: IndexRows | None = None,
     ) -> Stored:
         """Store a new version (creating the resource when `existing` is None) with its indexes."""
         rdef = RESOURCES[res_type]
@@ -252,24 +281,24 @@ class ResourceStore:
         resource["meta"] = meta
         content = jsonio.dumps(_ordered(resource))
         patient_id = rdef.compartment_patient(resource)
+        connection = self.session.connection()
         if existing is None:
-            pk = self.session.execute(
-                insert(StoredResource)
-                .values(
-                    res_type=res_type,
-                    res_id=res_id,
-                    version_id=version,
-                    last_updated=ts,
-                    deleted=False,
-                    content=content,
-                    owner_org_id=owner_org_id,
-                    patient_id=patient_id,
-                )
-                .returning(StoredResource.pk)
+            pk = connection.execute(
+                _INSERT_RESOURCE,
+                {
+                    "res_type": res_type,
+                    "res_id": res_id,
+                    "version_id": version,
+                    "last_updated": ts,
+                    "deleted": False,
+                    "content": content,
+                    "owner_org_id": owner_org_id,
+                    "patient_id": patient_id,
+                },
             ).scalar_one()
         else:
             pk = existing.pk
-            self.session.execute(
+            connection.execute(
                 update(StoredResource)
                 .where(StoredResource.pk == pk)
                 .values(
@@ -277,19 +306,23 @@ class ResourceStore:
                 )
             )
             self._drop_indexes(pk)
-        self.session.execute(
-            insert(ResourceVersion).values(
-                resource_pk=pk,
-                version_id=version,
-                res_type=res_type,
-                last_updated=ts,
-                method=method,
-                deleted=False,
-                content=content,
-            )
+        connection.execute(
+            _INSERT_VERSION,
+            {
+                "resource_pk": pk,
+                "version_id": version,
+                "res_type": res_type,
+                "last_updated": ts,
+                "method": method,
+                "deleted": False,
+                "content": content,
+            },
         )
-        self._write_indexes(pk, res_type, resource, rdef)
-        self._expire_rows()
+        if index_rows is None:
+            index_rows = extract(resource, list(rdef.params))
+        self._write_indexes(pk, res_type, index_rows)
+        if existing is not None:
+            self._expire_rows()
         return Stored(res_type, res_id, version, ts, content)
 
     def delete(self, existing: StoredResource) -> Stored:
@@ -320,17 +353,20 @@ class ResourceStore:
         """Record that an organisation treated, referred or received the patient.
 
         Concurrent requests may grant the same link: the insert ignores an existing row instead of
-        failing on the primary key.
+        failing on the primary key. A link already granted in this transaction is not sent again.
         """
-        dialect = self.session.get_bind().dialect.name
+        granted: set[tuple[str, str]] = self.session.info.setdefault(_GRANTED, set())
+        if (patient_id, org_id) in granted:
+            return
+        connection = self.session.connection()
+        statement = _GRANT_ACCESS.get(connection.dialect.name)
         values = {"patient_id": patient_id, "org_id": org_id, "reason": reason}
-        if dialect == "postgresql":
-            self.session.execute(pg_insert(PatientAccess).values(values).on_conflict_do_nothing())
-        elif dialect == "sqlite":
-            self.session.execute(sqlite_insert(PatientAccess).values(values).on_conflict_do_nothing())
+        if statement is not None:
+            connection.execute(statement, values)
         elif self.session.get(PatientAccess, (patient_id, org_id)) is None:
             self.session.add(PatientAccess(**values))
             self.session.flush()
+        granted.add((patient_id, org_id))
 
     def _expire_rows(self) -> None:
         """Forget loaded StoredResource rows (changed behind the ORM's back by Core statements).
@@ -346,25 +382,28 @@ class ResourceStore:
         for table in (TokenIndex, StringIndex, DateIndex, ReferenceIndex):
             self.session.execute(delete(table).where(table.resource_pk == pk))
 
-    def _write_indexes(self, pk: int, res_type: str, resource: dict[str, Any], rdef: ResourceDef) -> None:
-        rows = extract(resource, list(rdef.params))
+    def _write_indexes(self, pk: int, res_type: str, rows: IndexRows) -> None:
+        """One multi-row INSERT per index table that has rows."""
+        connection = self.session.connection()
         base = {"resource_pk": pk, "res_type": res_type}
         if rows.tokens:
-            self.session.execute(
-                insert(TokenIndex), [{**base, "param": p, "system": s, "code": c} for p, s, c in rows.tokens]
+            connection.execute(
+                _INSERT_INDEX["token"],
+                [{**base, "param": p, "system": s, "code": c} for p, s, c in rows.tokens],
             )
         if rows.strings:
-            self.session.execute(
-                insert(StringIndex),
+            connection.execute(
+                _INSERT_INDEX["string"],
                 [{**base, "param": p, "value": v, "exact": e} for p, v, e in rows.strings],
             )
         if rows.dates:
-            self.session.execute(
-                insert(DateIndex), [{**base, "param": p, "low": lo, "high": hi} for p, lo, hi in rows.dates]
+            connection.execute(
+                _INSERT_INDEX["date"],
+                [{**base, "param": p, "low": lo, "high": hi} for p, lo, hi in rows.dates],
             )
         if rows.references:
-            self.session.execute(
-                insert(ReferenceIndex),
+            connection.execute(
+                _INSERT_INDEX["reference"],
                 [{**base, "param": p, "target_type": t, "target_id": i} for p, t, i in rows.references],
             )
 
@@ -379,10 +418,10 @@ class ResourceStore:
             visible(actor, rdef),
         ]
         where += [_clause_sql(rdef.type, c) for c in query.clauses]
-        total = None
-        if query.summary_count or query.total != "none":
-            total = self.session.scalar(select(func.count()).select_from(StoredResource).where(*where))
         if query.summary_count or query.count == 0:
+            total = None
+            if query.summary_count or query.total != "none":
+                total = self._count(where)
             return SearchPage([], [], total, None)
         key, desc = query.sort
         sort_col: Any = {
@@ -390,14 +429,15 @@ class ResourceStore:
             "_id": StoredResource.res_id,
             "_lastUpdated": StoredResource.last_updated,
         }[key]
+        page_where = list(where)
         if query.cursor is not None:
-            where.append(_after_cursor(sort_col, key, desc, query.cursor))
+            page_where.append(_after_cursor(sort_col, key, desc, query.cursor))
         order = [sort_col.desc() if desc else sort_col.asc()]
         if key != "_pk":
             order.append(StoredResource.pk.desc() if desc else StoredResource.pk.asc())
         stmt = (
             select(StoredResource.pk, *SERVED, sort_col.label("sort_value"))
-            .where(*where)
+            .where(*page_where)
             .order_by(*order)
             .limit(query.count + 1)
         )
@@ -412,9 +452,17 @@ class ResourceStore:
             elif key == "_id":
                 value = last.sort_value
             next_cursor = encode_cursor({"s": query.sort_name, "v": value, "pk": last.pk})
+        total = None
+        if query.total != "none":
+            # A first page that holds every match is its own count; otherwise count in SQL.
+            complete = query.cursor is None and next_cursor is None
+            total = len(page_rows) if complete else self._count(where)
         matches = [_stored(r) for r in page_rows]
         included = self._included(query, [r.pk for r in page_rows], matches, actor)
         return SearchPage(matches, included, total, next_cursor)
+
+    def _count(self, where: list[ColumnElement[bool]]) -> int:
+        return int(self.session.scalar(select(func.count()).select_from(StoredResource).where(*where)) or 0)
 
     def _included(
         self, query: SearchQuery, pks: list[int], matches: list[Stored], actor: Actor
@@ -593,49 +641,77 @@ def _date_compare(prefix: str, lo: datetime, hi: datetime, low: Any, high: Any) 
     return and_(low <= hi, high >= lo)  # ap: overlaps
 
 
-def _catchment(actor: Actor) -> list[ColumnElement[bool]]:
-    """Registry conditions on Patient that put a patient in the actor's catchment."""
-    org = actor.organization_id
+# The access policy is built from named parameters, so one statement shape serves every organisation
+# of the same kind: the read statement is built once per shape (`_read_statement`).
+_ORG = "policy_org"
+_DISTRICT = "policy_district"
+
+
+def policy_params(actor: Actor) -> dict[str, Any]:
+    """Values of the policy's named parameters for the actor."""
+    return {_ORG: actor.organization_id, _DISTRICT: actor.district}
+
+
+def _by_district(actor: Actor) -> bool:
+    return bool((actor.leads_district or actor.is_insurer) and actor.district)
+
+
+def policy_shape(actor: Actor, rdef: ResourceDef) -> str:
+    """Which form the access condition takes for this actor and type (its values aside)."""
+    if actor.sees_everything or rdef.directory:
+        return "all"
+    if rdef.type == "AuditEvent":
+        return "none"
+    if actor.is_insurer and not rdef.financial:
+        return "own"
+    return ("group" if rdef.type == "Group" else "patient") + ("+district" if _by_district(actor) else "")
+
+
+def _catchment(org: Any, district: Any | None) -> list[ColumnElement[bool]]:
+    """Registry conditions on Patient that put a patient in an organisation's catchment."""
     catchment = [Patient.general_practitioner_id == org, Patient.created_by_org_id == org]
-    if (actor.leads_district or actor.is_insurer) and actor.district:
-        catchment.append(Patient.district == actor.district)
+    if district is not None:
+        catchment.append(Patient.district == district)
     return catchment
 
 
 def visible_patients(actor: Actor) -> Select[tuple[str]]:
     """Ids of the patients the actor's organisation may see (DESIGN section 8)."""
-    direct = select(Patient.id).where(or_(*_catchment(actor)))
+    district = actor.district if _by_district(actor) else None
+    direct = select(Patient.id).where(or_(*_catchment(actor.organization_id, district)))
     linked = select(PatientAccess.patient_id).where(PatientAccess.org_id == actor.organization_id)
     return direct.union(linked)  # type: ignore[return-value]
 
 
-def _patient_visible(actor: Actor, patient_id: Any) -> ColumnElement[bool]:
+def _patient_visible(patient_id: Any, org: Any, district: Any | None) -> ColumnElement[bool]:
     """Correlated test for one patient id: index look-ups per candidate row, never the whole set.
 
     (An `IN (SELECT ... UNION ...)` makes the planner build every patient of a catchment — tens of
     thousands in a county — for each query.)
     """
     in_catchment = (
-        select(Patient.id).where(Patient.id == patient_id, or_(*_catchment(actor))).exists()
+        select(Patient.id).where(Patient.id == patient_id, or_(*_catchment(org, district))).exists()
     )
     linked = (
         select(PatientAccess.patient_id)
-        .where(PatientAccess.patient_id == patient_id, PatientAccess.org_id == actor.organization_id)
+        .where(PatientAccess.patient_id == patient_id, PatientAccess.org_id == org)
         .exists()
     )
     return or_(in_catchment, linked)
 
 
-def visible(actor: Actor, rdef: ResourceDef) -> ColumnElement[bool]:
-    """SQL condition: the actor may see the row (what it may not see is answered as unknown)."""
-    if actor.sees_everything or rdef.directory:
+def _policy(shape: str, org: Any, district: Any) -> ColumnElement[bool]:
+    """The access condition of a shape over the organisation and district parameters."""
+    if shape == "all":
         return true()
-    if rdef.type == "AuditEvent":
+    if shape == "none":
         return false()
-    own = StoredResource.owner_org_id == actor.organization_id
-    if actor.is_insurer and not rdef.financial:
+    own = StoredResource.owner_org_id == org
+    if shape == "own":
         return own
-    if rdef.type == "Group":
+    kind, _, by_district = shape.partition("+")
+    area = district if by_district else None
+    if kind == "group":
         member = aliased(ReferenceIndex)
         members = (
             select(member.resource_pk)
@@ -643,12 +719,31 @@ def visible(actor: Actor, rdef: ResourceDef) -> ColumnElement[bool]:
                 member.resource_pk == StoredResource.pk,
                 member.param == "member",
                 member.target_type == "Patient",
-                _patient_visible(actor, member.target_id),
+                _patient_visible(member.target_id, org, area),
             )
             .exists()
         )
         return or_(own, members)
-    return or_(own, _patient_visible(actor, StoredResource.patient_id))
+    return or_(own, _patient_visible(StoredResource.patient_id, org, area))
+
+
+def visible(actor: Actor, rdef: ResourceDef) -> ColumnElement[bool]:
+    """SQL condition: the actor may see the row (what it may not see is answered as unknown)."""
+    return _policy(
+        policy_shape(actor, rdef),
+        bindparam(_ORG, actor.organization_id),
+        bindparam(_DISTRICT, actor.district),
+    )
+
+
+@lru_cache(maxsize=32)
+def _read_statement(shape: str) -> Select[str, str, int, datetime, bytes, bool]:
+    """Read by id under one policy shape, built once; type, id and the policy's values are parameters."""
+    return select(*SERVED).where(
+        StoredResource.res_type == bindparam("res_type"),
+        StoredResource.res_id == bindparam("res_id"),
+        _policy(shape, bindparam(_ORG), bindparam(_DISTRICT)),
+    )
 
 
 def stored_ids(rows: Sequence[Stored]) -> list[str]:

@@ -1,7 +1,17 @@
-"""Resolve who is acting: an API client or user becomes an Actor with its organisation's facts."""
+"""Resolve who is acting: an API client or user becomes an Actor with its organisation's facts.
+
+Every API request needs its organisation's facts (level, kind, district) for the access policy. They
+change rarely, so each process keeps them for `FACTS_TTL_SECONDS`; a change written through the ORM
+in this process forgets them at once, other processes pick it up when their entry expires.
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from ..domain.actor import Actor
@@ -9,15 +19,59 @@ from ..domain.errors import Unauthorized
 from ..domain.registry import Organization
 
 PLATFORM_CLIENTS = frozenset({"county-platform"})
+FACTS_TTL_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class _Facts:
+    facility_level: str | None
+    kind: str | None
+    district: str | None
+
+
+# (database engine, organisation id) -> (expires at, facts); one process may serve several databases.
+_facts: dict[tuple[int, str], tuple[float, _Facts]] = {}
+
+
+def forget(organization_id: str | None = None) -> None:
+    """Drop the cached facts of one organisation (all when None)."""
+    for key in [k for k in _facts if organization_id is None or k[1] == organization_id]:
+        _facts.pop(key, None)
+
+
+@event.listens_for(Organization, "after_insert")
+@event.listens_for(Organization, "after_update")
+@event.listens_for(Organization, "after_delete")
+def _organization_changed(mapper: Any, connection: Any, target: Organization) -> None:
+    forget(target.id)
+
+
+def _organization_facts(session: Session, organization_id: str) -> _Facts | None:
+    key = (id(session.get_bind()), organization_id)
+    cached = _facts.get(key)
+    now = time.monotonic()
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    row = session.execute(
+        select(Organization.facility_level, Organization.kind, Organization.district).where(
+            Organization.id == organization_id
+        )
+    ).first()
+    if row is None:
+        _facts.pop(key, None)
+        return None
+    facts = _Facts(row.facility_level, row.kind, (row.district or "").strip() or None)
+    _facts[key] = (now + FACTS_TTL_SECONDS, facts)
+    return facts
 
 
 def actor_for(session: Session, *, name: str, kind: str, organization_id: str, admin: bool = False) -> Actor:
     """The Actor for a client or user acting for the organisation."""
-    org = session.get(Organization, organization_id)
-    if org is None:
+    facts = _organization_facts(session, organization_id)
+    if facts is None:
         raise Unauthorized(f"the organisation {organization_id} of {name} no longer exists")
     return Actor(
-        name=name, kind=kind, organization_id=org.id, facility_level=org.facility_level,
-        organization_kind=org.kind, district=(org.district or "").strip() or None,
+        name=name, kind=kind, organization_id=organization_id, facility_level=facts.facility_level,
+        organization_kind=facts.kind, district=facts.district,
         is_platform=admin or (kind == "client" and name in PLATFORM_CLIENTS),
     )

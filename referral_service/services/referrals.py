@@ -453,8 +453,8 @@ def _encounter_written(session: Session, actor: Actor, stored: Stored, result: s
     enc = stored.as_dict()
     klass = (enc.get("class") or {}).get("code")
     status = enc.get("status")
-    provider = session.get(Organization, ref_id(enc.get("serviceProvider")) or "")
     if klass == "AMB" and status == "finished":
+        provider = session.get(Organization, ref_id(enc.get("serviceProvider")) or "")
         if provider is not None and provider.facility_level in ("township", "village"):
             evaluate_visit(session, actor, str(enc["id"]))
         _record_follow_up(session, actor, enc)

@@ -11,9 +11,10 @@ from sqlalchemy import and_, false, or_, select
 from sqlalchemy.orm import Session
 
 from ..domain.actor import SYSTEM, Actor
+from ..domain.audit import queue_audit_row
+from ..domain.base import utcnow
 from ..domain.errors import Conflict, Forbidden, Gone, NotFound, PreconditionFailed, Problem, Unprocessable
 from ..domain.fhir_store import StoredResource
-from ..domain.registry import AuditRecord
 from ..fhir import jsonio
 from ..fhir.mappers import ON_DELETE, TO_DOMAIN
 from ..fhir.mappers.patient import RESIDENT_ID_SYSTEM
@@ -77,21 +78,23 @@ def audit(
     outcome: str = "0",
     request_id: str | None = None,
 ) -> None:
-    """Record an access to patient data (served as AuditEvent)."""
-    session.add(
-        AuditRecord(
-            action=action,
-            interaction=interaction,
-            outcome=outcome,
-            agent_kind=actor.kind,
-            agent_name=actor.name,
-            organization_id=actor.organization_id,
-            entity_type=entity_type,
-            entity_id=entity_id,
-            patient_id=patient_id,
-            query=(query or "")[:2000] or None,
-            request_id=request_id,
-        )
+    """Record an access to patient data (served as AuditEvent), written when the transaction commits."""
+    queue_audit_row(
+        session,
+        {
+            "recorded": utcnow(),
+            "action": action,
+            "interaction": interaction,
+            "outcome": outcome,
+            "agent_kind": actor.kind,
+            "agent_name": actor.name,
+            "organization_id": actor.organization_id,
+            "entity_type": entity_type,
+            "entity_id": entity_id,
+            "patient_id": patient_id,
+            "query": (query or "")[:2000] or None,
+            "request_id": request_id,
+        },
     )
 
 

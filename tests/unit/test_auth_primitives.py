@@ -9,7 +9,7 @@ import pytest
 
 from referral_service.auth.passwords import hash_secret, verify_secret
 from referral_service.auth.scopes import Scope, ScopeError, grant, parse_scopes
-from referral_service.auth.tokens import TokenError, issue_token, verify_token
+from referral_service.auth.tokens import TokenError, issue_token, verify_token, verify_token_cached
 
 KEY = "test-signing-key-of-reasonable-length"
 
@@ -102,3 +102,23 @@ def test_scope_allows() -> None:
     assert scopes[0].allows("Patient", "r") and scopes[0].allows("Patient", "s")
     assert not scopes[0].allows("Patient", "c")
     assert scopes[1].allows("Claim", "c") and not scopes[1].allows("Claim", "r")
+
+
+def test_cached_verification_still_refuses_a_token_once_it_expires() -> None:
+    issued = datetime.now(UTC)
+    token = issue_token(client_id="c", organization_id="o", scope="", key=KEY, issuer="rs",
+                        ttl_seconds=60, now=issued)
+    first = verify_token_cached(token, key=KEY, issuer="rs")
+    assert verify_token_cached(token, key=KEY, issuer="rs") == first  # served from the cache
+    with pytest.raises(TokenError, match="expired"):
+        verify_token_cached(token, key=KEY, issuer="rs", now=issued + timedelta(seconds=61))
+
+
+def test_cached_verification_never_caches_a_refusal() -> None:
+    forged = issue_token(client_id="c", organization_id="o", scope="", key="another-key-entirely-here",
+                         issuer="rs", ttl_seconds=60)
+    for _ in range(2):
+        with pytest.raises(TokenError):
+            verify_token_cached(forged, key=KEY, issuer="rs")
+    # The same token checked against the key it was signed with is fine: the key is part of the cache key.
+    assert verify_token_cached(forged, key="another-key-entirely-here", issuer="rs").client_id == "c"

@@ -1,0 +1,53 @@
+"""Audit rows ride along with the transaction they describe and are written in one INSERT at commit.
+
+A read or search answers with one statement plus this insert; a transaction Bundle writes all its
+entries' rows at once. They commit (or roll back) with the work they record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event, insert
+from sqlalchemy.orm import Session, SessionTransaction
+
+from .registry import AuditRecord
+
+_PENDING = "pending_audit_rows"
+_MARKS = "audit_rows_at_savepoint"
+_INSERT = insert(AuditRecord)
+
+
+def queue_audit_row(session: Session, row: dict[str, Any]) -> None:
+    """Queue one audit_record row (every column given) for the session's commit."""
+    session.info.setdefault(_PENDING, []).append(row)
+
+
+def pending_audit_rows(session: Session) -> list[dict[str, Any]]:
+    """Rows queued and not yet written (tests, diagnostics)."""
+    return list(session.info.get(_PENDING, ()))
+
+
+@event.listens_for(Session, "before_commit")
+def _write_pending(session: Session) -> None:
+    rows = session.info.pop(_PENDING, None)
+    if rows:
+        session.connection().execute(_INSERT, rows)
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        session.info.setdefault(_MARKS, {})[id(transaction)] = len(session.info.get(_PENDING, ()))
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous: SessionTransaction) -> None:
+    # What a rolled-back transaction (or savepoint) recorded did not happen.
+    if previous.nested:
+        mark = session.info.get(_MARKS, {}).pop(id(previous), None)
+        if mark is not None and _PENDING in session.info:
+            del session.info[_PENDING][mark:]
+    elif previous.parent is None:
+        session.info.pop(_PENDING, None)
+        session.info.pop(_MARKS, None)

@@ -1,0 +1,157 @@
+"""The request hot paths keep their guarantees: audit rows, organisation facts, pooled connections, totals."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import event, func, select
+
+from referral_service.domain import db as db_module
+from referral_service.domain.actor import Actor
+from referral_service.domain.audit import pending_audit_rows
+from referral_service.domain.registry import AuditRecord, Organization
+from referral_service.extensions import database
+from referral_service.services import actors
+from referral_service.services.resources import audit
+from tests.functional.fhir_helpers import Fhir, patient, token_for
+
+CLINIC = Actor(name="his", kind="client", organization_id="org-1")
+
+
+def _audit_count() -> int:
+    with database.unit_of_work() as session:
+        return int(session.scalar(select(func.count()).select_from(AuditRecord)) or 0)
+
+
+def test_audit_rows_are_written_when_the_transaction_commits(app: Flask) -> None:
+    with database.unit_of_work() as session:
+        audit(session, CLINIC, action="R", interaction="read", entity_type="Patient", entity_id="p1")
+        audit(session, CLINIC, action="R", interaction="read", entity_type="Patient", entity_id="p2")
+        assert len(pending_audit_rows(session)) == 2
+    with database.unit_of_work() as session:
+        rows = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
+        assert [(r.entity_id, r.agent_name, r.organization_id) for r in rows] == [
+            ("p1", "his", "org-1"), ("p2", "his", "org-1")]
+        assert all(r.recorded is not None and r.recorded.tzinfo is not None for r in rows)
+
+
+def test_audit_rows_of_rolled_back_work_are_not_written(app: Flask) -> None:
+    def failing_use_case() -> None:
+        with database.unit_of_work() as session:
+            audit(session, CLINIC, action="C", interaction="create", entity_type="Patient", entity_id="p1")
+            raise RuntimeError("the use case failed")
+
+    with pytest.raises(RuntimeError):
+        failing_use_case()
+    assert _audit_count() == 0
+
+
+def test_audit_rows_recorded_inside_a_rolled_back_savepoint_are_dropped(app: Flask) -> None:
+    with database.unit_of_work() as session:
+        audit(session, CLINIC, action="R", interaction="read", entity_id="kept")
+        savepoint = session.begin_nested()
+        audit(session, CLINIC, action="C", interaction="create", entity_id="previewed")
+        savepoint.rollback()
+        kept = session.begin_nested()
+        audit(session, CLINIC, action="U", interaction="update", entity_id="released")
+        kept.commit()
+    with database.unit_of_work() as session:
+        assert sorted(session.scalars(select(AuditRecord.entity_id))) == ["kept", "released"]
+
+
+def test_organisation_facts_are_cached_and_forgotten_when_the_row_changes(
+    app: Flask, make_org: Callable[..., str]
+) -> None:
+    make_org("org-9", facility_level="township", district="青山县")
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        statements.append(statement)
+
+    event.listen(database.engine, "before_cursor_execute", count)
+    try:
+        with database.unit_of_work() as session:
+            first = actors.actor_for(session, name="his", kind="client", organization_id="org-9")
+            again = actors.actor_for(session, name="his", kind="client", organization_id="org-9")
+        assert first == again and first.facility_level == "township"
+        assert sum("organization" in s for s in statements) == 1  # the second came from the cache
+        with database.unit_of_work() as session:
+            row = session.get(Organization, "org-9")
+            assert row is not None
+            row.facility_level, row.district = "county", "白水县"
+        with database.unit_of_work() as session:
+            changed = actors.actor_for(session, name="his", kind="client", organization_id="org-9")
+        facts = (changed.facility_level, changed.district, changed.leads_district)
+        assert facts == ("county", "白水县", True)
+    finally:
+        event.remove(database.engine, "before_cursor_execute", count)
+
+
+def test_facts_of_a_vanished_organisation_are_refused(app: Flask, make_org: Callable[..., str]) -> None:
+    make_org("org-gone")
+    with database.unit_of_work() as session:
+        actors.actor_for(session, name="his", kind="client", organization_id="org-gone")
+        session.delete(session.get(Organization, "org-gone"))
+    from referral_service.domain.errors import Unauthorized
+
+    with database.unit_of_work() as session, pytest.raises(Unauthorized):
+        actors.actor_for(session, name="his", kind="client", organization_id="org-gone")
+
+
+def test_an_idle_pooled_connection_that_died_is_replaced_before_use(
+    backend: str, app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("SQLite has no server connection to lose")
+    with database.engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    # The pool now holds that connection; the server drops it while it is idle.
+    url = database.engine.url
+    with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname=url.database,
+                         autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 0.0)
+    time.sleep(0.05)
+    with database.engine.connect() as conn:  # no error: the dead one was pinged and discarded
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+
+
+@contextmanager
+def _statements() -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def on_execute(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        seen.append(statement)
+
+    event.listen(database.engine, "before_cursor_execute", on_execute)
+    try:
+        yield seen
+    finally:
+        event.remove(database.engine, "before_cursor_execute", on_execute)
+
+
+def test_search_total_comes_from_the_page_when_it_holds_every_match(
+    client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
+) -> None:
+    cid, secret = make_api_client("platform-test", org_id="org-1")
+    fhir = Fhir(client, token_for(client, cid, secret))
+    for given in ("一", "二", "三"):
+        assert fhir.post("Patient", patient(None, family="宋", given=given)).status_code == 201
+    with _statements() as seen:
+        whole = fhir.get("Patient?family=宋")
+    assert whole.json["total"] == 3 and len(whole.json["entry"]) == 3
+    assert not [s for s in seen if "count(" in s.lower()]
+    with _statements() as seen:
+        first = fhir.get("Patient?family=宋&_count=2")
+    assert first.json["total"] == 3 and len(first.json["entry"]) == 2
+    assert [s for s in seen if "count(" in s.lower()]
+    nxt = next(link["url"] for link in first.json["link"] if link["relation"] == "next")
+    second = fhir.get(nxt.split("/fhir/", 1)[1])
+    assert second.json["total"] == 3 and len(second.json["entry"]) == 1
