@@ -86,7 +86,7 @@ def _known_type(resource_type: str) -> None:
 def with_actor(resource_type: str, permission: str, work: Callable[[Session, Actor], T]) -> T:
     """Check token and scope, then run the work in one unit of work as the caller's Actor."""
     principal = require(resource_type, permission)
-    with database.unit_of_work() as session:
+    with database.unit_of_work(read_only=permission in ("r", "s")) as session:
         actor = actor_for(
             session, name=principal.client_id, kind="client", organization_id=principal.organization_id
         )

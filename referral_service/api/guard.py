@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from flask import current_app, g, request
 
@@ -28,7 +29,12 @@ class Principal:
 
     def may(self, resource_type: str, permission: str) -> bool:
         """Whether the granted scopes allow the interaction."""
-        return allows(list(self.scopes), resource_type, permission)
+        return allows(self.scopes, resource_type, permission)
+
+
+@lru_cache(maxsize=256)
+def _scopes(text: str) -> tuple[Scope, ...]:
+    return tuple(parse_scopes(text))
 
 
 def current_principal() -> Principal:
@@ -48,7 +54,7 @@ def current_principal() -> Principal:
         )
     except TokenError as exc:
         raise InvalidToken(str(exc)) from None
-    principal = Principal(claims.client_id, claims.organization_id, tuple(parse_scopes(claims.scope)))
+    principal = Principal(claims.client_id, claims.organization_id, _scopes(claims.scope))
     g.principal = principal
     g.client_id = claims.client_id
     return principal

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 PERMISSIONS = "cruds"
@@ -72,6 +73,6 @@ def grant(requested: str | None, held: str) -> list[Scope]:
     return granted
 
 
-def allows(scopes: list[Scope], resource: str, permission: str) -> bool:
+def allows(scopes: Sequence[Scope], resource: str, permission: str) -> bool:
     """Whether any scope permits the interaction."""
     return any(s.allows(resource, permission) for s in scopes)

@@ -21,6 +21,7 @@ class Database:
     def __init__(self) -> None:
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
+        self._read_sessions: sessionmaker[Session] | None = None
         self._key: tuple[str, bool, int] | None = None
 
     def configure(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
@@ -55,6 +56,13 @@ class Database:
             event.listen(engine, "checkin", _note_checkin)
         self._engine = engine
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        # Reads on PostgreSQL run each statement in its own implicit transaction (READ COMMITTED gives
+        # every statement its own snapshot anyway): no BEGIN and COMMIT round trips. SQLite keeps its
+        # BEGIN IMMEDIATE transactions.
+        reads = engine
+        if engine.dialect.name != "sqlite":
+            reads = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._read_sessions = sessionmaker(bind=reads, expire_on_commit=False)
 
     @property
     def engine(self) -> Engine:
@@ -75,9 +83,14 @@ class Database:
         return self._sessions()
 
     @contextmanager
-    def unit_of_work(self) -> Iterator[Session]:
-        """One transaction: commit once at the end, roll back on any error."""
-        session = self.session()
+    def unit_of_work(self, *, read_only: bool = False) -> Iterator[Session]:
+        """One transaction: commit once at the end, roll back on any error.
+
+        `read_only`: the work only reads (and records audit rows, written when it ends); on PostgreSQL
+        its statements autocommit one by one.
+        """
+        reads = self._read_sessions if read_only else None
+        session = reads() if reads is not None else self.session()
         try:
             yield session
             session.commit()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy import and_, false, or_, select
+from sqlalchemy import bindparam, false, select, tuple_
 from sqlalchemy.orm import Session
 
 from ..domain.actor import SYSTEM, Actor
@@ -20,7 +20,7 @@ from ..fhir.mappers import ON_DELETE, TO_DOMAIN
 from ..fhir.mappers.patient import RESIDENT_ID_SYSTEM
 from ..fhir.resources import RESOURCES
 from ..fhir.search import Include, SearchQuery, parse_search
-from ..fhir.search_params import extract
+from ..fhir.search_params import IndexRows, extract
 from ..fhir.store import ResourceStore, SearchPage, Stored
 from ..fhir.validation import check_resource
 
@@ -98,27 +98,25 @@ def audit(
     )
 
 
+# Which of a set of (type, id) pairs exist: one statement, built once, for any number of pairs.
+_EXISTING = select(StoredResource.res_type, StoredResource.res_id).where(
+    StoredResource.deleted == false(),
+    tuple_(StoredResource.res_type, StoredResource.res_id).in_(bindparam("refs", expanding=True)),
+)
+
+
 def _check_references(
     session: Session,
     resource_type: str,
-    resource: dict[str, Any],
+    rows: IndexRows,
     known: frozenset[tuple[str, str]] = frozenset(),
 ) -> None:
     """Every literal reference to a type we store must point at an existing resource (422 otherwise)."""
-    rows = extract(resource, list(RESOURCES[resource_type].params))
     # `known`: resources being created in the same transaction (they may come later in its order).
     wanted = {(t, i) for _, t, i in rows.references if t in RESOURCES and t != "AuditEvent"} - known
     if not wanted:
         return
-    found = {
-        (r[0], r[1])
-        for r in session.execute(
-            select(StoredResource.res_type, StoredResource.res_id).where(
-                StoredResource.deleted == false(),
-                or_(*[and_(StoredResource.res_type == t, StoredResource.res_id == i) for t, i in wanted]),
-            )
-        ).all()
-    }
+    found = {(t, i) for t, i in session.connection().execute(_EXISTING, {"refs": sorted(wanted)})}
     missing = sorted(wanted - found)
     if missing:
         problems = [
@@ -147,6 +145,7 @@ def _store_version(
     *,
     method: str,
     existing: StoredResource | None,
+    index_rows: IndexRows,
 ) -> Stored:
     store = ResourceStore(session)
     _lock_business_keys(store, resource_type, body)
@@ -156,6 +155,7 @@ def _store_version(
         method=method,
         owner_org_id=existing.owner_org_id if existing else actor.organization_id,
         existing=existing,
+        index_rows=index_rows,
     )
     resource = stored.as_dict()
     mapper = TO_DOMAIN.get(resource_type)
@@ -252,9 +252,12 @@ def create(
     body = {k: v for k, v in body.items() if k != "id"}
     if assigned_id:
         body["id"] = assigned_id
-    _check_references(session, resource_type, body, known_refs)
+    index_rows = extract(body, list(RESOURCES[resource_type].params))  # ids and meta are not indexed
+    _check_references(session, resource_type, index_rows, known_refs)
     _run_before(session, actor, resource_type, body, None)
-    stored = _store_version(session, actor, resource_type, body, method="POST", existing=None)
+    stored = _store_version(
+        session, actor, resource_type, body, method="POST", existing=None, index_rows=index_rows
+    )
     result = WriteResult(stored, created=True, warnings=warnings)
     audit(
         session,
@@ -302,10 +305,13 @@ def update(
             shown = "none" if current is None else f'W/"{current}"'
             raise PreconditionFailed(f"If-Match {if_match} does not match the current version ({shown})")
     body = {**body, "id": res_id}
-    _check_references(session, resource_type, body, known_refs)
+    index_rows = extract(body, list(RESOURCES[resource_type].params))
+    _check_references(session, resource_type, index_rows, known_refs)
     previous = jsonio.loads(existing.content) if existing is not None and not existing.deleted else None
     _run_before(session, actor, resource_type, body, previous)
-    stored = _store_version(session, actor, resource_type, body, method="PUT", existing=existing)
+    stored = _store_version(
+        session, actor, resource_type, body, method="PUT", existing=existing, index_rows=index_rows
+    )
     result = WriteResult(stored, created=existing is None, warnings=warnings, previous=previous)
     audit(
         session,

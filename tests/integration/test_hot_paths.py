@@ -155,3 +155,20 @@ def test_search_total_comes_from_the_page_when_it_holds_every_match(
     nxt = next(link["url"] for link in first.json["link"] if link["relation"] == "next")
     second = fhir.get(nxt.split("/fhir/", 1)[1])
     assert second.json["total"] == 3 and len(second.json["entry"]) == 1
+
+
+def test_read_only_work_autocommits_on_postgresql_and_still_writes_its_audit_rows(
+    backend: str, app: Flask
+) -> None:
+    def driver_autocommits(session: Any) -> bool:
+        driver = session.connection().connection.driver_connection
+        return bool(driver.autocommit) if backend == "postgresql" else driver.in_transaction is False
+
+    with database.unit_of_work(read_only=True) as session:
+        autocommits = driver_autocommits(session)
+        audit(session, CLINIC, action="R", interaction="read", entity_type="Patient", entity_id="p1")
+    # PostgreSQL: no BEGIN/COMMIT round trips; SQLite keeps its serialising transactions.
+    assert autocommits is (backend == "postgresql")
+    assert _audit_count() == 1
+    with database.unit_of_work() as session:  # writers are unaffected
+        assert not driver_autocommits(session)
