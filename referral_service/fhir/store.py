@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     and_,
     bindparam,
@@ -28,7 +29,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.types import NullType
 
 from ..domain.actor import Actor
 from ..domain.base import new_id
@@ -138,6 +141,16 @@ class ResourceStore:
     def __init__(self, session: Session) -> None:
         self.session = session
 
+    def _sql(self) -> Connection:
+        """The session's connection, for column queries and Core writes (no ORM machinery per call).
+
+        Pending ORM changes (registry rows of this transaction) are flushed first, as a query through
+        the session would.
+        """
+        if self.session.new or self.session.dirty or self.session.deleted:
+            self.session.flush()
+        return self.session.connection()
+
     # ----------------------------------------------------------------- reads
 
     def current(self, res_type: str, res_id: str, *, for_update: bool = False) -> StoredResource | None:
@@ -151,7 +164,7 @@ class ResourceStore:
 
     def load(self, res_type: str, res_id: str) -> dict[str, Any] | None:
         """The current JSON of a live resource, for use cases (no access check: callers decide)."""
-        raw = self.session.execute(
+        raw = self._sql().execute(
             select(StoredResource.content).where(
                 StoredResource.res_type == res_type,
                 StoredResource.res_id == res_id,
@@ -165,7 +178,7 @@ class ResourceStore:
         rdef = RESOURCES[res_type]
         stmt = _read_statement(policy_shape(actor, rdef))
         params = {"res_type": res_type, "res_id": res_id, **policy_params(actor)}
-        row = self.session.connection().execute(stmt, params).first()
+        row = self._sql().execute(stmt, params).first()
         if row is None:
             raise NotFound(f"{res_type}/{res_id} is not known")
         if row.deleted:
@@ -190,7 +203,7 @@ class ResourceStore:
                 visible(actor, rdef),
             )
         )
-        row = self.session.execute(stmt).first()
+        row = self._sql().execute(stmt).first()
         if row is None:
             raise NotFound(f"{res_type}/{res_id}/_history/{version_id} is not known")
         if row.deleted:
@@ -241,7 +254,7 @@ class ResourceStore:
             ResourceVersion.resource_pk.desc(),
             ResourceVersion.version_id.desc(),
         ).limit(count + 1)
-        rows = self.session.execute(stmt).all()
+        rows = self._sql().execute(stmt).all()
         page = [
             Stored(r.res_type, r.res_id, r.version_id, r.last_updated, r.content, r.deleted)
             for r in rows[:count]
@@ -281,7 +294,7 @@ class ResourceStore:
         resource["meta"] = meta
         content = jsonio.dumps(_ordered(resource))
         patient_id = rdef.compartment_patient(resource)
-        connection = self.session.connection()
+        connection = self._sql()
         if existing is None:
             pk = connection.execute(
                 _INSERT_RESOURCE,
@@ -329,12 +342,12 @@ class ResourceStore:
         """Mark a resource deleted (a new version with no content); its indexes go."""
         ts = now_ms()
         version = existing.version_id + 1
-        self.session.execute(
+        self._sql().execute(
             update(StoredResource)
             .where(StoredResource.pk == existing.pk)
             .values(version_id=version, last_updated=ts, deleted=True)
         )
-        self.session.execute(
+        self._sql().execute(
             insert(ResourceVersion).values(
                 resource_pk=existing.pk,
                 version_id=version,
@@ -358,7 +371,7 @@ class ResourceStore:
         granted: set[tuple[str, str]] = self.session.info.setdefault(_GRANTED, set())
         if (patient_id, org_id) in granted:
             return
-        connection = self.session.connection()
+        connection = self._sql()
         statement = _GRANT_ACCESS.get(connection.dialect.name)
         values = {"patient_id": patient_id, "org_id": org_id, "reason": reason}
         if statement is not None:
@@ -380,11 +393,11 @@ class ResourceStore:
 
     def _drop_indexes(self, pk: int) -> None:
         for table in (TokenIndex, StringIndex, DateIndex, ReferenceIndex):
-            self.session.execute(delete(table).where(table.resource_pk == pk))
+            self._sql().execute(delete(table).where(table.resource_pk == pk))
 
     def _write_indexes(self, pk: int, res_type: str, rows: IndexRows) -> None:
         """One multi-row INSERT per index table that has rows."""
-        connection = self.session.connection()
+        connection = self._sql()
         base = {"resource_pk": pk, "res_type": res_type}
         if rows.tokens:
             connection.execute(
@@ -411,37 +424,14 @@ class ResourceStore:
 
     def search(self, query: SearchQuery, actor: Actor) -> SearchPage:
         """One page of matches in SQL (filters, access policy, keyset paging), plus includes."""
-        rdef = query.rdef
-        where = [
-            StoredResource.res_type == rdef.type,
-            StoredResource.deleted == false(),
-            visible(actor, rdef),
-        ]
-        where += [_clause_sql(rdef.type, c) for c in query.clauses]
         if query.summary_count or query.count == 0:
             total = None
             if query.summary_count or query.total != "none":
-                total = self._count(where)
+                total = self._count(query, actor)
             return SearchPage([], [], total, None)
-        key, desc = query.sort
-        sort_col: Any = {
-            "_pk": StoredResource.pk,
-            "_id": StoredResource.res_id,
-            "_lastUpdated": StoredResource.last_updated,
-        }[key]
-        page_where = list(where)
-        if query.cursor is not None:
-            page_where.append(_after_cursor(sort_col, key, desc, query.cursor))
-        order = [sort_col.desc() if desc else sort_col.asc()]
-        if key != "_pk":
-            order.append(StoredResource.pk.desc() if desc else StoredResource.pk.asc())
-        stmt = (
-            select(StoredResource.pk, *SERVED, sort_col.label("sort_value"))
-            .where(*page_where)
-            .order_by(*order)
-            .limit(query.count + 1)
-        )
-        rows = self.session.execute(stmt).all()
+        key, _ = query.sort
+        stmt, params = _search_statement("page", query, actor)
+        rows = self._sql().execute(stmt, params).all()
         page_rows = rows[: query.count]
         next_cursor = None
         if len(rows) > query.count:
@@ -456,13 +446,14 @@ class ResourceStore:
         if query.total != "none":
             # A first page that holds every match is its own count; otherwise count in SQL.
             complete = query.cursor is None and next_cursor is None
-            total = len(page_rows) if complete else self._count(where)
+            total = len(page_rows) if complete else self._count(query, actor)
         matches = [_stored(r) for r in page_rows]
         included = self._included(query, [r.pk for r in page_rows], matches, actor)
         return SearchPage(matches, included, total, next_cursor)
 
-    def _count(self, where: list[ColumnElement[bool]]) -> int:
-        return int(self.session.scalar(select(func.count()).select_from(StoredResource).where(*where)) or 0)
+    def _count(self, query: SearchQuery, actor: Actor) -> int:
+        stmt, params = _search_statement("count", query, actor)
+        return int(self._sql().scalar(stmt, params) or 0)
 
     def _included(
         self, query: SearchQuery, pks: list[int], matches: list[Stored], actor: Actor
@@ -473,7 +464,7 @@ class ResourceStore:
         out: list[Stored] = []
         for inc in query.includes:
             targets = [inc.target] if inc.target is not None else list(RESOURCES)
-            refs = self.session.execute(
+            refs = self._sql().execute(
                 select(ReferenceIndex.target_type, ReferenceIndex.target_id)
                 .where(
                     ReferenceIndex.resource_pk.in_(pks),
@@ -502,7 +493,7 @@ class ResourceStore:
                 )
                 .limit(1000)
             )
-            for row in self.session.execute(stmt).all():
+            for row in self._sql().execute(stmt).all():
                 if (row.res_type, row.res_id) not in seen:
                     seen.add((row.res_type, row.res_id))
                     out.append(_stored(row))
@@ -516,7 +507,7 @@ class ResourceStore:
             visible(actor, RESOURCES[res_type]),
         )
         out = []
-        for row in self.session.execute(stmt).all():
+        for row in self._sql().execute(stmt).all():
             if (row.res_type, row.res_id) not in seen:
                 seen.add((row.res_type, row.res_id))
                 out.append(_stored(row))
@@ -524,14 +515,8 @@ class ResourceStore:
 
     def find_ids(self, query: SearchQuery, actor: Actor, limit: int = 2) -> list[str]:
         """Ids of matches (for conditional create/update), at most `limit`."""
-        rdef = query.rdef
-        where = [
-            StoredResource.res_type == rdef.type,
-            StoredResource.deleted == false(),
-            visible(actor, rdef),
-        ]
-        where += [_clause_sql(rdef.type, c) for c in query.clauses]
-        return list(self.session.scalars(select(StoredResource.res_id).where(*where).limit(limit)))
+        stmt, params = _search_statement("ids", query, actor)
+        return list(self._sql().scalars(stmt, {**params, "row_limit": limit}))
 
     def lock_key(self, key: str) -> None:
         """Serialise writers on a key until the transaction ends (PostgreSQL advisory lock).
@@ -540,7 +525,7 @@ class ResourceStore:
         """
         if self.session.get_bind().dialect.name == "postgresql":
             digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
-            self.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": digest})
+            self._sql().execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": digest})
 
 
 def _ordered(resource: dict[str, Any]) -> dict[str, Any]:
@@ -550,9 +535,10 @@ def _ordered(resource: dict[str, Any]) -> dict[str, Any]:
     return head
 
 
-def _after_cursor(sort_col: Any, key: str, desc: bool, cursor: dict[str, Any]) -> ColumnElement[bool]:
-    """Rows after the cursor's position in the sort order (ties broken by pk)."""
-    pk, value = cursor["pk"], cursor["v"]
+def _after_cursor(sort_col: Any, key: str, desc: bool) -> ColumnElement[bool]:
+    """Rows after the cursor's position in the sort order (ties broken by pk); values as parameters."""
+    pk: Any = bindparam("cursor_pk")
+    value: Any = bindparam("cursor_value")
     if key == "_pk":
         return StoredResource.pk < pk if desc else StoredResource.pk > pk
     if desc:
@@ -560,18 +546,142 @@ def _after_cursor(sort_col: Any, key: str, desc: bool, cursor: dict[str, Any]) -
     return or_(sort_col > value, and_(sort_col == value, StoredResource.pk > pk))
 
 
+# Search statements by shape: built once, then run with new values (building SQLAlchemy statements
+# costs more than running them). Bounded: a client sending ever-new shapes only refills it.
+_SEARCH_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+_SEARCH_STATEMENTS_MAX = 512
+_SORT_COLUMNS: dict[str, Any] = {
+    "_pk": StoredResource.pk,
+    "_id": StoredResource.res_id,
+    "_lastUpdated": StoredResource.last_updated,
+}
+
+
+def _search_statement(kind: str, query: SearchQuery, actor: Actor) -> tuple[Any, dict[str, Any]]:
+    """The statement (`page`, `count` or `ids`) for the query's shape, and this query's values."""
+    rdef = query.rdef
+    shape = policy_shape(actor, rdef)
+    key_name, desc = query.sort
+    paged = kind == "page" and query.cursor is not None
+    cache_key = (kind, rdef.type, shape, tuple(_clause_shape(c) for c in query.clauses), query.sort, paged)
+    values = [v for c in query.clauses for v in _clause_values(c)]
+    params: dict[str, Any] = {f"v{i}": v for i, v in enumerate(values)}
+    params.update(policy_params(actor), page_limit=query.count + 1)
+    if paged:
+        assert query.cursor is not None
+        params.update(cursor_pk=query.cursor["pk"], cursor_value=query.cursor["v"])
+    stmt = _SEARCH_STATEMENTS.get(cache_key)
+    if stmt is not None:
+        return stmt, params
+    bind = _Binder()
+    where = [
+        StoredResource.res_type == rdef.type,
+        StoredResource.deleted == false(),
+        _policy(shape, bindparam(_ORG), bindparam(_DISTRICT)),
+        *[_clause_sql(rdef.type, c, bind) for c in query.clauses],
+    ]
+    assert bind.values == values, "_clause_values and _clause_sql disagree"
+    if kind == "count":
+        stmt = select(func.count()).select_from(StoredResource).where(*where)
+    elif kind == "ids":
+        stmt = select(StoredResource.res_id).where(*where).limit(bindparam("row_limit", type_=Integer))
+    else:
+        sort_col = _SORT_COLUMNS[key_name]
+        if paged:
+            where.append(_after_cursor(sort_col, key_name, desc))
+        order = [sort_col.desc() if desc else sort_col.asc()]
+        if key_name != "_pk":
+            order.append(StoredResource.pk.desc() if desc else StoredResource.pk.asc())
+        stmt = (
+            select(StoredResource.pk, *SERVED, sort_col.label("sort_value"))
+            .where(*where)
+            .order_by(*order)
+            .limit(bindparam("page_limit", type_=Integer))
+        )
+    if len(_SEARCH_STATEMENTS) >= _SEARCH_STATEMENTS_MAX:
+        _SEARCH_STATEMENTS.clear()
+    _SEARCH_STATEMENTS[cache_key] = stmt
+    return stmt, params
+
+
 def _in_index(table: Any, res_type: str, param: str, condition: ColumnElement[bool]) -> ColumnElement[bool]:
     sub = select(table.resource_pk).where(table.res_type == res_type, table.param == param, condition)
     return StoredResource.pk.in_(sub)
 
 
-def _clause_sql(res_type: str, clause: Clause) -> ColumnElement[bool]:
+class _Binder:
+    """Names a statement's search values v0, v1, ... in the order `_clause_values` lists them."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any, *, expanding: bool = False) -> Any:
+        self.values.append(value)
+        # No type of its own: the bound value takes the type of the column it is compared with.
+        return bindparam(f"v{len(self.values) - 1}", value, expanding=expanding, type_=NullType())
+
+
+def _like(value: str, *, anywhere: bool) -> str:
+    """A LIKE pattern (escape character '/') matching the value as a prefix, or anywhere."""
+    escaped = value.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return ("%" if anywhere else "") + escaped + "%"
+
+
+def _clause_shape(clause: Clause) -> tuple[Any, ...]:
+    """What decides the SQL of a clause (its values aside): clauses of one shape share a statement."""
+    p, modifier, values = clause.param, clause.modifier, clause.values
+    if p.name == "_id":
+        return (p.name,)
+    if modifier == "missing":
+        return (p.name, modifier, bool(values[0]))
+    if p.name == "_lastUpdated" or p.type == "date":
+        return (p.name, modifier, tuple(prefix for prefix, _, _ in values))
+    if p.type == "token":
+        return (p.name, modifier, tuple((s is None, s == "", c is None) for s, c in values))
+    if p.type == "string":
+        return (p.name, modifier, len(values))
+    return (p.name, modifier, tuple(bool(t) for t, _ in values))
+
+
+def _clause_values(clause: Clause) -> list[Any]:
+    """The values `_clause_sql` binds, in its order."""
+    p, modifier, values = clause.param, clause.modifier, clause.values
+    if p.name == "_id":
+        return [list(values)]
+    if modifier == "missing":
+        return []
+    if p.name == "_lastUpdated" or p.type == "date":
+        return [v for _, lo, hi in values for v in (lo, hi)]
+    if p.type == "token":
+        out: list[Any] = []
+        for system, code in values:
+            if code is not None:
+                out.append(code)
+            if system:
+                out.append(system)
+        return out
+    if p.type == "string":
+        if modifier == "exact":
+            return list(values)
+        return [_like(normalise(v), anywhere=modifier == "contains") for v in values]
+    out = []
+    for target_type, target_id in values:
+        out.append(target_id)
+        if target_type:
+            out.append(target_type)
+    return out
+
+
+def _clause_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[bool]:
+    """The clause as SQL, its values bound through `bind` (in the order of `_clause_values`)."""
     p = clause.param
     if p.name == "_id":
-        return StoredResource.res_id.in_(list(clause.values))
+        return StoredResource.res_id.in_(bind(list(clause.values), expanding=True))
     if p.name == "_lastUpdated":
         col = StoredResource.last_updated
-        return or_(*[_date_compare(prefix, lo, hi, col, col) for prefix, lo, hi in clause.values])
+        return or_(
+            *[_date_compare(prefix, bind(lo), bind(hi), col, col) for prefix, lo, hi in clause.values]
+        )
     table: Any = {"token": TokenIndex, "string": StringIndex, "date": DateIndex, "reference": ReferenceIndex}[
         p.type
     ]
@@ -585,11 +695,11 @@ def _clause_sql(res_type: str, clause: Clause) -> ColumnElement[bool]:
         for system, code in clause.values:
             cond = []
             if code is not None:
-                cond.append(TokenIndex.code == code)
+                cond.append(TokenIndex.code == bind(code))
             if system == "":
                 cond.append(TokenIndex.system.is_(None))
             elif system is not None:
-                cond.append(TokenIndex.system == system)
+                cond.append(TokenIndex.system == bind(system))
             options.append(and_(*cond) if cond else true())
         match = _in_index(TokenIndex, res_type, p.name, or_(*options))
         return not_(match) if clause.modifier == "not" else match
@@ -597,11 +707,10 @@ def _clause_sql(res_type: str, clause: Clause) -> ColumnElement[bool]:
         options = []
         for value in clause.values:
             if clause.modifier == "exact":
-                options.append(StringIndex.exact == value)
-            elif clause.modifier == "contains":
-                options.append(StringIndex.value.contains(normalise(value), autoescape=True))
+                options.append(StringIndex.exact == bind(value))
             else:
-                options.append(StringIndex.value.startswith(normalise(value), autoescape=True))
+                pattern = _like(normalise(value), anywhere=clause.modifier == "contains")
+                options.append(StringIndex.value.like(bind(pattern), escape="/"))
         return _in_index(StringIndex, res_type, p.name, or_(*options))
     if p.type == "date":
         return _in_index(
@@ -610,16 +719,16 @@ def _clause_sql(res_type: str, clause: Clause) -> ColumnElement[bool]:
             p.name,
             or_(
                 *[
-                    _date_compare(prefix, lo, hi, DateIndex.low, DateIndex.high)
+                    _date_compare(prefix, bind(lo), bind(hi), DateIndex.low, DateIndex.high)
                     for prefix, lo, hi in clause.values
                 ]
             ),
         )
     options = []
     for target_type, target_id in clause.values:
-        cond = [ReferenceIndex.target_id == target_id]
+        cond = [ReferenceIndex.target_id == bind(target_id)]
         if target_type:
-            cond.append(ReferenceIndex.target_type == target_type)
+            cond.append(ReferenceIndex.target_type == bind(target_type))
         options.append(and_(*cond))
     return _in_index(ReferenceIndex, res_type, p.name, or_(*options))
 

@@ -172,3 +172,44 @@ def test_read_only_work_autocommits_on_postgresql_and_still_writes_its_audit_row
     assert _audit_count() == 1
     with database.unit_of_work() as session:  # writers are unaffected
         assert not driver_autocommits(session)
+
+
+@pytest.mark.parametrize(
+    "query_text",
+    [
+        "Patient?identifier=http://x|1&identifier=|2,3&identifier=http://y|&gender:not=male",
+        "Patient?name=Wang,li&family:exact=王&name:contains=10%_/x",
+        "Patient?birthdate=ge1990-01-01&birthdate=lt2000,eq1995-03&_lastUpdated=gt2026-01-01",
+        "Patient?organization=Organization/qs-th-01,qs-th-02&_id=a,b,c",
+        "Patient?identifier:missing=true&family:missing=false",
+        "Encounter?subject=Patient/p1&date=ap2026-11-30&class=AMB&status=finished,in-progress",
+    ],
+)
+def test_search_values_are_bound_in_the_order_the_statement_names_them(query_text: str) -> None:
+    from urllib.parse import parse_qsl
+
+    from referral_service.fhir.search import parse_search
+    from referral_service.fhir.store import _Binder, _clause_sql, _clause_values
+
+    resource_type, _, args = query_text.partition("?")
+    query = parse_search(resource_type, parse_qsl(args), 50, 1000)
+    for clause in query.clauses:
+        bind = _Binder()
+        _clause_sql(resource_type, clause, bind)
+        assert bind.values == _clause_values(clause), clause
+
+
+def test_a_search_statement_is_reused_with_new_values(
+    client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
+) -> None:
+    from referral_service.fhir import store
+
+    cid, secret = make_api_client("platform-test", org_id="org-1")
+    fhir = Fhir(client, token_for(client, cid, secret))
+    for family in ("宋", "唐", "元"):
+        assert fhir.post("Patient", patient(None, family=family, given="一")).status_code == 201
+    store._SEARCH_STATEMENTS.clear()
+    found = {f: fhir.get(f"Patient?family={f}&_count=5").json for f in ("宋", "唐", "元", "明")}
+    assert {f: b["total"] for f, b in found.items()} == {"宋": 1, "唐": 1, "元": 1, "明": 0}
+    assert [e["resource"]["name"][0]["family"] for e in found["唐"]["entry"]] == ["唐"]
+    assert len([k for k in store._SEARCH_STATEMENTS if k[0] == "page"]) == 1  # one shape, one statement
