@@ -46,7 +46,7 @@ from ..domain.fhir_store import (
     TokenIndex,
 )
 from ..domain.registry import Patient
-from . import jsonio
+from . import jsonio, store_pg
 from .resources import RESOURCES, ResourceDef
 from .search import Clause, Include, SearchQuery, encode_cursor
 from .search_params import MAX_INSTANT, MIN_INSTANT, IndexRows, extract, normalise
@@ -294,7 +294,45 @@ class ResourceStore:
         resource["meta"] = meta
         content = jsonio.dumps(_ordered(resource))
         patient_id = rdef.compartment_patient(resource)
+        if index_rows is None:
+            index_rows = extract(resource, list(rdef.params))
         connection = self._sql()
+        if connection.dialect.name == "postgresql":
+            store_pg.write_version(
+                connection,
+                pk=existing.pk if existing is not None else None,
+                res_type=res_type,
+                res_id=res_id,
+                version_id=version,
+                last_updated=ts,
+                method=method,
+                content=content,
+                owner_org_id=owner_org_id,
+                patient_id=patient_id,
+                rows=index_rows,
+            )
+        else:
+            self._write_version(connection, existing, res_type, res_id, version, ts, method, content,
+                                owner_org_id, patient_id, index_rows)
+        if existing is not None:
+            self._expire_rows()
+        return Stored(res_type, res_id, version, ts, content)
+
+    def _write_version(
+        self,
+        connection: Connection,
+        existing: StoredResource | None,
+        res_type: str,
+        res_id: str,
+        version: int,
+        ts: datetime,
+        method: str,
+        content: bytes,
+        owner_org_id: str | None,
+        patient_id: str | None,
+        index_rows: IndexRows,
+    ) -> None:
+        """The generic write: resource, history row, then one INSERT per index table."""
         if existing is None:
             pk = connection.execute(
                 _INSERT_RESOURCE,
@@ -331,12 +369,7 @@ class ResourceStore:
                 "content": content,
             },
         )
-        if index_rows is None:
-            index_rows = extract(resource, list(rdef.params))
         self._write_indexes(pk, res_type, index_rows)
-        if existing is not None:
-            self._expire_rows()
-        return Stored(res_type, res_id, version, ts, content)
 
     def delete(self, existing: StoredResource) -> Stored:
         """Mark a resource deleted (a new version with no content); its indexes go."""

@@ -213,3 +213,37 @@ def test_a_search_statement_is_reused_with_new_values(
     assert {f: b["total"] for f, b in found.items()} == {"宋": 1, "唐": 1, "元": 1, "明": 0}
     assert [e["resource"]["name"][0]["family"] for e in found["唐"]["entry"]] == ["唐"]
     assert len([k for k in store._SEARCH_STATEMENTS if k[0] == "page"]) == 1  # one shape, one statement
+
+
+def test_an_update_replaces_every_index_row_and_keeps_the_history(
+    client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
+) -> None:
+    """On PostgreSQL one statement writes the version and its indexes; the outcome is the generic one's."""
+    cid, secret = make_api_client("platform-test", org_id="org-1")
+    fhir = Fhir(client, token_for(client, cid, secret))
+    from datetime import date
+
+    from referral_service.domain import resident_id
+
+    number = resident_id.generate("620421", date(1990, 3, 7), "female", 2)
+    created = fhir.post("Patient", patient(number, family="宋", given="一"))
+    assert created.status_code == 201, created.json
+    pid = created.json["id"]
+    changed = patient(number, family="唐", given="二", birth="1990-03-07")
+    changed["id"] = pid
+    assert fhir.put(f"Patient/{pid}", changed).status_code == 200
+    assert fhir.get("Patient?family=宋").json["total"] == 0
+    assert [e["resource"]["id"] for e in fhir.get("Patient?family=唐").json["entry"]] == [pid]
+    assert fhir.get(f"Patient?identifier={number}").json["total"] == 1  # not twice
+    assert fhir.get("Patient?birthdate=1990-03-07").json["total"] == 1
+    history = fhir.get(f"Patient/{pid}/_history").json
+    assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["2", "1"]
+    with database.unit_of_work() as session:
+        from referral_service.domain.fhir_store import StoredResource, StringIndex, TokenIndex
+
+        pk = session.scalar(select(StoredResource.pk).where(StoredResource.res_id == pid))
+        tokens = session.scalars(select(TokenIndex.code).where(TokenIndex.resource_pk == pk)).all()
+        strings = session.scalars(select(StringIndex.exact).where(StringIndex.param == "family",
+                                                                  StringIndex.resource_pk == pk)).all()
+    assert tokens.count(number) == 1
+    assert strings == ["唐"]
