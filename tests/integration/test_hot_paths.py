@@ -247,3 +247,32 @@ def test_an_update_replaces_every_index_row_and_keeps_the_history(
                                                                   StringIndex.resource_pk == pk)).all()
     assert tokens.count(number) == 1
     assert strings == ["唐"]
+
+
+def test_patient_registry_row_follows_every_write_of_the_resource(
+    client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
+) -> None:
+    from datetime import date
+
+    from referral_service.domain import resident_id
+    from referral_service.domain.registry import Patient
+    from referral_service.fhir.mappers.patient import POVERTY_URL
+
+    cid, secret = make_api_client("platform-test", org_id="org-1")
+    fhir = Fhir(client, token_for(client, cid, secret))
+    number = resident_id.generate("620421", date(1985, 5, 1), "male", 7)
+    body = patient(number, family="宋", given="一", gender="male", birth="1985-05-01")
+    body["extension"] = [{"url": POVERTY_URL, "valuePeriod": {"start": "2020-01-01", "end": "2022-12-31"}}]
+    pid = fhir.post("Patient", body).json["id"]
+    body.update(id=pid, extension=[{"url": POVERTY_URL, "valuePeriod": {"start": "2024-01-01"}}],
+                name=[{"family": "唐", "given": ["二"]}])
+    with database.unit_of_work() as session:
+        loaded = session.get(Patient, pid)  # in the identity map when the write changes the row
+        assert loaded is not None and loaded.family_name == "宋"
+        from referral_service.services import resources as service
+
+        service.update(session, actors.actor_for(session, name=cid, kind="client", organization_id="org-1"),
+                       "Patient", pid, body)
+        assert (loaded.family_name, loaded.given_name) == ("唐", "二")
+        assert [(r.start, r.end) for r in loaded.poverty_registrations] == [(date(2024, 1, 1), None)]
+        assert loaded.created_by_org_id == "org-1" and loaded.resident_id == number

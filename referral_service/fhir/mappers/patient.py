@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ...domain import resident_id
@@ -29,13 +31,60 @@ def _name(resource: dict[str, Any]) -> tuple[str, str]:
     return family[:50], given[:50]
 
 
+# Registry writes of a Patient, built once: a write through the API costs a few statements, not an
+# ORM flush.
+_HOLDER = select(Patient.id).where(Patient.resident_id == bindparam("number"), Patient.id != bindparam("pid"))
+_REGISTRY_COLUMNS = (
+    "family_name", "given_name", "resident_id", "gender", "birth_date", "active", "phone", "district",
+    "township", "village", "address_line", "general_practitioner_id",
+)  # fmt: skip
+
+
+def _upsert(dialect_insert: Any) -> Any:
+    """Insert the row, or update every registry column of an existing one (its creator stays)."""
+    stmt = dialect_insert(Patient)
+    return stmt.on_conflict_do_update(
+        index_elements=[Patient.id], set_={c: getattr(stmt.excluded, c) for c in _REGISTRY_COLUMNS}
+    )
+
+
+_UPSERT = {"postgresql": _upsert(pg_insert), "sqlite": _upsert(sqlite_insert)}
+_DROP_REGISTRATIONS = delete(PovertyRegistration).where(PovertyRegistration.patient_id == bindparam("pid"))
+_ADD_REGISTRATION = insert(PovertyRegistration)
+
+
+def _registry_columns(resource: dict[str, Any], number: str | None) -> dict[str, Any]:
+    family, given = _name(resource)
+    phones = [t.get("value") for t in resource.get("telecom") or [] if t.get("system") == "phone"]
+    address = (resource.get("address") or [{}])[0]
+    lines = address.get("line") or []
+    gps = [ref_id(g, "Organization") for g in resource.get("generalPractitioner") or []]
+    return {
+        "family_name": family,
+        "given_name": given,
+        "resident_id": number,
+        "gender": resource.get("gender") or "unknown",
+        "birth_date": fhir_date(resource.get("birthDate")),
+        "active": resource.get("active", True) is not False,
+        "phone": clip(phones[0], 32) if phones else None,
+        "district": clip(address.get("district"), 100),
+        "township": clip(lines[0], 100) if len(lines) > 0 else None,
+        "village": clip(lines[1], 100) if len(lines) > 1 else None,
+        "address_line": clip(lines[2], 200) if len(lines) > 2 else None,
+        "general_practitioner_id": next((g for g in gps if g), None),
+    }
+
+
 def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_create: bool) -> None:
-    """Insert or update the registry row; 409 when another patient holds the identity number."""
+    """Insert or update the registry row (one upsert either way); 409 when another patient holds the
+    identity number."""
     pid = str(resource["id"])
     number = identifier_value(resource, RESIDENT_ID_SYSTEM)
     number = resident_id.normalise(number) if number else None
+    session.flush()  # registry rows of this transaction still pending in the ORM go first
+    connection = session.connection()
     if number:
-        other = session.scalar(select(Patient.id).where(Patient.resident_id == number, Patient.id != pid))
+        other = connection.execute(_HOLDER, {"number": number, "pid": pid}).scalar()
         if other is not None:
             raise Conflict(
                 f"another patient (Patient/{other}) has this resident identity number",
@@ -47,34 +96,24 @@ def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_creat
                     )
                 ],
             )
-    row = session.get(Patient, pid)
-    if row is None:
-        row = Patient(id=pid, created_by_org_id=actor.organization_id)
-        session.add(row)
-    row.family_name, row.given_name = _name(resource)
-    row.resident_id = number
-    row.gender = resource.get("gender") or "unknown"
-    row.birth_date = fhir_date(resource.get("birthDate"))
-    row.active = resource.get("active", True) is not False
-    phones = [t.get("value") for t in resource.get("telecom") or [] if t.get("system") == "phone"]
-    row.phone = clip(phones[0], 32) if phones else None
-    address = (resource.get("address") or [{}])[0]
-    row.district = clip(address.get("district"), 100)
-    lines = address.get("line") or []
-    row.township = clip(lines[0], 100) if len(lines) > 0 else None
-    row.village = clip(lines[1], 100) if len(lines) > 1 else None
-    row.address_line = clip(lines[2], 200) if len(lines) > 2 else None
-    gps = [ref_id(g, "Organization") for g in resource.get("generalPractitioner") or []]
-    row.general_practitioner_id = next((g for g in gps if g), None)
+    columns = _registry_columns(resource, number)
+    connection.execute(
+        _UPSERT[connection.dialect.name], {"id": pid, "created_by_org_id": actor.organization_id, **columns}
+    )
+    connection.execute(_DROP_REGISTRATIONS, {"pid": pid})
     periods = [
         e.get("valuePeriod") or {} for e in resource.get("extension") or [] if e.get("url") == POVERTY_URL
     ]
-    row.poverty_registrations = [
-        PovertyRegistration(start=fhir_date(p.get("start")), end=fhir_date(p.get("end")))
+    registrations = [
+        {"patient_id": pid, "start": fhir_date(p.get("start")), "end": fhir_date(p.get("end"))}
         for p in periods
         if fhir_date(p.get("start"))
     ]
-    session.flush()
+    if registrations:
+        connection.execute(_ADD_REGISTRATION, registrations)
+    loaded = session.identity_map.get(session.identity_key(Patient, pid)) if session.identity_map else None
+    if loaded is not None:
+        session.expire(loaded)  # changed behind the ORM's back
 
 
 def on_delete(session: Session, patient_id: str) -> None:
