@@ -686,7 +686,7 @@ def load_registry(url: str, patients: int, publish: str, materialize_sample: int
     from referral_service.extensions import database
     from referral_service.migrate import upgrade
     from referral_service.seed import seed_demo
-    from referral_service.seed.materialize import materialize
+    from referral_service.seed.materialize import PUBLISHED_TABLES, materialize
 
     configure(url)
     upgrade(database.engine)
@@ -707,6 +707,7 @@ def load_registry(url: str, patients: int, publish: str, materialize_sample: int
     else:
         with database.unit_of_work() as session:
             counts = materialize(session, ("Organization", "Patient"))
+    database.analyze(PUBLISHED_TABLES)  # as `flask fhir-publish` does after publishing
     published = time.perf_counter() - started
     log(f"  publish ({publish}): {counts} in {published:.1f} s")
     return {

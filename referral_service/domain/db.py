@@ -56,12 +56,11 @@ class Database:
             event.listen(engine, "checkin", _note_checkin)
         self._engine = engine
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
-        # Reads on PostgreSQL run each statement in its own implicit transaction (READ COMMITTED gives
-        # every statement its own snapshot anyway): no BEGIN and COMMIT round trips. SQLite keeps its
-        # BEGIN IMMEDIATE transactions.
-        reads = engine
-        if engine.dialect.name != "sqlite":
-            reads = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Reads run each statement in its own implicit transaction: on PostgreSQL no BEGIN and COMMIT
+        # round trips (READ COMMITTED gives every statement its own snapshot anyway); on SQLite no
+        # write lock for a read (WAL readers run side by side), and the audit row written at the end
+        # takes the lock only for its own INSERT.
+        reads = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._read_sessions = sessionmaker(bind=reads, expire_on_commit=False)
 
     @property
@@ -99,6 +98,18 @@ class Database:
             raise
         finally:
             session.close()
+
+    def analyze(self, tables: tuple[str, ...] = ()) -> None:
+        """Refresh the planner's statistics (after a bulk load), of the tables or of everything.
+
+        Without them SQLite's planner walks a whole index where one look-up would do, and PostgreSQL
+        guesses until autovacuum gets round to the new rows.
+        """
+        with self.engine.begin() as conn:
+            if self.is_sqlite:
+                conn.exec_driver_sql("ANALYZE")
+            else:
+                conn.exec_driver_sql("ANALYZE " + ", ".join(tables) if tables else "ANALYZE")
 
     def ping(self) -> None:
         """Raise if the database does not answer."""
@@ -148,4 +159,6 @@ def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, record: ConnectionPoolEnt
 def _sqlite_on_begin(conn: Any) -> None:
     # Every transaction takes the write lock up front: read-then-write races (caps, conditional
     # creates) cannot interleave, and SQLite never fails a transaction half-way with SQLITE_BUSY.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Read-only work (AUTOCOMMIT) runs statement by statement instead.
+    if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

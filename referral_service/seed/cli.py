@@ -11,7 +11,7 @@ from sqlalchemy import inspect
 
 from ..extensions import database
 from .demo_county import SeedReport, is_demo_loaded, seed_demo
-from .materialize import materialize
+from .materialize import PUBLISHED_TABLES, materialize
 
 
 def register(app: Flask) -> None:
@@ -50,6 +50,7 @@ def publish_registry() -> None:
     started = time.perf_counter()
     with database.unit_of_work() as session:
         counts = materialize(session, progress=lambda kind, n: None)
+    database.analyze(PUBLISHED_TABLES)
     total = sum(counts.values())
     elapsed = time.perf_counter() - started
     click.echo(f"published {total:,} registry records as FHIR resources in {elapsed:.1f} s")

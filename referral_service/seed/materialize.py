@@ -72,6 +72,13 @@ def _bulk(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
     connection.execute(table.insert(), rows)
 
 
+# What publishing writes (their statistics are refreshed afterwards).
+PUBLISHED_TABLES = (
+    "fhir_resource", "fhir_resource_version", "fhir_idx_token", "fhir_idx_string", "fhir_idx_date",
+    "fhir_idx_reference", "patient_access", "patient", "organization",
+)  # fmt: skip
+
+
 def materialize(
     session: Session,
     types: tuple[str, ...] = ORDER,
