@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from .auth import passwords
 from .config import load_config
@@ -14,10 +15,20 @@ from .extensions import babel, csrf, database, limiter, login_manager
 from .logging_setup import configure_logging
 
 
+class ApiAwareSessionInterface(SecureCookieSessionInterface):
+    """No cookie session for the bearer-token FHIR API: its calls never sign anybody in."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if request.path.startswith("/fhir/"):
+            return self.null_session_class()
+        return super().open_session(app, request)
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application: settings, extensions, blueprints, error handlers."""
     settings = load_config(config)
     app = Flask(__name__, instance_relative_config=False)
+    app.session_interface = ApiAwareSessionInterface()
     app.config.update(settings)
     app.config["RATELIMIT_STORAGE_URI"] = settings["RATELIMIT_STORAGE_URI"]
     app.config["RATELIMIT_HEADERS_ENABLED"] = True

@@ -62,6 +62,7 @@ class Stored:
     last_updated: datetime
     content: bytes
     deleted: bool = False
+    patient_id: str | None = None  # whose record it is (set by reads of the current version)
 
     @property
     def etag(self) -> str:
@@ -183,7 +184,8 @@ class ResourceStore:
             raise NotFound(f"{res_type}/{res_id} is not known")
         if row.deleted:
             raise Gone(f"{res_type}/{res_id} was deleted")
-        return _stored(row)
+        return Stored(row.res_type, row.res_id, row.version_id, row.last_updated, row.content, False,
+                      row.patient_id)
 
     def vread(self, res_type: str, res_id: str, version_id: int, actor: Actor) -> Stored:
         """One version; 404 when unknown, 410 when that version is a deletion."""
@@ -879,9 +881,9 @@ def visible(actor: Actor, rdef: ResourceDef) -> ColumnElement[bool]:
 
 
 @lru_cache(maxsize=32)
-def _read_statement(shape: str) -> Select[str, str, int, datetime, bytes, bool]:
+def _read_statement(shape: str) -> Select[str, str, int, datetime, bytes, bool, str | None]:
     """Read by id under one policy shape, built once; type, id and the policy's values are parameters."""
-    return select(*SERVED).where(
+    return select(*SERVED, StoredResource.patient_id).where(
         StoredResource.res_type == bindparam("res_type"),
         StoredResource.res_id == bindparam("res_id"),
         _policy(shape, bindparam(_ORG), bindparam(_DISTRICT)),

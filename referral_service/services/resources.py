@@ -18,7 +18,7 @@ from ..domain.fhir_store import StoredResource
 from ..fhir import jsonio
 from ..fhir.mappers import ON_DELETE, TO_DOMAIN
 from ..fhir.mappers.patient import RESIDENT_ID_SYSTEM
-from ..fhir.resources import RESOURCES
+from ..fhir.resources import RESOURCES, ResourceDef
 from ..fhir.search import Include, SearchQuery, parse_search
 from ..fhir.search_params import IndexRows, extract
 from ..fhir.store import ResourceStore, SearchPage, Stored
@@ -385,9 +385,14 @@ def read(
             entity_type=resource_type,
             entity_id=res_id,
             request_id=request_id,
-            patient_id=rdef.compartment_patient(stored.as_dict()) if rdef.patient_paths else None,
+            patient_id=_patient_of(rdef, stored) if rdef.patient_paths else None,
         )
     return stored
+
+
+def _patient_of(rdef: ResourceDef, stored: Stored) -> str | None:
+    """The patient whose record was read (stored with the current version; older ones are parsed)."""
+    return stored.patient_id if stored.patient_id is not None else rdef.compartment_patient(stored.as_dict())
 
 
 def authorise_includes(query: SearchQuery, may: Callable[[str, str], bool]) -> None:
