@@ -25,6 +25,9 @@ class ResourceDef:
     interactions: tuple[str, ...] = READ_WRITE
     financial: bool = False  # visible to the insurance office of the patient's county
     directory: bool = False  # organisations, practitioners: visible to every authorised client
+    # Reference search parameters naming organisations that are parties to the record and so see it
+    # (the hospital a payment batch pays).
+    party_params: tuple[str, ...] = ()
     operations: tuple[str, ...] = field(default_factory=tuple)
 
     @cached_property
@@ -249,6 +252,7 @@ RESOURCES: dict[str, ResourceDef] = {
              P("status", "token", ("status",))),
             interactions=("read", "vread", "history-instance", "history-type", "create", "search-type"),
             financial=True,
+            party_params=("requestor",),
         ),
         ResourceDef(
             "AuditEvent",

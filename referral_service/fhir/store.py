@@ -808,7 +808,10 @@ def policy_shape(actor: Actor, rdef: ResourceDef) -> str:
         return "none"
     if actor.is_insurer and not rdef.financial:
         return "own"
-    return ("group" if rdef.type == "Group" else "patient") + ("+district" if _by_district(actor) else "")
+    kind = "group" if rdef.type == "Group" else "patient"
+    if rdef.party_params:
+        kind += "+party:" + ",".join(rdef.party_params)
+    return kind + ("+district" if _by_district(actor) else "")
 
 
 def _catchment(org: Any, district: Any | None) -> list[ColumnElement[bool]]:
@@ -853,8 +856,22 @@ def _policy(shape: str, org: Any, district: Any) -> ColumnElement[bool]:
     own = StoredResource.owner_org_id == org
     if shape == "own":
         return own
-    kind, _, by_district = shape.partition("+")
-    area = district if by_district else None
+    kind, *options = shape.split("+")
+    area = district if "district" in options else None
+    parties = [o.removeprefix("party:").split(",") for o in options if o.startswith("party:")]
+    if parties:
+        named = aliased(ReferenceIndex)
+        own = or_(
+            own,
+            select(named.resource_pk)
+            .where(
+                named.resource_pk == StoredResource.pk,
+                named.param.in_(parties[0]),
+                named.target_type == "Organization",
+                named.target_id == org,
+            )
+            .exists(),
+        )
     if kind == "group":
         member = aliased(ReferenceIndex)
         members = (

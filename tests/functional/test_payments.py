@@ -264,3 +264,22 @@ def test_hospital_clients_may_not_record_payments(
     response = his.post("PaymentReconciliation", batch([(world["s1"], "1000.10")], "1000.10"))
     assert response.status_code == 403, response.json
     assert payable(world["s1"]).status == "unpaid"
+
+
+def test_the_hospital_paid_sees_its_payment_batches_and_no_other_hospital_does(
+    client: FlaskClient, insurer: Fhir, world: dict[str, str], make_api_client: Callable[..., tuple[str, str]]
+) -> None:
+    paid = insurer.post("PaymentReconciliation", batch([(world["s1"], "1000.10")], "1000.10"))
+    assert paid.status_code == 201, paid.json
+    batch_id = paid.json["id"]
+
+    def his_of(org: str) -> Fhir:
+        cid, secret = make_api_client(f"{org}-his", "system/PaymentReconciliation.rs", org)
+        return Fhir(client, token_for(client, cid, secret))
+
+    county, tcm = his_of("county-hosp"), his_of("tcm-hosp")
+    assert county.get(f"PaymentReconciliation/{batch_id}").status_code == 200  # it is the requestor
+    listed = county.get("PaymentReconciliation?outcome=complete").json
+    assert [e["resource"]["id"] for e in listed.get("entry", [])] == [batch_id]
+    assert tcm.get(f"PaymentReconciliation/{batch_id}").status_code == 404  # not a party: unknown
+    assert tcm.get("PaymentReconciliation").json["total"] == 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import date
 from typing import Any
+from urllib.parse import parse_qsl
 
 import psycopg
 import pytest
@@ -14,15 +16,31 @@ from flask.testing import FlaskClient
 from sqlalchemy import event, func, select
 
 from referral_service.domain import db as db_module
+from referral_service.domain import resident_id
 from referral_service.domain.actor import Actor
 from referral_service.domain.audit import pending_audit_rows
-from referral_service.domain.registry import AuditRecord, Organization
+from referral_service.domain.errors import Unauthorized
+from referral_service.domain.fhir_store import StoredResource, StringIndex, TokenIndex
+from referral_service.domain.registry import AuditRecord, Organization, Patient
 from referral_service.extensions import database
+from referral_service.fhir import store
+from referral_service.fhir.mappers.patient import POVERTY_URL
+from referral_service.fhir.search import parse_search
+from referral_service.fhir.store import _Binder, _clause_sql, _clause_values
 from referral_service.services import actors
+from referral_service.services import resources as service
 from referral_service.services.resources import audit
 from tests.functional.fhir_helpers import Fhir, patient, token_for
 
 CLINIC = Actor(name="his", kind="client", organization_id="org-1")
+PLATFORM_CLIENT = "platform-test"
+
+
+@pytest.fixture
+def platform(client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]) -> Fhir:
+    """A FHIR client of an organisation with every scope."""
+    cid, secret = make_api_client(PLATFORM_CLIENT, org_id="org-1")
+    return Fhir(client, token_for(client, cid, secret))
 
 
 def _audit_count() -> int:
@@ -99,8 +117,6 @@ def test_facts_of_a_vanished_organisation_are_refused(app: Flask, make_org: Call
     with database.unit_of_work() as session:
         actors.actor_for(session, name="his", kind="client", organization_id="org-gone")
         session.delete(session.get(Organization, "org-gone"))
-    from referral_service.domain.errors import Unauthorized
-
     with database.unit_of_work() as session, pytest.raises(Unauthorized):
         actors.actor_for(session, name="his", kind="client", organization_id="org-gone")
 
@@ -137,11 +153,8 @@ def _statements() -> Iterator[list[str]]:
         event.remove(database.engine, "before_cursor_execute", on_execute)
 
 
-def test_search_total_comes_from_the_page_when_it_holds_every_match(
-    client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
-) -> None:
-    cid, secret = make_api_client("platform-test", org_id="org-1")
-    fhir = Fhir(client, token_for(client, cid, secret))
+def test_search_total_comes_from_the_page_when_it_holds_every_match(platform: Fhir) -> None:
+    fhir = platform
     for given in ("一", "二", "三"):
         assert fhir.post("Patient", patient(None, family="宋", given=given)).status_code == 201
     with _statements() as seen:
@@ -186,11 +199,6 @@ def test_read_only_work_autocommits_and_still_writes_its_audit_rows(
     ],
 )
 def test_search_values_are_bound_in_the_order_the_statement_names_them(query_text: str) -> None:
-    from urllib.parse import parse_qsl
-
-    from referral_service.fhir.search import parse_search
-    from referral_service.fhir.store import _Binder, _clause_sql, _clause_values
-
     resource_type, _, args = query_text.partition("?")
     query = parse_search(resource_type, parse_qsl(args), 50, 1000)
     for clause in query.clauses:
@@ -199,13 +207,8 @@ def test_search_values_are_bound_in_the_order_the_statement_names_them(query_tex
         assert bind.values == _clause_values(clause), clause
 
 
-def test_a_search_statement_is_reused_with_new_values(
-    client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
-) -> None:
-    from referral_service.fhir import store
-
-    cid, secret = make_api_client("platform-test", org_id="org-1")
-    fhir = Fhir(client, token_for(client, cid, secret))
+def test_a_search_statement_is_reused_with_new_values(platform: Fhir) -> None:
+    fhir = platform
     for family in ("宋", "唐", "元"):
         assert fhir.post("Patient", patient(None, family=family, given="一")).status_code == 201
     store._SEARCH_STATEMENTS.clear()
@@ -215,16 +218,9 @@ def test_a_search_statement_is_reused_with_new_values(
     assert len([k for k in store._SEARCH_STATEMENTS if k[0] == "page"]) == 1  # one shape, one statement
 
 
-def test_an_update_replaces_every_index_row_and_keeps_the_history(
-    client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
-) -> None:
+def test_an_update_replaces_every_index_row_and_keeps_the_history(platform: Fhir) -> None:
     """On PostgreSQL one statement writes the version and its indexes; the outcome is the generic one's."""
-    cid, secret = make_api_client("platform-test", org_id="org-1")
-    fhir = Fhir(client, token_for(client, cid, secret))
-    from datetime import date
-
-    from referral_service.domain import resident_id
-
+    fhir = platform
     number = resident_id.generate("620421", date(1990, 3, 7), "female", 2)
     created = fhir.post("Patient", patient(number, family="宋", given="一"))
     assert created.status_code == 201, created.json
@@ -239,8 +235,6 @@ def test_an_update_replaces_every_index_row_and_keeps_the_history(
     history = fhir.get(f"Patient/{pid}/_history").json
     assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["2", "1"]
     with database.unit_of_work() as session:
-        from referral_service.domain.fhir_store import StoredResource, StringIndex, TokenIndex
-
         pk = session.scalar(select(StoredResource.pk).where(StoredResource.res_id == pid))
         tokens = session.scalars(select(TokenIndex.code).where(TokenIndex.resource_pk == pk)).all()
         strings = session.scalars(select(StringIndex.exact).where(StringIndex.param == "family",
@@ -249,17 +243,8 @@ def test_an_update_replaces_every_index_row_and_keeps_the_history(
     assert strings == ["唐"]
 
 
-def test_patient_registry_row_follows_every_write_of_the_resource(
-    client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
-) -> None:
-    from datetime import date
-
-    from referral_service.domain import resident_id
-    from referral_service.domain.registry import Patient
-    from referral_service.fhir.mappers.patient import POVERTY_URL
-
-    cid, secret = make_api_client("platform-test", org_id="org-1")
-    fhir = Fhir(client, token_for(client, cid, secret))
+def test_patient_registry_row_follows_every_write_of_the_resource(platform: Fhir) -> None:
+    fhir = platform
     number = resident_id.generate("620421", date(1985, 5, 1), "male", 7)
     body = patient(number, family="宋", given="一", gender="male", birth="1985-05-01")
     body["extension"] = [{"url": POVERTY_URL, "valuePeriod": {"start": "2020-01-01", "end": "2022-12-31"}}]
@@ -269,10 +254,8 @@ def test_patient_registry_row_follows_every_write_of_the_resource(
     with database.unit_of_work() as session:
         loaded = session.get(Patient, pid)  # in the identity map when the write changes the row
         assert loaded is not None and loaded.family_name == "宋"
-        from referral_service.services import resources as service
-
-        service.update(session, actors.actor_for(session, name=cid, kind="client", organization_id="org-1"),
-                       "Patient", pid, body)
+        actor = actors.actor_for(session, name=PLATFORM_CLIENT, kind="client", organization_id="org-1")
+        service.update(session, actor, "Patient", pid, body)
         assert (loaded.family_name, loaded.given_name) == ("唐", "二")
         assert [(r.start, r.end) for r in loaded.poverty_registrations] == [(date(2024, 1, 1), None)]
         assert loaded.created_by_org_id == "org-1" and loaded.resident_id == number

@@ -49,6 +49,8 @@ def test_production_with_required_settings_starts() -> None:
     settings = load_config(environ={"ENV": "production", "SECRET_KEY": "k" * 32,
                                     "DATABASE_URL": "postgresql+psycopg://x@h/db"})
     assert settings["ENV"] == "production"
+    assert settings["SESSION_COOKIE_SECURE"] is True  # the sign-in cookie travels over HTTPS only
+    assert load_config(environ={})["SESSION_COOKIE_SECURE"] is False  # `make run` on plain http
 
 
 def test_unknown_environment_file_is_refused() -> None:
