@@ -103,6 +103,22 @@ _EXISTING = select(StoredResource.res_type, StoredResource.res_id).where(
     StoredResource.deleted == false(),
     tuple_(StoredResource.res_type, StoredResource.res_id).in_(bindparam("refs", expanding=True)),
 )
+# SQLite cannot look a row-value IN list up in an index (it scans the table): one look-up per pair.
+_ONE_EXISTING = select(StoredResource.res_type, StoredResource.res_id).where(
+    StoredResource.deleted == false(),
+    StoredResource.res_type == bindparam("res_type"),
+    StoredResource.res_id == bindparam("res_id"),
+)
+
+
+def _existing(session: Session, wanted: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        return {
+            (t, i) for t, i in wanted
+            if connection.execute(_ONE_EXISTING, {"res_type": t, "res_id": i}).first() is not None
+        }
+    return {(t, i) for t, i in connection.execute(_EXISTING, {"refs": sorted(wanted)})}
 
 
 def _check_references(
@@ -116,8 +132,7 @@ def _check_references(
     wanted = {(t, i) for _, t, i in rows.references if t in RESOURCES and t != "AuditEvent"} - known
     if not wanted:
         return
-    found = {(t, i) for t, i in session.connection().execute(_EXISTING, {"refs": sorted(wanted)})}
-    missing = sorted(wanted - found)
+    missing = sorted(wanted - _existing(session, wanted))
     if missing:
         problems = [
             Problem(

@@ -270,3 +270,29 @@ def test_sqlite_reads_do_not_wait_for_a_writer(backend: str, app: Flask) -> None
         with database.unit_of_work(read_only=True) as reader:
             assert reader.connection().exec_driver_sql("SELECT count(*) FROM fhir_resource").scalar() == 0
         assert time.monotonic() - started < 2  # a locked read would wait for busy_timeout (30 s)
+
+
+def test_reference_checks_look_rows_up_by_key_on_both_engines(backend: str, app: Flask) -> None:
+    """A reference check runs for every write: its statements must never scan the resource table."""
+    from referral_service.services.resources import _existing
+
+    sent: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any) -> None:
+        sent.append((statement, parameters))
+
+    with database.unit_of_work() as session:
+        event.listen(database.engine, "before_cursor_execute", capture)
+        try:
+            assert _existing(session, {("Patient", "p1"), ("Organization", "o1")}) == set()
+        finally:
+            event.remove(database.engine, "before_cursor_execute", capture)
+        connection = session.connection()
+        if backend == "postgresql":
+            connection.exec_driver_sql("SET LOCAL enable_seqscan = off")  # empty table: can an index serve?
+        explain = "EXPLAIN QUERY PLAN " if backend == "sqlite" else "EXPLAIN "
+        for statement, parameters in sent:
+            rows = connection.exec_driver_sql(explain + statement, parameters)
+            plan = " ".join(str(row[-1]) for row in rows)
+            assert "SCAN fhir_resource" not in plan and "Seq Scan" not in plan, plan
+    assert sent
