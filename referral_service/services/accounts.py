@@ -37,6 +37,16 @@ def create_user(
     return user
 
 
+def set_user_locale(session: Session, user_id: int, locale: str) -> None:
+    """Remember the language a user chose (zh or en): their next sign-in starts in it."""
+    if locale not in ("zh", "en"):
+        raise Unprocessable(f"unknown language {locale!r}; expected zh or en")
+    user = session.get(User, user_id)
+    if user is None:
+        raise Unprocessable(f"unknown user {user_id}")
+    user.locale = locale
+
+
 def authenticate_user(session: Session, username: str, password: str) -> User:
     """The active user with this password, or Unauthorized (same answer for unknown users)."""
     user = session.scalar(select(User).where(User.username == username))

@@ -25,7 +25,7 @@ from ..domain.errors import Unauthorized
 from ..domain.registry import Organization
 from ..extensions import database, limiter, login_manager
 from ..services import resources
-from ..services.accounts import authenticate_user
+from ..services.accounts import authenticate_user, set_user_locale
 from ..services.actors import actor_for
 from .blueprint import bp
 
@@ -292,9 +292,12 @@ def logout() -> ResponseReturnValue:
 
 @bp.post("/language")
 def set_language() -> ResponseReturnValue:
-    """Switch between 中文 and English for this session."""
+    """Switch between 中文 and English: for this session, and for a signed-in user's next ones."""
     lang = request.form.get("lang", "")
     if lang in LANGUAGES:
         session["lang"] = lang
+        if current_user.is_authenticated:
+            with database.unit_of_work() as db:
+                set_user_locale(db, int(current_user.id), lang)
     target = _safe_next(request.form.get("next")) or url_for("web.home")
     return redirect(target)

@@ -121,3 +121,22 @@ def test_every_message_has_a_chinese_translation_and_the_mo_file_is_current() ->
     assert entries(po) == entries(mo), (
         "messages.mo is stale: run pybabel compile -d referral_service/translations"
     )
+
+
+@SQLITE_ONLY
+def test_a_signed_in_users_language_choice_is_remembered_for_the_next_sign_in(county: County) -> None:
+    from tests.functional.test_web_support import PASSWORD
+
+    first = county.client("clinic", lang="zh")
+    assert '<html lang="zh-CN">' in first.get("/clinic").get_data(as_text=True)
+    first.post("/language", data={"lang": "en"})
+    later = county.app.test_client()  # another browser: no session language, no Accept-Language
+    assert later.post("/login", data={"username": "clinic", "password": PASSWORD}).status_code == 302
+    assert '<html lang="en">' in later.get("/clinic").get_data(as_text=True)
+    anonymous = county.app.test_client()
+    anonymous.post("/language", data={"lang": "en"})  # no user to remember it for: nothing stored
+    back = county.client("clinic", lang="zh")
+    back.post("/language", data={"lang": "zh"})
+    again = county.app.test_client()
+    assert again.post("/login", data={"username": "clinic", "password": PASSWORD}).status_code == 302
+    assert '<html lang="zh-CN">' in again.get("/clinic").get_data(as_text=True)
