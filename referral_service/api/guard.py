@@ -10,6 +10,8 @@ from flask import current_app, g, request
 from ..auth.scopes import Scope, allows, parse_scopes
 from ..auth.tokens import TokenError, verify_token_cached
 from ..domain.errors import Forbidden, InvalidToken, Unauthorized
+from ..extensions import database
+from ..services.actors import check_client_active
 
 PLATFORM_CLIENTS = frozenset({"county-platform"})
 
@@ -54,6 +56,7 @@ def current_principal() -> Principal:
         )
     except TokenError as exc:
         raise InvalidToken(str(exc)) from None
+    check_client_active(database.engine, claims.client_id)
     principal = Principal(claims.client_id, claims.organization_id, _scopes(claims.scope))
     g.principal = principal
     g.client_id = claims.client_id

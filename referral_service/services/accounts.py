@@ -47,6 +47,26 @@ def set_user_locale(session: Session, user_id: int, locale: str) -> None:
     user.locale = locale
 
 
+def set_user_active(session: Session, username: str, active: bool, *, by: str) -> User:
+    """Let a user sign in again, or stop them (their open sessions end at their next request)."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise Unprocessable(f"unknown user {username!r}")
+    if not active and username == by:
+        raise Conflict("you cannot deactivate your own account")
+    user.active = active
+    return user
+
+
+def set_client_active(session: Session, client_id: str, active: bool) -> ApiClient:
+    """Let an API client get tokens again, or stop it (tokens it holds stop working within 30 s)."""
+    client = session.scalar(select(ApiClient).where(ApiClient.client_id == client_id))
+    if client is None:
+        raise Unprocessable(f"unknown API client {client_id!r}")
+    client.active = active
+    return client
+
+
 def authenticate_user(session: Session, username: str, password: str) -> User:
     """The active user with this password, or Unauthorized (same answer for unknown users)."""
     user = session.scalar(select(User).where(User.username == username))

@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session
 
+from ..domain.accounts import ApiClient
 from ..domain.actor import Actor
-from ..domain.errors import Unauthorized
+from ..domain.errors import InvalidToken, Unauthorized
 from ..domain.registry import Organization
 
 PLATFORM_CLIENTS = frozenset({"county-platform"})
@@ -34,9 +35,11 @@ _facts: dict[tuple[int, str], tuple[float, _Facts]] = {}
 
 
 def forget(organization_id: str | None = None) -> None:
-    """Drop the cached facts of one organisation (all when None)."""
+    """Drop the cached facts of one organisation (all, and every client's state, when None)."""
     for key in [k for k in _facts if organization_id is None or k[1] == organization_id]:
         _facts.pop(key, None)
+    if organization_id is None:
+        _clients.clear()
 
 
 @event.listens_for(Organization, "after_insert")
@@ -75,3 +78,31 @@ def actor_for(session: Session, *, name: str, kind: str, organization_id: str, a
         organization_kind=facts.kind, district=facts.district,
         is_platform=admin or (kind == "client" and name in PLATFORM_CLIENTS),
     )
+
+
+# (database engine, client id) -> (expires at, active): a deactivated client's tokens stop working
+# within FACTS_TTL_SECONDS in every process (at once in the process that deactivated it).
+_clients: dict[tuple[int, str], tuple[float, bool]] = {}
+
+
+@event.listens_for(ApiClient, "after_update")
+@event.listens_for(ApiClient, "after_delete")
+def _client_changed(mapper: Any, connection: Any, target: ApiClient) -> None:
+    for key in [k for k in _clients if k[1] == target.client_id]:
+        _clients.pop(key, None)
+
+
+def check_client_active(engine: Engine, client_id: str) -> None:
+    """401 for a token of a client that has been deactivated (or removed) since it was issued."""
+    key = (id(engine), client_id)
+    now = time.monotonic()
+    cached = _clients.get(key)
+    if cached is None or cached[0] <= now:
+        with Session(engine) as session:
+            active = session.execute(
+                select(ApiClient.active).where(ApiClient.client_id == client_id)
+            ).scalar_one_or_none()
+        cached = (now + FACTS_TTL_SECONDS, bool(active))
+        _clients[key] = cached
+    if not cached[1]:
+        raise InvalidToken(f"the API client {client_id} has been deactivated")

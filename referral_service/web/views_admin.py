@@ -40,7 +40,7 @@ def _org_options(db: Session) -> list[tuple[str, str]]:
 
 
 def _users_page(form: FormState | None = None, status: int = 200,
-                created: str | None = None) -> ResponseReturnValue:
+                created: str | None = None, notice: str | None = None) -> ResponseReturnValue:
     with work() as (db, _actor):
         users = db.execute(
             select(User, Organization.name).outerjoin(Organization, Organization.id == User.organization_id)
@@ -49,7 +49,7 @@ def _users_page(form: FormState | None = None, status: int = 200,
         orgs = _org_options(db)
     return render_template(
         "web/admin/users.html", users=users, orgs=orgs, form=form or FormState(values={"locale": "zh"}),
-        roles=[(r, label("role", r)) for r in ROLES], created=created,
+        roles=[(r, label("role", r)) for r in ROLES], created=created, notice=notice,
     ), status
 
 
@@ -93,11 +93,28 @@ def admin_user_create() -> ResponseReturnValue:
     return _users_page(created=values["username"])
 
 
+@bp.post("/admin/users/<username>/active")
+@role_required("admin")
+def admin_user_active(username: str) -> ResponseReturnValue:
+    """Deactivate a user (they are signed out at their next request) or let them back in."""
+    active = request.form.get("active") == "1"
+    try:
+        with work() as (db, actor):
+            accounts.set_user_active(db, username, active, by=actor.name)
+    except Unprocessable:
+        abort(404)
+    except Conflict:
+        return _users_page(notice=_("You cannot deactivate your own account."), status=409)
+    notice = _("%(name)s may sign in again.", name=username) if active else _(
+        "%(name)s can no longer sign in.", name=username)
+    return _users_page(notice=notice)
+
+
 # ------------------------------------------------------------------------------------ API clients
 
 
-def _clients_page(form: FormState | None = None, status: int = 200, secret: tuple[str, str] | None = None
-                  ) -> ResponseReturnValue:
+def _clients_page(form: FormState | None = None, status: int = 200, secret: tuple[str, str] | None = None,
+                  notice: str | None = None) -> ResponseReturnValue:
     with work() as (db, _actor):
         clients = db.execute(
             select(ApiClient, Organization.name)
@@ -107,6 +124,7 @@ def _clients_page(form: FormState | None = None, status: int = 200, secret: tupl
         orgs = _org_options(db)
     return render_template(
         "web/admin/clients.html", clients=clients, orgs=orgs, form=form or FormState(), secret=secret,
+        notice=notice,
     ), status
 
 
@@ -250,3 +268,18 @@ def admin_audit() -> ResponseReturnValue:
     return render_template("web/admin/audit.html", form=form, rows=rows, limit=AUDIT_PAGE), (
         422 if form.invalid else 200
     )
+
+
+@bp.post("/admin/clients/<client_id>/active")
+@role_required("admin")
+def admin_client_active(client_id: str) -> ResponseReturnValue:
+    """Deactivate an API client (no new tokens; the ones it holds stop within 30 s) or restore it."""
+    active = request.form.get("active") == "1"
+    try:
+        with work() as (db, _actor):
+            accounts.set_client_active(db, client_id, active)
+    except Unprocessable:
+        abort(404)
+    notice = _("%(name)s may get tokens again.", name=client_id) if active else _(
+        "%(name)s can no longer call the API.", name=client_id)
+    return _clients_page(notice=notice)

@@ -75,6 +75,43 @@ def test_api_client_secret_is_shown_once_and_rotates(county: County) -> None:
     assert admin.post("/admin/clients/nobody/rotate").status_code == 404
 
 
+def test_deactivated_users_are_signed_out_and_may_come_back(county: County) -> None:
+    admin = county.client("admin")
+    working = county.client("monitor")
+    assert working.get("/monitor").status_code == 200
+    stopped = admin.post("/admin/users/monitor/active", data={"active": "0"})
+    assert stopped.status_code == 200 and 'id="notice"' in stopped.get_data(as_text=True)
+    assert working.get("/monitor").status_code == 302  # the open session ends at its next request
+    again = county.app.test_client().post("/login", data={"username": "monitor", "password": PASSWORD})
+    assert again.status_code == 401  # the sign-in form again: refused
+    assert admin.post("/admin/users/monitor/active", data={"active": "1"}).status_code == 200
+    back = county.app.test_client()
+    assert back.post("/login", data={"username": "monitor", "password": PASSWORD}).status_code == 302
+    assert admin.post("/admin/users/admin/active", data={"active": "0"}).status_code == 409  # not oneself
+    assert admin.post("/admin/users/nobody/active", data={"active": "0"}).status_code == 404
+
+
+def test_a_deactivated_api_client_gets_no_token_and_its_token_stops_working(county: County) -> None:
+    from tests.functional.fhir_helpers import Fhir, token_for
+
+    admin = county.client("admin")
+    made = admin.post("/admin/clients", data={
+        "client_id": "his-8", "name": "HIS 8", "organization_id": INSURER, "scopes": "system/Patient.rs"})
+    secret = re.search(r'id="secret-value">([^<]+)<', made.get_data(as_text=True))
+    assert secret
+    api = county.app.test_client()
+    his = Fhir(api, token_for(api, "his-8", secret.group(1)))
+    assert his.get("Patient?_count=1").status_code == 200
+    assert admin.post("/admin/clients/his-8/active", data={"active": "0"}).status_code == 200
+    refused = his.get("Patient?_count=1")
+    assert refused.status_code == 401 and "deactivated" in refused.json["issue"][0]["diagnostics"]
+    with pytest.raises(AssertionError):
+        token_for(api, "his-8", secret.group(1))  # no new token either
+    assert admin.post("/admin/clients/his-8/active", data={"active": "1"}).status_code == 200
+    assert his.get("Patient?_count=1").status_code == 200
+    assert admin.post("/admin/clients/nobody/active", data={"active": "0"}).status_code == 404
+
+
 @SQLITE_ONLY
 def test_api_client_form_checks_the_scopes(county: County) -> None:
     bad = county.client("admin").post("/admin/clients", data={"client_id": "x", "organization_id": INSURER,
