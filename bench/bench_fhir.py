@@ -916,42 +916,16 @@ def encounter(patient_id: str) -> dict[str, Any]:
     }
 
 
-def _vital(code: str, value: float, unit: str, enc: str, pat: str) -> dict[str, Any]:
-    from referral_service.fhir.codes import LOINC_SYSTEM
-
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "vital-signs",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": LOINC_SYSTEM, "code": code}]},
-        "subject": {"reference": pat},
-        "encounter": {"reference": enc},
-        "effectiveDateTime": "2026-11-02T09:05:00+08:00",
-        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
-    }
-
-
 def visit_bundle(person: Resident, diagnoses: tuple[str, ...] = ("J18.9", "R50.9")) -> dict[str, Any]:
-    """The first-visit transaction of tests/functional/test_referral_workflow.py (visit_bundle).
+    """The first-visit transaction the referral workflow tests send (tests/functional/fhir_helpers.py).
 
     Patient (conditional create on the resident id: it matches the published registry patient),
     a finished ambulatory Encounter at the township clinic, 7 Observations (NEWS2 inputs, SpO2 90 %)
     and one Condition per diagnosis: 11 entries with two diagnoses, 10 with one. The resident varies
-    per request (the test always uses one, which would serialise every request on one lock).
+    per request (the tests always use one, which would serialise every request on one lock).
     """
-    from referral_service.fhir.codes import ICD10_SYSTEM, LOINC_SYSTEM, OBSERVATION_SYSTEM, V3_ACT_CODE_SYSTEM
+    from tests.functional.fhir_helpers import visit_bundle as workflow_visit
 
-    p, e = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
-    conds = [f"urn:uuid:{uuid.uuid4()}" for _ in diagnoses]
     patient = {
         "resourceType": "Patient",
         "name": [{"family": person.family, "given": [person.given]}],
@@ -961,90 +935,7 @@ def visit_bundle(person: Resident, diagnoses: tuple[str, ...] = ("J18.9", "R50.9
         "identifier": [{"system": RESIDENT_SYSTEM, "value": person.resident_id}],
         "generalPractitioner": [{"reference": f"Organization/{CLINIC}"}],
     }
-    entries: list[dict[str, Any]] = [
-        {
-            "fullUrl": p,
-            "resource": patient,
-            "request": {
-                "method": "POST",
-                "url": "Patient",
-                "ifNoneExist": f"identifier={RESIDENT_SYSTEM}|{person.resident_id}",
-            },
-        },
-        {
-            "fullUrl": e,
-            "resource": {
-                "resourceType": "Encounter",
-                "status": "finished",
-                "class": {"system": V3_ACT_CODE_SYSTEM, "code": "AMB"},
-                "subject": {"reference": p},
-                "serviceProvider": {"reference": f"Organization/{CLINIC}"},
-                "period": {"start": "2026-11-02T09:00:00+08:00", "end": "2026-11-02T09:30:00+08:00"},
-                "diagnosis": [{"condition": {"reference": c}} for c in conds],
-            },
-            "request": {"method": "POST", "url": "Encounter"},
-        },
-    ]
-    obs = [
-        _vital("9279-1", 22, "/min", e, p),
-        _vital("59408-5", 90, "%", e, p),
-        _vital("8867-4", 115, "/min", e, p),
-        _vital("8310-5", 38.5, "Cel", e, p),
-    ]
-    bp = _vital("85354-9", 0, "mm[Hg]", e, p)
-    del bp["valueQuantity"]
-    bp["component"] = [
-        {
-            "code": {"coding": [{"system": LOINC_SYSTEM, "code": code}]},
-            "valueQuantity": {
-                "value": value,
-                "unit": "mm[Hg]",
-                "system": "http://unitsofmeasure.org",
-                "code": "mm[Hg]",
-            },
-        }
-        for code, value in (("8480-6", 100), ("8462-4", 60))
-    ]
-    acvpu = {
-        "resourceType": "Observation",
-        "status": "final",
-        "code": {"coding": [{"system": OBSERVATION_SYSTEM, "code": "acvpu"}]},
-        "subject": {"reference": p},
-        "encounter": {"reference": e},
-        "valueString": "A",
-    }
-    oxygen = {
-        "resourceType": "Observation",
-        "status": "final",
-        "code": {"coding": [{"system": OBSERVATION_SYSTEM, "code": "supplemental-oxygen"}]},
-        "subject": {"reference": p},
-        "encounter": {"reference": e},
-        "valueBoolean": False,
-    }
-    for o in [*obs, bp, acvpu, oxygen]:
-        entries.append({"resource": o, "request": {"method": "POST", "url": "Observation"}})
-    for c, code in zip(conds, diagnoses, strict=True):
-        entries.append(
-            {
-                "fullUrl": c,
-                "resource": {
-                    "resourceType": "Condition",
-                    "subject": {"reference": p},
-                    "encounter": {"reference": e},
-                    "code": {"coding": [{"system": ICD10_SYSTEM, "code": code}]},
-                    "clinicalStatus": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                "code": "active",
-                            }
-                        ]
-                    },
-                },
-                "request": {"method": "POST", "url": "Condition"},
-            }
-        )
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    return workflow_visit(CLINIC, diagnoses=diagnoses, person=patient)
 
 
 def identifier_query(person: Resident) -> str:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from typing import Any
 
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from referral_service.fhir.codes import BASE, FACILITY_LEVEL_SYSTEM, ORGANIZATION_KIND_SYSTEM
+from referral_service.fhir.codes import (
+    BASE,
+    FACILITY_LEVEL_SYSTEM,
+    ICD10_SYSTEM,
+    LOINC_SYSTEM,
+    OBSERVATION_SYSTEM,
+    ORGANIZATION_KIND_SYSTEM,
+    V3_ACT_CODE_SYSTEM,
+)
 
 FHIR = "application/fhir+json"
 RESIDENT_ID = f"{BASE}/sid/resident-id"
@@ -92,3 +101,144 @@ def patient(
     if gp:
         body["generalPractitioner"] = [{"reference": f"Organization/{gp}"}]
     return body
+
+
+RESIDENT_SAMPLE = "620421199003070021"
+
+
+def identifier_of(resource: dict[str, Any], system: str) -> str:
+    """The value of the resource's identifier in the system."""
+    return next(str(i["value"]) for i in resource.get("identifier") or [] if i.get("system") == system)
+
+
+def vital(code: str, value: float, unit: str, enc: str, pat: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": LOINC_SYSTEM, "code": code}]},
+        "subject": {"reference": pat},
+        "encounter": {"reference": enc},
+        "effectiveDateTime": "2026-11-02T09:05:00+08:00",
+        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+    }
+
+
+def visit_bundle(
+    clinic: str,
+    *,
+    spo2: float = 90,
+    diagnoses: tuple[str, ...] = ("J18.9", "R50.9"),
+    start: str = "2026-11-02T09:00:00+08:00",
+    person: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A first-visit transaction: Patient (matched on the resident identity number), a finished
+    ambulatory Encounter at the clinic, 7 Observations (NEWS2 inputs), one Condition per diagnosis.
+
+    `person`: the Patient to send (default: the sample resident registered with the clinic).
+    """
+    person = person or patient(RESIDENT_SAMPLE, gp=clinic)
+    resident = identifier_of(person, RESIDENT_ID)
+    p, e = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
+    conds = [f"urn:uuid:{uuid.uuid4()}" for _ in diagnoses]
+    entries: list[dict[str, Any]] = [
+        {
+            "fullUrl": p,
+            "resource": person,
+            "request": {
+                "method": "POST",
+                "url": "Patient",
+                "ifNoneExist": f"identifier={RESIDENT_ID}|{resident}",
+            },
+        },
+        {
+            "fullUrl": e,
+            "resource": {
+                "resourceType": "Encounter",
+                "status": "finished",
+                "class": {"system": V3_ACT_CODE_SYSTEM, "code": "AMB"},
+                "subject": {"reference": p},
+                "serviceProvider": {"reference": f"Organization/{clinic}"},
+                "period": {"start": start, "end": "2026-11-02T09:30:00+08:00"},
+                "diagnosis": [{"condition": {"reference": c}} for c in conds],
+            },
+            "request": {"method": "POST", "url": "Encounter"},
+        },
+    ]
+    obs = [
+        vital("9279-1", 22, "/min", e, p),
+        vital("59408-5", spo2, "%", e, p),
+        vital("8867-4", 115, "/min", e, p),
+        vital("8310-5", 38.5, "Cel", e, p),
+    ]
+    bp = vital("85354-9", 0, "mm[Hg]", e, p)
+    del bp["valueQuantity"]
+    bp["component"] = [
+        {
+            "code": {"coding": [{"system": LOINC_SYSTEM, "code": "8480-6"}]},
+            "valueQuantity": {
+                "value": 100,
+                "unit": "mm[Hg]",
+                "system": "http://unitsofmeasure.org",
+                "code": "mm[Hg]",
+            },
+        },
+        {
+            "code": {"coding": [{"system": LOINC_SYSTEM, "code": "8462-4"}]},
+            "valueQuantity": {
+                "value": 60,
+                "unit": "mm[Hg]",
+                "system": "http://unitsofmeasure.org",
+                "code": "mm[Hg]",
+            },
+        },
+    ]
+    acvpu = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": OBSERVATION_SYSTEM, "code": "acvpu"}]},
+        "subject": {"reference": p},
+        "encounter": {"reference": e},
+        "valueString": "A",
+    }
+    oxygen = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": OBSERVATION_SYSTEM, "code": "supplemental-oxygen"}]},
+        "subject": {"reference": p},
+        "encounter": {"reference": e},
+        "valueBoolean": False,
+    }
+    for o in [*obs, bp, acvpu, oxygen]:
+        entries.append({"resource": o, "request": {"method": "POST", "url": "Observation"}})
+    for c, code in zip(conds, diagnoses, strict=True):
+        entries.append(
+            {
+                "fullUrl": c,
+                "resource": {
+                    "resourceType": "Condition",
+                    "subject": {"reference": p},
+                    "encounter": {"reference": e},
+                    "code": {"coding": [{"system": ICD10_SYSTEM, "code": code}]},
+                    "clinicalStatus": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                "code": "active",
+                            }
+                        ]
+                    },
+                },
+                "request": {"method": "POST", "url": "Condition"},
+            }
+        )
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -10,149 +9,18 @@ import pytest
 from flask.testing import FlaskClient
 
 from referral_service.fhir.codes import (
-    BASE,
     CAPABILITY_SYSTEM,
     DISCHARGE_DISPOSITION_SYSTEM,
     ICD10_SYSTEM,
-    LOINC_SYSTEM,
-    OBSERVATION_SYSTEM,
     V3_ACT_CODE_SYSTEM,
 )
-from tests.functional.fhir_helpers import Fhir, organization, patient, token_for
-
-RESIDENT = "620421199003070021"
+from tests.functional.fhir_helpers import Fhir, organization, token_for, visit_bundle
 
 
 def _hospital(org_id: str, capabilities: list[str]) -> dict[str, Any]:
     org = organization(org_id, level="county", name=org_id)
     org["type"] += [{"coding": [{"system": CAPABILITY_SYSTEM, "code": c}]} for c in capabilities]
     return org
-
-
-def vital(code: str, value: float, unit: str, enc: str, pat: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "vital-signs",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": LOINC_SYSTEM, "code": code}]},
-        "subject": {"reference": pat},
-        "encounter": {"reference": enc},
-        "effectiveDateTime": "2026-11-02T09:05:00+08:00",
-        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
-    }
-
-
-def visit_bundle(
-    clinic: str,
-    *,
-    spo2: float = 90,
-    diagnoses: tuple[str, ...] = ("J18.9", "R50.9"),
-    start: str = "2026-11-02T09:00:00+08:00",
-) -> dict[str, Any]:
-    """A first-visit transaction: Patient, Encounter, 7 Observations, 2 Conditions."""
-    p, e = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
-    conds = [f"urn:uuid:{uuid.uuid4()}" for _ in diagnoses]
-    entries: list[dict[str, Any]] = [
-        {
-            "fullUrl": p,
-            "resource": patient(RESIDENT, gp=clinic),
-            "request": {
-                "method": "POST",
-                "url": "Patient",
-                "ifNoneExist": f"identifier={BASE}/sid/resident-id|{RESIDENT}",
-            },
-        },
-        {
-            "fullUrl": e,
-            "resource": {
-                "resourceType": "Encounter",
-                "status": "finished",
-                "class": {"system": V3_ACT_CODE_SYSTEM, "code": "AMB"},
-                "subject": {"reference": p},
-                "serviceProvider": {"reference": f"Organization/{clinic}"},
-                "period": {"start": start, "end": "2026-11-02T09:30:00+08:00"},
-                "diagnosis": [{"condition": {"reference": c}} for c in conds],
-            },
-            "request": {"method": "POST", "url": "Encounter"},
-        },
-    ]
-    obs = [
-        vital("9279-1", 22, "/min", e, p),
-        vital("59408-5", spo2, "%", e, p),
-        vital("8867-4", 115, "/min", e, p),
-        vital("8310-5", 38.5, "Cel", e, p),
-    ]
-    bp = vital("85354-9", 0, "mm[Hg]", e, p)
-    del bp["valueQuantity"]
-    bp["component"] = [
-        {
-            "code": {"coding": [{"system": LOINC_SYSTEM, "code": "8480-6"}]},
-            "valueQuantity": {
-                "value": 100,
-                "unit": "mm[Hg]",
-                "system": "http://unitsofmeasure.org",
-                "code": "mm[Hg]",
-            },
-        },
-        {
-            "code": {"coding": [{"system": LOINC_SYSTEM, "code": "8462-4"}]},
-            "valueQuantity": {
-                "value": 60,
-                "unit": "mm[Hg]",
-                "system": "http://unitsofmeasure.org",
-                "code": "mm[Hg]",
-            },
-        },
-    ]
-    acvpu = {
-        "resourceType": "Observation",
-        "status": "final",
-        "code": {"coding": [{"system": OBSERVATION_SYSTEM, "code": "acvpu"}]},
-        "subject": {"reference": p},
-        "encounter": {"reference": e},
-        "valueString": "A",
-    }
-    oxygen = {
-        "resourceType": "Observation",
-        "status": "final",
-        "code": {"coding": [{"system": OBSERVATION_SYSTEM, "code": "supplemental-oxygen"}]},
-        "subject": {"reference": p},
-        "encounter": {"reference": e},
-        "valueBoolean": False,
-    }
-    for o in [*obs, bp, acvpu, oxygen]:
-        entries.append({"resource": o, "request": {"method": "POST", "url": "Observation"}})
-    for c, code in zip(conds, diagnoses, strict=True):
-        entries.append(
-            {
-                "fullUrl": c,
-                "resource": {
-                    "resourceType": "Condition",
-                    "subject": {"reference": p},
-                    "encounter": {"reference": e},
-                    "code": {"coding": [{"system": ICD10_SYSTEM, "code": code}]},
-                    "clinicalStatus": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                "code": "active",
-                            }
-                        ]
-                    },
-                },
-                "request": {"method": "POST", "url": "Condition"},
-            }
-        )
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
 @pytest.fixture
