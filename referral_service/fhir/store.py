@@ -800,18 +800,31 @@ def _by_district(actor: Actor) -> bool:
     return bool((actor.leads_district or actor.is_insurer) and actor.district)
 
 
-def policy_shape(actor: Actor, rdef: ResourceDef) -> str:
-    """Which form the access condition takes for this actor and type (its values aside)."""
+@dataclass(frozen=True)
+class PolicyShape:
+    """The form of the access condition for an actor and a type, its values aside (a cache key).
+
+    `scope`: everything visible ("all"), nothing ("none"), only the organisation's own records ("own"),
+    or its own plus its patients' ("patient", "group" for households via their members); `parties`:
+    reference parameters that make a named organisation a party; `by_district`: the catchment
+    includes the district's residents.
+    """
+
+    scope: str
+    parties: tuple[str, ...] = ()
+    by_district: bool = False
+
+
+def policy_shape(actor: Actor, rdef: ResourceDef) -> PolicyShape:
+    """Which form the access condition takes for this actor and type."""
     if actor.sees_everything or rdef.directory:
-        return "all"
+        return PolicyShape("all")
     if rdef.type == "AuditEvent":
-        return "none"
+        return PolicyShape("none")
     if actor.is_insurer and not rdef.financial:
-        return "own"
-    kind = "group" if rdef.type == "Group" else "patient"
-    if rdef.party_params:
-        kind += "+party:" + ",".join(rdef.party_params)
-    return kind + ("+district" if _by_district(actor) else "")
+        return PolicyShape("own")
+    scope = "group" if rdef.type == "Group" else "patient"
+    return PolicyShape(scope, rdef.party_params, _by_district(actor))
 
 
 def _catchment(org: Any, district: Any | None) -> list[ColumnElement[bool]]:
@@ -847,32 +860,30 @@ def _patient_visible(patient_id: Any, org: Any, district: Any | None) -> ColumnE
     return or_(in_catchment, linked)
 
 
-def _policy(shape: str, org: Any, district: Any) -> ColumnElement[bool]:
+def _policy(shape: PolicyShape, org: Any, district: Any) -> ColumnElement[bool]:
     """The access condition of a shape over the organisation and district parameters."""
-    if shape == "all":
+    if shape.scope == "all":
         return true()
-    if shape == "none":
+    if shape.scope == "none":
         return false()
-    own = StoredResource.owner_org_id == org
-    if shape == "own":
+    own: ColumnElement[bool] = StoredResource.owner_org_id == org
+    if shape.scope == "own":
         return own
-    kind, *options = shape.split("+")
-    area = district if "district" in options else None
-    parties = [o.removeprefix("party:").split(",") for o in options if o.startswith("party:")]
-    if parties:
+    area = district if shape.by_district else None
+    if shape.parties:
         named = aliased(ReferenceIndex)
         own = or_(
             own,
             select(named.resource_pk)
             .where(
                 named.resource_pk == StoredResource.pk,
-                named.param.in_(parties[0]),
+                named.param.in_(shape.parties),
                 named.target_type == "Organization",
                 named.target_id == org,
             )
             .exists(),
         )
-    if kind == "group":
+    if shape.scope == "group":
         member = aliased(ReferenceIndex)
         members = (
             select(member.resource_pk)
@@ -898,7 +909,7 @@ def visible(actor: Actor, rdef: ResourceDef) -> ColumnElement[bool]:
 
 
 @lru_cache(maxsize=32)
-def _read_statement(shape: str) -> Select[str, str, int, datetime, bytes, bool, str | None]:
+def _read_statement(shape: PolicyShape) -> Select[str, str, int, datetime, bytes, bool, str | None]:
     """Read by id under one policy shape, built once; type, id and the policy's values are parameters."""
     return select(*SERVED, StoredResource.patient_id).where(
         StoredResource.res_type == bindparam("res_type"),

@@ -34,6 +34,11 @@ class _Facts:
 _facts: dict[tuple[int, str], tuple[float, _Facts]] = {}
 
 
+# (database engine, client id) -> (expires at, active): a deactivated client's tokens stop working
+# within FACTS_TTL_SECONDS in every process (at once in the process that deactivated it).
+_clients: dict[tuple[int, str], tuple[float, bool]] = {}
+
+
 def forget(organization_id: str | None = None) -> None:
     """Drop the cached facts of one organisation (all, and every client's state, when None)."""
     for key in [k for k in _facts if organization_id is None or k[1] == organization_id]:
@@ -78,11 +83,6 @@ def actor_for(session: Session, *, name: str, kind: str, organization_id: str, a
         organization_kind=facts.kind, district=facts.district,
         is_platform=admin or (kind == "client" and name in PLATFORM_CLIENTS),
     )
-
-
-# (database engine, client id) -> (expires at, active): a deactivated client's tokens stop working
-# within FACTS_TTL_SECONDS in every process (at once in the process that deactivated it).
-_clients: dict[tuple[int, str], tuple[float, bool]] = {}
 
 
 @event.listens_for(ApiClient, "after_update")
