@@ -25,10 +25,17 @@ def _client_key() -> str:
     return f"{get_remote_address()}|{client}"
 
 
-limiter = Limiter(key_func=_client_key, default_limits=[])
+class RouteLimiter(Limiter):
+    """Limits only the routes decorated with `limit` (the token endpoint, the sign-in form).
+
+    There are no default, application or blueprint limits, so the check Flask-Limiter runs before
+    every request would find nothing: skipping it spares every FHIR call its cost. A decorated route
+    still checks its own limits when it is called.
+    """
+
+    def _check_request_limit(self, callable_name: str | None = None, in_middleware: bool = True) -> None:
+        if not in_middleware:
+            super()._check_request_limit(callable_name=callable_name, in_middleware=in_middleware)
 
 
-@limiter.request_filter
-def _fhir_api() -> bool:
-    """FHIR calls skip the per-request limit check: they carry tokens, whose endpoint is limited."""
-    return request.path.startswith("/fhir/")
+limiter = RouteLimiter(key_func=_client_key, default_limits=[])

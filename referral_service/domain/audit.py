@@ -1,14 +1,15 @@
 """Audit rows ride along with the transaction they describe and are written in one INSERT at commit.
 
-A read or search answers with one statement plus this insert; a transaction Bundle writes all its
-entries' rows at once. They commit (or roll back) with the work they record.
+A transaction Bundle writes all its entries' rows at once; they commit (or roll back) with the work
+they record. A read or a search on PostgreSQL writes its row inside its own statement instead
+(`AUDIT_BINDS`, see fhir/store.py); elsewhere it queues the row like any other work.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event, insert
+from sqlalchemy import BindParameter, bindparam, event, insert
 from sqlalchemy.orm import Session, SessionTransaction
 
 from .registry import AuditRecord
@@ -16,6 +17,18 @@ from .registry import AuditRecord
 _PENDING = "pending_audit_rows"
 _MARKS = "audit_rows_at_savepoint"
 _INSERT = insert(AuditRecord)
+
+# The columns of one row as named parameters (`audit_<column>`), for statements that write their own
+# audit row: on PostgreSQL a read or a search carries it as a data-modifying CTE (one round trip).
+AUDIT_COLUMNS = tuple(c.name for c in AuditRecord.__table__.columns if c.name != "id")
+AUDIT_BINDS: dict[str, BindParameter[Any]] = {
+    name: bindparam(f"audit_{name}", type_=AuditRecord.__table__.c[name].type) for name in AUDIT_COLUMNS
+}
+
+
+def audit_params(row: dict[str, Any]) -> dict[str, Any]:
+    """The row's values under the names of AUDIT_BINDS."""
+    return {f"audit_{name}": row.get(name) for name in AUDIT_COLUMNS}
 
 
 def queue_audit_row(session: Session, row: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    cast,
     delete,
     event,
     false,
@@ -34,6 +35,7 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.types import NullType
 
 from ..domain.actor import Actor
+from ..domain.audit import AUDIT_BINDS, AUDIT_COLUMNS, audit_params, queue_audit_row
 from ..domain.base import new_id
 from ..domain.errors import Gone, NotFound
 from ..domain.fhir_store import (
@@ -45,7 +47,7 @@ from ..domain.fhir_store import (
     StringIndex,
     TokenIndex,
 )
-from ..domain.registry import Patient
+from ..domain.registry import AuditRecord, Patient
 from . import jsonio, store_pg
 from .resources import RESOURCES, ResourceDef
 from .search import Clause, Include, SearchQuery, encode_cursor
@@ -174,16 +176,34 @@ class ResourceStore:
         ).scalar_one_or_none()
         return dict(jsonio.loads(raw)) if raw is not None else None
 
-    def read(self, res_type: str, res_id: str, actor: Actor) -> Stored:
-        """The current version; 404 when unknown or not visible to the actor, 410 when deleted."""
+    def read(
+        self, res_type: str, res_id: str, actor: Actor, *, audit: dict[str, Any] | None = None
+    ) -> Stored:
+        """The current version; 404 when unknown or not visible to the actor, 410 when deleted.
+
+        `audit`: the audit row of this access, recorded only when the read succeeds, with the patient
+        of the row read. On PostgreSQL the read statement writes it (one round trip, one implicit
+        transaction); elsewhere it is queued for the commit.
+        """
         rdef = RESOURCES[res_type]
-        stmt = _read_statement(policy_shape(actor, rdef))
+        shape = policy_shape(actor, rdef)
         params = {"res_type": res_type, "res_id": res_id, **policy_params(actor)}
-        row = self._sql().execute(stmt, params).first()
+        connection = self._sql()
+        inline = audit is not None and connection.dialect.name == "postgresql"
+        if inline:
+            assert audit is not None
+            stmt = _audited_read_statement(shape, bool(rdef.patient_paths))
+            params.update(audit_params(audit))
+        else:
+            stmt = _read_statement(shape)
+        row = connection.execute(stmt, params).first()
         if row is None:
             raise NotFound(f"{res_type}/{res_id} is not known")
         if row.deleted:
             raise Gone(f"{res_type}/{res_id} was deleted")
+        if audit is not None and not inline:
+            patient = row.patient_id if rdef.patient_paths else None
+            queue_audit_row(self.session, {**audit, "patient_id": patient})
         return Stored(row.res_type, row.res_id, row.version_id, row.last_updated, row.content, False,
                       row.patient_id)
 
@@ -457,16 +477,26 @@ class ResourceStore:
 
     # ---------------------------------------------------------------- search
 
-    def search(self, query: SearchQuery, actor: Actor) -> SearchPage:
-        """One page of matches in SQL (filters, access policy, keyset paging), plus includes."""
-        if query.summary_count or query.count == 0:
-            total = None
-            if query.summary_count or query.total != "none":
-                total = self._count(query, actor)
-            return SearchPage([], [], total, None)
+    def search(self, query: SearchQuery, actor: Actor, *, audit: dict[str, Any] | None = None) -> SearchPage:
+        """One page of matches in SQL (filters, access policy, keyset paging), plus includes.
+
+        `audit`: the audit row of this search; on PostgreSQL the first statement writes it, elsewhere
+        it is queued for the commit.
+        """
+        connection = self._sql()
+        count_only = query.summary_count or query.count == 0
+        counts = query.summary_count or query.total != "none"
+        inline = (
+            audit is not None and connection.dialect.name == "postgresql" and (counts or not count_only)
+        )
+        if audit is not None and not inline:
+            queue_audit_row(self.session, audit)
+        extra = audit_params(audit) if inline and audit is not None else None
+        if count_only:
+            return SearchPage([], [], self._count(query, actor, audit=extra) if counts else None, None)
         key, _ = query.sort
-        stmt, params = _search_statement("page", query, actor)
-        rows = self._sql().execute(stmt, params).all()
+        stmt, params = _search_statement("page", query, actor, audited=extra is not None)
+        rows = connection.execute(stmt, {**params, **extra} if extra else params).all()
         page_rows = rows[: query.count]
         next_cursor = None
         if len(rows) > query.count:
@@ -486,9 +516,9 @@ class ResourceStore:
         included = self._included(query, [r.pk for r in page_rows], matches, actor)
         return SearchPage(matches, included, total, next_cursor)
 
-    def _count(self, query: SearchQuery, actor: Actor) -> int:
-        stmt, params = _search_statement("count", query, actor)
-        return int(self._sql().scalar(stmt, params) or 0)
+    def _count(self, query: SearchQuery, actor: Actor, *, audit: dict[str, Any] | None = None) -> int:
+        stmt, params = _search_statement("count", query, actor, audited=audit is not None)
+        return int(self._sql().scalar(stmt, {**params, **audit} if audit else params) or 0)
 
     def _included(
         self, query: SearchQuery, pks: list[int], matches: list[Stored], actor: Actor
@@ -592,13 +622,20 @@ _SORT_COLUMNS: dict[str, Any] = {
 }
 
 
-def _search_statement(kind: str, query: SearchQuery, actor: Actor) -> tuple[Any, dict[str, Any]]:
-    """The statement (`page`, `count` or `ids`) for the query's shape, and this query's values."""
+def _search_statement(
+    kind: str, query: SearchQuery, actor: Actor, *, audited: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """The statement (`page`, `count` or `ids`) for the query's shape, and this query's values.
+
+    `audited`: the statement also writes an audit row (PostgreSQL; values from `audit_params`).
+    """
     rdef = query.rdef
     shape = policy_shape(actor, rdef)
     key_name, desc = query.sort
     paged = kind == "page" and query.cursor is not None
-    cache_key = (kind, rdef.type, shape, tuple(_clause_shape(c) for c in query.clauses), query.sort, paged)
+    cache_key = (
+        kind, rdef.type, shape, tuple(_clause_shape(c) for c in query.clauses), query.sort, paged, audited
+    )
     values = [v for c in query.clauses for v in _clause_values(c)]
     params: dict[str, Any] = {f"v{i}": v for i, v in enumerate(values)}
     params.update(policy_params(actor), page_limit=query.count + 1)
@@ -633,6 +670,8 @@ def _search_statement(kind: str, query: SearchQuery, actor: Actor) -> tuple[Any,
             .order_by(*order)
             .limit(bindparam("page_limit", type_=Integer))
         )
+    if audited:
+        stmt = stmt.add_cte(insert(AuditRecord).values(_AUDIT_VALUES).cte("recorded"))
     if len(_SEARCH_STATEMENTS) >= _SEARCH_STATEMENTS_MAX:
         _SEARCH_STATEMENTS.clear()
     _SEARCH_STATEMENTS[cache_key] = stmt
@@ -916,6 +955,32 @@ def _read_statement(shape: PolicyShape) -> Select[str, str, int, datetime, bytes
         StoredResource.res_id == bindparam("res_id"),
         _policy(shape, bindparam(_ORG), bindparam(_DISTRICT)),
     )
+
+
+# The audit row's values in a statement that writes it (typed, so PostgreSQL need not guess).
+_AUDIT_VALUES = {name: cast(bind, bind.type) for name, bind in AUDIT_BINDS.items()}
+
+
+@lru_cache(maxsize=32)
+def _audited_read_statement(
+    shape: PolicyShape, with_patient: bool
+) -> Select[str, str, int, datetime, bytes, bool, str | None]:
+    """Read by id that also records the access (PostgreSQL: a data-modifying CTE, one statement).
+
+    The audit row is written only when a live row is found, with that row's patient when the type
+    belongs to a patient's compartment.
+    """
+    found = _read_statement(shape).cte("found")
+    values = [
+        found.c.patient_id if name == "patient_id" and with_patient else _AUDIT_VALUES[name]
+        for name in AUDIT_COLUMNS
+    ]
+    recorded = (
+        insert(AuditRecord)
+        .from_select(list(AUDIT_COLUMNS), select(*values).where(found.c.deleted.is_(False)))
+        .cte("recorded")
+    )
+    return select(found).add_cte(recorded)
 
 
 def stored_ids(rows: Sequence[Stored]) -> list[str]:

@@ -65,8 +65,7 @@ class WriteResult:
     previous: dict[str, Any] | None = None  # the version this write replaced
 
 
-def audit(
-    session: Session,
+def audit_row(
     actor: Actor,
     *,
     action: str,
@@ -77,25 +76,27 @@ def audit(
     query: str | None = None,
     outcome: str = "0",
     request_id: str | None = None,
-) -> None:
-    """Record an access to patient data (served as AuditEvent), written when the transaction commits."""
-    queue_audit_row(
-        session,
-        {
-            "recorded": utcnow(),
-            "action": action,
-            "interaction": interaction,
-            "outcome": outcome,
-            "agent_kind": actor.kind,
-            "agent_name": actor.name,
-            "organization_id": actor.organization_id,
-            "entity_type": entity_type,
-            "entity_id": entity_id,
-            "patient_id": patient_id,
-            "query": (query or "")[:2000] or None,
-            "request_id": request_id,
-        },
-    )
+) -> dict[str, Any]:
+    """One audit_record row: an access to patient data (served as AuditEvent)."""
+    return {
+        "recorded": utcnow(),
+        "action": action,
+        "interaction": interaction,
+        "outcome": outcome,
+        "agent_kind": actor.kind,
+        "agent_name": actor.name,
+        "organization_id": actor.organization_id,
+        "entity_type": entity_type,
+        "entity_id": entity_id,
+        "patient_id": patient_id,
+        "query": (query or "")[:2000] or None,
+        "request_id": request_id,
+    }
+
+
+def audit(session: Session, actor: Actor, **fields: Any) -> None:
+    """Record an access to patient data (`audit_row` fields), written when the transaction commits."""
+    queue_audit_row(session, audit_row(actor, **fields))
 
 
 # Which of a set of (type, id) pairs exist: one statement, built once, for any number of pairs.
@@ -385,18 +386,21 @@ def read(
     if resource_type not in RESOURCES:
         raise NotFound(f"unknown resource type {resource_type}")
     store = ResourceStore(session)
-    stored = (
-        store.read(resource_type, res_id, actor)
-        if version_id is None
-        else store.vread(resource_type, res_id, version_id, actor)
-    )
     rdef = RESOURCES[resource_type]
+    if version_id is None:
+        # The current version: the store records the access with the read (its patient is the row's).
+        row = None if rdef.directory else audit_row(
+            actor, action="R", interaction="read", entity_type=resource_type, entity_id=res_id,
+            request_id=request_id,
+        )
+        return store.read(resource_type, res_id, actor, audit=row)
+    stored = store.vread(resource_type, res_id, version_id, actor)
     if not rdef.directory:
         audit(
             session,
             actor,
             action="R",
-            interaction="vread" if version_id else "read",
+            interaction="vread",
             entity_type=resource_type,
             entity_id=res_id,
             request_id=request_id,
@@ -434,15 +438,8 @@ def search(
     session: Session, actor: Actor, query: SearchQuery, *, query_text: str = "", request_id: str | None = None
 ) -> SearchPage:
     """One page of a search, audited when it is over patient data."""
-    page = ResourceStore(session).search(query, actor)
-    if not query.rdef.directory:
-        audit(
-            session,
-            actor,
-            action="E",
-            interaction="search",
-            entity_type=query.rdef.type,
-            query=query_text,
-            request_id=request_id,
-        )
-    return page
+    row = None if query.rdef.directory else audit_row(
+        actor, action="E", interaction="search", entity_type=query.rdef.type, query=query_text,
+        request_id=request_id,
+    )
+    return ResourceStore(session).search(query, actor, audit=row)

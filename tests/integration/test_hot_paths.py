@@ -30,7 +30,7 @@ from referral_service.fhir.store import _Binder, _clause_sql, _clause_values
 from referral_service.services import actors
 from referral_service.services import resources as service
 from referral_service.services.resources import audit
-from tests.functional.fhir_helpers import Fhir, patient, token_for
+from tests.functional.fhir_helpers import Fhir, organization, patient, token_for
 
 CLINIC = Actor(name="his", kind="client", organization_id="org-1")
 PLATFORM_CLIENT = "platform-test"
@@ -296,3 +296,64 @@ def test_reference_checks_look_rows_up_by_key_on_both_engines(backend: str, app:
             plan = " ".join(str(row[-1]) for row in rows)
             assert "SCAN fhir_resource" not in plan and "Seq Scan" not in plan, plan
     assert sent
+
+
+def _audit_rows() -> list[tuple[str, str | None, str | None, str | None]]:
+    with database.unit_of_work() as session:
+        rows = session.execute(
+            select(AuditRecord.interaction, AuditRecord.entity_id, AuditRecord.patient_id, AuditRecord.query)
+            .where(AuditRecord.interaction.in_(("read", "search")))
+            .order_by(AuditRecord.id)
+        ).all()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def test_a_read_records_its_audit_row_with_the_read_itself(
+    backend: str, platform: Fhir, client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
+) -> None:
+    """PostgreSQL: the read statement writes the row (one statement); SQLite: it is queued. The row
+    names the patient read and exists only for a successful read (404 and 410 record nothing)."""
+    fhir = platform
+    county = Fhir(client, token_for(client, *make_api_client("county-platform", "system/*.cruds",
+                                                             "qs-health-commission")))
+    pid = fhir.post("Patient", patient(None, family="宋", given="一")).json["id"]
+    gone = fhir.post("Patient", patient(None, family="唐", given="二")).json["id"]
+    assert fhir.delete(f"Patient/{gone}").status_code == 204
+    assert county.put("Organization/org-t", organization("org-t")).status_code == 201
+    encounter = fhir.post("Encounter", {
+        "resourceType": "Encounter", "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"}, "serviceProvider": {"reference": "Organization/org-t"},
+    })
+    assert encounter.status_code == 201, encounter.json
+    eid = encounter.json["id"]
+    with _statements() as seen:
+        assert fhir.get(f"Patient/{pid}").status_code == 200
+    reads = [s for s in seen if "fhir_resource" in s]
+    assert len(reads) == 1
+    assert ("audit_record" in reads[0]) == (backend == "postgresql")
+    assert fhir.get(f"Encounter/{eid}").status_code == 200
+    assert fhir.get("Patient/no-such-patient").status_code == 404
+    assert fhir.get(f"Patient/{gone}").status_code == 410
+    assert _audit_rows() == [("read", pid, pid, None), ("read", eid, pid, None)]
+
+
+def test_a_search_records_its_audit_row_once_whatever_it_runs(backend: str, platform: Fhir) -> None:
+    fhir = platform
+    for given in ("一", "二", "三"):
+        assert fhir.post("Patient", patient(None, family="宋", given=given)).status_code == 201
+    queries = ["Patient?family=宋", "Patient?family=宋&_count=2", "Patient?family=宋&_summary=count",
+               "Patient?family=宋&_count=0&_total=none", "Patient?family=元"]
+    for query in queries:
+        with _statements() as seen:
+            answer = fhir.get(query)
+        assert answer.status_code == 200, answer.json
+        audit_statements = [s for s in seen if "audit_record" in s]
+        assert len(audit_statements) == 1, (query, seen)
+        if backend == "postgresql" and "_total=none" not in query:
+            assert "fhir_resource" in audit_statements[0]  # it rode along with the search
+    totals = [fhir.get(q).json.get("total") for q in ("Patient?family=宋&_count=2", "Patient?family=元")]
+    assert totals == [3, 0]
+    logged = [(interaction, query) for interaction, _, _, query in _audit_rows()]
+    assert [i for i, _ in logged] == ["search"] * 7
+    assert [parse_qsl(q or "") for _, q in logged[:5]] == [parse_qsl(q.split("?", 1)[1]) for q in queries]
