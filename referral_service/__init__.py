@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, Request
@@ -24,10 +24,28 @@ class ApiAwareSessionInterface(SecureCookieSessionInterface):
         return super().open_session(app, request)
 
 
+class ReferralFlask(Flask):
+    """Flask, remembering which hooks and views are coroutines.
+
+    Flask asks `inspect.iscoroutinefunction` of every hook and view on every request (about eight
+    times per FHIR call); the answer never changes for a function, so it is worked out once.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync_versions: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        sync = self._sync_versions.get(func)
+        if sync is None:
+            sync = self._sync_versions[func] = super().ensure_sync(func)
+        return sync
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application: settings, extensions, blueprints, error handlers."""
     settings = load_config(config)
-    app = Flask(__name__, instance_relative_config=False)
+    app = ReferralFlask(__name__, instance_relative_config=False)
     app.session_interface = ApiAwareSessionInterface()
     app.config.update(settings)
     app.config["RATELIMIT_STORAGE_URI"] = settings["RATELIMIT_STORAGE_URI"]

@@ -62,3 +62,36 @@ def test_unknown_override_key_is_warned(caplog: pytest.LogCaptureFixture) -> Non
     with caplog.at_level(logging.WARNING):
         load_config({"DATABSE_URL": "typo"}, environ={})
     assert "DATABSE_URL" in caplog.text
+
+
+def test_the_app_works_out_once_whether_a_view_is_a_coroutine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flask.app
+
+    from referral_service import create_app
+
+    app = create_app({"DATABASE_URL": "sqlite://", "ENV": "testing"})
+    asked: list[object] = []
+    real = flask.app.iscoroutinefunction
+
+    def counting(func: object) -> bool:
+        asked.append(func)
+        return real(func)
+
+    monkeypatch.setattr(flask.app, "iscoroutinefunction", counting)
+    client = app.test_client()
+    assert client.get("/fhir/metadata").status_code == 200
+    first = len(asked)
+    assert first > 0
+    assert client.get("/fhir/metadata").status_code == 200
+    assert len(asked) == first  # the second request asked nothing
+
+    def view() -> str:
+        return "plain"
+
+    assert app.ensure_sync(view) is view
+
+    async def coroutine_view() -> str:
+        return "async"
+
+    with pytest.raises(RuntimeError, match="async"):  # Flask's own answer (asgiref is not installed)
+        app.ensure_sync(coroutine_view)
