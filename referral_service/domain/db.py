@@ -10,9 +10,14 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Dialect, Engine, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from .sqlite_lock import WriterLockedConnection, writer_lock_path
+
+# How long a SQLite writer waits for the write lock (our flock, then SQLite's own busy handler).
+BUSY_TIMEOUT_SECONDS = 30.0
 
 
 class Database:
@@ -22,19 +27,27 @@ class Database:
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
         self._read_sessions: sessionmaker[Session] | None = None
-        self._key: tuple[str, bool, int] | None = None
+        self._key: tuple[str, bool, int, float] | None = None
 
-    def configure(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
-        """Create the engine for the URL, with the settings each dialect needs."""
+    def configure(self, url: str, *, echo: bool = False, pool_size: int = 10,
+                  busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
+        """Create the engine for the URL, with the settings each dialect needs.
+
+        `busy_timeout` (SQLite): seconds a writer waits for the write lock before "database is locked".
+        """
         if self._engine is not None:
-            if self._key == (url, echo, pool_size):
+            if self._key == (url, echo, pool_size, busy_timeout):
                 return  # same database: keep the pool (app factories in tests, CLI re-entry)
             self._engine.dispose()
-        self._key = (url, echo, pool_size)
+        self._key = (url, echo, pool_size, busy_timeout)
         parsed = make_url(url)
         options: dict[str, Any] = {"echo": echo, "future": True}
+        lock_path = None
         if parsed.get_backend_name() == "sqlite":
-            options["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            options["connect_args"] = {"timeout": busy_timeout, "check_same_thread": False}
+            lock_path = writer_lock_path(parsed)
+            if lock_path is not None:
+                options["connect_args"]["factory"] = WriterLockedConnection
         else:
             options.update(
                 pool_size=pool_size,
@@ -44,7 +57,14 @@ class Database:
             )
         engine = create_engine(url, **options)
         if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _sqlite_on_connect)
+
+            def on_connect(dbapi_conn: sqlite3.Connection, record: ConnectionPoolEntry) -> None:
+                _sqlite_on_connect(dbapi_conn, busy_timeout)
+                if isinstance(dbapi_conn, WriterLockedConnection):
+                    dbapi_conn.writer_lock_path = lock_path
+                    dbapi_conn.writer_lock_timeout = busy_timeout
+
+            event.listen(engine, "connect", on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
         else:
             dialect = engine.dialect
@@ -145,20 +165,36 @@ def _ping_if_idle(dialect: Dialect, dbapi_conn: Any, record: ConnectionPoolEntry
         raise DisconnectionError("the pooled connection no longer answers")
 
 
-def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, record: ConnectionPoolEntry) -> None:
+def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, busy_timeout: float) -> None:
     # Let SQLAlchemy emit BEGIN itself so that BEGIN IMMEDIATE serialises writers.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     cur.close()
 
 
 def _sqlite_on_begin(conn: Any) -> None:
     # Every transaction takes the write lock up front: read-then-write races (caps, conditional
     # creates) cannot interleave, and SQLite never fails a transaction half-way with SQLITE_BUSY.
-    # Read-only work (AUTOCOMMIT) runs statement by statement instead.
-    if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+    # Read-only work (AUTOCOMMIT) runs statement by statement instead, without either lock.
+    # Writers of a database file first queue on its flock writer lock (`sqlite_lock.py`): woken as
+    # soon as the previous writer is done, instead of sleeping in SQLite's busy handler. The
+    # connection releases it when the transaction ends (commit, rollback, close).
+    if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return
+    dbapi_conn = conn.connection.dbapi_connection
+    if not isinstance(dbapi_conn, WriterLockedConnection):  # in-memory database
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    try:
+        dbapi_conn.acquire_writer_lock()
+    except sqlite3.OperationalError as exc:  # timed out: what SQLite's BEGIN IMMEDIATE would raise
+        raise OperationalError("BEGIN IMMEDIATE", (), exc) from exc
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
+        dbapi_conn.release_writer_lock()
+        raise
