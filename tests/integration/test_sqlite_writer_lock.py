@@ -12,6 +12,7 @@ import itertools
 import multiprocessing
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from referral_service import errors
+from referral_service.domain import sqlite_lock
 from referral_service.domain.db import Database
 from referral_service.domain.sqlite_lock import writer_lock_path
 
@@ -211,6 +213,49 @@ def test_a_writer_of_another_process_waits_in_flock_and_proceeds_when_the_holder
     database.dispose()
 
 
+def _wait_until_waiting_for_the_lock(thread: threading.Thread) -> None:
+    """Wait until the thread is inside the writer lock's acquisition (which waits while it is held)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and thread.is_alive():
+        frame = sys._current_frames().get(thread.ident or 0)
+        while frame is not None:
+            if frame.f_code is sqlite_lock._acquire.__code__:
+                return
+            frame = frame.f_back
+        time.sleep(0.01)
+    pytest.fail("the thread never waited for the writer lock")
+
+
+def test_threads_of_one_process_take_turns_on_the_lock(tmp_path: Path) -> None:
+    url, lock_path = _new_database_file(tmp_path)
+    database = _database(url, sqlite_busy_timeout_zero=True)
+    began: list[int] = []
+    failures: list[Exception] = []
+
+    def second_writer() -> None:
+        try:
+            with database.unit_of_work() as session:
+                session.connection()
+                began.append(time.monotonic_ns())
+                session.execute(text("INSERT INTO row (who) VALUES ('second')"))
+        except Exception as exc:
+            failures.append(exc)
+
+    with database.unit_of_work() as session:
+        session.execute(text("INSERT INTO row (who) VALUES ('first')"))
+        second = threading.Thread(target=second_writer)
+        second.start()
+        _wait_until_waiting_for_the_lock(second)
+        ending = time.monotonic_ns()
+    second.join(30)
+
+    assert failures == []  # with busy_timeout 0: it never met SQLite's lock
+    assert began[0] > ending  # it began only after the first writer let go
+    assert _rows(database) == ["first", "second"]
+    assert not _held(lock_path)
+    database.dispose()
+
+
 def _commit(database: Database, lock_path: str) -> bool:
     with database.unit_of_work() as session:
         session.execute(text("INSERT INTO row (who) VALUES ('a')"))
@@ -344,15 +389,31 @@ def test_a_writer_that_cannot_get_the_lock_in_time_fails_as_sqlite_itself_would(
     other.rollback()
     other.close()
     assert not _held(lock_path)  # the failed BEGIN IMMEDIATE let the writer lock go
-    # Ours: another writer holds the writer lock.
+    # Ours: a writer of another process holds the writer lock (its own open file description) ...
     with _holding(lock_path):
-        ours = write()
+        other_process = write()
+    # ... or another thread of this process does.
+    holding, done = threading.Event(), threading.Event()
 
-    for failed in (sqlite_own, ours):
+    def hold() -> None:
+        with database.unit_of_work() as session:
+            session.connection()
+            holding.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(30)
+    other_thread = write()
+    done.set()
+    holder.join(30)
+
+    for failed in (sqlite_own, other_process, other_thread):
         assert isinstance(failed.orig, sqlite3.OperationalError)
         assert str(failed.orig) == "database is locked"
         assert not failed.connection_invalidated
-    assert errors._is_connection_error(ours) == errors._is_connection_error(sqlite_own)
+        assert errors._is_connection_error(failed) == errors._is_connection_error(sqlite_own)
+    assert not _held(lock_path)
     with database.unit_of_work() as session:  # nothing leaked: the next writer proceeds
         session.execute(text("INSERT INTO row (who) VALUES ('next')"))
     assert _rows(database) == ["next"]
