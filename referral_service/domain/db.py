@@ -105,14 +105,16 @@ class Database:
     def unit_of_work(self, *, read_only: bool = False) -> Iterator[Session]:
         """One transaction: commit once at the end, roll back on any error.
 
-        `read_only`: the work only reads (and records audit rows, written when it ends); on PostgreSQL
-        its statements autocommit one by one.
+        `read_only`: the work only reads (and records audit rows, written when it ends); its statements
+        autocommit one by one, and when it leaves nothing to write (no ORM changes, nothing queued in
+        `session.info`, such as audit rows) there is no commit to run.
         """
         reads = self._read_sessions if read_only else None
         session = reads() if reads is not None else self.session()
         try:
             yield session
-            session.commit()
+            if not read_only or session.info or session.new or session.dirty or session.deleted:
+                session.commit()
         except BaseException:
             session.rollback()
             raise

@@ -14,6 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session
 
 from referral_service.domain import db as db_module
 from referral_service.domain import resident_id
@@ -357,3 +358,30 @@ def test_a_search_records_its_audit_row_once_whatever_it_runs(backend: str, plat
     logged = [(interaction, query) for interaction, _, _, query in _audit_rows()]
     assert [i for i, _ in logged] == ["search"] * 7
     assert [parse_qsl(q or "") for _, q in logged[:5]] == [parse_qsl(q.split("?", 1)[1]) for q in queries]
+
+
+def test_read_only_work_commits_only_what_it_leaves_to_write(
+    app: Flask, make_org: Callable[..., str]
+) -> None:
+    make_org("org-ro")
+    commits: list[object] = []
+
+    def on_commit(session: Any) -> None:
+        commits.append(session)
+
+    event.listen(Session, "after_commit", on_commit)
+    try:
+        with database.unit_of_work(read_only=True) as session:
+            assert session.get(Organization, "org-ro") is not None
+        assert commits == []  # nothing to write: no commit round
+        with database.unit_of_work(read_only=True) as session:
+            audit(session, CLINIC, action="R", interaction="read", entity_type="Patient", entity_id="p9")
+        assert len(commits) == 1 and _audit_count() == 1
+        with database.unit_of_work(read_only=True) as session:
+            row = session.get(Organization, "org-ro")
+            assert row is not None
+            row.name = "改名卫生院"  # a change made here is not lost
+    finally:
+        event.remove(Session, "after_commit", on_commit)
+    with database.unit_of_work() as session:
+        assert session.get(Organization, "org-ro").name == "改名卫生院"  # type: ignore[union-attr]
