@@ -169,6 +169,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--profile", action="store_true", help="print the top functions (cProfile)")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--dump", metavar="FILE", help="with --profile: also write the raw stats (pstats)")
     args = parser.parse_args()
 
     url = os.environ.get("DATABASE_URL")
@@ -209,6 +210,8 @@ def main() -> int:
               f"statements: {' '.join(statements)})")
         if profiler:
             out = io.StringIO()
+            if args.dump:
+                profiler.dump_stats(args.dump)
             stats = pstats.Stats(profiler, stream=out)
             stats.sort_stats("tottime").print_stats(args.top)
             stats.sort_stats("cumulative").print_stats(args.top)

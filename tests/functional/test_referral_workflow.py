@@ -59,6 +59,27 @@ def _first_visit(county: dict[str, Fhir]) -> tuple[str, str, dict[str, Any]]:
     return pid, eid, gr
 
 
+def _every_stored_version_validates() -> int:
+    """The workflow writes its own resources unvalidated: each version it stored must pass the checks
+    a client's write gets (structure and profiles); returns how many were checked."""
+    from sqlalchemy import select
+
+    from referral_service.domain.fhir_store import ResourceVersion, StoredResource
+    from referral_service.extensions import database
+    from referral_service.fhir import jsonio
+    from referral_service.fhir.validation import check_resource
+
+    with database.unit_of_work() as session:
+        rows = session.execute(
+            select(StoredResource.res_type, StoredResource.res_id, ResourceVersion.content)
+            .join(ResourceVersion, ResourceVersion.resource_pk == StoredResource.pk)
+            .where(ResourceVersion.deleted.is_(False))
+        ).all()
+    for res_type, res_id, content in rows:
+        check_resource(res_type, dict(jsonio.loads(content)), url_id=res_id)  # raises on any error
+    return len(rows)
+
+
 def test_full_journey(county: dict[str, Fhir]) -> None:
     clinic, hospital = county["township-his"], county["county-his"]
     pid, _eid, gr = _first_visit(county)
@@ -152,6 +173,7 @@ def test_full_journey(county: dict[str, Fhir]) -> None:
     assert clinic.post("Encounter", follow).status_code == 201
     plan = clinic.get(f"CarePlan/{plan['id']}").json
     assert [a["detail"]["status"] for a in plan["activity"]] == ["completed", "scheduled", "scheduled"]
+    assert _every_stored_version_validates() > 20
 
 
 def test_re_evaluating_a_visit_creates_no_duplicates(county: dict[str, Fhir]) -> None:
@@ -161,6 +183,7 @@ def test_re_evaluating_a_visit_creates_no_duplicates(county: dict[str, Fhir]) ->
     assert clinic.put(f"Encounter/{eid}", enc).status_code == 200
     for kind in ("GuidanceResponse", "ServiceRequest", "Task"):
         assert clinic.get(f"{kind}?patient=Patient/{pid}&_summary=count").json["total"] == 1, kind
+    assert _every_stored_version_validates() > 10
 
 
 def test_override_needs_a_reason_and_cancels_the_task(county: dict[str, Fhir]) -> None:
@@ -176,6 +199,7 @@ def test_override_needs_a_reason_and_cancels_the_task(county: dict[str, Fhir]) -
     )
     assert ok.status_code == 200
     assert _one(clinic, f"Task?focus=ServiceRequest/{sr_id}")["status"] == "cancelled"
+    assert _every_stored_version_validates() > 10
 
 
 def test_rejection_then_retarget(county: dict[str, Fhir]) -> None:
@@ -201,6 +225,7 @@ def test_rejection_then_retarget(county: dict[str, Fhir]) -> None:
         _one(mch, "Task?owner=Organization/mch&status=requested")["focus"]["reference"]
         == f"ServiceRequest/{sr_id}"
     )
+    assert _every_stored_version_validates() > 10
 
 
 def test_forbidden_task_moves_change_nothing(county: dict[str, Fhir]) -> None:
