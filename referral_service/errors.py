@@ -57,6 +57,11 @@ def _looks_unreachable(exc: DBAPIError) -> bool:
     )
 
 
+def _is_busy(exc: DBAPIError) -> bool:
+    """Another writer held the database longer than the busy timeout (SQLite's single write lock)."""
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig).lower()
+
+
 def register_error_handlers(app: Flask) -> None:
     """Install the handlers."""
 
@@ -85,6 +90,9 @@ def register_error_handlers(app: Flask) -> None:
         if _is_connection_error(exc):
             log.warning("database unavailable: %s", exc.__class__.__name__)
             return _answer(503, [Problem("the database is unavailable; try again shortly", code="transient")])
+        if _is_busy(exc):
+            log.warning("database busy: %s", exc.orig)
+            return _answer(503, [Problem("the database is busy; try again shortly", code="transient")])
         log.exception("database error")
         return _answer(500, [Problem(f"internal error (request {g.get('request_id')})", code="exception")])
 

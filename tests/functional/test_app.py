@@ -116,3 +116,35 @@ def test_capability_statement_lists_what_is_registered(client: FlaskClient) -> N
     token_url = rest["security"]["extension"][0]["extension"][0]["valueUri"]
     assert token_url.endswith("/oauth/token")
     assert {"transaction", "batch"} == {i["code"] for i in rest["interaction"]}
+
+
+def test_a_write_that_waits_too_long_for_sqlite_answers_503(tmp_path: Path) -> None:
+    """Another program holding SQLite's write lock past the busy timeout: a transient 503, not a 500."""
+    import sqlite3
+
+    from referral_service.domain.registry import AuditRecord
+    from referral_service.extensions import database
+    from referral_service.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'busy.sqlite3'}"
+    app = create_app({"ENV": "testing", "DATABASE_URL": url})
+
+    @app.get("/busy-write")
+    def busy_write() -> str:
+        with database.unit_of_work() as session:
+            session.add(AuditRecord(action="C", interaction="test", agent_kind="system"))
+        return "written"
+
+    upgrade(database.engine)
+    database.configure(url, busy_timeout=0.2)
+    holder = sqlite3.connect(tmp_path / "busy.sqlite3", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # e.g. the sqlite3 shell, outside the app's own lock
+        busy = app.test_client().get("/busy-write")
+        assert busy.status_code == 503
+        assert "busy" in busy.get_data(as_text=True)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert app.test_client().get("/busy-write").data == b"written"
+    database.dispose()
