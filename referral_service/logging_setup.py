@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from flask import g, has_request_context
 
 _RESIDENT_ID = re.compile(r"\b(\d{6})\d{8}(\d{3}[0-9Xx])\b")
@@ -42,7 +42,7 @@ class JsonFormatter(logging.Formatter):
                 payload[key] = value
         if record.exc_info:
             payload["exception"] = mask_sensitive(self.formatException(record.exc_info))
-        return json.dumps(payload, ensure_ascii=False)
+        return orjson.dumps(payload, default=str).decode()
 
 
 class PlainFormatter(logging.Formatter):

@@ -288,24 +288,27 @@ def _count_arg() -> int:
 def search(resource_type: str) -> Response:
     """search by GET."""
     _known_type(resource_type)
-    return _search(resource_type, list(request.args.items(multi=True)))
+    query_text = request.query_string.decode("utf-8", "replace")
+    return _search(resource_type, list(request.args.items(multi=True)), query_text)
 
 
 @bp.post("/<resource_type>/_search")
 def search_post(resource_type: str) -> Response:
     """search by POST (form body plus any query string)."""
     _known_type(resource_type)
-    return _search(resource_type, list(request.args.items(multi=True)) + list(request.form.items(multi=True)))
+    args = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
+    return _search(resource_type, args, urlencode(args))
 
 
-def _search(resource_type: str, args: list[tuple[str, str]]) -> Response:
+def _search(resource_type: str, args: list[tuple[str, str]], query_text: str) -> Response:
+    """One page; `query_text` (the parameters as sent) goes into the audit row."""
     cfg = current_app.config
     query = parse_search(resource_type, args, cfg["FHIR_DEFAULT_COUNT"], cfg["FHIR_MAX_COUNT"])
     service.authorise_includes(query, current_principal().may)  # included types need their own scopes
     page = with_actor(
         resource_type,
         "s",
-        lambda s, a: service.search(s, a, query, query_text=urlencode(args), request_id=g.get("request_id")),
+        lambda s, a: service.search(s, a, query, query_text=query_text, request_id=g.get("request_id")),
     )
     return fhir_response(bundle_json.searchset(base_url(), resource_type, query, page))
 
