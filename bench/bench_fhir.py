@@ -1209,7 +1209,9 @@ def postgres_phase(
         if args.reuse_database:
             log(f"PostgreSQL: reusing {args.reuse_database} (loaded by an earlier run)")
             configure(url)
-            section["setup"] = {"reused": args.reuse_database}
+            with psycopg.connect(conninfo) as conn:
+                count = conn.execute("SELECT count(*) FROM patient").fetchone()[0]  # type: ignore[index]
+            section["setup"] = {"reused": args.reuse_database, "patients": int(count)}
         else:
             log(f"PostgreSQL: loading {args.patients:,} patients")
             section["setup"] = load_registry(url, args.patients, args.publish, args.materialize_sample)
@@ -1595,14 +1597,15 @@ def render(results: dict[str, Any]) -> str:
     if pg:
         s = pg.get("setup", {})
         ms = pg.get("measurements", {})
-        lines += [
-            f"### PostgreSQL, {s.get('patients', 0):,} patients",
-            "",
-            f"Setup: `seed_demo` {s.get('seed_s')} s ({s.get('registry_rows', 0):,} registry rows); publish "
-            f"Organization + Patient ({s.get('publish_method')}) {s.get('publish_s')} s; database "
-            f"{s.get('database_size')}.",
-            "",
-        ]
+        setup = (
+            f"Setup: database `{s['reused']}`, loaded by an earlier run of this script (`--keep`), "
+            f"reused (`--reuse-database`); {s.get('database_size')}."
+            if s.get("reused")
+            else f"Setup: `seed_demo` {s.get('seed_s')} s ({s.get('registry_rows', 0):,} registry rows); "
+            f"publish Organization + Patient ({s.get('publish_method')}) {s.get('publish_s')} s; database "
+            f"{s.get('database_size')}."
+        )
+        lines += [f"### PostgreSQL, {s.get('patients', 0):,} patients", "", setup, ""]
         sample = s.get("materialize_sample")
         if sample:
             minutes = s.get("patients", 0) / max(sample["per_s"], 1) / 60

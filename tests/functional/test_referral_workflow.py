@@ -14,7 +14,13 @@ from referral_service.fhir.codes import (
     ICD10_SYSTEM,
     V3_ACT_CODE_SYSTEM,
 )
-from tests.functional.fhir_helpers import Fhir, organization, token_for, visit_bundle
+from tests.functional.fhir_helpers import (
+    Fhir,
+    every_stored_version_validates,
+    organization,
+    token_for,
+    visit_bundle,
+)
 
 
 def _hospital(org_id: str, capabilities: list[str]) -> dict[str, Any]:
@@ -57,27 +63,6 @@ def _first_visit(county: dict[str, Fhir]) -> tuple[str, str, dict[str, Any]]:
     eid = locations[1].split("/")[1]
     gr = _one(clinic, f"GuidanceResponse?subject=Patient/{pid}")
     return pid, eid, gr
-
-
-def _every_stored_version_validates() -> int:
-    """The workflow writes its own resources unvalidated: each version it stored must pass the checks
-    a client's write gets (structure and profiles); returns how many were checked."""
-    from sqlalchemy import select
-
-    from referral_service.domain.fhir_store import ResourceVersion, StoredResource
-    from referral_service.extensions import database
-    from referral_service.fhir import jsonio
-    from referral_service.fhir.validation import check_resource
-
-    with database.unit_of_work() as session:
-        rows = session.execute(
-            select(StoredResource.res_type, StoredResource.res_id, ResourceVersion.content)
-            .join(ResourceVersion, ResourceVersion.resource_pk == StoredResource.pk)
-            .where(ResourceVersion.deleted.is_(False))
-        ).all()
-    for res_type, res_id, content in rows:
-        check_resource(res_type, dict(jsonio.loads(content)), url_id=res_id)  # raises on any error
-    return len(rows)
 
 
 def test_full_journey(county: dict[str, Fhir]) -> None:
@@ -173,7 +158,7 @@ def test_full_journey(county: dict[str, Fhir]) -> None:
     assert clinic.post("Encounter", follow).status_code == 201
     plan = clinic.get(f"CarePlan/{plan['id']}").json
     assert [a["detail"]["status"] for a in plan["activity"]] == ["completed", "scheduled", "scheduled"]
-    assert _every_stored_version_validates() > 20
+    assert every_stored_version_validates() > 20
 
 
 def test_re_evaluating_a_visit_creates_no_duplicates(county: dict[str, Fhir]) -> None:
@@ -183,7 +168,7 @@ def test_re_evaluating_a_visit_creates_no_duplicates(county: dict[str, Fhir]) ->
     assert clinic.put(f"Encounter/{eid}", enc).status_code == 200
     for kind in ("GuidanceResponse", "ServiceRequest", "Task"):
         assert clinic.get(f"{kind}?patient=Patient/{pid}&_summary=count").json["total"] == 1, kind
-    assert _every_stored_version_validates() > 10
+    assert every_stored_version_validates() > 10
 
 
 def test_override_needs_a_reason_and_cancels_the_task(county: dict[str, Fhir]) -> None:
@@ -199,7 +184,7 @@ def test_override_needs_a_reason_and_cancels_the_task(county: dict[str, Fhir]) -
     )
     assert ok.status_code == 200
     assert _one(clinic, f"Task?focus=ServiceRequest/{sr_id}")["status"] == "cancelled"
-    assert _every_stored_version_validates() > 10
+    assert every_stored_version_validates() > 10
 
 
 def test_rejection_then_retarget(county: dict[str, Fhir]) -> None:
@@ -225,7 +210,7 @@ def test_rejection_then_retarget(county: dict[str, Fhir]) -> None:
         _one(mch, "Task?owner=Organization/mch&status=requested")["focus"]["reference"]
         == f"ServiceRequest/{sr_id}"
     )
-    assert _every_stored_version_validates() > 10
+    assert every_stored_version_validates() > 10
 
 
 def test_forbidden_task_moves_change_nothing(county: dict[str, Fhir]) -> None:

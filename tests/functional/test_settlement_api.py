@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from referral_service.domain.ledger import Payable, Settlement, YearAccumulator
 from referral_service.extensions import database
+from tests.functional.fhir_helpers import every_stored_version_validates
 from tests.functional.settlement_helpers import County, claim, components
 
 D = Decimal
@@ -123,6 +124,7 @@ def test_reversal_restores_accumulators_and_lists_later_settlements(county: Coun
         {"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": "again"}]},
     )
     assert twice.status_code == 409
+    assert every_stored_version_validates() > 6  # Claims, ClaimResponses (and reversed), EOBs
 
 
 def test_up_referral_pays_only_the_deductible_difference(county: County) -> None:
