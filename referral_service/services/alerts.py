@@ -27,7 +27,7 @@ from ..domain.errors import BadRequest, Conflict, Forbidden, NotFound
 from ..domain.fhir_store import DateIndex, ReferenceIndex, ResourceVersion, StoredResource, TokenIndex
 from ..domain.ledger import FUNDS
 from ..domain.monitoring import ALERT_STATUSES, Alert, AlertEvent
-from ..domain.registry import Organization, Patient
+from ..domain.registry import Household, Organization, Patient
 from ..fhir import jsonio
 from ..fhir.codes import BASE, SETTLEMENT_COMPONENT_SYSTEM, code_system_url
 from ..fhir.resources import RESOURCES
@@ -500,7 +500,7 @@ def acknowledge(session: Session, actor: Actor, alert_id: int, note: str | None 
     alert.status, alert.acknowledged_at, alert.acknowledged_by = "acknowledged", when, actor.name
     note = (note or "").strip() or None
     session.execute(insert(AlertEvent), [_event(alert.id, "acknowledged", actor, when, note)])
-    return alert_view(session, alert, events=True)
+    return alert_view(session, alert, events=True, label=subject_labels(session, [alert])[alert.id])
 
 
 def resolve(session: Session, actor: Actor, alert_id: int, note: str) -> dict[str, Any]:
@@ -518,7 +518,7 @@ def resolve(session: Session, actor: Actor, alert_id: int, note: str) -> dict[st
     session.execute(insert(AlertEvent), [_event(alert.id, "resolved", actor, when, note)])
     session.flush()
     publish_flag(session, alert)
-    return alert_view(session, alert, events=True)
+    return alert_view(session, alert, events=True, label=subject_labels(session, [alert])[alert.id])
 
 
 @dataclass(frozen=True)
@@ -561,7 +561,46 @@ def list_alerts(session: Session, actor: Actor, query: AlertQuery) -> tuple[list
     rows = list(session.scalars(stmt.order_by(Alert.id.desc()).limit(query.limit + 1)))
     more = len(rows) > query.limit
     rows = rows[: query.limit]
-    return [alert_view(session, a) for a in rows], (rows[-1].id if more else None)
+    labels = subject_labels(session, rows)
+    return [alert_view(session, a, label=labels.get(a.id)) for a in rows], (rows[-1].id if more else None)
+
+
+MEMBERS_NAMED = 3  # a household is named by its eldest members
+
+
+def subject_labels(session: Session, alerts: Sequence[Alert]) -> dict[int, str]:
+    """What each alert concerns, in words, for people reading the list: a household by its village,
+    code and eldest members; a patient by name; a hospital by name (three queries for a page)."""
+    subjects = {a.id: flag_subject(a) for a in alerts}
+    ids: dict[str, set[str]] = {"Group": set(), "Patient": set(), "Organization": set()}
+    for subject in subjects.values():
+        kind, _, ident = subject.partition("/")
+        ids[kind].add(ident)
+    names: dict[str, str] = {}
+    if ids["Group"]:
+        members: dict[str, list[str]] = {}
+        for household_id, family, given in session.execute(
+            select(Patient.household_id, Patient.family_name, Patient.given_name)
+            .where(Patient.household_id.in_(ids["Group"]))
+            .order_by(Patient.household_id, Patient.birth_date, Patient.id)
+        ):
+            members.setdefault(str(household_id), []).append(f"{family}{given}")
+        for home in session.scalars(select(Household).where(Household.id.in_(ids["Group"]))):
+            people = members.get(home.id, [])
+            shown = "、".join(people[:MEMBERS_NAMED]) + ("…" if len(people) > MEMBERS_NAMED else "")
+            place = " ".join(p for p in (home.township, home.village) if p)
+            names[f"Group/{home.id}"] = " · ".join(p for p in (place, home.code or home.id, shown) if p)
+    if ids["Patient"]:
+        for pid, family, given in session.execute(
+            select(Patient.id, Patient.family_name, Patient.given_name).where(Patient.id.in_(ids["Patient"]))
+        ):
+            names[f"Patient/{pid}"] = f"{family}{given}"
+    if ids["Organization"]:
+        for oid, name in session.execute(
+            select(Organization.id, Organization.name).where(Organization.id.in_(ids["Organization"]))
+        ):
+            names[f"Organization/{oid}"] = name
+    return {alert_id: names.get(subject, subject) for alert_id, subject in subjects.items()}
 
 
 def get_alert(session: Session, actor: Actor, alert_id: int) -> dict[str, Any]:
@@ -570,17 +609,20 @@ def get_alert(session: Session, actor: Actor, alert_id: int) -> dict[str, Any]:
     alert = session.get(Alert, alert_id)
     if alert is None:
         raise NotFound(f"alert {alert_id} is not known")
-    return alert_view(session, alert, events=True)
+    return alert_view(session, alert, events=True, label=subject_labels(session, [alert])[alert.id])
 
 
-def alert_view(session: Session, alert: Alert, *, events: bool = False) -> dict[str, Any]:
-    """An alert as JSON-ready data (with its history when asked)."""
+def alert_view(
+    session: Session, alert: Alert, *, events: bool = False, label: str | None = None
+) -> dict[str, Any]:
+    """An alert as JSON-ready data (with its history when asked); `label`: its subject in words."""
     reason = REASONS[alert.reason]
     view: dict[str, Any] = {
         "id": alert.id, "reason": alert.reason, "reason_zh": reason.zh, "reason_en": reason.en,
         "category": alert.category, "status": alert.status, "condition_holds": alert.condition_holds,
         "subject": f"{alert.subject_type}/{alert.subject_id}", "scope": alert.scope or None,
-        "flag": f"Flag/{alert.flag_id}", "flag_subject": flag_subject(alert), "figures": alert.figures,
+        "flag": f"Flag/{alert.flag_id}", "flag_subject": flag_subject(alert),
+        "subject_label": label or flag_subject(alert), "figures": alert.figures,
         "patient_id": alert.patient_id, "household_id": alert.household_id,
         "organization_id": alert.organization_id, "district": alert.district, "township": alert.township,
         "raised_at": alert.raised_at, "last_seen_at": alert.last_seen_at,

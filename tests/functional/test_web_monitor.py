@@ -129,3 +129,26 @@ def test_resolving_needs_the_csrf_token(county: County, database_urls: dict[str,
     assert client.post(f"/monitor/alerts/{alert_id}/resolve", data={"note": "x"}).status_code == 400
     with database.session() as db:
         assert db.get(Alert, alert_id).status == "open"  # type: ignore[union-attr]
+
+
+def test_alerts_name_the_household_by_place_code_and_eldest_members(county: County) -> None:
+    from decimal import Decimal
+
+    from referral_service.domain.registry import Household, Patient
+
+    with database.unit_of_work() as db:
+        db.add(Household(id="hh-2", code="QS-0042", annual_income=Decimal("9000.00"), district="青山县",
+                         township="新集乡", village="李家沟村"))
+        db.flush()
+        for pid, given, born in (("m-1", "建国", date(1950, 1, 1)), ("m-2", "秀英", date(1953, 5, 1)),
+                                 ("m-3", "小明", date(1980, 2, 2)), ("m-4", "丫丫", date(2015, 3, 3))):
+            db.add(Patient(id=pid, family_name="李", given_name=given, gender="unknown", district="青山县",
+                           household_id="hh-2", birth_date=born))
+    client = county.client("monitor")
+    table = client.get("/monitor/alerts?township=新集乡").get_data(as_text=True).split('id="alerts"', 1)[1]
+    assert "新集乡 李家沟村 · QS-0042 · 李建国、李秀英、李小明…" in table  # the eldest three, then more
+    assert "李丫丫" not in table and "Group/hh-2" in table  # the reference stays beside the words
+    unknown = client.get("/monitor/alerts?township=城关镇").get_data(as_text=True).split('id="alerts"', 1)[1]
+    assert "Group/hh-1" in unknown  # a household the registry does not hold keeps its reference
+    detail = client.get(f"/monitor/alerts/{_alert_id('return-to-poverty-watch')}").get_data(as_text=True)
+    assert "李建国、李秀英、李小明…" in detail
