@@ -11,13 +11,14 @@ from ..extensions import csrf
 from ..fhir.capability import register_operation
 from ..fhir.store import instant, now_ms
 from ..services import settlement
-from .fhir import _check_body, base_url, read_json_body, with_actor
+from .fhir import _check_body, _check_id, base_url, read_json_body, with_actor
 from .responses import fhir_response
 
 REVIEW_NOTE = "computed on accumulators that included the reversed claim: review"
 bp = Blueprint("claims", __name__, url_prefix="/fhir")
 csrf.exempt(bp)
 bp.before_request(_check_body)  # the same 413 / 415 checks as every /fhir route
+bp.before_request(_check_id)  # and the same id grammar
 
 register_operation("Claim", "submit", "http://hl7.org/fhir/OperationDefinition/Claim-submit")
 register_operation(

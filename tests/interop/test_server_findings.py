@@ -93,3 +93,26 @@ def test_long_strings_are_stored_on_both_engines(
     response = platform.put(f"{rtype}/long", {**body, "resourceType": rtype, "id": "long"})
     assert response.status_code == 201, response.json
     assert platform.get(f"{rtype}/long").json == response.json
+
+
+BAD_IDS = {"nul": "%00", "inner-nul": "a%00b", "underscore": "a_b", "65-chars": "x" * 65,
+           "chinese": "%E7%8E%8B", "space": "a%20b"}
+
+
+@pytest.mark.parametrize("bad", BAD_IDS.values(), ids=BAD_IDS.keys())
+def test_a_path_id_outside_the_fhir_grammar_is_unknown_not_a_server_error(platform: Fhir, bad: str) -> None:
+    """PostgreSQL refused a NUL in the id of GET Patient/%00 with a 500."""
+    for path, method in ((f"Patient/{bad}", "get"), (f"Patient/{bad}/_history", "get"),
+                         (f"Patient/{bad}/_history/1", "get"), (f"Patient/{bad}", "delete"),
+                         (f"Claim/{bad}/$reverse", "post")):
+        if method == "get":
+            response = platform.get(path)
+        elif method == "delete":
+            response = platform.delete(path)
+        else:
+            response = platform.post(path, {"resourceType": "Parameters"})
+        assert response.status_code == 404, (path, method, response.status_code)
+        assert response.json["resourceType"] == "OperationOutcome"
+    written = platform.put(f"Patient/{bad}", patient(None))
+    assert written.status_code == 400 and written.json["issue"][0]["expression"] == ["id"]
+    assert platform.get("Patient/p1").status_code == 200  # a well-formed id still answers
