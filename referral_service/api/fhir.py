@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from email.utils import format_datetime
 from typing import Any, TypeVar
@@ -18,7 +17,7 @@ from ..extensions import csrf, database
 from ..fhir import bundle_json, jsonio, profiles
 from ..fhir.capability import capability_statement
 from ..fhir.outcome import operation_outcome
-from ..fhir.resources import RESOURCES
+from ..fhir.resources import RESOURCES, is_fhir_id
 from ..fhir.search import parse_search
 from ..fhir.store import ResourceStore, Stored
 from ..fhir.validation import check_resource
@@ -55,24 +54,19 @@ def _check_body() -> None:
         raise UnsupportedMediaType(f"_format={fmt} is not supported; this server speaks JSON")
 
 
-# FHIR's id grammar (datatypes: id). A path id outside it names no resource and never reaches SQL
-# (PostgreSQL refuses a NUL in text, for one).
-FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-
-
 @bp.before_request
 def _check_id() -> None:
     """404 for a read or delete of an id FHIR cannot produce; 400 for a write that would create one."""
     args = request.view_args or {}
     for key in ("res_id", "claim_id"):
         value = args.get(key)
-        if value is None or FHIR_ID.fullmatch(value):
+        if value is None or is_fhir_id(value):  # (PostgreSQL, for one, refuses a NUL in text)
             continue
         shown = value.encode("unicode_escape").decode("ascii")[:80]
         if request.method == "PUT":
-            message = f"{shown!r} is not a FHIR id (1-64 of A-Z a-z 0-9 - .)"
+            message = f"'{shown}' is not a FHIR id (1-64 of A-Z a-z 0-9 - .)"
             raise BadRequest(message, [Problem(message, expression="id", code="value")])
-        raise NotFound(f"no resource has the id {shown!r} (not a FHIR id)")
+        raise NotFound(f"no resource has the id '{shown}' (not a FHIR id)")
 
 
 def read_json_body() -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -57,6 +58,15 @@ class ResourceDef:
 
 def _identifier() -> P:
     return P("identifier", "token", ("identifier",))
+
+
+# FHIR's id grammar (datatypes: id): an id outside it names no resource and is never sent to SQL.
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def is_fhir_id(value: str) -> bool:
+    """Whether the text is a valid FHIR logical id."""
+    return FHIR_ID.fullmatch(value) is not None
 
 
 RESOURCES: dict[str, ResourceDef] = {

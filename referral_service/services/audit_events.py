@@ -38,7 +38,10 @@ def search_audit_events(
             raise BadRequest(f"unknown search parameter {name!r} for AuditEvent")
         if name == "date":
             prefix = value[:2] if value[:2] in ("gt", "ge", "lt", "le", "eq") else "eq"
-            low, high = parse_date_range(value[2:] if prefix != "eq" or value.startswith("eq") else value)
+            try:
+                low, high = parse_date_range(value[2:] if prefix != "eq" or value.startswith("eq") else value)
+            except ValueError as exc:
+                raise BadRequest(f"date: {exc}") from None
             stmt = stmt.where({
                 "gt": AuditRecord.recorded > high, "ge": AuditRecord.recorded >= low,
                 "lt": AuditRecord.recorded < low, "le": AuditRecord.recorded <= high,

@@ -25,7 +25,7 @@ from ..domain.errors import (
 from ..fhir import jsonio
 from ..fhir.bundle_json import searchset
 from ..fhir.outcome import operation_outcome
-from ..fhir.resources import RESOURCES
+from ..fhir.resources import RESOURCES, is_fhir_id
 from ..fhir.search import parse_search
 from ..fhir.store import Stored, instant
 from . import resources as service
@@ -102,6 +102,13 @@ def _parse_entry(index: int, raw: Any, base: str) -> _Entry:
         res_type, res_id, query = _split_url(url, base)
     except DomainError as exc:
         raise _named(exc, f"Bundle.entry[{index}] ({method} {url})") from None
+    if res_id is not None and not is_fhir_id(res_id):
+        shown = res_id.encode("unicode_escape").decode("ascii")[:80]
+        if method == "PUT":
+            raise _entry_error(index, f"'{shown}' is not a FHIR id (1-64 of A-Z a-z 0-9 - .)",
+                               "request.url", "value")
+        raise _named(NotFound(f"no resource has the id '{shown}' (not a FHIR id)"),
+                     f"Bundle.entry[{index}] ({method} {url})")
     return _Entry(
         index, method, url, res_type, res_id, query,
         dict(resource) if isinstance(resource, dict) else None, full_url, if_none_exist, if_match,

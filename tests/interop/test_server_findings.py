@@ -116,3 +116,27 @@ def test_a_path_id_outside_the_fhir_grammar_is_unknown_not_a_server_error(platfo
     written = platform.put(f"Patient/{bad}", patient(None))
     assert written.status_code == 400 and written.json["issue"][0]["expression"] == ["id"]
     assert platform.get("Patient/p1").status_code == 200  # a well-formed id still answers
+
+
+def test_bundle_entries_with_ids_outside_the_grammar_answer_per_entry(platform: Fhir) -> None:
+    """A batch DELETE of Patient/<NUL> reached SQL (500 on PostgreSQL)."""
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/%00"}},
+        {"request": {"method": "DELETE", "url": "Patient/\u0000"}},
+        {"request": {"method": "PUT", "url": "Patient/a\u0000"}, "resource": {"resourceType": "Patient"}},
+        {"request": {"method": "GET", "url": "Patient/p1"}},
+    ]}
+    answer = platform.post("", batch)
+    assert answer.status_code == 200, answer.json
+    assert [e["response"]["status"][:3] for e in answer.json["entry"]] == ["404", "404", "400", "200"]
+    transaction = {"resourceType": "Bundle", "type": "transaction",
+                   "entry": [{"request": {"method": "DELETE", "url": "Patient/\u0000"}}]}
+    refused = platform.post("", transaction)
+    assert refused.status_code == 404 and refused.json["resourceType"] == "OperationOutcome"
+
+
+def test_an_audit_event_search_with_a_bad_date_is_400(platform: Fhir) -> None:
+    for value in ("%00", "2026-13-45", "gtnot-a-date"):
+        answer = platform.get(f"AuditEvent?date={value}")
+        assert answer.status_code == 400, (value, answer.status_code)
+        assert "date" in answer.json["issue"][0]["diagnostics"]
