@@ -85,6 +85,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .api import claims, fhir, oauth
 
     observability.init_app(app)
+    from .input_guard import reject_control_characters
+
+    app.before_request(reject_control_characters)
     app.register_blueprint(oauth.bp)
     app.register_blueprint(claims.bp)  # before the generic routes it specialises
     app.register_blueprint(fhir.bp)

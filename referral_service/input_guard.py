@@ -1,0 +1,39 @@
+"""Control characters no URL, query or form can legitimately carry are refused before any handler runs.
+
+PostgreSQL cannot store a NUL in text (a 500 once it reached SQL), and no name, search value or id
+holds the other C0 controls either; tab, carriage return and line feed stay allowed (text areas).
+JSON bodies are checked by the FHIR validation, which names the element.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import request
+
+from .domain.errors import BadRequest, Problem
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def reject_control_characters() -> None:
+    """400 naming where a control character was found (the path, a query parameter, a form field)."""
+    if _CONTROL.search(request.path):
+        _refuse("the URL path")
+    for key, value in request.args.items(multi=True):
+        if _CONTROL.search(key) or _CONTROL.search(value):
+            _refuse(f"the query parameter {_printable(key)!r}")
+    if request.mimetype in _FORMS:
+        for key, value in request.form.items(multi=True):
+            if _CONTROL.search(key) or _CONTROL.search(value):
+                _refuse(f"the form field {_printable(key)!r}")
+
+
+def _printable(text: str) -> str:
+    return text.encode("unicode_escape").decode("ascii")[:80]
+
+
+def _refuse(where: str) -> None:
+    message = f"{where} holds a control character (such as NUL), which no value may contain"
+    raise BadRequest(message, [Problem(message, code="value")])
