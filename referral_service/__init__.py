@@ -46,6 +46,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application: settings, extensions, blueprints, error handlers."""
     settings = load_config(config)
     app = ReferralFlask(__name__, instance_relative_config=False)
+    from .input_guard import IntKeyConverter, reject_control_characters
+
+    app.url_map.converters["key"] = IntKeyConverter  # before any route uses it
     app.session_interface = ApiAwareSessionInterface()
     app.config.update(settings)
     app.config["RATELIMIT_STORAGE_URI"] = settings["RATELIMIT_STORAGE_URI"]
@@ -85,8 +88,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .api import claims, fhir, oauth
 
     observability.init_app(app)
-    from .input_guard import reject_control_characters
-
     app.before_request(reject_control_characters)
     app.register_blueprint(oauth.bp)
     app.register_blueprint(claims.bp)  # before the generic routes it specialises

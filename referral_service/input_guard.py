@@ -8,9 +8,12 @@ JSON bodies are checked by the FHIR validation, which names the element.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from flask import request
+from werkzeug.routing import IntegerConverter, Map
 
+from .domain.base import MAX_INT_KEY
 from .domain.errors import BadRequest, Problem
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -37,3 +40,10 @@ def _printable(text: str) -> str:
 def _refuse(where: str) -> None:
     message = f"{where} holds a control character (such as NUL), which no value may contain"
     raise BadRequest(message, [Problem(message, code="value")])
+
+
+class IntKeyConverter(IntegerConverter):
+    """`<key:name>`: an integer key of a 32-bit column; a larger number does not match (404)."""
+
+    def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
+        super().__init__(url_map, max=MAX_INT_KEY)

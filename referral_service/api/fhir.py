@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from ..domain.actor import Actor
+from ..domain.base import int_key
 from ..domain.errors import BadRequest, DomainError, NotFound, Problem
 from ..extensions import csrf, database
 from ..fhir import bundle_json, jsonio, profiles
@@ -211,13 +212,14 @@ def read(resource_type: str, res_id: str) -> Response:
 def vread(resource_type: str, res_id: str, vid: str) -> Response:
     """vread: one version."""
     _known_type(resource_type)
-    if not vid.isdigit():
+    version = int_key(vid)
+    if version is None:
         raise NotFound(f"{resource_type}/{res_id}/_history/{vid} is not known")
     stored = with_actor(
         resource_type,
         "r",
         lambda s, a: service.read(
-            s, a, resource_type, res_id, version_id=int(vid), request_id=g.get("request_id")
+            s, a, resource_type, res_id, version_id=version, request_id=g.get("request_id")
         ),
     )
     return fhir_response(stored.content, 200, _headers(stored))

@@ -143,20 +143,20 @@ def alert_list() -> Response:
     return jsonify({"alerts": items, "next_before": cursor})
 
 
-@bp.get("/alerts/<int:alert_id>")
+@bp.get("/alerts/<key:alert_id>")
 def alert_detail(alert_id: int) -> Response:
     """One alert with the figures behind it and its history."""
     return jsonify(_as_monitor("r", lambda s, a: alerts.get_alert(s, a, alert_id)))
 
 
-@bp.post("/alerts/<int:alert_id>/acknowledge")
+@bp.post("/alerts/<key:alert_id>/acknowledge")
 def acknowledge(alert_id: int) -> Response:
     """open -> acknowledged (optional note)."""
     note = _parse(NoteBody(), _body())["note"]
     return jsonify(_as_monitor("u", lambda s, a: alerts.acknowledge(s, a, alert_id, note)))
 
 
-@bp.post("/alerts/<int:alert_id>/resolve")
+@bp.post("/alerts/<key:alert_id>/resolve")
 def resolve(alert_id: int) -> Response:
     """open or acknowledged -> resolved; the note saying what was done is required."""
     note = _parse(NoteBody(), _body())["note"]

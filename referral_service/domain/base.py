@@ -75,6 +75,17 @@ def new_id() -> str:
 
 IdColumn = String(64)
 
+# Integer keys and version numbers are 32-bit columns: a larger number from a URL names nothing.
+MAX_INT_KEY = 2**31 - 1
+
+
+def int_key(text: str) -> int | None:
+    """The text as an integer key (decimal digits, within the column's range), else None."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 10:
+        return None
+    value = int(text)
+    return value if value <= MAX_INT_KEY else None
+
 
 class Base(DeclarativeBase):
     """Base of every mapped class."""

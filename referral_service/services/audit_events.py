@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..domain.actor import Actor
+from ..domain.base import int_key
 from ..domain.errors import BadRequest, NotFound
 from ..domain.registry import AuditRecord
 from ..fhir.mappers.audit_event import from_domain
@@ -19,7 +20,8 @@ SEARCHABLE = ("date", "agent-name", "patient", "entity-type", "action", "_count"
 
 def read_audit_event(session: Session, actor: Actor, event_id: str) -> dict[str, Any]:
     """One AuditEvent; unknown (404) to anyone who may not read the audit log."""
-    row = session.get(AuditRecord, int(event_id)) if event_id.isdigit() else None
+    key = int_key(event_id)
+    row = session.get(AuditRecord, key) if key is not None else None
     if row is None or not actor.sees_everything:
         raise NotFound(f"AuditEvent/{event_id} is not known")
     return from_domain(row)
@@ -55,11 +57,13 @@ def search_audit_events(
         elif name == "action":
             stmt = stmt.where(AuditRecord.action == value)
         elif name == "_id":
-            stmt = stmt.where(AuditRecord.id.in_([int(v) for v in value.split(",") if v.isdigit()]))
+            keys = [int_key(v) for v in value.split(",")]
+            stmt = stmt.where(AuditRecord.id.in_([k for k in keys if k is not None]))
         elif name == "_cursor":
-            if not value.isdigit():
+            before = int_key(value)
+            if before is None:
                 raise BadRequest("the paging cursor is not valid")
-            stmt = stmt.where(AuditRecord.id < int(value))
+            stmt = stmt.where(AuditRecord.id < before)
     rows = list(session.scalars(stmt.order_by(AuditRecord.id.desc()).limit(count + 1)))
     nxt = rows[count - 1].id if len(rows) > count else None
     return [from_domain(r) for r in rows[:count]], nxt

@@ -13,6 +13,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy import BigInteger, cast, func, select
 from sqlalchemy.orm import Session
 
+from ..domain.base import int_key
 from ..domain.ledger import Settlement
 from ..domain.monitoring import ALERT_STATUSES, Alert
 from ..services import alerts, indicators
@@ -153,7 +154,7 @@ def monitor_alerts() -> ResponseReturnValue:
         errors["reason"] = [_("Choose one of the reasons.")]
     if values["status"] and values["status"] not in ALERT_STATUSES:
         errors["status"] = [_("Choose one of the states.")]
-    before = int(values["before"]) if values["before"].isdigit() else None
+    before = int_key(values["before"])
     form.errors = errors
     rows: list[dict[str, Any]] = []
     more: int | None = None
@@ -182,14 +183,14 @@ def _alert_page(alert_id: int, form: FormState | None = None, status: int = 200)
     ), status
 
 
-@bp.get("/monitor/alerts/<int:alert_id>")
+@bp.get("/monitor/alerts/<key:alert_id>")
 @role_required("monitor")
 def monitor_alert(alert_id: int) -> ResponseReturnValue:
     """One alert: the figures behind it, its history, and the acknowledge / resolve forms."""
     return _alert_page(alert_id)
 
 
-@bp.post("/monitor/alerts/<int:alert_id>/acknowledge")
+@bp.post("/monitor/alerts/<key:alert_id>/acknowledge")
 @role_required("monitor")
 def monitor_acknowledge(alert_id: int) -> ResponseReturnValue:
     """Take the alert in hand (an optional note)."""
@@ -199,7 +200,7 @@ def monitor_acknowledge(alert_id: int) -> ResponseReturnValue:
     return redirect(url_for("web.monitor_alert", alert_id=alert_id))
 
 
-@bp.post("/monitor/alerts/<int:alert_id>/resolve")
+@bp.post("/monitor/alerts/<key:alert_id>/resolve")
 @role_required("monitor")
 def monitor_resolve(alert_id: int) -> ResponseReturnValue:
     """Resolve the alert with a note saying what was done."""

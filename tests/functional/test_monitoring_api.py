@@ -199,6 +199,9 @@ def test_alert_list_detail_acknowledge_resolve(client: FlaskClient, callers: Cal
     ]
     assert client.post(f"{url}/resolve", json={"note": "again"}, headers=callers.office).status_code == 409
     assert client.get("/api/monitoring/alerts/999999", headers=callers.office).status_code == 404
+    big = "/api/monitoring/alerts/99999999999999999999999"  # beyond the integer column: unknown, not 500
+    assert client.get(big, headers=callers.office).status_code == 404
+    assert client.post(f"{big}/resolve", json={"note": "x"}, headers=callers.office).status_code == 404
     resolved = client.get("/api/monitoring/alerts?status=resolved", headers=callers.office).get_json()
     assert [a["id"] for a in resolved["alerts"]] == [target["id"]]
 

@@ -152,3 +152,12 @@ def test_alerts_name_the_household_by_place_code_and_eldest_members(county: Coun
     assert "Group/hh-1" in unknown  # a household the registry does not hold keeps its reference
     detail = client.get(f"/monitor/alerts/{_alert_id('return-to-poverty-watch')}").get_data(as_text=True)
     assert "李建国、李秀英、李小明…" in detail
+
+
+def test_an_alert_number_too_large_for_its_column_is_unknown(county: County) -> None:
+    big = "99999999999999999999999"
+    client = county.client("monitor")
+    assert client.get(f"/monitor/alerts/{big}").status_code == 404
+    assert client.post(f"/monitor/alerts/{big}/acknowledge").status_code == 404
+    assert client.get(f"/monitor/alerts?before={big}").status_code == 200  # read as "from the newest"
+    assert client.get(f"/monitor/alerts/{_alert_id('return-to-poverty-watch')}").status_code == 200

@@ -141,3 +141,15 @@ def test_an_audit_event_search_with_a_bad_date_is_400(platform: Fhir) -> None:
         answer = platform.get(f"AuditEvent?date={value}")
         assert answer.status_code == 400, (value, answer.status_code)
         assert "date" in answer.json["issue"][0]["diagnostics"]
+
+
+BIG = "99999999999999999999999"  # beyond every integer column (and SQLite's 64 bits)
+
+
+def test_numbers_too_large_for_an_integer_key_are_unknown_not_a_server_error(platform: Fhir) -> None:
+    """vread, AuditEvent read and its cursor sent a 23-digit number to an integer column (500)."""
+    assert platform.get(f"Patient/p1/_history/{BIG}").status_code == 404
+    assert platform.get("Patient/p1/_history/2147483648").status_code == 404  # one past int4
+    assert platform.get("Patient/p1/_history/1").status_code == 200
+    assert platform.get(f"AuditEvent/{BIG}").status_code == 404
+    assert platform.get(f"AuditEvent?_cursor={BIG}").status_code == 400
