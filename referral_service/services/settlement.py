@@ -310,6 +310,9 @@ def _validate_claim(claim: dict[str, Any]) -> None:
         raise BadRequest("the Claim is not a valid FHIR R4 Claim", problems)
 
 
+IDENTIFIER_MAX = 200  # the ledger's idempotency key columns (Settlement.identifier_system / _value)
+
+
 def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> SubmitResult:
     """Settle a claim at discharge: every payer at once, idempotent on (provider, identifier)."""
     _validate_claim(claim)
@@ -326,6 +329,12 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
             "required",
         )
     key_system, key_value = str(idents[0]["system"]), str(idents[0]["value"])
+    if len(key_system) > IDENTIFIER_MAX or len(key_value) > IDENTIFIER_MAX:
+        raise _refuse(
+            f"Claim.identifier system and value are at most {IDENTIFIER_MAX} characters each",
+            "Claim.identifier[0]",
+            "value",
+        )
     claim_type_code = next(
         (
             c.get("code")

@@ -171,6 +171,7 @@ def test_unreferred_out_of_county_penalty_and_no_safety_net(county: County) -> N
         (lambda c: c["billablePeriod"].pop("end"), 422, "billablePeriod.end"),
         (lambda c: c.pop("status"), 400, "status"),
         (lambda c: c.update(provider={"reference": "Organization/th-01"}), 403, "own organisation"),
+        (lambda c: c["identifier"][0].update(value="v" * 201), 422, "at most 200 characters"),
     ],
 )
 def test_bad_claims_are_refused_and_nothing_is_stored(
