@@ -493,7 +493,7 @@ class ResourceStore:
             queue_audit_row(self.session, audit)
         extra = audit_params(audit) if inline and audit is not None else None
         if count_only:
-            return SearchPage([], [], self._count(query, actor, audit=extra) if counts else None, None)
+            return SearchPage([], [], self._count(query, actor, audit_values=extra) if counts else None, None)
         key, _ = query.sort
         stmt, params = _search_statement("page", query, actor, audited=extra is not None)
         rows = connection.execute(stmt, {**params, **extra} if extra else params).all()
@@ -516,9 +516,14 @@ class ResourceStore:
         included = self._included(query, [r.pk for r in page_rows], matches, actor)
         return SearchPage(matches, included, total, next_cursor)
 
-    def _count(self, query: SearchQuery, actor: Actor, *, audit: dict[str, Any] | None = None) -> int:
-        stmt, params = _search_statement("count", query, actor, audited=audit is not None)
-        return int(self._sql().scalar(stmt, {**params, **audit} if audit else params) or 0)
+    def _count(
+        self, query: SearchQuery, actor: Actor, *, audit_values: dict[str, Any] | None = None
+    ) -> int:
+        """COUNT(*) of the matches; `audit_values` (from `audit_params`): the statement also writes
+        the search's audit row (PostgreSQL)."""
+        stmt, params = _search_statement("count", query, actor, audited=audit_values is not None)
+        values = {**params, **audit_values} if audit_values else params
+        return int(self._sql().scalar(stmt, values) or 0)
 
     def _included(
         self, query: SearchQuery, pks: list[int], matches: list[Stored], actor: Actor
