@@ -155,11 +155,13 @@ def _statements_of(app: Any, environ: dict[str, Any]) -> list[str]:
     def count(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
         statements.append(" ".join(statement.split()[:words]))
 
-    event.listen(database.engine, "before_cursor_execute", count)
+    for engine in database.engines:
+        event.listen(engine, "before_cursor_execute", count)
     try:
         _call(app, environ)
     finally:
-        event.remove(database.engine, "before_cursor_execute", count)
+        for engine in database.engines:
+            event.remove(engine, "before_cursor_execute", count)
     return statements
 
 

@@ -27,6 +27,7 @@ class Database:
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
         self._read_sessions: sessionmaker[Session] | None = None
+        self._read_engine: Engine | None = None
         self._key: tuple[str, bool, int, float] | None = None
 
     def configure(self, url: str, *, echo: bool = False, pool_size: int = 10,
@@ -38,7 +39,8 @@ class Database:
         if self._engine is not None:
             if self._key == (url, echo, pool_size, busy_timeout):
                 return  # same database: keep the pool (app factories in tests, CLI re-entry)
-            self._engine.dispose()
+            self.dispose()
+            self._read_engine = None
         self._key = (url, echo, pool_size, busy_timeout)
         parsed = make_url(url)
         options: dict[str, Any] = {"echo": echo, "future": True}
@@ -66,21 +68,24 @@ class Database:
 
             event.listen(engine, "connect", on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
+            # Reads run each statement in its own implicit transaction: no write lock for a read (WAL
+            # readers run side by side); the audit row written at the end takes the lock only for its
+            # own INSERT.
+            reads = engine.execution_options(isolation_level="AUTOCOMMIT")
         else:
-            dialect = engine.dialect
-
-            def ping_if_idle(dbapi_conn: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
-                _ping_if_idle(dialect, dbapi_conn, record)
-
-            event.listen(engine, "checkout", ping_if_idle)
-            event.listen(engine, "checkin", _note_checkin)
+            _ping_idle_connections(engine)
+            # Reads get a pool of their own whose connections commit asynchronously: each statement is
+            # its own implicit transaction (no BEGIN and COMMIT round trips; READ COMMITTED gives every
+            # statement its own snapshot anyway), and the only thing a read writes is its audit row,
+            # which PostgreSQL then flushes to disk within `wal_writer_delay` instead of making the
+            # reader wait for the flush. Writes of clinical data stay synchronous (the main pool).
+            read_options = dict(options, connect_args={
+                **options["connect_args"], "options": "-c synchronous_commit=off"})
+            self._read_engine = create_engine(url, **read_options)
+            _ping_idle_connections(self._read_engine)
+            reads = self._read_engine.execution_options(isolation_level="AUTOCOMMIT")
         self._engine = engine
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
-        # Reads run each statement in its own implicit transaction: on PostgreSQL no BEGIN and COMMIT
-        # round trips (READ COMMITTED gives every statement its own snapshot anyway); on SQLite no
-        # write lock for a read (WAL readers run side by side), and the audit row written at the end
-        # takes the lock only for its own INSERT.
-        reads = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._read_sessions = sessionmaker(bind=reads, expire_on_commit=False)
 
     @property
@@ -89,6 +94,11 @@ class Database:
         if self._engine is None:
             raise RuntimeError("database is not configured")
         return self._engine
+
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        """Every engine statements run on: the main one, and on PostgreSQL the pool of reads."""
+        return (self.engine,) if self._read_engine is None else (self.engine, self._read_engine)
 
     @property
     def is_sqlite(self) -> bool:
@@ -142,12 +152,24 @@ class Database:
         """Close every pooled connection."""
         if self._engine is not None:
             self._engine.dispose()
+        if self._read_engine is not None:
+            self._read_engine.dispose()
 
 
 # A connection that sat in the pool longer than this is pinged before use (a database restart or a
 # dropped socket shows up as a fresh connection instead of a failed request). Busy connections are
 # not pinged: under load that round trip would be paid on every request.
 PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    dialect = engine.dialect
+
+    def ping_if_idle(dbapi_conn: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        _ping_if_idle(dialect, dbapi_conn, record)
+
+    event.listen(engine, "checkout", ping_if_idle)
+    event.listen(engine, "checkin", _note_checkin)
 
 
 def _note_checkin(dbapi_conn: Any, record: ConnectionPoolEntry) -> None:

@@ -147,11 +147,13 @@ def _statements() -> Iterator[list[str]]:
     def on_execute(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
         seen.append(statement)
 
-    event.listen(database.engine, "before_cursor_execute", on_execute)
+    for engine in database.engines:
+        event.listen(engine, "before_cursor_execute", on_execute)
     try:
         yield seen
     finally:
-        event.remove(database.engine, "before_cursor_execute", on_execute)
+        for engine in database.engines:
+            event.remove(engine, "before_cursor_execute", on_execute)
 
 
 def test_search_total_comes_from_the_page_when_it_holds_every_match(platform: Fhir) -> None:
@@ -186,6 +188,24 @@ def test_read_only_work_autocommits_and_still_writes_its_audit_rows(
     assert _audit_count() == 1
     with database.unit_of_work() as session:  # writers are unaffected
         assert not driver_autocommits(session)
+
+
+def test_only_reads_commit_asynchronously_on_postgresql(backend: str, app: Flask) -> None:
+    """A read's only write is its audit row: it need not wait for the WAL flush; clinical writes do."""
+    if backend != "postgresql":
+        pytest.skip("synchronous_commit is a PostgreSQL setting")
+
+    def setting(session: Any) -> str:
+        return str(session.connection().exec_driver_sql("SHOW synchronous_commit").scalar_one())
+
+    with database.unit_of_work(read_only=True) as session:
+        assert setting(session) == "off"
+        audit(session, CLINIC, action="R", interaction="read", entity_type="Patient", entity_id="p1")
+    assert _audit_count() == 1  # committed all the same
+    with database.unit_of_work() as session:
+        assert setting(session) == "on"
+    with database.engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar_one() == "on"
 
 
 @pytest.mark.parametrize(
