@@ -22,13 +22,15 @@ _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 def reject_control_characters() -> None:
     """400 naming where a control character was found (the path, a query parameter, a form field)."""
-    if _CONTROL.search(request.path):
+    req = request._get_current_object()  # type: ignore[attr-defined]  # (once, not per attribute)
+    if _CONTROL.search(req.path):
         _refuse("the URL path")
-    for key, value in request.args.items(multi=True):
-        if _CONTROL.search(key) or _CONTROL.search(value):
-            _refuse(f"the query parameter {_printable(key)!r}")
-    if request.mimetype in _FORMS:
-        for key, value in request.form.items(multi=True):
+    if req.query_string:
+        for key, value in req.args.items(multi=True):
+            if _CONTROL.search(key) or _CONTROL.search(value):
+                _refuse(f"the query parameter {_printable(key)!r}")
+    if req.mimetype in _FORMS:
+        for key, value in req.form.items(multi=True):
             if _CONTROL.search(key) or _CONTROL.search(value):
                 _refuse(f"the form field {_printable(key)!r}")
 

@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -62,6 +63,10 @@ def init_app(app: Flask) -> None:
     metrics = Metrics()
     app.extensions["metrics"] = metrics
 
+    # Metric children by label values: `labels()` takes a lock and validates the labels every call.
+    counted: dict[tuple[str, str, int], Any] = {}
+    timed: dict[tuple[str, str], Any] = {}
+
     @app.before_request
     def _start() -> None:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
@@ -70,24 +75,36 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint, request.method).observe(elapsed)
-        response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
-        log.info(
-            "%s %s %s",
-            request.method,
-            request.path,
-            response.status_code,
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": response.status_code,
-                "duration_ms": round(elapsed * 1000, 2),
-                "client": g.get("client_id"),
-            },
-        )
+        req = request._get_current_object()  # type: ignore[attr-defined]  # (once, not per attribute)
+        ctx = g._get_current_object()
+        elapsed = time.perf_counter() - getattr(ctx, "started", time.perf_counter())
+        endpoint = req.url_rule.rule if req.url_rule else "unmatched"
+        method, status = req.method, response.status_code
+        counter = counted.get((endpoint, method, status))
+        if counter is None:
+            counter = metrics.requests.labels(endpoint, method, str(status))
+            counted[endpoint, method, status] = counter
+        histogram = timed.get((endpoint, method))
+        if histogram is None:
+            histogram = timed[endpoint, method] = metrics.latency.labels(endpoint, method)
+        counter.inc()
+        histogram.observe(elapsed)
+        response.headers[REQUEST_ID_HEADER] = getattr(ctx, "request_id", "")
+        if log.isEnabledFor(logging.INFO):
+            path = req.path
+            log.info(
+                "%s %s %s",
+                method,
+                path,
+                status,
+                extra={
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "client": getattr(ctx, "client_id", None),
+                },
+            )
         return response
 
     app.register_blueprint(bp)

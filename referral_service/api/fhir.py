@@ -39,18 +39,18 @@ T = TypeVar("T")
 @bp.before_request
 def _check_body() -> None:
     """413 before parsing; 415 for a body that is not FHIR JSON."""
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if request.content_length is not None and request.content_length > limit:
+    req = request._get_current_object()  # type: ignore[attr-defined]  # (once, not per attribute)
+    length = req.content_length
+    if length is not None and length > current_app.config["MAX_CONTENT_LENGTH"]:
         raise RequestEntityTooLarge()
-    has_body = request.method in ("POST", "PUT", "PATCH") and bool(request.content_length)
-    form_search = (
-        request.path.endswith("/_search") and request.mimetype == "application/x-www-form-urlencoded"
-    )
-    if has_body and request.mimetype not in FHIR_MIME_TYPES and not form_search:
-        raise UnsupportedMediaType(
-            f"Content-Type {request.mimetype or '(none)'} is not supported; send application/fhir+json"
-        )
-    fmt = request.args.get("_format")
+    if length and req.method in ("POST", "PUT", "PATCH"):
+        mimetype = req.mimetype
+        form_search = req.path.endswith("/_search") and mimetype == "application/x-www-form-urlencoded"
+        if mimetype not in FHIR_MIME_TYPES and not form_search:
+            raise UnsupportedMediaType(
+                f"Content-Type {mimetype or '(none)'} is not supported; send application/fhir+json"
+            )
+    fmt = req.args.get("_format")
     if fmt and fmt not in ("json", "application/json", "application/fhir+json"):
         raise UnsupportedMediaType(f"_format={fmt} is not supported; this server speaks JSON")
 

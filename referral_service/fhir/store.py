@@ -298,8 +298,15 @@ class ResourceStore:
         owner_org_id: str | None,
         existing: StoredResource | None = None,
         index_rows: IndexRows | None = None,
+        grant: tuple[str, str, str] | None = None,
+        audit: dict[str, Any] | None = None,
     ) -> Stored:
-        """Store a new version (creating the resource when `existing` is None) with its indexes."""
+        """Store a new version (creating the resource when `existing` is None) with its indexes.
+
+        `grant`: (patient, organisation, reason) of an access link to record with it (`grant_access`);
+        `audit`: the write's audit row. On PostgreSQL both ride in the one write statement; elsewhere
+        the link is inserted next and the row queued for the commit.
+        """
         rdef = RESOURCES[res_type]
         ts = now_ms()
         if existing is None:
@@ -319,6 +326,8 @@ class ResourceStore:
         if index_rows is None:
             index_rows = extract(resource, list(rdef.params))
         connection = self._sql()
+        if grant is not None and self._already_granted(grant[0], grant[1]):
+            grant = None
         if connection.dialect.name == "postgresql":
             store_pg.write_version(
                 connection,
@@ -332,10 +341,18 @@ class ResourceStore:
                 owner_org_id=owner_org_id,
                 patient_id=patient_id,
                 rows=index_rows,
+                grant=grant,
+                audit=audit,
             )
+            if grant is not None:
+                self._granted().add((grant[0], grant[1]))
         else:
             self._write_version(connection, existing, res_type, res_id, version, ts, method, content,
                                 owner_org_id, patient_id, index_rows)
+            if grant is not None:
+                self.grant_access(*grant)
+            if audit is not None:
+                queue_audit_row(self.session, audit)
         if existing is not None:
             self._expire_rows()
         return Stored(res_type, res_id, version, ts, content)
@@ -423,8 +440,7 @@ class ResourceStore:
         Concurrent requests may grant the same link: the insert ignores an existing row instead of
         failing on the primary key. A link already granted in this transaction is not sent again.
         """
-        granted: set[tuple[str, str]] = self.session.info.setdefault(_GRANTED, set())
-        if (patient_id, org_id) in granted:
+        if self._already_granted(patient_id, org_id):
             return
         connection = self._sql()
         statement = _GRANT_ACCESS.get(connection.dialect.name)
@@ -434,7 +450,15 @@ class ResourceStore:
         elif self.session.get(PatientAccess, (patient_id, org_id)) is None:
             self.session.add(PatientAccess(**values))
             self.session.flush()
-        granted.add((patient_id, org_id))
+        self._granted().add((patient_id, org_id))
+
+    def _granted(self) -> set[tuple[str, str]]:
+        granted: set[tuple[str, str]] = self.session.info.setdefault(_GRANTED, set())
+        return granted
+
+    def _already_granted(self, patient_id: str, org_id: str) -> bool:
+        """Whether the link was granted in the open transaction (no need to send it again)."""
+        return (patient_id, org_id) in self.session.info.get(_GRANTED, ())
 
     def _expire_rows(self) -> None:
         """Forget loaded StoredResource rows (changed behind the ORM's back by Core statements).

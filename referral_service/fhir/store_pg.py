@@ -5,15 +5,20 @@ table: five to seven round trips per write, more for an update (old index rows a
 On PostgreSQL the same rows go in one statement: data-modifying CTEs, the index rows of each table as
 parallel arrays expanded with `unnest`. Every sub-statement sees the same snapshot, so an update's
 DELETE of the old index rows never touches the rows the same statement inserts.
+
+The same statement may also carry the write's audit row and the writer's access link to the patient
+(`patient_access`, ignored when it exists), so that a create or an update is one round trip.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from ..domain.audit import AUDIT_COLUMNS, audit_params
 from .search_params import IndexRows
 
 _INDEXES = """
@@ -39,18 +44,15 @@ _INDEXES = """
           FROM k)
 """
 
-# Both statements are composed of the constant fragments above; every value is a bound parameter.
-CREATE = f"""
+# The statements are composed of the constant fragments below; every value is a bound parameter.
+_CREATE_ROW = """
 WITH k AS (INSERT INTO fhir_resource
                (res_type, res_id, version_id, last_updated, deleted, content, owner_org_id, patient_id)
            VALUES (%(res_type)s, %(res_id)s, %(version_id)s, %(last_updated)s, false, %(content)s,
                    %(owner_org_id)s, %(patient_id)s)
-           RETURNING pk),
-{_INDEXES}
-SELECT pk FROM k
-"""  # noqa: S608
+           RETURNING pk),"""
 
-UPDATE = f"""
+_UPDATE_ROW = """
 WITH k AS (UPDATE fhir_resource
            SET version_id = %(version_id)s, last_updated = %(last_updated)s, deleted = false,
                content = %(content)s, patient_id = %(patient_id)s
@@ -59,10 +61,32 @@ WITH k AS (UPDATE fhir_resource
     old_t AS (DELETE FROM fhir_idx_token WHERE resource_pk = %(pk)s),
     old_s AS (DELETE FROM fhir_idx_string WHERE resource_pk = %(pk)s),
     old_d AS (DELETE FROM fhir_idx_date WHERE resource_pk = %(pk)s),
-    old_r AS (DELETE FROM fhir_idx_reference WHERE resource_pk = %(pk)s),
-{_INDEXES}
-SELECT pk FROM k
-"""  # noqa: S608
+    old_r AS (DELETE FROM fhir_idx_reference WHERE resource_pk = %(pk)s),"""
+
+_GRANT = """,
+    g AS (INSERT INTO patient_access (patient_id, org_id, reason)
+          VALUES (%(grant_patient)s, %(grant_org)s, %(grant_reason)s)
+          ON CONFLICT DO NOTHING)"""
+
+_AUDIT = f""",
+    a AS (INSERT INTO audit_record ({", ".join(AUDIT_COLUMNS)})
+          VALUES ({", ".join(f"%(audit_{name})s" for name in AUDIT_COLUMNS)}))"""  # noqa: S608 (column names)
+
+
+@cache
+def statement(*, update: bool, grant: bool, audit: bool) -> str:
+    """The write statement: a new resource or a new version, with its access link and audit row."""
+    return "".join((
+        _UPDATE_ROW if update else _CREATE_ROW,
+        _INDEXES.rstrip(),
+        _GRANT if grant else "",
+        _AUDIT if audit else "",
+        "\nSELECT pk FROM k\n",
+    ))
+
+
+CREATE = statement(update=False, grant=False, audit=False)
+UPDATE = statement(update=True, grant=False, audit=False)
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -82,8 +106,14 @@ def write_version(
     owner_org_id: str | None,
     patient_id: str | None,
     rows: IndexRows,
+    grant: tuple[str, str, str] | None = None,
+    audit: dict[str, Any] | None = None,
 ) -> int:
-    """Insert (pk None) or replace the current version with its history and index rows; its pk."""
+    """Insert (pk None) or replace the current version with its history and index rows; its pk.
+
+    `grant`: (patient, organisation, reason) of an access link to record; `audit`: the write's
+    audit_record row (every column).
+    """
     t_param, t_system, t_code = _columns(rows.tokens, 3)
     s_param, s_value, s_exact = _columns(rows.strings, 3)
     d_param, d_low, d_high = _columns(rows.dates, 3)
@@ -97,5 +127,10 @@ def write_version(
         "d_param": d_param, "d_low": d_low, "d_high": d_high,
         "r_param": r_param, "r_type": r_type, "r_id": r_id,
     }  # fmt: skip
-    written = connection.exec_driver_sql(CREATE if pk is None else UPDATE, params).scalar_one()
+    if grant is not None:
+        params["grant_patient"], params["grant_org"], params["grant_reason"] = grant
+    if audit is not None:
+        params.update(audit_params(audit))
+    sql = statement(update=pk is not None, grant=grant is not None, audit=audit is not None)
+    written = connection.exec_driver_sql(sql, params).scalar_one()
     return int(written)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from ..domain.actor import SYSTEM, Actor
 from ..domain.audit import queue_audit_row
-from ..domain.base import utcnow
+from ..domain.base import new_id, utcnow
 from ..domain.errors import Conflict, Forbidden, Gone, NotFound, PreconditionFailed, Problem, Unprocessable
 from ..domain.fhir_store import StoredResource
 from ..fhir import jsonio
@@ -162,9 +162,19 @@ def _store_version(
     method: str,
     existing: StoredResource | None,
     index_rows: IndexRows,
+    interaction: str,
+    request_id: str | None,
 ) -> Stored:
+    """Store the version with its audit row; the writer now treats the patient whose record it is.
+
+    `body` carries its id (assigned by the caller for a create).
+    """
     store = ResourceStore(session)
     _lock_business_keys(store, resource_type, body)
+    patient_id = RESOURCES[resource_type].compartment_patient(body)
+    grant = None
+    if patient_id and actor.organization_id and resource_type != "Patient":
+        grant = (patient_id, actor.organization_id, "treated")
     stored = store.save(
         resource_type,
         body,
@@ -172,14 +182,20 @@ def _store_version(
         owner_org_id=existing.owner_org_id if existing else actor.organization_id,
         existing=existing,
         index_rows=index_rows,
+        grant=grant,
+        audit=audit_row(
+            actor,
+            action="U" if existing else "C",
+            interaction=interaction,
+            entity_type=resource_type,
+            entity_id=str(body["id"]),
+            patient_id=patient_id,
+            request_id=request_id,
+        ),
     )
-    resource = stored.as_dict()
     mapper = TO_DOMAIN.get(resource_type)
     if mapper is not None:
-        mapper(session, resource, actor, existing is None)
-    patient_id = RESOURCES[resource_type].compartment_patient(resource)
-    if patient_id and actor.organization_id and resource_type != "Patient":
-        store.grant_access(patient_id, actor.organization_id, "treated")
+        mapper(session, stored.as_dict(), actor, existing is None)
     return stored
 
 
@@ -266,25 +282,15 @@ def create(
             )
             return WriteResult(stored, created=False, matched_existing=True)
     body = {k: v for k, v in body.items() if k != "id"}
-    if assigned_id:
-        body["id"] = assigned_id
+    body["id"] = assigned_id or new_id()
     index_rows = extract(body, list(RESOURCES[resource_type].params))  # ids and meta are not indexed
     _check_references(session, resource_type, index_rows, known_refs)
     _run_before(session, actor, resource_type, body, None)
     stored = _store_version(
-        session, actor, resource_type, body, method="POST", existing=None, index_rows=index_rows
+        session, actor, resource_type, body, method="POST", existing=None, index_rows=index_rows,
+        interaction="create", request_id=request_id,
     )
     result = WriteResult(stored, created=True, warnings=warnings)
-    audit(
-        session,
-        actor,
-        action="C",
-        interaction="create",
-        entity_type=resource_type,
-        entity_id=stored.res_id,
-        patient_id=RESOURCES[resource_type].compartment_patient(stored.as_dict()),
-        request_id=request_id,
-    )
     if hooks:
         run_hooks(session, actor, result)
     return result
@@ -331,19 +337,10 @@ def update(
     previous = jsonio.loads(existing.content) if existing is not None and not existing.deleted else None
     _run_before(session, actor, resource_type, body, previous)
     stored = _store_version(
-        session, actor, resource_type, body, method="PUT", existing=existing, index_rows=index_rows
+        session, actor, resource_type, body, method="PUT", existing=existing, index_rows=index_rows,
+        interaction="update", request_id=request_id,
     )
     result = WriteResult(stored, created=existing is None, warnings=warnings, previous=previous)
-    audit(
-        session,
-        actor,
-        action="U" if existing else "C",
-        interaction="update",
-        entity_type=resource_type,
-        entity_id=res_id,
-        patient_id=RESOURCES[resource_type].compartment_patient(stored.as_dict()),
-        request_id=request_id,
-    )
     if hooks:
         run_hooks(session, actor, result)
     return result

@@ -21,7 +21,7 @@ from referral_service.domain import resident_id
 from referral_service.domain.actor import Actor
 from referral_service.domain.audit import pending_audit_rows
 from referral_service.domain.errors import Unauthorized
-from referral_service.domain.fhir_store import StoredResource, StringIndex, TokenIndex
+from referral_service.domain.fhir_store import PatientAccess, StoredResource, StringIndex, TokenIndex
 from referral_service.domain.registry import AuditRecord, Organization, Patient
 from referral_service.extensions import database
 from referral_service.fhir import store
@@ -405,3 +405,47 @@ def test_read_only_work_commits_only_what_it_leaves_to_write(
         event.remove(Session, "after_commit", on_commit)
     with database.unit_of_work() as session:
         assert session.get(Organization, "org-ro").name == "改名卫生院"  # type: ignore[union-attr]
+
+
+def test_a_write_carries_its_audit_row_and_access_link_in_one_statement(
+    backend: str, platform: Fhir, client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
+) -> None:
+    """PostgreSQL: a create or an update of an Encounter is the reference check plus one statement,
+    which also writes the audit row and the writer's access link to the patient. On both engines the
+    rows are the same, and a rolled-back write leaves neither."""
+    fhir = platform
+    county = Fhir(client, token_for(client, *make_api_client("county-platform", "system/*.cruds",
+                                                             "qs-health-commission")))
+    assert county.put("Organization/org-t", organization("org-t")).status_code == 201
+    pid = county.post("Patient", patient(None, family="宋", given="一")).json["id"]
+    encounter = {
+        "resourceType": "Encounter", "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"}, "serviceProvider": {"reference": "Organization/org-t"},
+    }
+    with _statements() as seen:
+        created = fhir.post("Encounter", encounter)
+    assert created.status_code == 201, created.json
+    eid = created.json["id"]
+    writes = [s for s in seen if not s.lstrip().upper().startswith("SELECT")]
+    if backend == "postgresql":
+        assert len(writes) == 1, writes
+        assert all(table in writes[0] for table in ("fhir_resource", "audit_record", "patient_access"))
+    with _statements() as seen:
+        changed = {**encounter, "id": eid, "period": {"start": "2026-11-30T08:00:00+08:00"}}
+        assert fhir.put(f"Encounter/{eid}", changed).status_code == 200
+    writes = [s for s in seen if not s.lstrip().upper().startswith("SELECT")]
+    if backend == "postgresql":
+        assert [" ".join(w.split()[:3]) for w in writes] == ["WITH k AS"], writes
+        assert "audit_record" in writes[0]
+    broken = {**encounter, "subject": {"reference": "Patient/nobody"}}
+    assert fhir.post("Encounter", broken).status_code == 422
+    with database.unit_of_work() as session:
+        rows = session.execute(
+            select(AuditRecord.interaction, AuditRecord.action, AuditRecord.patient_id)
+            .where(AuditRecord.entity_id == eid).order_by(AuditRecord.id)
+        ).all()
+        assert [tuple(r) for r in rows] == [("create", "C", pid), ("update", "U", pid)]
+        links = session.execute(select(PatientAccess.org_id, PatientAccess.reason).where(
+            PatientAccess.patient_id == pid)).all()
+    assert ("org-1", "treated") in links
