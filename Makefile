@@ -25,7 +25,7 @@ run: install
 	$(FLASK) scheduler run & scheduler=$$!; \
 	trap 'kill $$scheduler 2>/dev/null; wait $$scheduler' EXIT; \
 	$(BIN)/gunicorn --bind 127.0.0.1:$(PORT) --workers 2 --threads 4 --timeout 120 \
-		--access-logfile - wsgi:app
+		--reuse-port --access-logfile - wsgi:app
 
 ## make test: install and run the whole suite (SQLite, and PostgreSQL when it answers)
 test: install

@@ -237,7 +237,12 @@ class Server:
 
 
 def gunicorn_cmd(app: str, port: int, workers: int, threads: int, chdir: Path | None = None) -> list[str]:
-    """The same gunicorn settings for our app and the baseline."""
+    """The same gunicorn settings for our app and the baseline.
+
+    `--reuse-port`: each worker listens on its own SO_REUSEPORT socket and the kernel spreads new
+    connections over them. Without it workers race to accept from one socket, and whichever is idle
+    takes most of the keep-alive connections (0+8 was common), so a load measured the race.
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -256,6 +261,7 @@ def gunicorn_cmd(app: str, port: int, workers: int, threads: int, chdir: Path | 
         "5",
         "--keep-alive",
         "5",
+        "--reuse-port",
     ]
     if chdir is not None:
         cmd += ["--chdir", str(chdir)]
@@ -496,18 +502,19 @@ class Loader:
                 env["BENCH_SALT"] = str(self.salt)
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             if balance_pgid is not None and seconds > 4:
-                # Keep-alive connections stay with the gunicorn worker that accepted them (workers
-                # race to accept); with 1+7 one worker's threads queue on its GIL while the other
-                # core idles, and the figure measures the race, not the server. Start again until
-                # the split is at worst one connection off even (3+5 of 8), the same rule for every
-                # server; after 8 tries, measure what came.
+                # Keep-alive connections stay with the gunicorn worker that took them (the kernel
+                # spreads them over the workers' SO_REUSEPORT sockets by a hash); with 3+5 of 8 one
+                # worker's fifth connection waits for a thread and its GIL while the other core has
+                # room: 30-40 % fewer requests/s than 4+4, measuring the draw, not the server. Start
+                # again until the split is even, the same rule for every server; after 16 tries,
+                # measure what came (the split is recorded with the figures).
                 time.sleep(1.5)
                 counts = connections_per_worker(balance_pgid, int(scenario.base.rsplit(":", 1)[1]))
                 if record is not None:
                     record["connections_per_worker"] = counts
                     record["wrk_starts"] = attempts
-                fair = max(1, self.clients // max(1, len(counts)) - 1)
-                if len(counts) > 1 and min(counts) < fair and attempts < 8:
+                fair = max(1, self.clients // max(1, len(counts)))
+                if len(counts) > 1 and min(counts) < fair and attempts < 16:
                     proc.kill()
                     proc.communicate(timeout=30)
                     continue
@@ -824,9 +831,44 @@ def publish_copy(engine: Any, types: tuple[str, ...], chunk: int = 5000) -> dict
                 counts[res_type] += len(rows)
         with pg.cursor() as cur:
             cur.execute("RESET session_replication_role")
-            cur.execute("ANALYZE")
         pg.commit()
+        pg.autocommit = True  # (VACUUM runs outside a transaction)
+        try:
+            with pg.cursor() as cur:
+                cur.execute("VACUUM (ANALYZE)")  # as `database.analyze` does after `flask fhir-publish`
+        finally:
+            pg.autocommit = False
     return counts
+
+
+# What the measured requests read, ours and the baseline's: a server that has been up for a while has
+# them in memory; a database just loaded or reused from an earlier run may not.
+WARM_RELATIONS = (
+    "fhir_resource", "pk_fhir_resource", "uq_fhir_resource_res_type_res_id", "fhir_idx_token",
+    "ix_fhir_idx_token_lookup", "patient", "pk_patient", "patient_access", "pk_patient_access",
+    "ix_patient_access_org", "organization", "bench_baseline", "bench_baseline_pkey",
+)
+
+
+def warm_cache(conninfo: str) -> str:
+    """Read the tables and indexes the loads use into the OS cache (pg_prewarm), for both servers."""
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        except psycopg.Error as exc:
+            return f"cache not warmed (pg_prewarm: {exc.__class__.__name__})"
+        started = time.perf_counter()
+        rows = conn.execute(
+            "SELECT c.relname, pg_prewarm(c.oid, 'read') FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relname = ANY(%s)",
+            (list(WARM_RELATIONS),),
+        ).fetchall()
+    blocks = sum(int(r[1]) for r in rows)
+    return (f"warmed the OS cache: {len(rows)} relations, {blocks * 8 / 1024:.0f} MB "
+            f"in {time.perf_counter() - started:.1f} s (pg_prewarm)")
 
 
 @dataclass
@@ -1039,10 +1081,11 @@ def statements_per_request(url: str, catchment: list[Resident], anyone: list[Res
     def on_commit(*_: Any) -> None:
         counts["commits"] += 1
 
-    engine = database.engine
-    event.listen(engine, "before_cursor_execute", on_statement)
-    event.listen(engine.pool, "checkout", on_checkout)
-    event.listen(engine, "commit", on_commit)
+    engines = database.engines  # the main pool and the pool of reads
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", on_statement)
+        event.listen(engine.pool, "checkout", on_checkout)
+        event.listen(engine, "commit", on_commit)
     out: dict[str, Any] = {}
     try:
         for name, method, target, body, bearer in cases:
@@ -1056,9 +1099,10 @@ def statements_per_request(url: str, catchment: list[Resident], anyone: list[Res
             )
             out[name] = {"status": answer.status_code, **counts, "by_kind": dict(kinds.most_common(8))}
     finally:
-        event.remove(engine, "before_cursor_execute", on_statement)
-        event.remove(engine.pool, "checkout", on_checkout)
-        event.remove(engine, "commit", on_commit)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", on_statement)
+            event.remove(engine.pool, "checkout", on_checkout)
+            event.remove(engine, "commit", on_commit)
         database.dispose()
     return out
 
@@ -1249,6 +1293,7 @@ def postgres_phase(
         )
         stack.callback(baseline.stop)
         baseline.wait_ready(f"http://127.0.0.1:{base_port}/docs/1")
+        log(f"  {warm_cache(conninfo)}")
 
         ours = f"http://127.0.0.1:{app_port}"
         base = f"http://127.0.0.1:{base_port}"
@@ -1582,15 +1627,16 @@ def render(results: dict[str, Any]) -> str:
         f"connections, Lua scripts cycling through prepared requests; {args['warmup']} s warm-up, then "
         f"{args['seconds']} s measured per line. Servers under gunicorn "
         f"`--workers {args['workers']} --threads "
-        f"{args['threads']} --worker-class gthread`, our app with ENV=production (JSON access log on). "
+        f"{args['threads']} --worker-class gthread --reuse-port`, our app with ENV=production (JSON "
+        "access log on), after pg_prewarm has read what the loads touch into the OS cache. "
         "Rates count only the expected status (201/200); p50/p95 are wrk's latency percentiles of all "
         "requests. **Caveat:** wrk, the servers and PostgreSQL share the 2 cores (closed loop: the client "
         "waits for answers, so it never over-drives the server); the `cpu` column gives the split "
         "in % of one "
         "core (app / PostgreSQL / wrk / other processes on the machine); anything in `other` is outside "
         "interference (other work on the machine at the time); `conns` is how the 8 keep-alive connections "
-        "fell on the gunicorn workers (wrk is restarted, up to 7 times, until the split is at worst "
-        "one connection off even, 3+5 of 8, for every server alike).",
+        "fell on the gunicorn workers (wrk is restarted, up to 15 times, until the split is even, "
+        "4+4, for every server alike: 3+5 costs 30-40 % of the rate).",
         "",
     ]
     pg = results.get("postgres")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -449,3 +449,28 @@ def test_a_write_carries_its_audit_row_and_access_link_in_one_statement(
         links = session.execute(select(PatientAccess.org_id, PatientAccess.reason).where(
             PatientAccess.patient_id == pid)).all()
     assert ("org-1", "treated") in links
+
+
+def test_kept_statements_run_as_compiled_text_with_their_column_types(
+    backend: str, platform: Fhir
+) -> None:
+    """PostgreSQL: a read or search statement is compiled once and sent as text, yet its rows are
+    the ones SQLAlchemy would give (times UTC-aware through UTCDateTime, values bound the same)."""
+    fhir = platform
+    pid = fhir.post("Patient", patient(None, family="宋", given="一")).json["id"]
+    reader = Actor(name="his", kind="client", organization_id="org-1")
+    query = parse_search("Patient", [("family", "宋")], 10, 1000)
+    stmt, params = store._search_statement("page", query, reader)
+    with database.unit_of_work(read_only=True) as session:
+        connection = session.connection()
+        fast = store._rows(connection, stmt, params)
+        usual = connection.execute(stmt, params).all()
+        again = store._rows(connection, stmt, params)
+    assert [tuple(r) for r in fast] == [tuple(r) for r in usual] == [tuple(r) for r in again]
+    assert [r.res_id for r in fast] == [pid]
+    assert fast[0].last_updated.utcoffset() is not None and fast[0].last_updated.tzinfo is UTC
+    if backend == "postgresql":
+        kept = store._PLAIN[id(stmt)]
+        assert kept[0] is stmt and kept[1] is not None and "%(v0)s" in kept[1].sql
+    answer = fhir.get(f"Patient/{pid}")
+    assert answer.status_code == 200 and answer.headers["Last-Modified"].endswith("GMT")
