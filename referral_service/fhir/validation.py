@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,14 +19,26 @@ def _path(resource_type: str, loc: tuple[Any, ...]) -> str:
     return out
 
 
-_ALLOWED_CONTROLS = frozenset("\t\n\r")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")  # all but tab, LF and CR
+
+
+def _holds_control(node: Any) -> bool:
+    if isinstance(node, str):
+        return _CONTROL.search(node) is not None
+    if isinstance(node, dict):
+        return any(_holds_control(value) for value in node.values())
+    if isinstance(node, list):
+        return any(_holds_control(value) for value in node)
+    return False
 
 
 def control_character_problems(node: Any, path: str) -> list[Problem]:
     """FHIR strings may not hold control characters other than tab, CR and LF."""
+    if not _holds_control(node):  # the usual case, without building every element's path
+        return []
     found: list[Problem] = []
     if isinstance(node, str):
-        if any(ch < " " and ch not in _ALLOWED_CONTROLS for ch in node):
+        if _CONTROL.search(node):
             found.append(
                 Problem(
                     f"{path}: control characters are not allowed in FHIR strings",

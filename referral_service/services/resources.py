@@ -112,6 +112,17 @@ _ONE_EXISTING = select(StoredResource.res_type, StoredResource.res_id).where(
 )
 
 
+# PostgreSQL: the pairs as two arrays, so the SQL text is the same for any number of them (an
+# expanding IN list is rendered anew for every call).
+_PG_EXISTING = """
+SELECT r.res_type, r.res_id
+FROM fhir_resource r
+JOIN unnest(%(types)s::text[], %(ids)s::text[]) AS w(res_type, res_id)
+  ON r.res_type = w.res_type AND r.res_id = w.res_id
+WHERE NOT r.deleted
+"""
+
+
 def _existing(session: Session, wanted: set[tuple[str, str]]) -> set[tuple[str, str]]:
     connection = session.connection()
     if connection.dialect.name == "sqlite":
@@ -119,6 +130,12 @@ def _existing(session: Session, wanted: set[tuple[str, str]]) -> set[tuple[str, 
             (t, i) for t, i in wanted
             if connection.execute(_ONE_EXISTING, {"res_type": t, "res_id": i}).first() is not None
         }
+    if connection.dialect.name == "postgresql":
+        pairs = sorted(wanted)
+        rows = connection.exec_driver_sql(
+            _PG_EXISTING, {"types": [t for t, _ in pairs], "ids": [i for _, i in pairs]}
+        )
+        return {(t, i) for t, i in rows}
     return {(t, i) for t, i in connection.execute(_EXISTING, {"refs": sorted(wanted)})}
 
 
