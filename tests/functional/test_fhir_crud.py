@@ -244,7 +244,13 @@ def test_control_characters_are_400_with_the_path(his: Fhir) -> None:
     response = his.post("Patient", body)
     assert response.status_code == 400
     assert response.json["issue"][0]["expression"] == ["Patient.name[0].family"]
-    body["name"][0]["family"] = "王\t"  # tab, CR and LF are allowed
+    body["name"][0]["family"] = "王"
+    body["name"][0]["given"] = ["明", "\x1f"]  # deep in a list, the last of C0's controls
+    response = his.post("Patient", body)
+    assert response.status_code == 400
+    assert response.json["issue"][0]["expression"] == ["Patient.name[0].given[1]"]
+    body["name"][0]["given"] = ["明\x7f"]  # DEL is not a C0 control: FHIR allows it
+    body["name"][0]["family"] = "王\t\r\n"  # tab, CR and LF are allowed
     assert his.post("Patient", body).status_code == 201
 
 
