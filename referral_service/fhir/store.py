@@ -25,7 +25,6 @@ from sqlalchemy import (
     not_,
     or_,
     select,
-    text,
     true,
     update,
 )
@@ -684,7 +683,7 @@ class ResourceStore:
         """
         if self.session.get_bind().dialect.name == "postgresql":
             digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
-            self._sql().execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": digest})
+            self._sql().exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": digest})
 
 
 def _ordered(resource: dict[str, Any]) -> dict[str, Any]:
