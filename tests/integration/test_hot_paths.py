@@ -127,17 +127,20 @@ def test_an_idle_pooled_connection_that_died_is_replaced_before_use(
 ) -> None:
     if backend != "postgresql":
         pytest.skip("SQLite has no server connection to lose")
-    with database.engine.connect() as conn:
-        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
-    # The pool now holds that connection; the server drops it while it is idle.
-    url = database.engine.url
-    with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname=url.database,
-                         autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 0.0)
-    time.sleep(0.05)
-    with database.engine.connect() as conn:  # no error: the dead one was pinged and discarded
-        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+    assert len(database.engines) == 2  # the main pool and the pool of reads
+    for engine in database.engines:
+        with engine.connect() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        # The pool now holds that connection; the server drops it while it is idle.
+        url = engine.url
+        with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname=url.database,
+                             autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 0.0)
+        time.sleep(0.05)
+        with engine.connect() as conn:  # no error: the dead one was pinged and discarded
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+        monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 1.0)
 
 
 @contextmanager
