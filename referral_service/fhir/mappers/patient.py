@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import bindparam, delete, insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -33,7 +33,10 @@ def _name(resource: dict[str, Any]) -> tuple[str, str]:
 
 # Registry writes of a Patient, built once: a write through the API costs a few statements, not an
 # ORM flush.
-_HOLDER = select(Patient.id).where(Patient.resident_id == bindparam("number"), Patient.id != bindparam("pid"))
+# The patient's own row and any holder of the identity number, in one look-up.
+_KNOWN = select(Patient.id).where(
+    or_(Patient.id == bindparam("pid"), Patient.resident_id == bindparam("number"))
+)
 _REGISTRY_COLUMNS = (
     "family_name", "given_name", "resident_id", "gender", "birth_date", "active", "phone", "district",
     "township", "village", "address_line", "general_practitioner_id",
@@ -83,8 +86,11 @@ def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_creat
     number = resident_id.normalise(number) if number else None
     session.flush()  # registry rows of this transaction still pending in the ORM go first
     connection = session.connection()
+    registered = True  # unless the look-up below shows there is no row (and so no registrations) yet
     if number:
-        other = connection.execute(_HOLDER, {"number": number, "pid": pid}).scalar()
+        known = set(connection.execute(_KNOWN, {"number": number, "pid": pid}).scalars())
+        registered = pid in known
+        other = next(iter(known - {pid}), None)
         if other is not None:
             raise Conflict(
                 f"another patient (Patient/{other}) has this resident identity number",
@@ -100,7 +106,8 @@ def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_creat
     connection.execute(
         _UPSERT[connection.dialect.name], {"id": pid, "created_by_org_id": actor.organization_id, **columns}
     )
-    connection.execute(_DROP_REGISTRATIONS, {"pid": pid})
+    if registered:  # a new row has none to replace (they reference it)
+        connection.execute(_DROP_REGISTRATIONS, {"pid": pid})
     periods = [
         e.get("valuePeriod") or {} for e in resource.get("extension") or [] if e.get("url") == POVERTY_URL
     ]
