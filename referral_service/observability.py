@@ -64,8 +64,14 @@ def init_app(app: Flask) -> None:
     app.extensions["metrics"] = metrics
 
     # Metric children by label values: `labels()` takes a lock and validates the labels every call.
-    counted: dict[tuple[str, str, int], Any] = {}
-    timed: dict[tuple[str, str], Any] = {}
+    children: dict[tuple[object, ...], Any] = {}
+
+    def child(metric: Counter | Histogram, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        found = children.get(key)
+        if found is None:
+            found = children[key] = metric.labels(*labels)
+        return found
 
     @app.before_request
     def _start() -> None:
@@ -80,15 +86,8 @@ def init_app(app: Flask) -> None:
         elapsed = time.perf_counter() - getattr(ctx, "started", time.perf_counter())
         endpoint = req.url_rule.rule if req.url_rule else "unmatched"
         method, status = req.method, response.status_code
-        counter = counted.get((endpoint, method, status))
-        if counter is None:
-            counter = metrics.requests.labels(endpoint, method, str(status))
-            counted[endpoint, method, status] = counter
-        histogram = timed.get((endpoint, method))
-        if histogram is None:
-            histogram = timed[endpoint, method] = metrics.latency.labels(endpoint, method)
-        counter.inc()
-        histogram.observe(elapsed)
+        child(metrics.requests, endpoint, method, str(status)).inc()
+        child(metrics.latency, endpoint, method).observe(elapsed)
         response.headers[REQUEST_ID_HEADER] = getattr(ctx, "request_id", "")
         if log.isEnabledFor(logging.INFO):
             path = req.path

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy import bindparam, false, select, tuple_
+from sqlalchemy import bindparam, false, select
 from sqlalchemy.orm import Session
 
 from ..domain.actor import SYSTEM, Actor
@@ -99,11 +99,7 @@ def audit(session: Session, actor: Actor, **fields: Any) -> None:
     queue_audit_row(session, audit_row(actor, **fields))
 
 
-# Which of a set of (type, id) pairs exist: one statement, built once, for any number of pairs.
-_EXISTING = select(StoredResource.res_type, StoredResource.res_id).where(
-    StoredResource.deleted == false(),
-    tuple_(StoredResource.res_type, StoredResource.res_id).in_(bindparam("refs", expanding=True)),
-)
+# Which of a set of (type, id) pairs exist.
 # SQLite cannot look a row-value IN list up in an index (it scans the table): one look-up per pair.
 _ONE_EXISTING = select(StoredResource.res_type, StoredResource.res_id).where(
     StoredResource.deleted == false(),
@@ -130,13 +126,11 @@ def _existing(session: Session, wanted: set[tuple[str, str]]) -> set[tuple[str, 
             (t, i) for t, i in wanted
             if connection.execute(_ONE_EXISTING, {"res_type": t, "res_id": i}).first() is not None
         }
-    if connection.dialect.name == "postgresql":
-        pairs = sorted(wanted)
-        rows = connection.exec_driver_sql(
-            _PG_EXISTING, {"types": [t for t, _ in pairs], "ids": [i for _, i in pairs]}
-        )
-        return {(t, i) for t, i in rows}
-    return {(t, i) for t, i in connection.execute(_EXISTING, {"refs": sorted(wanted)})}
+    pairs = sorted(wanted)
+    rows = connection.exec_driver_sql(
+        _PG_EXISTING, {"types": [t for t, _ in pairs], "ids": [i for _, i in pairs]}
+    )
+    return {(t, i) for t, i in rows}
 
 
 def _check_references(
