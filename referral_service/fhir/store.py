@@ -370,6 +370,23 @@ class ResourceStore:
         `audit`: the write's audit row. On PostgreSQL both ride in the one write statement; elsewhere
         the link is inserted next and the row queued for the commit.
         """
+        version = self.prepare(
+            res_type, resource, method=method, owner_org_id=owner_org_id, existing=existing,
+            index_rows=index_rows,
+        )
+        return self.write([version], grant=grant, audit=audit)[0]
+
+    def prepare(
+        self,
+        res_type: str,
+        resource: dict[str, Any],
+        *,
+        method: str,
+        owner_org_id: str | None,
+        existing: StoredResource | None = None,
+        index_rows: IndexRows | None = None,
+    ) -> store_pg.Version:
+        """The next version of a resource (its id, meta, JSON and index rows), not yet written."""
         rdef = RESOURCES[res_type]
         ts = now_ms()
         if existing is None:
@@ -385,77 +402,67 @@ class ResourceStore:
         meta["lastUpdated"] = instant(ts)
         resource["meta"] = meta
         content = jsonio.dumps(_ordered(resource))
-        patient_id = rdef.compartment_patient(resource)
         if index_rows is None:
             index_rows = extract(resource, list(rdef.params))
+        return store_pg.Version(
+            existing.pk if existing is not None else None, res_type, res_id, version, ts, method,
+            content, owner_org_id, rdef.compartment_patient(resource), index_rows,
+        )
+
+    def write(
+        self,
+        versions: list[store_pg.Version],
+        *,
+        grant: tuple[str, str, str] | None = None,
+        audit: dict[str, Any] | None = None,
+    ) -> list[Stored]:
+        """Write prepared versions, with the access link and the audit row of the write.
+
+        On PostgreSQL they all go in one statement; elsewhere one after the other, the link inserted
+        next and the audit row queued for the commit.
+        """
         connection = self._sql()
         if grant is not None and self._already_granted(grant[0], grant[1]):
             grant = None
         if connection.dialect.name == "postgresql":
-            store_pg.write_version(
-                connection,
-                pk=existing.pk if existing is not None else None,
-                res_type=res_type,
-                res_id=res_id,
-                version_id=version,
-                last_updated=ts,
-                method=method,
-                content=content,
-                owner_org_id=owner_org_id,
-                patient_id=patient_id,
-                rows=index_rows,
-                grant=grant,
-                audit=audit,
-            )
+            store_pg.write_versions(connection, versions, grant=grant, audit=audit)
             if grant is not None:
                 self._granted().add((grant[0], grant[1]))
         else:
-            self._write_version(connection, existing, res_type, res_id, version, ts, method, content,
-                                owner_org_id, patient_id, index_rows)
+            for v in versions:
+                self._write_version(connection, v)
             if grant is not None:
                 self.grant_access(*grant)
             if audit is not None:
                 queue_audit_row(self.session, audit)
-        if existing is not None:
+        if any(v.pk is not None for v in versions):
             self._expire_rows()
-        return Stored(res_type, res_id, version, ts, content)
+        return [Stored(v.res_type, v.res_id, v.version_id, v.last_updated, v.content) for v in versions]
 
-    def _write_version(
-        self,
-        connection: Connection,
-        existing: StoredResource | None,
-        res_type: str,
-        res_id: str,
-        version: int,
-        ts: datetime,
-        method: str,
-        content: bytes,
-        owner_org_id: str | None,
-        patient_id: str | None,
-        index_rows: IndexRows,
-    ) -> None:
+    def _write_version(self, connection: Connection, v: store_pg.Version) -> None:
         """The generic write: resource, history row, then one INSERT per index table."""
-        if existing is None:
+        if v.pk is None:
             pk = connection.execute(
                 _INSERT_RESOURCE,
                 {
-                    "res_type": res_type,
-                    "res_id": res_id,
-                    "version_id": version,
-                    "last_updated": ts,
+                    "res_type": v.res_type,
+                    "res_id": v.res_id,
+                    "version_id": v.version_id,
+                    "last_updated": v.last_updated,
                     "deleted": False,
-                    "content": content,
-                    "owner_org_id": owner_org_id,
-                    "patient_id": patient_id,
+                    "content": v.content,
+                    "owner_org_id": v.owner_org_id,
+                    "patient_id": v.patient_id,
                 },
             ).scalar_one()
         else:
-            pk = existing.pk
+            pk = v.pk
             connection.execute(
                 update(StoredResource)
                 .where(StoredResource.pk == pk)
                 .values(
-                    version_id=version, last_updated=ts, deleted=False, content=content, patient_id=patient_id
+                    version_id=v.version_id, last_updated=v.last_updated, deleted=False, content=v.content,
+                    patient_id=v.patient_id,
                 )
             )
             self._drop_indexes(pk)
@@ -463,15 +470,15 @@ class ResourceStore:
             _INSERT_VERSION,
             {
                 "resource_pk": pk,
-                "version_id": version,
-                "res_type": res_type,
-                "last_updated": ts,
-                "method": method,
+                "version_id": v.version_id,
+                "res_type": v.res_type,
+                "last_updated": v.last_updated,
+                "method": v.method,
                 "deleted": False,
-                "content": content,
+                "content": v.content,
             },
         )
-        self._write_indexes(pk, res_type, index_rows)
+        self._write_indexes(pk, v.res_type, v.rows)
 
     def delete(self, existing: StoredResource) -> Stored:
         """Mark a resource deleted (a new version with no content); its indexes go."""
@@ -682,8 +689,12 @@ class ResourceStore:
         SQLite already serialises every write transaction (BEGIN IMMEDIATE).
         """
         if self.session.get_bind().dialect.name == "postgresql":
-            digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
-            self._sql().exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": digest})
+            self._sql().exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": lock_digest(key)})
+
+
+def lock_digest(key: str) -> int:
+    """The signed 64-bit advisory lock number of a key (`ResourceStore.lock_key`)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
 
 
 def _ordered(resource: dict[str, Any]) -> dict[str, Any]:

@@ -7,61 +7,65 @@ parallel arrays expanded with `unnest`. Every sub-statement sees the same snapsh
 DELETE of the old index rows never touches the rows the same statement inserts.
 
 The same statement may also carry the write's audit row and the writer's access link to the patient
-(`patient_access`, ignored when it exists), so that a create or an update is one round trip.
+(`patient_access`, ignored when it exists), so that a create or an update is one round trip. And it
+may carry several resources (a settlement's Claim, ClaimResponse and ExplanationOfBenefit): each
+gets its own CTEs and parameters, suffixed with its place in the list.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Connection
 
 from ..domain.audit import AUDIT_COLUMNS, audit_params
 from .search_params import IndexRows
 
+# In the fragments of one resource, "@" stands for its suffix: "" when the statement writes one
+# resource (its SQL is then exactly the single-resource statement), "_0", "_1"... when it writes several.
 _INDEXES = """
-    t AS (INSERT INTO fhir_idx_token (resource_pk, res_type, param, system, code)
-          SELECT k.pk, %(res_type)s, x.param, x.system, x.code
-          FROM k, unnest(%(t_param)s::text[], %(t_system)s::text[], %(t_code)s::text[])
+    t@ AS (INSERT INTO fhir_idx_token (resource_pk, res_type, param, system, code)
+          SELECT k@.pk, %(res_type@)s, x.param, x.system, x.code
+          FROM k@, unnest(%(t_param@)s::text[], %(t_system@)s::text[], %(t_code@)s::text[])
                AS x(param, system, code)),
-    s AS (INSERT INTO fhir_idx_string (resource_pk, res_type, param, value, exact)
-          SELECT k.pk, %(res_type)s, x.param, x.value, x.exact
-          FROM k, unnest(%(s_param)s::text[], %(s_value)s::text[], %(s_exact)s::text[])
+    s@ AS (INSERT INTO fhir_idx_string (resource_pk, res_type, param, value, exact)
+          SELECT k@.pk, %(res_type@)s, x.param, x.value, x.exact
+          FROM k@, unnest(%(s_param@)s::text[], %(s_value@)s::text[], %(s_exact@)s::text[])
                AS x(param, value, exact)),
-    d AS (INSERT INTO fhir_idx_date (resource_pk, res_type, param, low, high)
-          SELECT k.pk, %(res_type)s, x.param, x.low, x.high
-          FROM k, unnest(%(d_param)s::text[], %(d_low)s::timestamptz[], %(d_high)s::timestamptz[])
+    d@ AS (INSERT INTO fhir_idx_date (resource_pk, res_type, param, low, high)
+          SELECT k@.pk, %(res_type@)s, x.param, x.low, x.high
+          FROM k@, unnest(%(d_param@)s::text[], %(d_low@)s::timestamptz[], %(d_high@)s::timestamptz[])
                AS x(param, low, high)),
-    r AS (INSERT INTO fhir_idx_reference (resource_pk, res_type, param, target_type, target_id)
-          SELECT k.pk, %(res_type)s, x.param, x.target_type, x.target_id
-          FROM k, unnest(%(r_param)s::text[], %(r_type)s::text[], %(r_id)s::text[])
+    r@ AS (INSERT INTO fhir_idx_reference (resource_pk, res_type, param, target_type, target_id)
+          SELECT k@.pk, %(res_type@)s, x.param, x.target_type, x.target_id
+          FROM k@, unnest(%(r_param@)s::text[], %(r_type@)s::text[], %(r_id@)s::text[])
                AS x(param, target_type, target_id)),
-    v AS (INSERT INTO fhir_resource_version
+    v@ AS (INSERT INTO fhir_resource_version
               (resource_pk, version_id, res_type, last_updated, method, deleted, content)
-          SELECT k.pk, %(version_id)s, %(res_type)s, %(last_updated)s, %(method)s, false, %(content)s
-          FROM k)
-"""
+          SELECT k@.pk, %(version_id@)s, %(res_type@)s, %(last_updated@)s, %(method@)s, false, %(content@)s
+          FROM k@)"""
 
 # The statements are composed of the constant fragments below; every value is a bound parameter.
 _CREATE_ROW = """
-WITH k AS (INSERT INTO fhir_resource
+    k@ AS (INSERT INTO fhir_resource
                (res_type, res_id, version_id, last_updated, deleted, content, owner_org_id, patient_id)
-           VALUES (%(res_type)s, %(res_id)s, %(version_id)s, %(last_updated)s, false, %(content)s,
-                   %(owner_org_id)s, %(patient_id)s)
+           VALUES (%(res_type@)s, %(res_id@)s, %(version_id@)s, %(last_updated@)s, false, %(content@)s,
+                   %(owner_org_id@)s, %(patient_id@)s)
            RETURNING pk),"""
 
 _UPDATE_ROW = """
-WITH k AS (UPDATE fhir_resource
-           SET version_id = %(version_id)s, last_updated = %(last_updated)s, deleted = false,
-               content = %(content)s, patient_id = %(patient_id)s
-           WHERE pk = %(pk)s
+    k@ AS (UPDATE fhir_resource
+           SET version_id = %(version_id@)s, last_updated = %(last_updated@)s, deleted = false,
+               content = %(content@)s, patient_id = %(patient_id@)s
+           WHERE pk = %(pk@)s
            RETURNING pk),
-    old_t AS (DELETE FROM fhir_idx_token WHERE resource_pk = %(pk)s),
-    old_s AS (DELETE FROM fhir_idx_string WHERE resource_pk = %(pk)s),
-    old_d AS (DELETE FROM fhir_idx_date WHERE resource_pk = %(pk)s),
-    old_r AS (DELETE FROM fhir_idx_reference WHERE resource_pk = %(pk)s),"""
+    old_t@ AS (DELETE FROM fhir_idx_token WHERE resource_pk = %(pk@)s),
+    old_s@ AS (DELETE FROM fhir_idx_string WHERE resource_pk = %(pk@)s),
+    old_d@ AS (DELETE FROM fhir_idx_date WHERE resource_pk = %(pk@)s),
+    old_r@ AS (DELETE FROM fhir_idx_reference WHERE resource_pk = %(pk@)s),"""
 
 _GRANT = """,
     g AS (INSERT INTO patient_access (patient_id, org_id, reason)
@@ -73,64 +77,98 @@ _AUDIT = f""",
           VALUES ({", ".join(f"%(audit_{name})s" for name in AUDIT_COLUMNS)}))"""  # noqa: S608 (column names)
 
 
+def _suffixes(count: int) -> list[str]:
+    return [""] if count == 1 else [f"_{i}" for i in range(count)]
+
+
 @cache
-def statement(*, update: bool, grant: bool, audit: bool) -> str:
-    """The write statement: a new resource or a new version, with its access link and audit row."""
+def statements(updates: tuple[bool, ...], *, grant: bool, audit: bool) -> str:
+    """The write statement of one or more resources (each new, or a new version: `updates`), with
+    the access link and the audit row; it answers each resource's pk, in order."""
+    suffixes = _suffixes(len(updates))
+    parts = [
+        ((_UPDATE_ROW if update else _CREATE_ROW) + _INDEXES).replace("@", suffix)
+        for update, suffix in zip(updates, suffixes, strict=True)
+    ]
+    pks = ", ".join(f"k{suffix}.pk" for suffix in suffixes)
+    sources = ", ".join(f"k{suffix}" for suffix in suffixes)
     return "".join((
-        _UPDATE_ROW if update else _CREATE_ROW,
-        _INDEXES.rstrip(),
+        "\nWITH", ",".join(parts),
         _GRANT if grant else "",
         _AUDIT if audit else "",
-        "\nSELECT pk FROM k\n",
+        f"\nSELECT {pks} FROM {sources}\n",
     ))
+
+
+def statement(*, update: bool, grant: bool, audit: bool) -> str:
+    """The write statement of one resource."""
+    return statements((update,), grant=grant, audit=audit)
 
 
 CREATE = statement(update=False, grant=False, audit=False)
 UPDATE = statement(update=True, grant=False, audit=False)
 
 
+class Version(NamedTuple):
+    """One resource version to write: the row's values and its index rows (`pk`: None for a new
+    resource, else the row to replace)."""
+
+    pk: int | None
+    res_type: str
+    res_id: str
+    version_id: int
+    last_updated: datetime
+    method: str
+    content: bytes
+    owner_org_id: str | None
+    patient_id: str | None
+    rows: IndexRows
+
+
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
-def write_version(
-    connection: Connection,
-    *,
-    pk: int | None,
-    res_type: str,
-    res_id: str,
-    version_id: int,
-    last_updated: datetime,
-    method: str,
-    content: bytes,
-    owner_org_id: str | None,
-    patient_id: str | None,
-    rows: IndexRows,
-    grant: tuple[str, str, str] | None = None,
-    audit: dict[str, Any] | None = None,
-) -> int:
-    """Insert (pk None) or replace the current version with its history and index rows; its pk.
-
-    `grant`: (patient, organisation, reason) of an access link to record; `audit`: the write's
-    audit_record row (every column).
-    """
+def _params(version: Version, suffix: str) -> dict[str, Any]:
+    rows = version.rows
     t_param, t_system, t_code = _columns(rows.tokens, 3)
     s_param, s_value, s_exact = _columns(rows.strings, 3)
     d_param, d_low, d_high = _columns(rows.dates, 3)
     r_param, r_type, r_id = _columns(rows.references, 3)
-    params = {
-        "pk": pk, "res_type": res_type, "res_id": res_id, "version_id": version_id,
-        "last_updated": last_updated, "method": method, "content": content,
-        "owner_org_id": owner_org_id, "patient_id": patient_id,
+    values = {
+        "pk": version.pk, "res_type": version.res_type, "res_id": version.res_id,
+        "version_id": version.version_id, "last_updated": version.last_updated,
+        "method": version.method, "content": version.content,
+        "owner_org_id": version.owner_org_id, "patient_id": version.patient_id,
         "t_param": t_param, "t_system": t_system, "t_code": t_code,
         "s_param": s_param, "s_value": s_value, "s_exact": s_exact,
         "d_param": d_param, "d_low": d_low, "d_high": d_high,
         "r_param": r_param, "r_type": r_type, "r_id": r_id,
     }  # fmt: skip
+    return values if not suffix else {name + suffix: value for name, value in values.items()}
+
+
+def write_versions(
+    connection: Connection,
+    versions: Sequence[Version],
+    *,
+    grant: tuple[str, str, str] | None = None,
+    audit: dict[str, Any] | None = None,
+) -> list[int]:
+    """Insert or replace each version with its history and index rows, in one statement; their pks.
+
+    `grant`: (patient, organisation, reason) of an access link to record; `audit`: the write's
+    audit_record row (every column).
+    """
+    params: dict[str, Any] = {}
+    for version, suffix in zip(versions, _suffixes(len(versions)), strict=True):
+        params.update(_params(version, suffix))
     if grant is not None:
         params["grant_patient"], params["grant_org"], params["grant_reason"] = grant
     if audit is not None:
         params.update(audit_params(audit))
-    sql = statement(update=pk is not None, grant=grant is not None, audit=audit is not None)
-    written = connection.exec_driver_sql(sql, params).scalar_one()
-    return int(written)
+    sql = statements(
+        tuple(v.pk is not None for v in versions), grant=grant is not None, audit=audit is not None
+    )
+    written = connection.exec_driver_sql(sql, params).one()
+    return [int(pk) for pk in written]

@@ -9,10 +9,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from ..domain.actor import SYSTEM, Actor
 from ..domain.base import new_id, utcnow
@@ -22,7 +22,7 @@ from ..domain.registry import Coverage, Organization, Patient
 from ..fhir import codes, jsonio
 from ..fhir.mappers import settlement as shapes
 from ..fhir.search_params import SHANGHAI, parse_date_range
-from ..fhir.store import ResourceStore, instant, now_ms
+from ..fhir.store import ResourceStore, instant, lock_digest, now_ms
 from ..fhir.validation import structure_problems
 from ..settlement import (
     ClaimInput,
@@ -35,7 +35,7 @@ from ..settlement import (
     load_policy_dir,
     settle,
 )
-from .resources import audit
+from .resources import audit, audit_row
 
 CLAIM_TYPES = {"institutional": "inpatient", "professional": "outpatient"}
 ZERO = Decimal("0.00")
@@ -260,43 +260,78 @@ def _check_referral(
     return _Referral(True, str(current["id"]))
 
 
+def _upsert_locked(session: Session, model: Any, values: dict[str, Any], keep: str) -> Any:
+    """The row of `model` with these key values, created (with `values`) if missing, locked until commit.
+
+    One statement: an insert that, on conflict, "updates" the existing row to itself. Like
+    `SELECT ... FOR UPDATE`, that waits for a concurrent settlement of the same row to end and answers
+    the row as that one left it. (SQLite serialises writers.)
+    """
+    dialect = session.get_bind().dialect.name
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(model).values(**values)
+    stmt = ins.on_conflict_do_update(
+        index_elements=[c.name for c in model.__table__.primary_key.columns],
+        set_={keep: getattr(model, keep)},
+    ).returning(model)
+    return session.scalars(stmt, execution_options={"populate_existing": True}).one()
+
+
 def _lock_accumulator(session: Session, patient_id: str, year: int) -> YearAccumulator:
     """The person's accumulator row for the year, created if needed, locked until commit."""
-    dialect = session.get_bind().dialect.name
-    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(YearAccumulator)
-    session.execute(
-        ins.values(
-            patient_id=patient_id,
-            year=year,
-            inpatient_basic_paid=ZERO,
-            outpatient_basic_paid=ZERO,
-            critical_illness_cumulative_r1=ZERO,
-            critical_illness_paid=ZERO,
-            assistance_paid=ZERO,
-            safety_net_paid=ZERO,
-            patient_paid=ZERO,
-            settlements=0,
-        ).on_conflict_do_nothing()
+    row: YearAccumulator = _upsert_locked(
+        session,
+        YearAccumulator,
+        {
+            "patient_id": patient_id,
+            "year": year,
+            "inpatient_basic_paid": ZERO,
+            "outpatient_basic_paid": ZERO,
+            "critical_illness_cumulative_r1": ZERO,
+            "critical_illness_paid": ZERO,
+            "assistance_paid": ZERO,
+            "safety_net_paid": ZERO,
+            "patient_paid": ZERO,
+            "settlements": 0,
+        },
+        keep="settlements",
     )
-    row = session.scalars(
-        select(YearAccumulator)
-        .where(YearAccumulator.patient_id == patient_id, YearAccumulator.year == year)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
     return row
 
 
 def _lock_episode(session: Session, episode_id: str, year: int) -> EpisodeDeductible:
-    dialect = session.get_bind().dialect.name
-    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(EpisodeDeductible)
-    session.execute(ins.values(episode_id=episode_id, year=year, borne=ZERO).on_conflict_do_nothing())
-    return session.scalars(
-        select(EpisodeDeductible)
-        .where(EpisodeDeductible.episode_id == episode_id, EpisodeDeductible.year == year)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
+    row: EpisodeDeductible = _upsert_locked(
+        session, EpisodeDeductible, {"episode_id": episode_id, "year": year, "borne": ZERO}, keep="borne"
+    )
+    return row
+
+
+def _parties(
+    session: Session, patient_id: str | None, provider_id: str, coverage_id: str | None, lock: str
+) -> tuple[Patient | None, Organization | None, Coverage | None]:
+    """The claim's patient (with poverty registrations), provider and coverage, in one statement.
+
+    On PostgreSQL the same statement takes the claim's advisory lock (held until commit), which makes
+    concurrent submissions of one claim identifier wait for each other. It is taken only when the
+    patient exists: otherwise the claim is refused anyway. The look-up of an earlier settlement comes
+    after it, in a statement of its own, so that it sees what the lock's previous holder committed.
+    """
+    if patient_id is None:
+        return None, None, None
+    columns: list[Any] = [Patient, Organization, Coverage]
+    if session.get_bind().dialect.name == "postgresql":
+        columns.append(func.pg_advisory_xact_lock(lock_digest(lock)))
+    stmt = (
+        select(*columns)
+        .select_from(Patient)
+        .outerjoin(Organization, Organization.id == provider_id)
+        .outerjoin(Coverage, Coverage.id == coverage_id)
+        .where(Patient.id == patient_id)
+        .options(joinedload(Patient.poverty_registrations))
+    )
+    row = session.execute(stmt).unique().first()
+    if row is None:
+        return None, None, None
+    return row[0], row[1], row[2]
 
 
 def _validate_claim(claim: dict[str, Any]) -> None:
@@ -351,11 +386,12 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
             "code-invalid",
         )
     items = _items(claim)
-    patient_id = _ref_id(claim.get("patient"), "Patient")
-    patient = session.get(Patient, patient_id) if patient_id else None
+    coverage_id = _ref_id(((claim.get("insurance") or [{}])[0]).get("coverage"), "Coverage")
+    lock = f"settlement|{provider_id}|{key_system}|{key_value}"
+    patient, provider, coverage = _parties(session, _ref_id(claim.get("patient"), "Patient"),
+                                           provider_id, coverage_id, lock)
     if patient is None:
         raise _refuse("Claim.patient is not a known Patient", "Claim.patient", "not-found")
-    provider = session.get(Organization, provider_id)
     if provider is None or not provider.facility_level:
         raise _refuse("Claim.provider is not a known health facility", "Claim.provider", "not-found")
     discharge = discharge_date(claim)
@@ -364,8 +400,6 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
         policy = policies().in_force(region, discharge)
     except NoPolicyError as exc:
         raise _refuse(str(exc), "Claim.billablePeriod.end") from None
-    coverage_id = _ref_id(((claim.get("insurance") or [{}])[0]).get("coverage"), "Coverage")
-    coverage = session.get(Coverage, coverage_id) if coverage_id else None
     if (
         coverage is None
         or coverage.patient_id != patient.id
@@ -378,8 +412,8 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
         )
     referral = _check_referral(session, claim, patient.id, provider.id, discharge)
 
-    store = ResourceStore(session)
-    store.lock_key(f"settlement|{provider.id}|{key_system}|{key_value}")
+    if session.get_bind().dialect.name != "postgresql":
+        ResourceStore(session).lock_key(lock)  # (PostgreSQL: taken by _parties)
     digest = content_hash(claim)
     earlier = session.scalars(
         select(Settlement).where(
@@ -472,11 +506,9 @@ def _store(
     store = ResourceStore(session)
     claim_body = {k: v for k, v in claim.items() if k not in ("meta",)}
     existing_claim = store.current("Claim", str(claim["id"])) if claim.get("id") else None
-    stored_claim = store.save(
-        "Claim",
-        claim_body,
-        method="PUT" if existing_claim else "POST",
-        owner_org_id=actor.organization_id,
+    owner = actor.organization_id
+    claim_version = store.prepare(
+        "Claim", claim_body, method="PUT" if existing_claim else "POST", owner_org_id=owner,
         existing=existing_claim,
     )
     c = result.components
@@ -484,7 +516,7 @@ def _store(
     acc.settlements += 1
     settlement = Settlement(
         id=new_id(),
-        claim_id=stored_claim.res_id,
+        claim_id=claim_version.res_id,
         claim_response_id=new_id(),
         eob_id=new_id(),
         provider_id=provider.id,
@@ -557,7 +589,7 @@ def _store(
     }
     eob = shapes.explanation_of_benefit(
         settlement,
-        stored_claim.as_dict(),
+        jsonio.loads(claim_version.content),
         claim_type=claim_type_code,
         insurer_id=insurer_id,
         coverage_id=coverage.id,
@@ -565,19 +597,23 @@ def _store(
         used=used,
         caps=caps,
     )
-    owner = actor.organization_id
-    stored_response = store.save("ClaimResponse", response, method="POST", owner_org_id=owner)
-    store.save("ExplanationOfBenefit", eob, method="POST", owner_org_id=owner)
-    store.grant_access(patient.id, provider.id, "treated")
-    audit(
-        session,
-        actor,
-        action="C",
-        interaction="operation",
-        entity_type="Claim",
-        entity_id=stored_claim.res_id,
-        patient_id=patient.id,
-        query="$submit",
+    # The three resources, the provider's access link and the audit row: one statement on PostgreSQL.
+    _, stored_response, _ = store.write(
+        [
+            claim_version,
+            store.prepare("ClaimResponse", response, method="POST", owner_org_id=owner),
+            store.prepare("ExplanationOfBenefit", eob, method="POST", owner_org_id=owner),
+        ],
+        grant=(patient.id, provider.id, "treated"),
+        audit=audit_row(
+            actor,
+            action="C",
+            interaction="operation",
+            entity_type="Claim",
+            entity_id=claim_version.res_id,
+            patient_id=patient.id,
+            query="$submit",
+        ),
     )
     return SubmitResult(stored_response.content, created=True, settlement_id=settlement.id)
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
+from referral_service.domain.fhir_store import PatientAccess
 from referral_service.domain.ledger import Payable, Settlement, YearAccumulator
+from referral_service.domain.registry import AuditRecord
 from referral_service.extensions import database
 from tests.functional.fhir_helpers import every_stored_version_validates
 from tests.functional.settlement_helpers import County, claim, components
@@ -286,3 +289,52 @@ def test_claims_and_payment_batches_cannot_be_deleted(county: County) -> None:
     refused = county.his["hosp"].delete(f"Claim/{claim_id}")
     assert refused.status_code == 403
     assert county.his["hosp"].get(f"Claim/{claim_id}").status_code == 200
+
+
+def test_a_settlement_writes_its_resources_access_link_and_audit_row_together(
+    backend: str, county: County
+) -> None:
+    """PostgreSQL: a settlement is 7 statements. One loads the patient (with poverty registrations),
+    provider and coverage and takes the claim's lock; one looks for an earlier settlement; one locks
+    the accumulator (created if missing); three write the ledger rows; one writes the Claim,
+    ClaimResponse and ExplanationOfBenefit with the provider's access link and the audit row. On both
+    engines those rows are there afterwards."""
+    other, other_cov = county.patient()
+    warm = county.his["hosp"].post("Claim/$submit", claim(other, other_cov, "hosp", [("100.00", "A")]))
+    assert warm.status_code == 200  # (the client's organisation facts are cached from here on)
+    pid, cov = county.patient(poor=True)
+    with database.session() as s:
+        assert s.get(PatientAccess, (pid, "hosp")) is None
+    seen: list[str] = []
+
+    def on_execute(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        seen.append(statement)
+
+    for engine in database.engines:
+        event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        response = county.his["hosp"].post("Claim/$submit", claim(pid, cov, "hosp", [("5000.00", "A")]))
+    finally:
+        for engine in database.engines:
+            event.remove(engine, "before_cursor_execute", on_execute)
+    assert response.status_code == 200, response.json
+    mine = seen
+    if backend == "postgresql":
+        assert len(mine) == 7, mine
+        assert all(word in mine[0] for word in ("pg_advisory_xact_lock", "poverty_registration", "coverage"))
+        assert "ON CONFLICT" in mine[2] and "RETURNING" in mine[2] and "year_accumulator" in mine[2]
+        writes = [s for s in mine if "INSERT INTO fhir_resource" in s]
+        assert len(writes) == 1 and writes[0].count("INSERT INTO fhir_resource\n") == 3
+        assert "audit_record" in writes[0] and "patient_access" in writes[0]
+    claim_id = response.json["request"]["reference"].split("/")[1]
+    his = county.his["hosp"]
+    assert his.get(f"Claim/{claim_id}").json["meta"]["versionId"] == "1"
+    for query in (f"ClaimResponse?request=Claim/{claim_id}", f"ExplanationOfBenefit?claim=Claim/{claim_id}"):
+        assert his.get(query).json["total"] == 1, query
+    with database.session() as s:
+        assert s.get(PatientAccess, (pid, "hosp")) is not None
+        audits = s.execute(
+            select(AuditRecord.query, AuditRecord.patient_id, AuditRecord.organization_id)
+            .where(AuditRecord.entity_id == claim_id, AuditRecord.interaction == "operation")
+        ).all()
+        assert [tuple(a) for a in audits] == [("$submit", pid, "hosp")]

@@ -480,3 +480,63 @@ def test_kept_statements_run_as_compiled_text_with_their_column_types(
         assert kept[0] is stmt and kept[1] is not None and "%(v0)s" in kept[1].sql
     answer = fhir.get(f"Patient/{pid}")
     assert answer.status_code == 200 and answer.headers["Last-Modified"].endswith("GMT")
+
+
+def test_several_versions_written_together_read_back_as_if_written_one_by_one(
+    backend: str, platform: Fhir
+) -> None:
+    """`ResourceStore.write` of an update and a create: on PostgreSQL one statement (with the audit
+    row and the access link); on both engines the same current rows, history, indexes and audit row,
+    and nothing at all when the transaction rolls back."""
+    fhir = platform
+    pid = fhir.post("Patient", patient(None, family="宋", given="一")).json["id"]
+    observation = {
+        "resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"},
+    }
+    writer = Actor(name="his", kind="client", organization_id="org-2")
+
+    renamed = {**fhir.get(f"Patient/{pid}").json, "name": [{"family": "唐", "given": ["一"]}]}
+
+    def versions(rs: store.ResourceStore) -> list[Any]:
+        current = rs.current("Patient", pid)
+        return [
+            rs.prepare("Patient", renamed, method="PUT", owner_org_id="org-1", existing=current),
+            rs.prepare("Observation", observation, method="POST", owner_org_id="org-2"),
+        ]
+
+    def write_then_fail() -> None:
+        with database.unit_of_work() as session:
+            rs = store.ResourceStore(session)
+            rs.write(versions(rs), grant=(pid, "org-2", "treated"))
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        write_then_fail()
+    assert fhir.get(f"Patient/{pid}").json["meta"]["versionId"] == "1"
+    empty = fhir.get(f"Observation?subject=Patient/{pid}").json
+    assert empty.get("total") == 0, empty
+
+    with database.unit_of_work() as session:
+        rs = store.ResourceStore(session)
+        pending = versions(rs)
+        with _statements() as seen:
+            written = rs.write(pending, grant=(pid, "org-2", "treated"), audit=service.audit_row(
+                writer, action="C", interaction="operation", entity_id="x", patient_id=pid))
+        if backend == "postgresql":
+            assert len(seen) == 1, seen
+            assert all(t in seen[0] for t in ("fhir_resource", "audit_record", "patient_access"))
+    assert [(w.res_type, w.version_id) for w in written] == [("Patient", 2), ("Observation", 1)]
+    assert fhir.get(f"Patient/{pid}").json["name"][0]["family"] == "唐"
+    assert fhir.get("Patient?family=宋").json["total"] == 0
+    assert fhir.get("Patient?family=唐").json["total"] == 1
+    history = fhir.get(f"Patient/{pid}/_history").json
+    assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["2", "1"]
+    found = fhir.get(f"Observation?subject=Patient/{pid}&code=8867-4").json
+    assert [e["resource"]["id"] for e in found["entry"]] == [written[1].res_id]
+    with database.unit_of_work() as session:
+        assert session.get(PatientAccess, (pid, "org-2")) is not None
+        assert session.scalars(select(AuditRecord.agent_name).where(AuditRecord.entity_id == "x")).all() == [
+            "his"]
