@@ -415,20 +415,24 @@ class ResourceStore:
         *,
         grant: tuple[str, str, str] | None = None,
         audit: dict[str, Any] | None = None,
+        also: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> list[Stored]:
         """Write prepared versions, with the access link and the audit row of the write.
 
-        On PostgreSQL they all go in one statement; elsewhere one after the other, the link inserted
-        next and the audit row queued for the commit.
+        On PostgreSQL they all go in one statement, with the other writes of `also` (SQL and values,
+        see `store_pg.write_versions`; PostgreSQL only); elsewhere one after the other, the link
+        inserted next and the audit row queued for the commit.
         """
         connection = self._sql()
         if grant is not None and self._already_granted(grant[0], grant[1]):
             grant = None
         if connection.dialect.name == "postgresql":
-            store_pg.write_versions(connection, versions, grant=grant, audit=audit)
+            store_pg.write_versions(connection, versions, grant=grant, audit=audit, also=also)
             if grant is not None:
                 self._granted().add((grant[0], grant[1]))
         else:
+            if also:
+                raise ValueError("`also` sub-statements are PostgreSQL's")
             for v in versions:
                 self._write_version(connection, v)
             if grant is not None:

@@ -82,9 +82,10 @@ def _suffixes(count: int) -> list[str]:
 
 
 @cache
-def statements(updates: tuple[bool, ...], *, grant: bool, audit: bool) -> str:
+def statements(updates: tuple[bool, ...], *, grant: bool, audit: bool, also: tuple[str, ...] = ()) -> str:
     """The write statement of one or more resources (each new, or a new version: `updates`), with
-    the access link and the audit row; it answers each resource's pk, in order."""
+    the access link, the audit row and other sub-statements (`also`: their SQL, each a data-modifying
+    statement whose parameter names are its own); it answers each resource's pk, in order."""
     suffixes = _suffixes(len(updates))
     parts = [
         ((_UPDATE_ROW if update else _CREATE_ROW) + _INDEXES).replace("@", suffix)
@@ -96,6 +97,7 @@ def statements(updates: tuple[bool, ...], *, grant: bool, audit: bool) -> str:
         "\nWITH", ",".join(parts),
         _GRANT if grant else "",
         _AUDIT if audit else "",
+        "".join(f",\n    also_{i} AS ({sql})" for i, sql in enumerate(also)),
         f"\nSELECT {pks} FROM {sources}\n",
     ))
 
@@ -154,11 +156,13 @@ def write_versions(
     *,
     grant: tuple[str, str, str] | None = None,
     audit: dict[str, Any] | None = None,
+    also: Sequence[tuple[str, dict[str, Any]]] = (),
 ) -> list[int]:
     """Insert or replace each version with its history and index rows, in one statement; their pks.
 
     `grant`: (patient, organisation, reason) of an access link to record; `audit`: the write's
-    audit_record row (every column).
+    audit_record row (every column); `also`: other writes to make in the same statement, as (SQL,
+    values) whose parameter names differ from these and from each other's.
     """
     params: dict[str, Any] = {}
     for version, suffix in zip(versions, _suffixes(len(versions)), strict=True):
@@ -167,8 +171,11 @@ def write_versions(
         params["grant_patient"], params["grant_org"], params["grant_reason"] = grant
     if audit is not None:
         params.update(audit_params(audit))
+    for _, values in also:
+        params.update(values)
     sql = statements(
-        tuple(v.pk is not None for v in versions), grant=grant is not None, audit=audit is not None
+        tuple(v.pk is not None for v in versions), grant=grant is not None, audit=audit is not None,
+        also=tuple(text for text, _ in also),
     )
     written = connection.exec_driver_sql(sql, params).one()
     return [int(pk) for pk in written]

@@ -35,6 +35,7 @@ from ..settlement import (
     load_policy_dir,
     settle,
 )
+from .ledger_pg import ledger_rows
 from .resources import audit, audit_row
 
 CLAIM_TYPES = {"institutional": "inpatient", "professional": "outpatient"}
@@ -513,6 +514,11 @@ def _store(
     )
     c = result.components
     deltas = result.accumulator_deltas
+    in_one_statement = session.get_bind().dialect.name == "postgresql"
+    if in_one_statement:  # the ledger rows ride in the resources' write statement (ledger_pg)
+        session.expunge(acc)
+        if episode is not None:
+            session.expunge(episode)
     acc.settlements += 1
     settlement = Settlement(
         id=new_id(),
@@ -552,8 +558,10 @@ def _store(
         sequence=acc.settlements,
         settled_at=utcnow(),
         settled_by=actor.name,
+        reversed_at=None,
+        reversed_by=None,
+        reversal_reason=None,
     )
-    session.add(settlement)
     acc.inpatient_basic_paid += deltas.inpatient_basic_paid
     acc.outpatient_basic_paid += deltas.outpatient_basic_paid
     acc.critical_illness_cumulative_r1 += deltas.critical_illness_cumulative_r1
@@ -563,13 +571,22 @@ def _store(
     acc.patient_paid += c["patient-pay"]
     if episode is not None:
         episode.borne += settlement.deductible_borne
-    for fund in FUNDS:
-        amount = settlement.amount_of(fund)
-        if amount > 0:
-            session.add(
-                Payable(settlement_id=settlement.id, fund=fund, hospital_id=provider.id, amount=amount)
-            )
-    session.flush()
+    payables = [
+        Payable(
+            settlement_id=settlement.id, fund=fund, hospital_id=provider.id, amount=amount,
+            created_at=settlement.settled_at, status="unpaid", paid_amount=ZERO, paid_at=None,
+            payment_id=None,
+        )
+        for fund in FUNDS
+        if (amount := settlement.amount_of(fund)) > 0
+    ]
+    if in_one_statement:
+        ledger = ledger_rows(session.get_bind().dialect, settlement, acc, episode, payables)
+    else:
+        ledger = []
+        session.add(settlement)
+        session.add_all(payables)
+        session.flush()
     created = instant(now_ms())
     insurer_id = coverage.payor_id
     response = shapes.claim_response(
@@ -614,6 +631,7 @@ def _store(
             patient_id=patient.id,
             query="$submit",
         ),
+        also=ledger,
     )
     return SubmitResult(stored_response.content, created=True, settlement_id=settlement.id)
 

@@ -14,6 +14,7 @@ from referral_service.domain.fhir_store import PatientAccess
 from referral_service.domain.ledger import Payable, Settlement, YearAccumulator
 from referral_service.domain.registry import AuditRecord
 from referral_service.extensions import database
+from referral_service.services import settlement as settlement_service
 from tests.functional.fhir_helpers import every_stored_version_validates
 from tests.functional.settlement_helpers import County, claim, components
 
@@ -294,11 +295,11 @@ def test_claims_and_payment_batches_cannot_be_deleted(county: County) -> None:
 def test_a_settlement_writes_its_resources_access_link_and_audit_row_together(
     backend: str, county: County
 ) -> None:
-    """PostgreSQL: a settlement is 7 statements. One loads the patient (with poverty registrations),
+    """PostgreSQL: a settlement is 4 statements. One loads the patient (with poverty registrations),
     provider and coverage and takes the claim's lock; one looks for an earlier settlement; one locks
-    the accumulator (created if missing); three write the ledger rows; one writes the Claim,
-    ClaimResponse and ExplanationOfBenefit with the provider's access link and the audit row. On both
-    engines those rows are there afterwards."""
+    the accumulator (created if missing); one writes the Claim, ClaimResponse and
+    ExplanationOfBenefit with the settlement row, its payables, the new accumulator totals, the
+    provider's access link and the audit row. On both engines those rows are there afterwards."""
     other, other_cov = county.patient()
     warm = county.his["hosp"].post("Claim/$submit", claim(other, other_cov, "hosp", [("100.00", "A")]))
     assert warm.status_code == 200  # (the client's organisation facts are cached from here on)
@@ -320,12 +321,14 @@ def test_a_settlement_writes_its_resources_access_link_and_audit_row_together(
     assert response.status_code == 200, response.json
     mine = seen
     if backend == "postgresql":
-        assert len(mine) == 7, mine
+        assert len(mine) == 4, mine
         assert all(word in mine[0] for word in ("pg_advisory_xact_lock", "poverty_registration", "coverage"))
         assert "ON CONFLICT" in mine[2] and "RETURNING" in mine[2] and "year_accumulator" in mine[2]
         writes = [s for s in mine if "INSERT INTO fhir_resource" in s]
         assert len(writes) == 1 and writes[0].count("INSERT INTO fhir_resource\n") == 3
-        assert "audit_record" in writes[0] and "patient_access" in writes[0]
+        for table in ("audit_record", "patient_access", "INSERT INTO settlement", "INSERT INTO payable",
+                      "UPDATE year_accumulator"):
+            assert table in writes[0], table
     claim_id = response.json["request"]["reference"].split("/")[1]
     his = county.his["hosp"]
     assert his.get(f"Claim/{claim_id}").json["meta"]["versionId"] == "1"
@@ -338,3 +341,15 @@ def test_a_settlement_writes_its_resources_access_link_and_audit_row_together(
             .where(AuditRecord.entity_id == claim_id, AuditRecord.interaction == "operation")
         ).all()
         assert [tuple(a) for a in audits] == [("$submit", pid, "hosp")]
+        settled = s.scalars(select(Settlement).where(Settlement.claim_id == claim_id)).one()
+        assert (settled.total, settled.status, settled.sequence, settled.settled_at.tzinfo is not None) == (
+            D("5000.00"), "active", 1, True)
+        assert settled.trace
+        assert all({"code", "zh", "en", "formula", "values"} <= set(t) for t in settled.trace)
+        assert settlement_service.recompute(s, settled.id) == {}  # the stored row is what settle() gives
+        acc = s.get(YearAccumulator, (pid, 2026))
+        assert acc is not None and (acc.settlements, acc.inpatient_basic_paid) == (1, settled.basic_insurance)
+        assert acc.patient_paid == settled.patient_pay
+        payables = {p.fund: (p.amount, p.status, p.paid_amount) for p in settled.payables}
+        assert payables["basic-insurance"] == (settled.basic_insurance, "unpaid", D("0.00"))
+        assert sum(a for a, _, _ in payables.values()) == settled.total - settled.patient_pay
