@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import (
     ColumnElement,
     Integer,
+    Numeric,
     Select,
     and_,
     bindparam,
@@ -159,11 +160,14 @@ _PLAIN_MAX = 512
 
 
 def _plain(stmt: Any, dialect: Dialect) -> _Plain | None:
-    """The statement compiled, unless it renders values into its text (then None: run as usual)."""
+    """The statement compiled, unless it renders values into its text or answers a column whose
+    conversion depends on the type the server reports (numeric, for one); then None: run as usual."""
     compiled = stmt.compile(dialect=dialect)
     if compiled.literal_execute_params or compiled.post_compile_params:
         return None
     columns = compiled._result_columns
+    if any(isinstance(getattr(c.type, "impl_instance", c.type), Numeric) for c in columns):
+        return None
     results = tuple(
         (i, process) for i, column in enumerate(columns)
         if (process := column.type._cached_result_processor(dialect, None)) is not None
@@ -173,7 +177,7 @@ def _plain(stmt: Any, dialect: Dialect) -> _Plain | None:
                   results, row)
 
 
-def _rows(connection: Connection, stmt: Any, params: dict[str, Any]) -> Sequence[Any]:
+def kept_rows(connection: Connection, stmt: Any, params: dict[str, Any]) -> Sequence[Any]:
     """The rows of a kept statement (see `_PLAIN`) run with the request's values; columns by name."""
     if connection.dialect.name != "postgresql":
         return connection.execute(stmt, params).all()
@@ -258,7 +262,7 @@ class ResourceStore:
             params.update(audit_params(audit))
         else:
             stmt = _read_statement(shape)
-        found = _rows(connection, stmt, params)
+        found = kept_rows(connection, stmt, params)
         row = found[0] if found else None
         if row is None:
             raise NotFound(f"{res_type}/{res_id} is not known")
@@ -594,7 +598,7 @@ class ResourceStore:
             return SearchPage([], [], self._count(query, actor, audit_values=extra) if counts else None, None)
         key, _ = query.sort
         stmt, params = _search_statement("page", query, actor, audited=extra is not None)
-        rows = _rows(connection, stmt, {**params, **extra} if extra else params)
+        rows = kept_rows(connection, stmt, {**params, **extra} if extra else params)
         page_rows = rows[: query.count]
         next_cursor = None
         if len(rows) > query.count:
@@ -621,7 +625,7 @@ class ResourceStore:
         the search's audit row (PostgreSQL)."""
         stmt, params = _search_statement("count", query, actor, audited=audit_values is not None)
         values = {**params, **audit_values} if audit_values else params
-        rows = _rows(self._sql(), stmt, values)
+        rows = kept_rows(self._sql(), stmt, values)
         return int(rows[0][0] or 0) if rows else 0
 
     def _included(

@@ -16,10 +16,12 @@ from functools import cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, insert, update
-from sqlalchemy.engine import Dialect
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.schema import Table
 
-from ..domain.ledger import EpisodeDeductible, Payable, Settlement, YearAccumulator
+from ..domain.ledger import ZERO, EpisodeDeductible, Payable, Settlement, YearAccumulator
+from ..fhir.store import kept_rows
 
 
 class _Compiled(NamedTuple):
@@ -105,3 +107,35 @@ def ledger_rows(
     if payables:
         rows.append(_inserted(Payable, payables, dialect))
     return rows
+
+
+def _locking_upsert(model: Any, keep: str) -> Any:
+    """An insert of a new row that, on conflict, "updates" the existing row to itself and returns it.
+
+    Like `SELECT ... FOR UPDATE`, that waits for a concurrent settlement of the same row to end, then
+    locks the row until commit and answers it as that settlement left it.
+    """
+    table = _table(model)
+    stmt = pg_insert(table).values({c.name: bindparam(c.name, type_=c.type) for c in table.columns})
+    return stmt.on_conflict_do_update(
+        index_elements=[c.name for c in table.primary_key.columns], set_={keep: table.c[keep]}
+    ).returning(*table.columns)
+
+
+_LOCK_ACCUMULATOR = _locking_upsert(YearAccumulator, "settlements")
+_LOCK_EPISODE = _locking_upsert(EpisodeDeductible, "borne")
+_NEW_ACCUMULATOR = {name: ZERO for name in _ACCUMULATED} | {"settlements": 0}
+
+
+def locked_accumulator(connection: Connection, patient_id: str, year: int) -> YearAccumulator:
+    """The person's accumulator row for the year, created if needed, locked until commit; a detached
+    copy, whose changes `ledger_rows` writes."""
+    values = {"patient_id": patient_id, "year": year, **_NEW_ACCUMULATOR}
+    row = kept_rows(connection, _LOCK_ACCUMULATOR, values)[0]
+    return YearAccumulator(**row._asdict())
+
+
+def locked_episode(connection: Connection, episode_id: str, year: int) -> EpisodeDeductible:
+    """The episode's deductible row for the year, created if needed, locked until commit (detached)."""
+    row = kept_rows(connection, _LOCK_EPISODE, {"episode_id": episode_id, "year": year, "borne": ZERO})[0]
+    return EpisodeDeductible(**row._asdict())

@@ -9,20 +9,20 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, Date, and_, bindparam, exists, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session
 
 from ..domain.actor import SYSTEM, Actor
 from ..domain.base import new_id, utcnow
 from ..domain.errors import BadRequest, Conflict, Forbidden, NotFound, Problem, Unprocessable
 from ..domain.ledger import FUNDS, EpisodeDeductible, Payable, Settlement, YearAccumulator
-from ..domain.registry import Coverage, Organization, Patient
+from ..domain.registry import Coverage, Organization, Patient, PovertyRegistration
 from ..fhir import codes, jsonio
 from ..fhir.mappers import settlement as shapes
 from ..fhir.search_params import SHANGHAI, parse_date_range
-from ..fhir.store import ResourceStore, instant, lock_digest, now_ms
+from ..fhir.store import ResourceStore, instant, kept_rows, lock_digest, now_ms
 from ..fhir.validation import structure_problems
 from ..settlement import (
     ClaimInput,
@@ -35,7 +35,7 @@ from ..settlement import (
     load_policy_dir,
     settle,
 )
-from .ledger_pg import ledger_rows
+from . import ledger_pg
 from .resources import audit, audit_row
 
 CLAIM_TYPES = {"institutional": "inpatient", "professional": "outpatient"}
@@ -306,10 +306,65 @@ def _lock_episode(session: Session, episode_id: str, year: int) -> EpisodeDeduct
     return row
 
 
+@dataclass(frozen=True, slots=True)
+class _Parties:
+    """What a settlement needs to know of the claim's patient, provider and coverage."""
+
+    patient_id: str
+    district: str | None
+    household_id: str | None
+    poor: bool  # registered poor on the discharge date
+    provider_id: str | None  # None: no such organisation
+    facility_level: str | None
+    provider_district: str | None
+    coverage_id: str | None  # None: no such coverage
+    coverage_patient_id: str | None
+    coverage_type: str | None
+    coverage_active: bool  # on the discharge date
+    payor_id: str | None
+
+
+_DAY = bindparam("day", type_=Date())
+_PARTIES = (
+    select(
+        Patient.id, Patient.district, Patient.household_id,
+        exists().where(
+            PovertyRegistration.patient_id == Patient.id,
+            PovertyRegistration.start <= _DAY,
+            or_(PovertyRegistration.end.is_(None), PovertyRegistration.end >= _DAY),
+        ).label("poor"),
+        Organization.id.label("provider_id"), Organization.facility_level,
+        Organization.district.label("provider_district"),
+        Coverage.id.label("coverage_id"), Coverage.patient_id.label("coverage_patient_id"),
+        Coverage.type.label("coverage_type"),
+        and_(
+            Coverage.status == "active",
+            or_(Coverage.period_start.is_(None), Coverage.period_start <= _DAY),
+            or_(Coverage.period_end.is_(None), Coverage.period_end >= _DAY),
+        ).label("coverage_active"),
+        Coverage.payor_id,
+    )
+    .select_from(Patient)
+    .outerjoin(Organization, Organization.id == bindparam("provider_id"))
+    .outerjoin(Coverage, Coverage.id == bindparam("coverage_id"))
+    .where(Patient.id == bindparam("patient_id"))
+)  # fmt: skip
+# PostgreSQL: the same statement takes the claim's advisory lock.
+_PARTIES_LOCKING = _PARTIES.add_columns(
+    func.pg_advisory_xact_lock(bindparam("lock", type_=BigInteger())).label("locked")
+)
+
+
 def _parties(
-    session: Session, patient_id: str | None, provider_id: str, coverage_id: str | None, lock: str
-) -> tuple[Patient | None, Organization | None, Coverage | None]:
-    """The claim's patient (with poverty registrations), provider and coverage, in one statement.
+    session: Session,
+    patient_id: str | None,
+    provider_id: str,
+    coverage_id: str | None,
+    day: date,
+    lock: str,
+) -> _Parties | None:
+    """The claim's patient, provider and coverage as of the discharge `day`, in one statement
+    (None: no such patient).
 
     On PostgreSQL the same statement takes the claim's advisory lock (held until commit), which makes
     concurrent submissions of one claim identifier wait for each other. It is taken only when the
@@ -317,22 +372,24 @@ def _parties(
     after it, in a statement of its own, so that it sees what the lock's previous holder committed.
     """
     if patient_id is None:
-        return None, None, None
-    columns: list[Any] = [Patient, Organization, Coverage]
-    if session.get_bind().dialect.name == "postgresql":
-        columns.append(func.pg_advisory_xact_lock(lock_digest(lock)))
-    stmt = (
-        select(*columns)
-        .select_from(Patient)
-        .outerjoin(Organization, Organization.id == provider_id)
-        .outerjoin(Coverage, Coverage.id == coverage_id)
-        .where(Patient.id == patient_id)
-        .options(joinedload(Patient.poverty_registrations))
+        return None
+    connection = session.connection()
+    params: dict[str, Any] = {
+        "patient_id": patient_id, "provider_id": provider_id, "coverage_id": coverage_id, "day": day,
+    }
+    if connection.dialect.name == "postgresql":
+        stmt, params["lock"] = _PARTIES_LOCKING, lock_digest(lock)
+    else:
+        stmt = _PARTIES
+    rows = kept_rows(connection, stmt, params)
+    if not rows:
+        return None
+    r = rows[0]
+    return _Parties(
+        r.id, r.district, r.household_id, bool(r.poor), r.provider_id, r.facility_level,
+        r.provider_district, r.coverage_id, r.coverage_patient_id, r.coverage_type,
+        bool(r.coverage_active), r.payor_id,
     )
-    row = session.execute(stmt).unique().first()
-    if row is None:
-        return None, None, None
-    return row[0], row[1], row[2]
 
 
 def _validate_claim(claim: dict[str, Any]) -> None:
@@ -388,66 +445,73 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
         )
     items = _items(claim)
     coverage_id = _ref_id(((claim.get("insurance") or [{}])[0]).get("coverage"), "Coverage")
+    try:
+        discharge, bad_discharge = discharge_date(claim), None
+    except Unprocessable as exc:  # reported after the patient and the provider
+        discharge, bad_discharge = date.min, exc
     lock = f"settlement|{provider_id}|{key_system}|{key_value}"
-    patient, provider, coverage = _parties(session, _ref_id(claim.get("patient"), "Patient"),
-                                           provider_id, coverage_id, lock)
-    if patient is None:
+    parties = _parties(session, _ref_id(claim.get("patient"), "Patient"), provider_id, coverage_id,
+                       discharge, lock)
+    if parties is None:
         raise _refuse("Claim.patient is not a known Patient", "Claim.patient", "not-found")
-    if provider is None or not provider.facility_level:
+    if parties.provider_id is None or not parties.facility_level:
         raise _refuse("Claim.provider is not a known health facility", "Claim.provider", "not-found")
-    discharge = discharge_date(claim)
-    region = (patient.district or "").strip()
+    if bad_discharge is not None:
+        raise bad_discharge
+    region = (parties.district or "").strip()
     try:
         policy = policies().in_force(region, discharge)
     except NoPolicyError as exc:
         raise _refuse(str(exc), "Claim.billablePeriod.end") from None
     if (
-        coverage is None
-        or coverage.patient_id != patient.id
-        or coverage.type != "basic"
-        or not coverage.active_on(discharge)
+        parties.coverage_id is None
+        or parties.coverage_patient_id != parties.patient_id
+        or parties.coverage_type != "basic"
+        or not parties.coverage_active
     ):
         raise _refuse(
             "the patient has no active basic Coverage on the discharge date (Claim.insurance[0].coverage)",
             "Claim.insurance[0].coverage",
         )
-    referral = _check_referral(session, claim, patient.id, provider.id, discharge)
+    referral = _check_referral(session, claim, parties.patient_id, parties.provider_id, discharge)
 
     if session.get_bind().dialect.name != "postgresql":
         ResourceStore(session).lock_key(lock)  # (PostgreSQL: taken by _parties)
     digest = content_hash(claim)
-    earlier = session.scalars(
-        select(Settlement).where(
-            Settlement.provider_id == provider.id,
-            Settlement.identifier_system == key_system,
-            Settlement.identifier_value == key_value,
-            Settlement.status == "active",
-        )
-    ).first()
-    if earlier is not None:
-        if earlier.content_hash != digest:
+    earlier = kept_rows(session.connection(), _EARLIER, {
+        "provider_id": parties.provider_id, "system": key_system, "value": key_value,
+    })
+    if earlier:
+        if earlier[0].content_hash != digest:
             raise Conflict(
                 f"claim {key_system}|{key_value} was already settled with other content; "
                 "reverse that settlement first"
             )
-        stored = _load(session, "ClaimResponse", earlier.claim_response_id)
+        stored = _load(session, "ClaimResponse", earlier[0].claim_response_id)
         assert stored is not None
-        return SubmitResult(jsonio.dumps(stored), created=False, settlement_id=earlier.id)
+        return SubmitResult(jsonio.dumps(stored), created=False, settlement_id=earlier[0].id)
 
     year = discharge.year
-    acc = _lock_accumulator(session, patient.id, year)
-    episode = _lock_episode(session, referral.episode_id, year) if referral.episode_id else None
-    poor = patient.registered_poor_on(discharge)
-    out_of_county = (provider.district or "").strip() != region and not referral.referred
+    in_one_statement = session.get_bind().dialect.name == "postgresql"
+    if in_one_statement:  # the ledger rows are written by the resources' statement (ledger_pg)
+        acc = ledger_pg.locked_accumulator(session.connection(), parties.patient_id, year)
+        episode = (
+            ledger_pg.locked_episode(session.connection(), referral.episode_id, year)
+            if referral.episode_id else None
+        )
+    else:
+        acc = _lock_accumulator(session, parties.patient_id, year)
+        episode = _lock_episode(session, referral.episode_id, year) if referral.episode_id else None
+    out_of_county = (parties.provider_district or "").strip() != region and not referral.referred
     inpatient = CLAIM_TYPES[claim_type_code] == "inpatient"
     try:
         result = settle(
             policy,
             ClaimInput(
                 claim_type=CLAIM_TYPES[claim_type_code],
-                facility_level=provider.facility_level,
+                facility_level=parties.facility_level,
                 items=items,
-                registered_poor=poor,
+                registered_poor=parties.poor,
                 unreferred_out_of_county=out_of_county,
                 episode_deductible_borne=episode.borne if episode is not None and inpatient else ZERO,
             ),
@@ -467,9 +531,7 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
         claim,
         result,
         policy,
-        provider,
-        patient,
-        coverage,
+        parties,
         acc,
         episode,
         key_system=key_system,
@@ -477,10 +539,19 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
         digest=digest,
         discharge=discharge,
         claim_type_code=claim_type_code,
-        poor=poor,
         out_of_county=out_of_county,
         referral=referral,
+        in_one_statement=in_one_statement,
     )
+
+
+# The active settlement of a claim identifier, if any (idempotency).
+_EARLIER = select(Settlement.id, Settlement.content_hash, Settlement.claim_response_id).where(
+    Settlement.provider_id == bindparam("provider_id"),
+    Settlement.identifier_system == bindparam("system"),
+    Settlement.identifier_value == bindparam("value"),
+    Settlement.status == "active",
+).limit(1)
 
 
 def _store(
@@ -489,9 +560,7 @@ def _store(
     claim: dict[str, Any],
     result: SettlementResult,
     policy: Policy,
-    provider: Organization,
-    patient: Patient,
-    coverage: Coverage,
+    parties: _Parties,
     acc: YearAccumulator,
     episode: EpisodeDeductible | None,
     *,
@@ -500,10 +569,17 @@ def _store(
     digest: str,
     discharge: date,
     claim_type_code: str,
-    poor: bool,
     out_of_county: bool,
     referral: _Referral,
+    in_one_statement: bool,
 ) -> SubmitResult:
+    """Store the settlement: ledger rows, accumulators, the three resources, access link, audit row.
+
+    `in_one_statement` (PostgreSQL): `acc` and `episode` are not in the session, and every row goes
+    in the resources' write statement; otherwise the ledger rows are flushed through the ORM first.
+    """
+    provider_id, coverage_id = parties.provider_id, parties.coverage_id
+    assert provider_id is not None and coverage_id is not None  # (checked by submit_claim)
     store = ResourceStore(session)
     claim_body = {k: v for k, v in claim.items() if k not in ("meta",)}
     existing_claim = store.current("Claim", str(claim["id"])) if claim.get("id") else None
@@ -514,28 +590,23 @@ def _store(
     )
     c = result.components
     deltas = result.accumulator_deltas
-    in_one_statement = session.get_bind().dialect.name == "postgresql"
-    if in_one_statement:  # the ledger rows ride in the resources' write statement (ledger_pg)
-        session.expunge(acc)
-        if episode is not None:
-            session.expunge(episode)
     acc.settlements += 1
     settlement = Settlement(
         id=new_id(),
         claim_id=claim_version.res_id,
         claim_response_id=new_id(),
         eob_id=new_id(),
-        provider_id=provider.id,
+        provider_id=provider_id,
         identifier_system=key_system,
         identifier_value=key_value,
         content_hash=digest,
-        patient_id=patient.id,
-        household_id=patient.household_id,
+        patient_id=parties.patient_id,
+        household_id=parties.household_id,
         claim_type=CLAIM_TYPES[claim_type_code],
-        facility_level=provider.facility_level or "",
+        facility_level=parties.facility_level or "",
         discharge_date=discharge,
         accumulator_year=discharge.year,
-        registered_poor=poor,
+        registered_poor=parties.poor,
         referred=referral.referred,
         unreferred_out_of_county=out_of_county,
         episode_id=referral.episode_id,
@@ -573,7 +644,7 @@ def _store(
         episode.borne += settlement.deductible_borne
     payables = [
         Payable(
-            settlement_id=settlement.id, fund=fund, hospital_id=provider.id, amount=amount,
+            settlement_id=settlement.id, fund=fund, hospital_id=provider_id, amount=amount,
             created_at=settlement.settled_at, status="unpaid", paid_amount=ZERO, paid_at=None,
             payment_id=None,
         )
@@ -581,22 +652,22 @@ def _store(
         if (amount := settlement.amount_of(fund)) > 0
     ]
     if in_one_statement:
-        ledger = ledger_rows(session.get_bind().dialect, settlement, acc, episode, payables)
+        ledger = ledger_pg.ledger_rows(session.get_bind().dialect, settlement, acc, episode, payables)
     else:
         ledger = []
         session.add(settlement)
         session.add_all(payables)
         session.flush()
     created = instant(now_ms())
-    insurer_id = coverage.payor_id
+    insurer_id = parties.payor_id
     response = shapes.claim_response(
         settlement, claim_type=claim_type_code, insurer_id=insurer_id, created=created
     )
     caps = {
         "inpatient basic insurance paid this year": policy.basic_insurance.inpatient.yearly_cap,
         "outpatient basic insurance paid this year": policy.basic_insurance.outpatient.yearly_cap,
-        "critical illness paid this year": None if poor else policy.critical_illness.yearly_cap,
-        "medical assistance paid this year": policy.medical_assistance.yearly_cap if poor else None,
+        "critical illness paid this year": None if parties.poor else policy.critical_illness.yearly_cap,
+        "medical assistance paid this year": policy.medical_assistance.yearly_cap if parties.poor else None,
     }
     used = {
         "inpatient basic insurance paid this year": acc.inpatient_basic_paid,
@@ -609,7 +680,7 @@ def _store(
         jsonio.loads(claim_version.content),
         claim_type=claim_type_code,
         insurer_id=insurer_id,
-        coverage_id=coverage.id,
+        coverage_id=coverage_id,
         created=created,
         used=used,
         caps=caps,
@@ -621,14 +692,14 @@ def _store(
             store.prepare("ClaimResponse", response, method="POST", owner_org_id=owner),
             store.prepare("ExplanationOfBenefit", eob, method="POST", owner_org_id=owner),
         ],
-        grant=(patient.id, provider.id, "treated"),
+        grant=(parties.patient_id, provider_id, "treated"),
         audit=audit_row(
             actor,
             action="C",
             interaction="operation",
             entity_type="Claim",
             entity_id=claim_version.res_id,
-            patient_id=patient.id,
+            patient_id=parties.patient_id,
             query="$submit",
         ),
         also=ledger,
