@@ -329,6 +329,17 @@ def test_a_settlement_writes_its_resources_access_link_and_audit_row_together(
         for table in ("audit_record", "patient_access", "INSERT INTO settlement", "INSERT INTO payable",
                       "UPDATE year_accumulator"):
             assert table in writes[0], table
+        # The write statement is long (over psycopg's default 4096 bytes), yet its conversion to
+        # PostgreSQL's placeholders is kept: the next settlement of the same shape parses nothing anew.
+        from psycopg import _queries
+
+        assert len(writes[0].encode()) > 4096
+        pid2, cov2 = county.patient(poor=True)
+        before = _queries._query2pg.cache_info()
+        again = county.his["hosp"].post("Claim/$submit", claim(pid2, cov2, "hosp", [("5000.00", "A")]))
+        after = _queries._query2pg.cache_info()
+        assert again.status_code == 200
+        assert after.misses == before.misses and after.hits >= before.hits + 4
     claim_id = response.json["request"]["reference"].split("/")[1]
     his = county.his["hosp"]
     assert his.get(f"Claim/{claim_id}").json["meta"]["versionId"] == "1"
