@@ -14,6 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import bindparam, event, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from referral_service.domain import db as db_module
@@ -548,3 +549,39 @@ def test_several_versions_written_together_read_back_as_if_written_one_by_one(
         assert session.get(PatientAccess, (pid, "org-2")) is not None
         assert session.scalars(select(AuditRecord.agent_name).where(AuditRecord.entity_id == "x")).all() == [
             "his"]
+
+
+def test_kept_statements_use_the_driver_cursor_and_still_report_a_lost_connection(
+    backend: str, platform: Fhir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: with no statement listener attached, a kept statement runs on the driver's cursor
+    (SQLAlchemy's execution is not called). A connection lost under it is still reported as
+    SQLAlchemy's error, marked invalidated, and the pool hands out a fresh one next."""
+    if backend != "postgresql":
+        pytest.skip("the driver path is PostgreSQL's")
+    pid = platform.post("Patient", patient(None, family="宋", given="一")).json["id"]
+    query = parse_search("Patient", [("family", "宋")], 10, 1000)
+    stmt, params = store._search_statement("page", query, Actor(name="his", kind="client",
+                                                                 organization_id="org-1"))
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("went through SQLAlchemy's execution")
+
+    with database.unit_of_work(read_only=True) as session:
+        connection = session.connection()
+        backend_pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with monkeypatch.context() as patched:
+            patched.setattr(type(connection), "exec_driver_sql", refuse)
+            assert [r.res_id for r in store.kept_rows(connection, stmt, params)] == [pid]
+        url = connection.engine.url
+        with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname=url.database,
+                             autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend_pid,))
+        time.sleep(0.05)
+        with pytest.raises(DBAPIError) as lost:
+            store.kept_rows(connection, stmt, params)
+        assert lost.value.connection_invalidated
+    with database.unit_of_work(read_only=True) as session:
+        connection = session.connection()
+        assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != backend_pid
+        assert [r.res_id for r in store.kept_rows(connection, stmt, params)] == [pid]
