@@ -50,6 +50,7 @@ from ..domain.fhir_store import (
 )
 from ..domain.registry import AuditRecord, Patient
 from . import jsonio, store_pg
+from .driver import driver_rows
 from .resources import RESOURCES, ResourceDef
 from .search import Clause, Include, SearchQuery, encode_cursor
 from .search_params import MAX_INSTANT, MIN_INSTANT, IndexRows, extract, normalise
@@ -192,7 +193,7 @@ def kept_rows(connection: Connection, stmt: Any, params: dict[str, Any]) -> Sequ
     values = {**plain.carried, **params}
     for name, process in plain.bind_processors:
         values[name] = process(values[name])
-    rows = _driver_rows(connection, plain.sql, values)
+    rows = driver_rows(connection, plain.sql, values)
     if not plain.result_processors:
         return [plain.row(*r) for r in rows]
     out = []
@@ -202,30 +203,6 @@ def kept_rows(connection: Connection, stmt: Any, params: dict[str, Any]) -> Sequ
             fields[i] = process(fields[i])
         out.append(plain.row(*fields))
     return out
-
-
-def _driver_rows(connection: Connection, sql: str, values: dict[str, Any]) -> Sequence[Any]:
-    """The rows of SQL text, from the driver's cursor on the connection (in its transaction).
-
-    SQLAlchemy's execution would also describe the result's columns and build its result object: a
-    tenth of a read's CPU, for rows that are only read by position. Errors still go through
-    SQLAlchemy's handling (wrapped, and a connection found dead is discarded from the pool). While
-    statement listeners are attached (tests, diagnostics), the statement runs through SQLAlchemy so
-    that they see it.
-    """
-    if connection.dispatch.before_cursor_execute or connection.dispatch.after_cursor_execute:
-        return connection.exec_driver_sql(sql, values).all()
-    driver = connection.connection.dbapi_connection
-    assert driver is not None
-    cursor = driver.cursor()
-    try:
-        cursor.execute(sql, values)
-        return cursor.fetchall()
-    except Exception as exc:
-        connection._handle_dbapi_exception(exc, sql, values, cursor, None)
-        raise  # (not reached: the handler raises SQLAlchemy's wrapped error)
-    finally:
-        cursor.close()
 
 
 class ResourceStore:
@@ -721,7 +698,7 @@ class ResourceStore:
         SQLite already serialises every write transaction (BEGIN IMMEDIATE).
         """
         if self.session.get_bind().dialect.name == "postgresql":
-            self._sql().exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": lock_digest(key)})
+            driver_rows(self._sql(), "SELECT pg_advisory_xact_lock(%(k)s)", {"k": lock_digest(key)})
 
 
 def lock_digest(key: str) -> int:

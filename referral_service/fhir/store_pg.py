@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from sqlalchemy.engine import Connection
 
 from ..domain.audit import AUDIT_COLUMNS, audit_params
+from .driver import driver_rows
 from .search_params import IndexRows
 
 # In the fragments of one resource, "@" stands for its suffix: "" when the statement writes one
@@ -177,5 +178,5 @@ def write_versions(
         tuple(v.pk is not None for v in versions), grant=grant is not None, audit=audit is not None,
         also=tuple(text for text, _ in also),
     )
-    written = connection.exec_driver_sql(sql, params).one()
+    (written,) = driver_rows(connection, sql, params)
     return [int(pk) for pk in written]

@@ -16,6 +16,7 @@ from ..domain.base import new_id, utcnow
 from ..domain.errors import Conflict, Forbidden, Gone, NotFound, PreconditionFailed, Problem, Unprocessable
 from ..domain.fhir_store import StoredResource
 from ..fhir import jsonio
+from ..fhir.driver import driver_rows
 from ..fhir.mappers import ON_DELETE, TO_DOMAIN
 from ..fhir.mappers.patient import RESIDENT_ID_SYSTEM
 from ..fhir.resources import RESOURCES, ResourceDef
@@ -127,9 +128,8 @@ def _existing(session: Session, wanted: set[tuple[str, str]]) -> set[tuple[str, 
             if connection.execute(_ONE_EXISTING, {"res_type": t, "res_id": i}).first() is not None
         }
     pairs = sorted(wanted)
-    rows = connection.exec_driver_sql(
-        _PG_EXISTING, {"types": [t for t, _ in pairs], "ids": [i for _, i in pairs]}
-    )
+    values = {"types": [t for t, _ in pairs], "ids": [i for _, i in pairs]}
+    rows = driver_rows(connection, _PG_EXISTING, values)
     return {(t, i) for t, i in rows}
 
 

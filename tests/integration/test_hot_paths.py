@@ -585,3 +585,34 @@ def test_kept_statements_use_the_driver_cursor_and_still_report_a_lost_connectio
         connection = session.connection()
         assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != backend_pid
         assert [r.res_id for r in store.kept_rows(connection, stmt, params)] == [pid]
+
+
+def test_fixed_statements_of_reads_writes_and_reference_checks_skip_sqlalchemy_execution(
+    backend: str, platform: Fhir, client: FlaskClient, make_api_client: Callable[..., tuple[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL: a create (its reference check, its one write statement), a read and a search go
+    to the driver's cursor; SQLAlchemy's execution of SQL text is never called."""
+    if backend != "postgresql":
+        pytest.skip("the driver path is PostgreSQL's")
+    county = Fhir(client, token_for(client, *make_api_client("county-platform", "system/*.cruds",
+                                                             "qs-health-commission")))
+    assert county.put("Organization/org-t", organization("org-t")).status_code == 201
+    pid = county.post("Patient", patient(None, family="宋", given="一")).json["id"]
+    assert platform.get(f"Patient/{pid}").status_code == 200  # (both pools have connected)
+    from sqlalchemy.engine import Connection
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("went through SQLAlchemy's execution")
+
+    monkeypatch.setattr(Connection, "exec_driver_sql", refuse)
+    encounter = {
+        "resourceType": "Encounter", "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"}, "serviceProvider": {"reference": "Organization/org-t"},
+    }
+    created = platform.post("Encounter", encounter)
+    assert created.status_code == 201, created.json
+    assert platform.get(f"Encounter/{created.json['id']}").json["subject"]["reference"] == f"Patient/{pid}"
+    found = platform.get(f"Encounter?subject=Patient/{pid}").json
+    assert [e["resource"]["id"] for e in found["entry"]] == [created.json["id"]]
