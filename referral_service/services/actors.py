@@ -98,8 +98,9 @@ def check_client_active(engine: Engine, client_id: str) -> None:
     now = time.monotonic()
     cached = _clients.get(key)
     if cached is None or cached[0] <= now:
-        with Session(engine) as session:
-            active = session.execute(
+        # Its own connection, reading statement by statement (SQLite: without the writer lock).
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            active = connection.execute(
                 select(ApiClient.active).where(ApiClient.client_id == client_id)
             ).scalar_one_or_none()
         cached = (now + FACTS_TTL_SECONDS, bool(active))
