@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
 import random
@@ -83,11 +84,13 @@ def claim_body(patient_id: str, coverage_id: str, n: int) -> bytes:
 
 
 def drive(
-    port: int, path: str, bodies: list[bytes], headers: dict[str, str], clients: int, seconds: float
+    port: int, path: str, bodies: list[bytes], headers: dict[str, str], clients: int, seconds: float,
+    *, cycle: bool = False,
 ) -> dict[str, Any]:
-    """`clients` threads, keep-alive connections, each posting the next body until time is up."""
+    """`clients` threads, keep-alive connections, each posting the next body until time is up (or,
+    unless `cycle`, until every body has been sent once)."""
     lock = threading.Lock()
-    cursor = iter(range(len(bodies)))
+    cursor = itertools.cycle(range(len(bodies))) if cycle else iter(range(len(bodies)))
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     stop_at = time.monotonic() + seconds
@@ -198,8 +201,9 @@ def main() -> int:
             drive(port, "/fhir/Claim/$submit", bodies[:50], fhir, args.clients, 5)  # warm-up
             submit = drive(port, "/fhir/Claim/$submit", bodies[50:], fhir, args.clients, args.seconds)
             plain = {"Content-Type": "application/json"}
-            drive(base_port, "/docs", bodies[:50], plain, args.clients, 3)
-            bare = drive(base_port, "/docs", bodies, plain, args.clients, args.seconds)
+            drive(base_port, "/docs", bodies[:50], plain, args.clients, 3, cycle=True)
+            # (the bare insert takes any body again, so it runs the whole time too)
+            bare = drive(base_port, "/docs", bodies, plain, args.clients, args.seconds, cycle=True)
         finally:
             app.stop()
             baseline.stop()
