@@ -8,7 +8,6 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from sqlalchemy import bindparam, false, select
-from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from ..domain.actor import SYSTEM, Actor
@@ -122,37 +121,16 @@ WHERE NOT r.deleted
 
 
 def _existing(session: Session, wanted: set[tuple[str, str]]) -> set[tuple[str, str]]:
-    bind = session.get_bind()
-    if bind.dialect.name == "sqlite":
-        if isinstance(bind, Engine) and _before_first_write(session, bind):
-            # SQLite: not yet in the write transaction, so look on a connection of its own instead of
-            # taking the database's single writer lock for these reads (the writers queue on it).
-            # A reference can then go between this check and the commit, as on PostgreSQL, where
-            # the check never locks what it finds either.
-            with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as own:
-                return _sqlite_existing(own, wanted)
-        return _sqlite_existing(session.connection(), wanted)
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        return {
+            (t, i) for t, i in wanted
+            if connection.execute(_ONE_EXISTING, {"res_type": t, "res_id": i}).first() is not None
+        }
     pairs = sorted(wanted)
     values = {"types": [t for t, _ in pairs], "ids": [i for _, i in pairs]}
-    rows = driver_rows(session.connection(), _PG_EXISTING, values)
+    rows = driver_rows(connection, _PG_EXISTING, values)
     return {(t, i) for t, i in rows}
-
-
-def _sqlite_existing(connection: Connection, wanted: set[tuple[str, str]]) -> set[tuple[str, str]]:
-    return {
-        (t, i) for t, i in wanted
-        if connection.execute(_ONE_EXISTING, {"res_type": t, "res_id": i}).first() is not None
-    }
-
-
-def _before_first_write(session: Session, engine: Engine) -> bool:
-    """The session has sent nothing yet (SQLite: holds no connection, so no writer lock), and its
-    database is a file another connection sees (not an in-memory one)."""
-    transaction = session.get_transaction()
-    if transaction is not None and getattr(transaction, "_connections", True):
-        return False
-    database = engine.url.database
-    return bool(database) and database != ":memory:" and not str(database).startswith("file::memory:")
 
 
 def _check_references(
