@@ -38,7 +38,7 @@ from sqlalchemy.types import NullType
 from ..domain.actor import Actor
 from ..domain.audit import AUDIT_BINDS, AUDIT_COLUMNS, audit_params, queue_audit_row
 from ..domain.base import new_id
-from ..domain.errors import Gone, NotFound
+from ..domain.errors import Gone, NotFound, Problem, Unprocessable
 from ..domain.fhir_store import (
     DateIndex,
     PatientAccess,
@@ -368,17 +368,36 @@ class ResourceStore:
         index_rows: IndexRows | None = None,
         grant: tuple[str, str, str] | None = None,
         audit: dict[str, Any] | None = None,
+        check_refs: Sequence[tuple[str, str]] = (),
     ) -> Stored:
         """Store a new version (creating the resource when `existing` is None) with its indexes.
 
         `grant`: (patient, organisation, reason) of an access link to record with it (`grant_access`);
         `audit`: the write's audit row. On PostgreSQL both ride in the one write statement; elsewhere
-        the link is inserted next and the row queued for the commit.
+        the link is inserted next and the row queued for the commit. `check_refs`: (type, id) pairs
+        that must name live resources, else 422 and nothing is written (PostgreSQL: checked by the
+        write statement itself).
         """
         version = self.prepare(
             res_type, resource, method=method, owner_org_id=owner_org_id, existing=existing,
             index_rows=index_rows,
         )
+        if check_refs and self.session.get_bind().dialect.name == "postgresql":
+            connection = self._sql()
+            if grant is not None and self._already_granted(grant[0], grant[1]):
+                grant = None
+            missing = store_pg.write_checked(
+                connection, version, sorted(check_refs), grant=grant, audit=audit
+            )
+            if missing:
+                raise missing_references(res_type, [tuple(m.split("/", 1)) for m in missing])
+            if grant is not None:
+                self._granted().add((grant[0], grant[1]))
+            if existing is not None:
+                self._expire_rows()
+            return Stored(res_type, version.res_id, version.version_id, version.last_updated, version.content)
+        if check_refs:
+            raise ValueError("check_refs: the write statement checks references on PostgreSQL only")
         return self.write([version], grant=grant, audit=audit)[0]
 
     def prepare(
@@ -699,6 +718,19 @@ class ResourceStore:
         """
         if self.session.get_bind().dialect.name == "postgresql":
             driver_rows(self._sql(), "SELECT pg_advisory_xact_lock(%(k)s)", {"k": lock_digest(key)})
+
+
+def missing_references(resource_type: str, missing: Sequence[Sequence[str]]) -> Unprocessable:
+    """422 naming each reference (type, id) that points at no live resource."""
+    problems = [
+        Problem(
+            f"{resource_type} references {t}/{i}, which does not exist",
+            expression=resource_type,
+            code="not-found",
+        )
+        for t, i in missing
+    ]
+    return Unprocessable(problems[0].message, problems)
 
 
 def lock_digest(key: str) -> int:

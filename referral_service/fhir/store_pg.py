@@ -78,8 +78,58 @@ _AUDIT = f""",
           VALUES ({", ".join(f"%(audit_{name})s" for name in AUDIT_COLUMNS)}))"""  # noqa: S608 (column names)
 
 
+# A write that names references checks them in the same statement: `missing` lists the ones that
+# point at no live resource, and then nothing of the write happens (the caller answers 422).
+_REFS = """
+    want AS (SELECT * FROM unnest(%(ref_types)s::text[], %(ref_ids)s::text[]) AS w(res_type, res_id)),
+    missing AS (SELECT w.res_type, w.res_id FROM want w
+                WHERE NOT EXISTS (SELECT 1 FROM fhir_resource r WHERE r.res_type = w.res_type
+                                  AND r.res_id = w.res_id AND NOT r.deleted)),"""
+
+_CREATE_ROW_CHECKED = """
+    k@ AS (INSERT INTO fhir_resource
+               (res_type, res_id, version_id, last_updated, deleted, content, owner_org_id, patient_id)
+           SELECT %(res_type@)s, %(res_id@)s, %(version_id@)s, %(last_updated@)s, false, %(content@)s,
+                  %(owner_org_id@)s, %(patient_id@)s
+           WHERE NOT EXISTS (SELECT 1 FROM missing)
+           RETURNING pk),"""
+
+_UPDATE_ROW_CHECKED = """
+    k@ AS (UPDATE fhir_resource
+           SET version_id = %(version_id@)s, last_updated = %(last_updated@)s, deleted = false,
+               content = %(content@)s, patient_id = %(patient_id@)s
+           WHERE pk = %(pk@)s AND NOT EXISTS (SELECT 1 FROM missing)
+           RETURNING pk),
+    old_t@ AS (DELETE FROM fhir_idx_token WHERE resource_pk IN (SELECT pk FROM k@)),
+    old_s@ AS (DELETE FROM fhir_idx_string WHERE resource_pk IN (SELECT pk FROM k@)),
+    old_d@ AS (DELETE FROM fhir_idx_date WHERE resource_pk IN (SELECT pk FROM k@)),
+    old_r@ AS (DELETE FROM fhir_idx_reference WHERE resource_pk IN (SELECT pk FROM k@)),"""
+
+_GRANT_CHECKED = """,
+    g AS (INSERT INTO patient_access (patient_id, org_id, reason)
+          SELECT %(grant_patient)s, %(grant_org)s, %(grant_reason)s FROM k
+          ON CONFLICT DO NOTHING)"""
+
+_AUDIT_CHECKED = f""",
+    a AS (INSERT INTO audit_record ({", ".join(AUDIT_COLUMNS)})
+          SELECT {", ".join(f"%(audit_{name})s" for name in AUDIT_COLUMNS)} FROM k)"""  # noqa: S608
+
+
 def _suffixes(count: int) -> list[str]:
     return [""] if count == 1 else [f"_{i}" for i in range(count)]
+
+
+@cache
+def checked_statement(*, update: bool, grant: bool, audit: bool) -> str:
+    """The write statement of one resource that first checks its references (`%(ref_types)s`,
+    `%(ref_ids)s`): it answers the pk (None when nothing was written) and the missing references."""
+    return "".join((
+        "\nWITH", _REFS,
+        ((_UPDATE_ROW_CHECKED if update else _CREATE_ROW_CHECKED) + _INDEXES).replace("@", ""),
+        _GRANT_CHECKED if grant else "",
+        _AUDIT_CHECKED if audit else "",
+        "\nSELECT (SELECT pk FROM k), ARRAY(SELECT res_type || '/' || res_id FROM missing)\n",
+    ))
 
 
 @cache
@@ -180,3 +230,25 @@ def write_versions(
     )
     (written,) = driver_rows(connection, sql, params)
     return [int(pk) for pk in written]
+
+
+def write_checked(
+    connection: Connection,
+    version: Version,
+    refs: Sequence[tuple[str, str]],
+    *,
+    grant: tuple[str, str, str] | None = None,
+    audit: dict[str, Any] | None = None,
+) -> list[str]:
+    """Write one version (as `write_versions`) unless one of `refs` (type, id) points at no live
+    resource: then nothing is written, and those are answered ("Type/id"), in order."""
+    params = _params(version, "")
+    params["ref_types"] = [t for t, _ in refs]
+    params["ref_ids"] = [i for _, i in refs]
+    if grant is not None:
+        params["grant_patient"], params["grant_org"], params["grant_reason"] = grant
+    if audit is not None:
+        params.update(audit_params(audit))
+    sql = checked_statement(update=version.pk is not None, grant=grant is not None, audit=audit is not None)
+    ((pk, missing),) = driver_rows(connection, sql, params)
+    return sorted(missing) if pk is None else []

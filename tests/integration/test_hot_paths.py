@@ -418,9 +418,10 @@ def test_read_only_work_commits_only_what_it_leaves_to_write(
 def test_a_write_carries_its_audit_row_and_access_link_in_one_statement(
     backend: str, platform: Fhir, client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
 ) -> None:
-    """PostgreSQL: a create or an update of an Encounter is the reference check plus one statement,
-    which also writes the audit row and the writer's access link to the patient. On both engines the
-    rows are the same, and a rolled-back write leaves neither."""
+    """PostgreSQL: a create of an Encounter is one statement, which checks its references and writes
+    the resource, the audit row and the writer's access link to the patient; an update is that
+    statement after the look-ups of the current version. On both engines the rows are the same, and a
+    write with a reference to nothing is refused (422) and leaves none of them."""
     fhir = platform
     county = Fhir(client, token_for(client, *make_api_client("county-platform", "system/*.cruds",
                                                              "qs-health-commission")))
@@ -431,23 +432,30 @@ def test_a_write_carries_its_audit_row_and_access_link_in_one_statement(
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
         "subject": {"reference": f"Patient/{pid}"}, "serviceProvider": {"reference": "Organization/org-t"},
     }
+    assert fhir.post("Encounter", encounter).status_code == 201  # (the client's facts are cached now)
     with _statements() as seen:
         created = fhir.post("Encounter", encounter)
     assert created.status_code == 201, created.json
     eid = created.json["id"]
     writes = [s for s in seen if not s.lstrip().upper().startswith("SELECT")]
     if backend == "postgresql":
-        assert len(writes) == 1, writes
-        assert all(table in writes[0] for table in ("fhir_resource", "audit_record", "patient_access"))
+        assert len(seen) == 1 and writes == seen, seen
+        for part in ("missing AS", "fhir_resource", "audit_record", "patient_access"):
+            assert part in writes[0], part
     with _statements() as seen:
         changed = {**encounter, "id": eid, "period": {"start": "2026-11-30T08:00:00+08:00"}}
         assert fhir.put(f"Encounter/{eid}", changed).status_code == 200
     writes = [s for s in seen if not s.lstrip().upper().startswith("SELECT")]
     if backend == "postgresql":
-        assert [" ".join(w.split()[:3]) for w in writes] == ["WITH k AS"], writes
-        assert "audit_record" in writes[0]
+        assert [" ".join(w.split()[:3]) for w in writes] == ["WITH want AS"], writes
+        # (before it: the current version, locked, and the check that the writer may see it)
+        assert len(seen) == 3 and "audit_record" in writes[0], seen
     broken = {**encounter, "subject": {"reference": "Patient/nobody"}}
-    assert fhir.post("Encounter", broken).status_code == 422
+    refused = fhir.post("Encounter", broken)
+    assert refused.status_code == 422 and "Patient/nobody" in refused.json["issue"][0]["diagnostics"]
+    assert fhir.put(f"Encounter/{eid}", {**broken, "id": eid}).status_code == 422
+    kept = fhir.get(f"Encounter?subject=Patient/{pid}&_id={eid}").json  # its index rows are intact
+    assert [e["resource"]["meta"]["versionId"] for e in kept["entry"]] == ["2"]
     with database.unit_of_work() as session:
         rows = session.execute(
             select(AuditRecord.interaction, AuditRecord.action, AuditRecord.patient_id)
