@@ -89,10 +89,14 @@ def _put(session: Session, body: dict[str, Any], *, ignore: tuple[str, ...] = ()
 
     Built here, so not validated on every write (the workflow tests validate every one written).
     """
-    current = _load(session, body["resourceType"], body["id"])
+    row = ResourceStore(session).current(body["resourceType"], body["id"])
+    current = None if row is None or row.deleted else dict(jsonio.loads(row.content))
     if _same(current, body, ignore):
         return
-    service.update(session, SYSTEM, body["resourceType"], body["id"], body, hooks=False, validate=False)
+    service.update(
+        session, SYSTEM, body["resourceType"], body["id"], body, hooks=False, validate=False,
+        seen_absent=row is None,
+    )
 
 
 def _now() -> str:

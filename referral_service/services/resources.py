@@ -323,16 +323,19 @@ def update(
     hooks: bool = True,
     known_refs: frozenset[tuple[str, str]] = frozenset(),
     validate: bool = True,
+    seen_absent: bool = False,
 ) -> WriteResult:
     """Replace a resource (creating it with the client's id when new); stale If-Match -> 412.
 
     `validate=False` is for resources the service builds itself (the referral workflow's): their
     builders are checked against the structure and the profiles by the tests, not on every write.
+    `seen_absent`: the caller has just found no such resource in this transaction, so the look-up
+    starts under the lock that update-as-create takes anyway (one statement fewer).
     """
     _check_write_allowed(actor, resource_type)
     warnings = check_resource(resource_type, body, url_id=res_id) if validate else []
     store = ResourceStore(session)
-    existing = store.current(resource_type, res_id, for_update=True)
+    existing = None if seen_absent else store.current(resource_type, res_id, for_update=True)
     if existing is None:
         # Update-as-create: concurrent creators of the same id queue here; the later ones then update.
         store.lock_key(f"{resource_type}/{res_id}")

@@ -19,14 +19,14 @@ from sqlalchemy.orm import Session
 
 from referral_service.domain import db as db_module
 from referral_service.domain import resident_id
-from referral_service.domain.actor import Actor
+from referral_service.domain.actor import SYSTEM, Actor
 from referral_service.domain.audit import pending_audit_rows
 from referral_service.domain.errors import Unauthorized
 from referral_service.domain.fhir_store import PatientAccess, StoredResource, StringIndex, TokenIndex
 from referral_service.domain.ledger import Settlement
 from referral_service.domain.registry import AuditRecord, Organization, Patient
 from referral_service.extensions import database
-from referral_service.fhir import store
+from referral_service.fhir import jsonio, store
 from referral_service.fhir.mappers.patient import POVERTY_URL
 from referral_service.fhir.search import parse_search
 from referral_service.fhir.store import _Binder, _clause_sql, _clause_values
@@ -645,3 +645,27 @@ def test_the_token_s_client_check_reads_without_taking_the_writer_lock(
         event.remove(database.engine, "before_cursor_execute", on_execute)
     assert [s.split()[0] for s in seen] == ["SELECT"], seen
     assert "api_client" in seen[0]
+
+
+def test_an_update_told_the_resource_is_absent_still_finds_one_created_meanwhile(
+    backend: str, app: Flask
+) -> None:
+    """`seen_absent` (the referral workflow's writes) skips the first look-up, not the one under the
+    update-as-create lock: when the resource exists after all (another writer created it since), the
+    write is its next version, not a second resource or an error; when it is absent, it is created
+    with one look-up fewer."""
+    org = {"resourceType": "Organization", "id": "org-absent", "name": "甲卫生院", "active": True}
+    with database.unit_of_work() as session:
+        with _statements() as seen:
+            first = service.update(session, SYSTEM, "Organization", "org-absent", org, validate=False,
+                                   hooks=False, seen_absent=True)
+        lookups = [s for s in seen if s.lstrip().startswith("SELECT fhir_resource.pk")]
+    assert (first.created, first.stored.version_id) == (True, 1)
+    assert len(lookups) == 1  # (without the hint: one before the lock and one after)
+    with database.unit_of_work() as session:
+        second = service.update(session, SYSTEM, "Organization", "org-absent", {**org, "name": "乙卫生院"},
+                                validate=False, hooks=False, seen_absent=True)
+    assert (second.created, second.stored.version_id) == (False, 2)
+    with database.unit_of_work() as session:
+        rows = session.scalars(select(StoredResource).where(StoredResource.res_id == "org-absent")).all()
+        assert [(r.version_id, jsonio.loads(r.content)["name"]) for r in rows] == [(2, "乙卫生院")]
