@@ -669,3 +669,44 @@ def test_an_update_told_the_resource_is_absent_still_finds_one_created_meanwhile
     with database.unit_of_work() as session:
         rows = session.scalars(select(StoredResource).where(StoredResource.res_id == "org-absent")).all()
         assert [(r.version_id, jsonio.loads(r.content)["name"]) for r in rows] == [(2, "乙卫生院")]
+
+
+def test_a_visit_s_conditions_come_in_one_look_up(
+    backend: str, platform: Fhir, client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
+) -> None:
+    """The rules read a visit's conditions (those its diagnosis names, then those that name it) in
+    one statement, each once, deleted or foreign ones left out."""
+    from referral_service.services.visit_facts import _visit_conditions
+
+    county = Fhir(client, token_for(client, *make_api_client("county-platform", "system/*.cruds",
+                                                             "qs-health-commission")))
+    assert county.put("Organization/org-t", organization("org-t")).status_code == 201
+    pid = county.post("Patient", patient(None, family="宋", given="一")).json["id"]
+    encounter = {
+        "resourceType": "Encounter", "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"}, "serviceProvider": {"reference": "Organization/org-t"},
+    }
+    eid = county.post("Encounter", encounter).json["id"]
+
+    def condition(code: str, linked: bool) -> str:
+        body = {
+            "resourceType": "Condition", "subject": {"reference": f"Patient/{pid}"},
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": code}]},
+        } | ({"encounter": {"reference": f"Encounter/{eid}"}} if linked else {})
+        answer = county.post("Condition", body)
+        assert answer.status_code == 201, answer.json
+        return str(answer.json["id"])
+
+    named_and_linked, linked_only, named_only = condition("J18.9", True), condition("R50.9", True), \
+        condition("I10", False)
+    other_visit = county.post("Encounter", encounter).json["id"]
+    county.post("Condition", {"resourceType": "Condition", "subject": {"reference": f"Patient/{pid}"},
+                              "encounter": {"reference": f"Encounter/{other_visit}"}})
+    diagnosis = [{"condition": {"reference": f"Condition/{c}"}} for c in (named_only, named_and_linked)]
+    with database.unit_of_work() as session:
+        visit = {**encounter, "id": eid, "diagnosis": diagnosis}
+        with _statements() as seen:
+            found = _visit_conditions(session, visit)
+    assert [c["id"] for c in found] == [named_only, named_and_linked, linked_only]
+    assert [s.split()[0] for s in seen if s != "BEGIN IMMEDIATE"] == ["SELECT"], seen
