@@ -49,6 +49,9 @@ class _Entry:
     full_url: str | None
     if_none_exist: str | None
     if_match: str | None
+    # The ifNoneExist matches `_assign_ids` found under the query's lock, when no other entry of the
+    # Bundle has this resource type (nothing else in the transaction can create a match meanwhile).
+    matches: list[str] | None = None
 
     @property
     def label(self) -> str:
@@ -196,6 +199,7 @@ def _run_entry(
             res_type,
             entry.resource,
             if_none_exist=entry.if_none_exist,
+            if_none_exist_matches=entry.matches,
             hooks=False,
             assigned_id=assigned,
             known_refs=known,
@@ -284,6 +288,8 @@ def _assign_ids(session: Session, entries: list[_Entry]) -> dict[str, str]:
             )
         if found:
             matched[e.index] = found[0]
+        if sum(1 for other in entries if other.res_type == e.res_type) == 1:
+            e.matches = found
     for e in entries:
         if e.method != "POST" or e.resource is None:
             continue

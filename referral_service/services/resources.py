@@ -264,16 +264,24 @@ def create(
     body: dict[str, Any],
     *,
     if_none_exist: str | None = None,
+    if_none_exist_matches: list[str] | None = None,
     request_id: str | None = None,
     hooks: bool = True,
     assigned_id: str | None = None,
     known_refs: frozenset[tuple[str, str]] = frozenset(),
 ) -> WriteResult:
-    """Create a resource (server-assigned id); with If-None-Exist, return the one match instead."""
+    """Create a resource (server-assigned id); with If-None-Exist, return the one match instead.
+
+    `if_none_exist_matches`: the matches of If-None-Exist already found in this transaction under
+    its lock (`conditional_matches`), when nothing since can have created another.
+    """
     _check_write_allowed(actor, resource_type)
     warnings = check_resource(resource_type, body)
     if if_none_exist:
-        ids = conditional_matches(session, resource_type, if_none_exist)
+        ids = (
+            if_none_exist_matches if if_none_exist_matches is not None
+            else conditional_matches(session, resource_type, if_none_exist)
+        )
         if len(ids) > 1:
             raise PreconditionFailed(f"If-None-Exist matches more than one {resource_type}")
         if ids:
