@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..domain.errors import NotFound
@@ -100,30 +100,18 @@ def _categories(conditions: list[dict[str, Any]]) -> set[str]:
 
 
 def _visit_conditions(session: Session, encounter: dict[str, Any]) -> list[dict[str, Any]]:
-    """Conditions named in Encounter.diagnosis plus those whose Condition.encounter is the visit, in
-    one look-up (the named ones first, in their order)."""
-    named = [cid for diag in encounter.get("diagnosis") or [] if (cid := ref_id(diag.get("condition")))]
-    linked = (
-        select(ReferenceIndex.resource_pk)
-        .where(
-            ReferenceIndex.res_type == "Condition",
-            ReferenceIndex.param == "encounter",
-            ReferenceIndex.target_type == "Encounter",
-            ReferenceIndex.target_id == str(encounter["id"]),
-        )
-        .scalar_subquery()
-    )
-    which: ColumnElement[bool] = StoredResource.pk.in_(linked)
-    if named:
-        which = or_(StoredResource.res_id.in_(named), which)
-    rows = session.execute(
-        select(StoredResource.content).where(
-            StoredResource.res_type == "Condition", StoredResource.deleted.is_(False), which
-        )
-    ).scalars()
-    found = {str(c["id"]): c for c in (dict(jsonio.loads(r)) for r in rows)}
-    order = {cid: i for i, cid in enumerate(dict.fromkeys(named))}
-    return sorted(found.values(), key=lambda c: (order.get(str(c["id"]), len(order)), str(c["id"])))
+    """Conditions named in Encounter.diagnosis plus those whose Condition.encounter is the visit."""
+    found: dict[str, dict[str, Any]] = {}
+    for diag in encounter.get("diagnosis") or []:
+        cid = ref_id(diag.get("condition"))
+        if cid:
+            try:
+                found[cid] = _load(session, "Condition", cid)
+            except NotFound:
+                continue
+    for cond in _referencing(session, "Condition", "encounter", "Encounter", str(encounter["id"])):
+        found.setdefault(str(cond["id"]), cond)
+    return list(found.values())
 
 
 def load_visit(session: Session, encounter_id: str) -> VisitContext:
