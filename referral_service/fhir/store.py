@@ -382,23 +382,7 @@ class ResourceStore:
             res_type, resource, method=method, owner_org_id=owner_org_id, existing=existing,
             index_rows=index_rows,
         )
-        if check_refs and self.session.get_bind().dialect.name == "postgresql":
-            connection = self._sql()
-            if grant is not None and self._already_granted(grant[0], grant[1]):
-                grant = None
-            missing = store_pg.write_checked(
-                connection, version, sorted(check_refs), grant=grant, audit=audit
-            )
-            if missing:
-                raise missing_references(res_type, [tuple(m.split("/", 1)) for m in missing])
-            if grant is not None:
-                self._granted().add((grant[0], grant[1]))
-            if existing is not None:
-                self._expire_rows()
-            return Stored(res_type, version.res_id, version.version_id, version.last_updated, version.content)
-        if check_refs:
-            raise ValueError("check_refs: the write statement checks references on PostgreSQL only")
-        return self.write([version], grant=grant, audit=audit)[0]
+        return self.write([version], grant=grant, audit=audit, check_refs=check_refs)[0]
 
     def prepare(
         self,
@@ -440,23 +424,34 @@ class ResourceStore:
         grant: tuple[str, str, str] | None = None,
         audit: dict[str, Any] | None = None,
         also: Sequence[tuple[str, dict[str, Any]]] = (),
+        check_refs: Sequence[tuple[str, str]] = (),
     ) -> list[Stored]:
         """Write prepared versions, with the access link and the audit row of the write.
 
         On PostgreSQL they all go in one statement, with the other writes of `also` (SQL and values,
-        see `store_pg.write_versions`; PostgreSQL only); elsewhere one after the other, the link
-        inserted next and the audit row queued for the commit.
+        see `store_pg.write_versions`) or, for one version, the check of `check_refs` (see
+        `store_pg.write_checked`: 422 and nothing written when one names no live resource); both are
+        PostgreSQL's. Elsewhere the versions go one after the other, the link inserted next and the
+        audit row queued for the commit.
         """
         connection = self._sql()
         if grant is not None and self._already_granted(grant[0], grant[1]):
             grant = None
         if connection.dialect.name == "postgresql":
-            store_pg.write_versions(connection, versions, grant=grant, audit=audit, also=also)
+            if check_refs:
+                (version,) = versions
+                missing = store_pg.write_checked(
+                    connection, version, sorted(check_refs), grant=grant, audit=audit
+                )
+                if missing:
+                    raise missing_references(version.res_type, [m.split("/", 1) for m in missing])
+            else:
+                store_pg.write_versions(connection, versions, grant=grant, audit=audit, also=also)
             if grant is not None:
                 self._granted().add((grant[0], grant[1]))
         else:
-            if also:
-                raise ValueError("`also` sub-statements are PostgreSQL's")
+            if also or check_refs:
+                raise ValueError("`also` and `check_refs` are PostgreSQL's")
             for v in versions:
                 self._write_version(connection, v)
             if grant is not None:

@@ -9,13 +9,14 @@ from typing import Any
 import orjson
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from referral_service.domain.fhir_store import StoredResource
 from referral_service.domain.registry import AuditRecord, Patient
 from referral_service.domain.resident_id import generate
 from referral_service.extensions import database
 from tests.functional.fhir_helpers import RESIDENT_ID, Fhir, organization, patient, token_for
+from tests.support.statements import statements_sent
 
 V3 = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 LOINC = "http://loinc.org"
@@ -302,14 +303,7 @@ def test_transaction_conditional_create_maps_to_the_existing_resource(platform: 
     """The match is looked up once (under its lock) when the Bundle has no other entry of that type."""
     existing = platform.post("Patient", patient(PID_1)).json
     pat = urn(1)
-    seen: list[str] = []
-
-    def on_execute(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
-        seen.append(" ".join(statement.split()))
-
-    for engine in database.engines:
-        event.listen(engine, "before_cursor_execute", on_execute)
-    try:
+    with statements_sent() as seen:
         response = platform.post(
             "",
             bundle(
@@ -318,11 +312,10 @@ def test_transaction_conditional_create_maps_to_the_existing_resource(platform: 
                 post(pat, patient(PID_1, given="芳芳"), ifNoneExist=f"identifier={RESIDENT_ID}|{PID_1}"),
             ),
         )
-    finally:
-        for engine in database.engines:
-            event.remove(engine, "before_cursor_execute", on_execute)
     assert response.status_code == 200, response.json
-    assert len([s for s in seen if s.startswith("SELECT fhir_resource.res_id FROM fhir_resource")]) == 1, seen
+    lookup = "SELECT fhir_resource.res_id FROM fhir_resource"
+    lookups = [s for s in seen if " ".join(s.split()).startswith(lookup)]
+    assert len(lookups) == 1, seen
     enc_entry, pat_entry = response.json["entry"]
     assert pat_entry["response"]["status"] == "200 OK"
     assert location(pat_entry) == ("Patient", existing["id"])

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from referral_service.domain.fhir_store import PatientAccess
 from referral_service.domain.ledger import Payable, Settlement, YearAccumulator
@@ -17,6 +16,7 @@ from referral_service.extensions import database
 from referral_service.services import settlement as settlement_service
 from tests.functional.fhir_helpers import every_stored_version_validates
 from tests.functional.settlement_helpers import County, claim, components
+from tests.support.statements import statements_sent
 
 D = Decimal
 
@@ -306,18 +306,8 @@ def test_a_settlement_writes_its_resources_access_link_and_audit_row_together(
     pid, cov = county.patient(poor=True)
     with database.session() as s:
         assert s.get(PatientAccess, (pid, "hosp")) is None
-    seen: list[str] = []
-
-    def on_execute(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
-        seen.append(statement)
-
-    for engine in database.engines:
-        event.listen(engine, "before_cursor_execute", on_execute)
-    try:
+    with statements_sent() as seen:
         response = county.his["hosp"].post("Claim/$submit", claim(pid, cov, "hosp", [("5000.00", "A")]))
-    finally:
-        for engine in database.engines:
-            event.remove(engine, "before_cursor_execute", on_execute)
     assert response.status_code == 200, response.json
     mine = seen
     if backend == "postgresql":

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, date
 from typing import Any
 from urllib.parse import parse_qsl
@@ -34,6 +33,7 @@ from referral_service.services import actors
 from referral_service.services import resources as service
 from referral_service.services.resources import audit
 from tests.functional.fhir_helpers import Fhir, organization, patient, token_for
+from tests.support.statements import statements_sent
 
 CLINIC = Actor(name="his", kind="client", organization_id="org-1")
 PLATFORM_CLIENT = "platform-test"
@@ -145,31 +145,15 @@ def test_an_idle_pooled_connection_that_died_is_replaced_before_use(
         monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 1.0)
 
 
-@contextmanager
-def _statements() -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def on_execute(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
-        seen.append(statement)
-
-    for engine in database.engines:
-        event.listen(engine, "before_cursor_execute", on_execute)
-    try:
-        yield seen
-    finally:
-        for engine in database.engines:
-            event.remove(engine, "before_cursor_execute", on_execute)
-
-
 def test_search_total_comes_from_the_page_when_it_holds_every_match(platform: Fhir) -> None:
     fhir = platform
     for given in ("一", "二", "三"):
         assert fhir.post("Patient", patient(None, family="宋", given=given)).status_code == 201
-    with _statements() as seen:
+    with statements_sent() as seen:
         whole = fhir.get("Patient?family=宋")
     assert whole.json["total"] == 3 and len(whole.json["entry"]) == 3
     assert not [s for s in seen if "count(" in s.lower()]
-    with _statements() as seen:
+    with statements_sent() as seen:
         first = fhir.get("Patient?family=宋&_count=2")
     assert first.json["total"] == 3 and len(first.json["entry"]) == 2
     assert [s for s in seen if "count(" in s.lower()]
@@ -274,7 +258,7 @@ def test_patient_registry_row_follows_every_write_of_the_resource(platform: Fhir
     number = resident_id.generate("620421", date(1985, 5, 1), "male", 7)
     body = patient(number, family="宋", given="一", gender="male", birth="1985-05-01")
     body["extension"] = [{"url": POVERTY_URL, "valuePeriod": {"start": "2020-01-01", "end": "2022-12-31"}}]
-    with _statements() as sent:
+    with statements_sent() as sent:
         pid = fhir.post("Patient", body).json["id"]
     # A new registry row has no registrations to replace: none are deleted.
     assert not [s for s in sent if s.lstrip().upper().startswith("DELETE")], sent
@@ -356,7 +340,7 @@ def test_a_read_records_its_audit_row_with_the_read_itself(
     })
     assert encounter.status_code == 201, encounter.json
     eid = encounter.json["id"]
-    with _statements() as seen:
+    with statements_sent() as seen:
         assert fhir.get(f"Patient/{pid}").status_code == 200
     reads = [s for s in seen if "fhir_resource" in s]
     assert len(reads) == 1
@@ -374,7 +358,7 @@ def test_a_search_records_its_audit_row_once_whatever_it_runs(backend: str, plat
     queries = ["Patient?family=宋", "Patient?family=宋&_count=2", "Patient?family=宋&_summary=count",
                "Patient?family=宋&_count=0&_total=none", "Patient?family=元"]
     for query in queries:
-        with _statements() as seen:
+        with statements_sent() as seen:
             answer = fhir.get(query)
         assert answer.status_code == 200, answer.json
         audit_statements = [s for s in seen if "audit_record" in s]
@@ -433,7 +417,7 @@ def test_a_write_carries_its_audit_row_and_access_link_in_one_statement(
         "subject": {"reference": f"Patient/{pid}"}, "serviceProvider": {"reference": "Organization/org-t"},
     }
     assert fhir.post("Encounter", encounter).status_code == 201  # (the client's facts are cached now)
-    with _statements() as seen:
+    with statements_sent() as seen:
         created = fhir.post("Encounter", encounter)
     assert created.status_code == 201, created.json
     eid = created.json["id"]
@@ -442,7 +426,7 @@ def test_a_write_carries_its_audit_row_and_access_link_in_one_statement(
         assert len(seen) == 1 and writes == seen, seen
         for part in ("missing AS", "fhir_resource", "audit_record", "patient_access"):
             assert part in writes[0], part
-    with _statements() as seen:
+    with statements_sent() as seen:
         changed = {**encounter, "id": eid, "period": {"start": "2026-11-30T08:00:00+08:00"}}
         assert fhir.put(f"Encounter/{eid}", changed).status_code == 200
     writes = [s for s in seen if not s.lstrip().upper().startswith("SELECT")]
@@ -539,7 +523,7 @@ def test_several_versions_written_together_read_back_as_if_written_one_by_one(
     with database.unit_of_work() as session:
         rs = store.ResourceStore(session)
         pending = versions(rs)
-        with _statements() as seen:
+        with statements_sent() as seen:
             written = rs.write(pending, grant=(pid, "org-2", "treated"), audit=service.audit_row(
                 writer, action="C", interaction="operation", entity_id="x", patient_id=pid))
         if backend == "postgresql":
@@ -656,7 +640,7 @@ def test_an_update_told_the_resource_is_absent_still_finds_one_created_meanwhile
     with one look-up fewer."""
     org = {"resourceType": "Organization", "id": "org-absent", "name": "甲卫生院", "active": True}
     with database.unit_of_work() as session:
-        with _statements() as seen:
+        with statements_sent() as seen:
             first = service.update(session, SYSTEM, "Organization", "org-absent", org, validate=False,
                                    hooks=False, seen_absent=True)
         lookups = [s for s in seen if s.lstrip().startswith("SELECT fhir_resource.pk")]
