@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 
 def driver_rows(connection: Connection, sql: str, values: dict[str, Any]) -> Sequence[Any]:
@@ -30,3 +30,23 @@ def driver_rows(connection: Connection, sql: str, values: dict[str, Any]) -> Seq
         raise  # (not reached: the handler raises SQLAlchemy's wrapped error)
     finally:
         cursor.close()
+
+
+class Compiled(NamedTuple):
+    """A Core statement compiled once: its SQL text and its values' conversions (bind processors)."""
+
+    sql: str
+    processors: dict[str, Callable[[Any], Any]]
+
+
+def compiled(stmt: Any, dialect: Dialect) -> Compiled:
+    """Compile a statement whose values are all named bind parameters."""
+    done = stmt.compile(dialect=dialect)
+    return Compiled(str(done), dict(done._bind_processors))
+
+
+def bound(statement: Compiled, values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(SQL, values) with each value converted as its column type converts it."""
+    for name, process in statement.processors.items():
+        values[name] = process(values[name])
+    return statement.sql, values

@@ -369,6 +369,7 @@ class ResourceStore:
         grant: tuple[str, str, str] | None = None,
         audit: dict[str, Any] | None = None,
         check_refs: Sequence[tuple[str, str]] = (),
+        also: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> Stored:
         """Store a new version (creating the resource when `existing` is None) with its indexes.
 
@@ -382,7 +383,7 @@ class ResourceStore:
             res_type, resource, method=method, owner_org_id=owner_org_id, existing=existing,
             index_rows=index_rows,
         )
-        return self.write([version], grant=grant, audit=audit, check_refs=check_refs)[0]
+        return self.write([version], grant=grant, audit=audit, check_refs=check_refs, also=also)[0]
 
     def prepare(
         self,
@@ -440,6 +441,8 @@ class ResourceStore:
         if connection.dialect.name == "postgresql":
             if check_refs:
                 (version,) = versions
+                if also:
+                    raise ValueError("`also` sub-statements and `check_refs` do not go together")
                 missing = store_pg.write_checked(
                     connection, version, sorted(check_refs), grant=grant, audit=audit
                 )

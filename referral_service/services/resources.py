@@ -17,7 +17,7 @@ from ..domain.errors import Conflict, Forbidden, Gone, NotFound, PreconditionFai
 from ..domain.fhir_store import StoredResource
 from ..fhir import jsonio
 from ..fhir.driver import driver_rows
-from ..fhir.mappers import ON_DELETE, TO_DOMAIN
+from ..fhir.mappers import DOMAIN_STATEMENTS, ON_DELETE, TO_DOMAIN
 from ..fhir.mappers.patient import RESIDENT_ID_SYSTEM
 from ..fhir.resources import RESOURCES, ResourceDef
 from ..fhir.search import Include, SearchQuery, parse_search
@@ -150,9 +150,11 @@ def _check_references(session: Session, resource_type: str, wanted: set[tuple[st
         raise missing_references(resource_type, missing)
 
 
-def _references_checked_by_the_write(session: Session) -> bool:
-    """PostgreSQL: the write statement itself checks the references (one round trip fewer)."""
-    return session.get_bind().dialect.name == "postgresql"
+def _references_checked_by_the_write(session: Session, resource_type: str | None = None) -> bool:
+    """PostgreSQL: the write statement itself checks the references (one round trip fewer). Not for
+    a type whose registry rows ride in that statement (`DOMAIN_STATEMENTS`): their foreign keys to
+    what is referenced would fail the statement before the missing reference could be answered."""
+    return session.get_bind().dialect.name == "postgresql" and resource_type not in DOMAIN_STATEMENTS
 
 
 def _check_write_allowed(actor: Actor, resource_type: str) -> None:
@@ -182,6 +184,10 @@ def _store_version(
     """
     store = ResourceStore(session)
     _lock_business_keys(store, resource_type, body)
+    # PostgreSQL: registry rows that can ride in the resource's own write statement do.
+    on_postgresql = session.get_bind().dialect.name == "postgresql"
+    prepared = DOMAIN_STATEMENTS.get(resource_type) if on_postgresql else None
+    also = prepared(session, body, actor, existing is None) if prepared is not None else []
     patient_id = RESOURCES[resource_type].compartment_patient(body)
     grant = None
     if patient_id and actor.organization_id and resource_type != "Patient":
@@ -204,8 +210,9 @@ def _store_version(
             request_id=request_id,
         ),
         check_refs=tuple(check_refs),
+        also=also,
     )
-    mapper = TO_DOMAIN.get(resource_type)
+    mapper = TO_DOMAIN.get(resource_type) if prepared is None else None
     if mapper is not None:
         mapper(session, stored.as_dict(), actor, existing is None)
     return stored
@@ -305,7 +312,7 @@ def create(
     body["id"] = assigned_id or new_id()
     index_rows = extract(body, list(RESOURCES[resource_type].params))  # ids and meta are not indexed
     wanted = _wanted_references(resource_type, index_rows, known_refs)
-    in_write = _references_checked_by_the_write(session)
+    in_write = _references_checked_by_the_write(session, resource_type)
     if not in_write:
         _check_references(session, resource_type, wanted)
     _run_before(session, actor, resource_type, body, None)
@@ -360,7 +367,7 @@ def update(
     body = {**body, "id": res_id}
     index_rows = extract(body, list(RESOURCES[resource_type].params))
     wanted = _wanted_references(resource_type, index_rows, known_refs)
-    in_write = _references_checked_by_the_write(session)
+    in_write = _references_checked_by_the_write(session, resource_type)
     if not in_write:
         _check_references(session, resource_type, wanted)
     previous = jsonio.loads(existing.content) if existing is not None and not existing.deleted else None

@@ -253,7 +253,9 @@ def test_an_update_replaces_every_index_row_and_keeps_the_history(platform: Fhir
     assert strings == ["唐"]
 
 
-def test_patient_registry_row_follows_every_write_of_the_resource(platform: Fhir) -> None:
+def test_patient_registry_row_follows_every_write_of_the_resource(backend: str, platform: Fhir) -> None:
+    """The registry row and its poverty registrations follow each write of the Patient. On
+    PostgreSQL they are written by the resource's own write statement, after the identity check."""
     fhir = platform
     number = resident_id.generate("620421", date(1985, 5, 1), "male", 7)
     body = patient(number, family="宋", given="一", gender="male", birth="1985-05-01")
@@ -261,7 +263,12 @@ def test_patient_registry_row_follows_every_write_of_the_resource(platform: Fhir
     with statements_sent() as sent:
         pid = fhir.post("Patient", body).json["id"]
     # A new registry row has no registrations to replace: none are deleted.
-    assert not [s for s in sent if s.lstrip().upper().startswith("DELETE")], sent
+    assert not [s for s in sent if "DELETE FROM poverty_registration" in s], sent
+    if backend == "postgresql":
+        writes = [s for s in sent if not s.lstrip().upper().startswith("SELECT")]
+        assert len(writes) == 1, writes
+        for part in ("INSERT INTO fhir_resource", "INSERT INTO patient ", "INSERT INTO poverty_registration"):
+            assert part in writes[0], part
     body.update(id=pid, extension=[{"url": POVERTY_URL, "valuePeriod": {"start": "2024-01-01"}}],
                 name=[{"family": "唐", "given": ["二"]}])
     with database.unit_of_work() as session:
@@ -272,6 +279,14 @@ def test_patient_registry_row_follows_every_write_of_the_resource(platform: Fhir
         assert (loaded.family_name, loaded.given_name) == ("唐", "二")
         assert [(r.start, r.end) for r in loaded.poverty_registrations] == [(date(2024, 1, 1), None)]
         assert loaded.created_by_org_id == "org-1" and loaded.resident_id == number
+    # A write refused for a reference to nothing leaves no registry row either.
+    other = resident_id.generate("620421", date(1986, 6, 1), "female", 8)
+    broken = patient(other, family="宋", given="三", gender="female", birth="1986-06-01")
+    broken["generalPractitioner"] = [{"reference": "Organization/nowhere"}]
+    broken["extension"] = [{"url": POVERTY_URL, "valuePeriod": {"start": "2020-01-01"}}]
+    assert fhir.post("Patient", broken).status_code == 422
+    with database.unit_of_work() as session:
+        assert session.scalars(select(Patient).where(Patient.resident_id == other)).first() is None
 
 
 def test_sqlite_reads_do_not_wait_for_a_writer(backend: str, app: Flask) -> None:

@@ -32,6 +32,11 @@ TO_DOMAIN: dict[str, ToDomain] = {
     "PractitionerRole": practitioner.role_to_domain,
 }
 
+# PostgreSQL: mappers whose registry writes ride in the resource's own write statement, as
+# (SQL, values) sub-statements, after the same checks (`ResourceStore.save(also=...)`).
+DomainStatements = Callable[[Session, dict[str, Any], Actor, bool], list[tuple[str, dict[str, Any]]]]
+DOMAIN_STATEMENTS: dict[str, DomainStatements] = {"Patient": patient.domain_statements}
+
 # Registry rows to release when the resource is deleted.
 ON_DELETE: dict[str, Callable[[Session, str], None]] = {"Patient": patient.on_delete}
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
-from sqlalchemy import bindparam, delete, insert, or_, select
+from sqlalchemy import Table, bindparam, delete, insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from ...domain import resident_id
@@ -14,6 +16,7 @@ from ...domain.actor import Actor
 from ...domain.errors import Conflict, Problem
 from ...domain.registry import Patient, PovertyRegistration
 from ..codes import BASE
+from ..driver import Compiled, bound, compiled
 from .common import clip, fhir_date, identifier_value, ref_id
 
 RESIDENT_ID_SYSTEM = f"{BASE}/sid/resident-id"
@@ -78,9 +81,11 @@ def _registry_columns(resource: dict[str, Any], number: str | None) -> dict[str,
     }
 
 
-def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_create: bool) -> None:
-    """Insert or update the registry row (one upsert either way); 409 when another patient holds the
-    identity number."""
+def _registry_plan(
+    session: Session, resource: dict[str, Any], actor: Actor
+) -> tuple[dict[str, Any], bool, list[dict[str, Any]]]:
+    """The registry row's values, whether a row may already hold registrations, and the poverty
+    registrations; 409 when another patient holds the identity number."""
     pid = str(resource["id"])
     number = identifier_value(resource, RESIDENT_ID_SYSTEM)
     number = resident_id.normalise(number) if number else None
@@ -102,12 +107,7 @@ def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_creat
                     )
                 ],
             )
-    columns = _registry_columns(resource, number)
-    connection.execute(
-        _UPSERT[connection.dialect.name], {"id": pid, "created_by_org_id": actor.organization_id, **columns}
-    )
-    if registered:  # a new row has none to replace (they reference it)
-        connection.execute(_DROP_REGISTRATIONS, {"pid": pid})
+    row = {"id": pid, "created_by_org_id": actor.organization_id, **_registry_columns(resource, number)}
     periods = [
         e.get("valuePeriod") or {} for e in resource.get("extension") or [] if e.get("url") == POVERTY_URL
     ]
@@ -116,11 +116,71 @@ def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_creat
         for p in periods
         if fhir_date(p.get("start"))
     ]
-    if registrations:
-        connection.execute(_ADD_REGISTRATION, registrations)
+    return row, registered, registrations
+
+
+def _forget_loaded(session: Session, pid: str) -> None:
     loaded = session.identity_map.get(session.identity_key(Patient, pid)) if session.identity_map else None
     if loaded is not None:
         session.expire(loaded)  # changed behind the ORM's back
+
+
+def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_create: bool) -> None:
+    """Insert or update the registry row (one upsert either way); 409 when another patient holds the
+    identity number."""
+    row, registered, registrations = _registry_plan(session, resource, actor)
+    connection = session.connection()
+    connection.execute(_UPSERT[connection.dialect.name], row)
+    if registered:  # a new row has none to replace (they reference it)
+        connection.execute(_DROP_REGISTRATIONS, {"pid": row["id"]})
+    if registrations:
+        connection.execute(_ADD_REGISTRATION, registrations)
+    _forget_loaded(session, row["id"])
+
+
+def domain_statements(
+    session: Session, resource: dict[str, Any], actor: Actor, is_create: bool
+) -> list[tuple[str, dict[str, Any]]]:
+    """PostgreSQL: the registry writes of `to_domain` as sub-statements for the resource's own write
+    statement (`ResourceStore.write(also=...)`), after the same identity check (409)."""
+    row, registered, registrations = _registry_plan(session, resource, actor)
+    dialect = session.get_bind().dialect
+    out = [bound(_upsert_statement(dialect), {f"reg_{k}": v for k, v in row.items()})]
+    if registered:
+        out.append(bound(_drop_statement(dialect), {"reg_pid": row["id"]}))
+    if registrations:
+        values = {
+            f"preg{i}_{k}": v for i, registration in enumerate(registrations) for k, v in registration.items()
+        }
+        out.append(bound(_add_statement(dialect, len(registrations)), values))
+    _forget_loaded(session, row["id"])
+    return out
+
+
+@cache
+def _upsert_statement(dialect: Dialect) -> Compiled:
+    table = cast(Table, Patient.__table__)
+    stmt = pg_insert(table).values({c.name: bindparam(f"reg_{c.name}", type_=c.type) for c in table.columns
+                                    if c.name in ("id", "created_by_org_id", *_REGISTRY_COLUMNS)})
+    return compiled(stmt.on_conflict_do_update(
+        index_elements=["id"], set_={c: getattr(stmt.excluded, c) for c in _REGISTRY_COLUMNS}
+    ), dialect)
+
+
+@cache
+def _drop_statement(dialect: Dialect) -> Compiled:
+    table = cast(Table, PovertyRegistration.__table__)
+    return compiled(delete(table).where(table.c.patient_id == bindparam("reg_pid")), dialect)
+
+
+@cache
+def _add_statement(dialect: Dialect, rows: int) -> Compiled:
+    table = cast(Table, PovertyRegistration.__table__)
+    values = [
+        {c: bindparam(f"preg{i}_{c}", type_=table.c[c].type) for c in ("patient_id", "start", "end")}
+        for i in range(rows)
+    ]
+    return compiled(insert(table).values(values), dialect)
 
 
 def on_delete(session: Session, patient_id: str) -> None:
