@@ -11,9 +11,9 @@ checked when the whole statement ends, when the settlement row it refers to is t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cache
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -21,17 +21,8 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.schema import Table
 
 from ..domain.ledger import ZERO, EpisodeDeductible, Payable, Settlement, YearAccumulator
+from ..fhir.driver import Compiled, bound, compiled
 from ..fhir.store import kept_rows
-
-
-class _Compiled(NamedTuple):
-    sql: str
-    processors: dict[str, Callable[[Any], Any]]
-
-
-def _compile(stmt: Any, dialect: Dialect) -> _Compiled:
-    compiled = stmt.compile(dialect=dialect)
-    return _Compiled(str(compiled), dict(compiled._bind_processors))
 
 
 def _table(model: Any) -> Table:
@@ -40,17 +31,17 @@ def _table(model: Any) -> Table:
 
 
 @cache
-def _insert(model: Any, rows: int, dialect: Dialect) -> _Compiled:
+def _insert(model: Any, rows: int, dialect: Dialect) -> Compiled:
     table = _table(model)
     columns = [c for c in table.columns if not (c.primary_key and c.autoincrement is True)]
     values = [
         {c.name: bindparam(f"{table.name}{i}_{c.name}", type_=c.type) for c in columns} for i in range(rows)
     ]
-    return _compile(insert(table).values(values), dialect)
+    return compiled(insert(table).values(values), dialect)
 
 
 @cache
-def _update(model: Any, changed: tuple[str, ...], dialect: Dialect) -> _Compiled:
+def _update(model: Any, changed: tuple[str, ...], dialect: Dialect) -> Compiled:
     table = _table(model)
     keys = [c for c in table.columns if c.primary_key]
     stmt = (
@@ -58,17 +49,11 @@ def _update(model: Any, changed: tuple[str, ...], dialect: Dialect) -> _Compiled
         .where(*(c == bindparam(f"{table.name}_key_{c.name}", type_=c.type) for c in keys))
         .values({name: bindparam(f"{table.name}_{name}", type_=table.c[name].type) for name in changed})
     )
-    return _compile(stmt, dialect)
-
-
-def _bound(compiled: _Compiled, values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    for name, process in compiled.processors.items():
-        values[name] = process(values[name])
-    return compiled.sql, values
+    return compiled(stmt, dialect)
 
 
 def _inserted(model: Any, objects: Sequence[Any], dialect: Dialect) -> tuple[str, dict[str, Any]]:
-    compiled = _insert(model, len(objects), dialect)
+    statement = _insert(model, len(objects), dialect)
     table = _table(model)
     values = {
         f"{table.name}{i}_{c.name}": getattr(obj, c.key)
@@ -76,7 +61,7 @@ def _inserted(model: Any, objects: Sequence[Any], dialect: Dialect) -> tuple[str
         for c in table.columns
         if not (c.primary_key and c.autoincrement is True)
     }
-    return _bound(compiled, values)
+    return bound(statement, values)
 
 
 def _updated(obj: Any, changed: tuple[str, ...], dialect: Dialect) -> tuple[str, dict[str, Any]]:
@@ -84,7 +69,7 @@ def _updated(obj: Any, changed: tuple[str, ...], dialect: Dialect) -> tuple[str,
     table = _table(model)
     values = {f"{table.name}_key_{c.name}": getattr(obj, c.key) for c in table.columns if c.primary_key}
     values.update({f"{table.name}_{name}": getattr(obj, name) for name in changed})
-    return _bound(_update(model, changed, dialect), values)
+    return bound(_update(model, changed, dialect), values)
 
 
 _ACCUMULATED = tuple(
