@@ -153,15 +153,6 @@ def statements(updates: tuple[bool, ...], *, grant: bool, audit: bool, also: tup
     ))
 
 
-def statement(*, update: bool, grant: bool, audit: bool) -> str:
-    """The write statement of one resource."""
-    return statements((update,), grant=grant, audit=audit)
-
-
-CREATE = statement(update=False, grant=False, audit=False)
-UPDATE = statement(update=True, grant=False, audit=False)
-
-
 class Version(NamedTuple):
     """One resource version to write: the row's values and its index rows (`pk`: None for a new
     resource, else the row to replace)."""
