@@ -104,6 +104,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.cli.add_command(export_commands(database.unit_of_work, app.config))
     init_web(app)
     register_error_handlers(app)
+    if settings["FHIR_FAST_READS"]:
+        from .api.fast_reads import FastReads
+
+        app.wsgi_app = FastReads(app, app.wsgi_app)  # type: ignore[method-assign]
 
     from .cli import register_cli
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,25 +58,57 @@ class Metrics:
         self.registry.register(_PoolCollector())
 
 
+def request_id_from(incoming: str) -> str:
+    """The caller's X-Request-ID when it is usable (1-64 printable characters), else a new one."""
+    return incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else secrets.token_hex(16)
+
+
+class RequestLog:
+    """What every answered request leaves behind: its metrics and its access-log line."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        # Metric children by label values: `labels()` takes a lock and validates the labels every call.
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def finished(self, *, endpoint: str, method: str, path: str, status: int, elapsed: float,
+                 request_id: str, client: str | None) -> None:
+        """Count and time the request under its route (`endpoint`), and log it."""
+        self._child(self.metrics.requests, endpoint, method, str(status)).inc()
+        self._child(self.metrics.latency, endpoint, method).observe(elapsed)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s %s",
+                method,
+                path,
+                status,
+                extra={
+                    "request_id": request_id,
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "client": client,
+                },
+            )
+
+
 def init_app(app: Flask) -> None:
     """Install request ids, timing, access logs and metrics."""
     metrics = Metrics()
     app.extensions["metrics"] = metrics
-
-    # Metric children by label values: `labels()` takes a lock and validates the labels every call.
-    children: dict[tuple[object, ...], Any] = {}
-
-    def child(metric: Counter | Histogram, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        found = children.get(key)
-        if found is None:
-            found = children[key] = metric.labels(*labels)
-        return found
+    requests = app.extensions["request_log"] = RequestLog(metrics)
 
     @app.before_request
     def _start() -> None:
-        incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER, ""))
         g.started = time.perf_counter()
 
     @app.after_request
@@ -84,26 +116,13 @@ def init_app(app: Flask) -> None:
         req = request._get_current_object()  # type: ignore[attr-defined]  # (once, not per attribute)
         ctx = g._get_current_object()
         elapsed = time.perf_counter() - getattr(ctx, "started", time.perf_counter())
-        endpoint = req.url_rule.rule if req.url_rule else "unmatched"
-        method, status = req.method, response.status_code
-        child(metrics.requests, endpoint, method, str(status)).inc()
-        child(metrics.latency, endpoint, method).observe(elapsed)
-        response.headers[REQUEST_ID_HEADER] = getattr(ctx, "request_id", "")
-        if log.isEnabledFor(logging.INFO):
-            path = req.path
-            log.info(
-                "%s %s %s",
-                method,
-                path,
-                status,
-                extra={
-                    "method": method,
-                    "path": path,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "client": getattr(ctx, "client_id", None),
-                },
-            )
+        request_id = getattr(ctx, "request_id", "")
+        response.headers[REQUEST_ID_HEADER] = request_id
+        requests.finished(
+            endpoint=req.url_rule.rule if req.url_rule else "unmatched", method=req.method, path=req.path,
+            status=response.status_code, elapsed=elapsed, request_id=request_id,
+            client=getattr(ctx, "client_id", None),
+        )
         return response
 
     app.register_blueprint(bp)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from email.utils import format_datetime
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -26,7 +25,7 @@ from ..services import audit_events, bundles
 from ..services import resources as service
 from ..services.actors import actor_for
 from .guard import current_principal, require
-from .responses import fhir_response
+from .responses import fhir_response, version_headers
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 csrf.exempt(bp)
@@ -111,10 +110,7 @@ def with_actor(resource_type: str, permission: str, work: Callable[[Session, Act
 
 
 def _headers(stored: Stored, *, location: bool = False) -> dict[str, str]:
-    headers = {
-        "ETag": stored.etag,
-        "Last-Modified": format_datetime(stored.last_updated, usegmt=True),
-    }
+    headers = version_headers(stored)
     if location:
         headers["Location"] = f"{base_url()}/{stored.res_type}/{stored.res_id}/_history/{stored.version_id}"
         headers["Content-Location"] = headers["Location"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from flask import current_app, g, request
 
@@ -44,23 +46,28 @@ def current_principal() -> Principal:
     principal: Principal | None = g.get("principal")
     if principal is not None:
         return principal
-    header = request.headers.get("Authorization", "")
+    principal = principal_for(request.headers.get("Authorization", ""), current_app.config)
+    g.principal = principal
+    g.client_id = principal.client_id
+    return principal
+
+
+def principal_for(header: str, config: Mapping[str, Any]) -> Principal:
+    """The caller an Authorization header names: its token verified, its client still active.
+
+    401 (`Unauthorized`, `InvalidToken`) when there is no usable bearer token.
+    """
     scheme, _, token = header.partition(" ")
     if not header:
         raise Unauthorized("an access token is required (Authorization: Bearer ...)")
     if scheme.lower() != "bearer" or not token.strip():
         raise InvalidToken("the Authorization header must be 'Bearer <token>'")
     try:
-        claims = verify_token_cached(
-            token.strip(), key=current_app.config["SECRET_KEY"], issuer=current_app.config["TOKEN_ISSUER"]
-        )
+        claims = verify_token_cached(token.strip(), key=config["SECRET_KEY"], issuer=config["TOKEN_ISSUER"])
     except TokenError as exc:
         raise InvalidToken(str(exc)) from None
     check_client_active(database.engine, claims.client_id)
-    principal = Principal(claims.client_id, claims.organization_id, _scopes(claims.scope))
-    g.principal = principal
-    g.client_id = claims.client_id
-    return principal
+    return Principal(claims.client_id, claims.organization_id, _scopes(claims.scope))
 
 
 def require(resource_type: str, permission: str) -> Principal:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Dialect, Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -71,7 +71,7 @@ class Database:
             # Reads run each statement in its own implicit transaction: no write lock for a read (WAL
             # readers run side by side); the audit row written at the end takes the lock only for its
             # own INSERT.
-            reads = engine.execution_options(isolation_level="AUTOCOMMIT")
+            reads: Engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         else:
             _ping_idle_connections(engine)
             _keep_long_statements_converted()
@@ -80,11 +80,14 @@ class Database:
             # statement its own snapshot anyway), and the only thing a read writes is its audit row,
             # which PostgreSQL then flushes to disk within `wal_writer_delay` instead of making the
             # reader wait for the flush. Writes of clinical data stay synchronous (the main pool).
-            read_options = dict(options, connect_args={
+            # AUTOCOMMIT is the engine's own level, set once per connection: as an execution option
+            # it would be set at every checkout and undone at every checkin (half a read's cost of
+            # taking and returning its session).
+            read_options = dict(options, isolation_level="AUTOCOMMIT", connect_args={
                 **options["connect_args"], "options": "-c synchronous_commit=off"})
             self._read_engine = create_engine(url, **read_options)
             _ping_idle_connections(self._read_engine)
-            reads = self._read_engine.execution_options(isolation_level="AUTOCOMMIT")
+            reads = self._read_engine
         self._engine = engine
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(bind=reads, expire_on_commit=False)
@@ -105,6 +108,18 @@ class Database:
     def is_sqlite(self) -> bool:
         """True when the embedded SQLite engine is in use."""
         return self.engine.dialect.name == "sqlite"
+
+    @property
+    def has_read_pool(self) -> bool:
+        """Whether reads have a pool of their own (PostgreSQL), see `read_connection`."""
+        return self._read_engine is not None
+
+    def read_connection(self) -> Connection:
+        """A connection of the reads' pool (PostgreSQL): each statement commits on its own, nothing
+        waits for the WAL flush. For reads that need no session; use it as a context manager."""
+        if self._read_engine is None:
+            raise RuntimeError("reads have no pool of their own on this database")
+        return self._read_engine.connect()
 
     def session(self) -> Session:
         """A new session (the caller owns it)."""

@@ -205,6 +205,39 @@ def kept_rows(connection: Connection, stmt: Any, params: dict[str, Any]) -> Sequ
     return out
 
 
+def audits_inline(connection: Connection) -> bool:
+    """Whether a read on this connection can write its audit row in its own statement (PostgreSQL)."""
+    return connection.dialect.name == "postgresql"
+
+
+def read_current(
+    connection: Connection, res_type: str, res_id: str, actor: Actor, *, audit: dict[str, Any] | None = None
+) -> Stored:
+    """The current version, read on a connection (no session needed); 404 unknown or not visible, 410.
+
+    `audit` (only where `audits_inline`): the audit row, written by the read statement itself when
+    the read finds a row, with that row's patient.
+    """
+    rdef = RESOURCES[res_type]
+    shape = policy_shape(actor, rdef)
+    params = {"res_type": res_type, "res_id": res_id, **policy_params(actor)}
+    if audit is not None:
+        if not audits_inline(connection):
+            raise ValueError(f"{connection.dialect.name} cannot write the audit row with the read")
+        stmt = _audited_read_statement(shape, bool(rdef.patient_paths))
+        params.update(audit_params(audit))
+    else:
+        stmt = _read_statement(shape)
+    found = kept_rows(connection, stmt, params)
+    row = found[0] if found else None
+    if row is None:
+        raise NotFound(f"{res_type}/{res_id} is not known")
+    if row.deleted:
+        raise Gone(f"{res_type}/{res_id} was deleted")
+    return Stored(row.res_type, row.res_id, row.version_id, row.last_updated, row.content, False,
+                  row.patient_id)
+
+
 class ResourceStore:
     """Reads and writes resources of every registered type inside the caller's transaction."""
 
@@ -252,28 +285,13 @@ class ResourceStore:
         of the row read. On PostgreSQL the read statement writes it (one round trip, one implicit
         transaction); elsewhere it is queued for the commit.
         """
-        rdef = RESOURCES[res_type]
-        shape = policy_shape(actor, rdef)
-        params = {"res_type": res_type, "res_id": res_id, **policy_params(actor)}
         connection = self._sql()
-        inline = audit is not None and connection.dialect.name == "postgresql"
-        if inline:
-            assert audit is not None
-            stmt = _audited_read_statement(shape, bool(rdef.patient_paths))
-            params.update(audit_params(audit))
-        else:
-            stmt = _read_statement(shape)
-        found = kept_rows(connection, stmt, params)
-        row = found[0] if found else None
-        if row is None:
-            raise NotFound(f"{res_type}/{res_id} is not known")
-        if row.deleted:
-            raise Gone(f"{res_type}/{res_id} was deleted")
-        if audit is not None and not inline:
-            patient = row.patient_id if rdef.patient_paths else None
-            queue_audit_row(self.session, {**audit, "patient_id": patient})
-        return Stored(row.res_type, row.res_id, row.version_id, row.last_updated, row.content, False,
-                      row.patient_id)
+        if audit is None or audits_inline(connection):
+            return read_current(connection, res_type, res_id, actor, audit=audit)
+        stored = read_current(connection, res_type, res_id, actor)
+        patient = stored.patient_id if RESOURCES[res_type].patient_paths else None
+        queue_audit_row(self.session, {**audit, "patient_id": patient})
+        return stored
 
     def vread(self, res_type: str, res_id: str, version_id: int, actor: Actor) -> Stored:
         """One version; 404 when unknown, 410 when that version is a deletion."""

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Connection, Engine, event, select
 from sqlalchemy.orm import Session
 
 from ..domain.accounts import ApiClient
@@ -54,8 +54,9 @@ def _organization_changed(mapper: Any, connection: Any, target: Organization) ->
     forget(target.id)
 
 
-def _organization_facts(session: Session, organization_id: str) -> _Facts | None:
-    key = (id(session.get_bind()), organization_id)
+def _organization_facts(session: Session | Connection, organization_id: str) -> _Facts | None:
+    engine = session.get_bind() if isinstance(session, Session) else session.engine
+    key = (id(engine), organization_id)
     cached = _facts.get(key)
     now = time.monotonic()
     if cached is not None and cached[0] > now:
@@ -73,7 +74,9 @@ def _organization_facts(session: Session, organization_id: str) -> _Facts | None
     return facts
 
 
-def actor_for(session: Session, *, name: str, kind: str, organization_id: str, admin: bool = False) -> Actor:
+def actor_for(
+    session: Session | Connection, *, name: str, kind: str, organization_id: str, admin: bool = False
+) -> Actor:
     """The Actor for a client or user acting for the organisation."""
     facts = _organization_facts(session, organization_id)
     if facts is None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy import bindparam, false, select
+from sqlalchemy import Connection, bindparam, false, select
 from sqlalchemy.orm import Session
 
 from ..domain.actor import SYSTEM, Actor
@@ -22,7 +22,7 @@ from ..fhir.mappers.patient import RESIDENT_ID_SYSTEM
 from ..fhir.resources import RESOURCES, ResourceDef
 from ..fhir.search import Include, SearchQuery, parse_search
 from ..fhir.search_params import IndexRows, extract
-from ..fhir.store import ResourceStore, SearchPage, Stored, missing_references
+from ..fhir.store import ResourceStore, SearchPage, Stored, missing_references, read_current
 from ..fhir.validation import check_resource
 
 # Only the county platform (and admins) may write these.
@@ -411,6 +411,30 @@ def delete(
     return stored
 
 
+def _read_audit_row(
+    actor: Actor, rdef: ResourceDef, res_id: str, request_id: str | None
+) -> dict[str, Any] | None:
+    if rdef.directory:
+        return None
+    return audit_row(actor, action="R", interaction="read", entity_type=rdef.type, entity_id=res_id,
+                     request_id=request_id)
+
+
+def read_on_connection(
+    connection: Connection, actor: Actor, resource_type: str, res_id: str, *, request_id: str | None = None
+) -> Stored:
+    """`read` of the current version on a bare connection, no session: for plain reads by id.
+
+    Only where the read statement writes its own audit row (`audits_inline`: PostgreSQL), so that
+    nothing is left to commit.
+    """
+    if resource_type not in RESOURCES:
+        raise NotFound(f"unknown resource type {resource_type}")
+    rdef = RESOURCES[resource_type]
+    return read_current(connection, resource_type, res_id, actor,
+                        audit=_read_audit_row(actor, rdef, res_id, request_id))
+
+
 def read(
     session: Session,
     actor: Actor,
@@ -427,10 +451,7 @@ def read(
     rdef = RESOURCES[resource_type]
     if version_id is None:
         # The current version: the store records the access with the read (its patient is the row's).
-        row = None if rdef.directory else audit_row(
-            actor, action="R", interaction="read", entity_type=resource_type, entity_id=res_id,
-            request_id=request_id,
-        )
+        row = _read_audit_row(actor, rdef, res_id, request_id)
         return store.read(resource_type, res_id, actor, audit=row)
     stored = store.vread(resource_type, res_id, version_id, actor)
     if not rdef.directory:
