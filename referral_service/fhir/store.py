@@ -388,6 +388,7 @@ class ResourceStore:
         audit: dict[str, Any] | None = None,
         check_refs: Sequence[tuple[str, str]] = (),
         also: Sequence[tuple[str, dict[str, Any]]] = (),
+        seen_by: Actor | None = None,
     ) -> Stored:
         """Store a new version (creating the resource when `existing` is None) with its indexes.
 
@@ -395,13 +396,15 @@ class ResourceStore:
         `audit`: the write's audit row. On PostgreSQL both ride in the one write statement; elsewhere
         the link is inserted next and the row queued for the commit. `check_refs`: (type, id) pairs
         that must name live resources, else 422 and nothing is written (PostgreSQL: checked by the
-        write statement itself).
+        write statement itself). `seen_by`: the writer, who must be allowed to see the patient of
+        `grant` (else 422 as for a reference to nothing: a write never opens a record to its writer).
         """
         version = self.prepare(
             res_type, resource, method=method, owner_org_id=owner_org_id, existing=existing,
             index_rows=index_rows,
         )
-        return self.write([version], grant=grant, audit=audit, check_refs=check_refs, also=also)[0]
+        return self.write([version], grant=grant, audit=audit, check_refs=check_refs, also=also,
+                          seen_by=seen_by)[0]
 
     def prepare(
         self,
@@ -444,6 +447,7 @@ class ResourceStore:
         audit: dict[str, Any] | None = None,
         also: Sequence[tuple[str, dict[str, Any]]] = (),
         check_refs: Sequence[tuple[str, str]] = (),
+        seen_by: Actor | None = None,
     ) -> list[Stored]:
         """Write prepared versions, with the access link and the audit row of the write.
 
@@ -456,13 +460,20 @@ class ResourceStore:
         connection = self._sql()
         if grant is not None and self._already_granted(grant[0], grant[1]):
             grant = None
+        seen = None
+        if grant is not None and seen_by is not None and not seen_by.sees_everything:
+            seen = (_patient_seen_sql(), _patient_seen_values(seen_by, grant[0]))
+            if not (check_refs and connection.dialect.name == "postgresql"):
+                if not patient_seen(connection, seen_by, grant[0]):
+                    raise missing_references(versions[0].res_type, [("Patient", grant[0])])
+                seen = None
         if connection.dialect.name == "postgresql":
             if check_refs:
                 (version,) = versions
                 if also:
                     raise ValueError("`also` sub-statements and `check_refs` do not go together")
                 missing = store_pg.write_checked(
-                    connection, version, sorted(check_refs), grant=grant, audit=audit
+                    connection, version, sorted(check_refs), grant=grant, audit=audit, seen=seen
                 )
                 if missing:
                     raise missing_references(version.res_type, [m.split("/", 1) for m in missing])
@@ -1058,6 +1069,32 @@ def _patient_visible(patient_id: Any, org: Any, district: Any | None) -> ColumnE
         .exists()
     )
     return or_(in_catchment, linked)
+
+
+def _patient_seen_values(actor: Actor, patient_id: str) -> dict[str, Any]:
+    return {"seen_patient": patient_id, "seen_org": actor.organization_id,
+            "seen_district": actor.district if _by_district(actor) else None}
+
+
+def _patient_seen_condition() -> ColumnElement[bool]:
+    """The access policy on one patient (`seen_*` parameters): its catchment, or an access link."""
+    return _patient_visible(bindparam("seen_patient"), bindparam("seen_org"), bindparam("seen_district"))
+
+
+@lru_cache(maxsize=1)
+def _patient_seen_sql() -> str:
+    """`_patient_seen_condition` as PostgreSQL text, for a write statement to test (`store_pg`)."""
+    from sqlalchemy.dialects import postgresql
+
+    return str(_patient_seen_condition().compile(dialect=postgresql.psycopg.dialect()))
+
+
+def patient_seen(connection: Connection, actor: Actor, patient_id: str) -> bool:
+    """Whether the actor may see the patient (its catchment, or a patient it treated or received)."""
+    if actor.sees_everything:
+        return True
+    return bool(connection.execute(select(_patient_seen_condition()),
+                                   _patient_seen_values(actor, patient_id)).scalar())
 
 
 def _policy(shape: PolicyShape, org: Any, district: Any) -> ColumnElement[bool]:

@@ -120,11 +120,18 @@ def _suffixes(count: int) -> list[str]:
 
 
 @cache
-def checked_statement(*, update: bool, grant: bool, audit: bool) -> str:
+def checked_statement(*, update: bool, grant: bool, audit: bool, seen: str | None = None) -> str:
     """The write statement of one resource that first checks its references (`%(ref_types)s`,
-    `%(ref_ids)s`): it answers the pk (None when nothing was written) and the missing references."""
+    `%(ref_ids)s`): it answers the pk (None when nothing was written) and the missing references.
+
+    `seen`: a SQL condition (over `%(seen_patient)s` and the writer's values) that the patient whose
+    record this is must meet, the writer's access policy; a patient it may not see is answered as
+    missing, exactly as one that does not exist.
+    """
+    hidden = f"\n                UNION SELECT 'Patient', %(seen_patient)s::text WHERE NOT ({seen})"
+    refs = _REFS if seen is None else _REFS.replace("AND NOT r.deleted)),", f"AND NOT r.deleted){hidden}),")
     return "".join((
-        "\nWITH", _REFS,
+        "\nWITH", refs,
         ((_UPDATE_ROW_CHECKED if update else _CREATE_ROW_CHECKED) + _INDEXES).replace("@", ""),
         _GRANT_CHECKED if grant else "",
         _AUDIT_CHECKED if audit else "",
@@ -230,16 +237,22 @@ def write_checked(
     *,
     grant: tuple[str, str, str] | None = None,
     audit: dict[str, Any] | None = None,
+    seen: tuple[str, dict[str, Any]] | None = None,
 ) -> list[str]:
     """Write one version (as `write_versions`) unless one of `refs` (type, id) points at no live
-    resource: then nothing is written, and those are answered ("Type/id"), in order."""
+    resource: then nothing is written, and those are answered ("Type/id"), in order.
+
+    `seen`: the access condition on the record's patient (`checked_statement`) and its values."""
     params = _params(version, "")
+    if seen is not None:
+        params.update(seen[1])
     params["ref_types"] = [t for t, _ in refs]
     params["ref_ids"] = [i for _, i in refs]
     if grant is not None:
         params["grant_patient"], params["grant_org"], params["grant_reason"] = grant
     if audit is not None:
         params.update(audit_params(audit))
-    sql = checked_statement(update=version.pk is not None, grant=grant is not None, audit=audit is not None)
+    sql = checked_statement(update=version.pk is not None, grant=grant is not None, audit=audit is not None,
+                            seen=seen[0] if seen is not None else None)
     ((pk, missing),) = driver_rows(connection, sql, params)
     return sorted(missing) if pk is None else []

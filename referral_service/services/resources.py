@@ -211,6 +211,7 @@ def _store_version(
         ),
         check_refs=tuple(check_refs),
         also=also,
+        seen_by=actor,
     )
     mapper = TO_DOMAIN.get(resource_type) if prepared is None else None
     if mapper is not None:

@@ -192,10 +192,16 @@ def test_township_sees_only_its_own_records(county: County) -> None:
     # the other township sees its own, not these
     assert ids(county.township2.get("Patient")) == {county.of_th2}
 
-    # it sees a patient once it treated them
+    # it sees a patient once it treated them: the patient presents their identity (a conditional
+    # create by number returns the record), then the visit is written. Without that, a visit to a
+    # record it may not see is refused as for a patient who does not exist.
     t = county.township
     target = county.unlinked
     assert_unknown(t.get(f"Patient/{target}"), t, f"Patient/{target}")
+    assert t.post("Encounter", _encounter(target, "th-01")).status_code == 422
+    presented = t.post("Patient", _person(1973, 4, "李"),
+                       headers={"If-None-Exist": f"identifier={RESIDENT_ID}|{_pid(1973, 'female', 4)}"})
+    assert presented.status_code == 200 and presented.json["id"] == target
     enc = _created(t.post("Encounter", _encounter(target, "th-01")))
     assert t.get(f"Patient/{target}").status_code == 200
     assert target in ids(t.get("Patient"))
@@ -203,6 +209,8 @@ def test_township_sees_only_its_own_records(county: County) -> None:
     with_patient = t.get(f"Encounter?_id={enc}&_include=Encounter:subject")
     assert included(with_patient) == {target}
     # another township's visit to the same patient is part of the record the clinic now sees
+    assert county.township2.post("Patient", _person(1973, 4, "李"), headers={
+        "If-None-Exist": f"identifier={RESIDENT_ID}|{_pid(1973, 'female', 4)}"}).status_code == 200
     other = _created(county.township2.post("Encounter", _encounter(target, "th-02")))
     assert ids(t.get(f"Encounter?patient={target}")) == {enc, other}
     # ...but not the other township's own patients
@@ -348,3 +356,60 @@ def test_includes_outside_the_token_scopes_are_refused(
     _created(county.township.post("Encounter", _encounter(county.gp_th1, "th-01")))
     response = reader.get(f"Patient?_id={county.gp_th1}&_revinclude=Encounter:subject")
     assert response.status_code == 403 or included(response) == set()
+
+
+# ------------------------------------------------------------------------------------- writes
+
+
+def _observation(subject: str) -> dict[str, Any]:
+    return {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": f"Patient/{subject}"}}
+
+
+def _refusal(response: Any, hidden: str) -> list[Any]:
+    """The 422's issues with the patient's id blanked (to compare with a reference to nothing)."""
+    assert response.status_code == 422, response.json
+    return [{**i, "diagnostics": i["diagnostics"].replace(hidden, "<id>")} for i in response.json["issue"]]
+
+
+def test_writing_about_a_patient_out_of_sight_is_refused_as_if_it_did_not_exist(county: County) -> None:
+    """A write must not open a record to its writer: a reference to a patient the client may not see
+    is answered exactly as one to no patient (422), nothing is written, and the patient stays hidden."""
+    t, hidden = county.township, county.of_th2
+    nowhere = "no-such-patient-1"
+    cases = [
+        (_observation(hidden), _observation(nowhere), "Observation"),
+        (_coverage(hidden), _coverage(nowhere), "Coverage"),
+        (_encounter(hidden, "th-01"), _encounter(nowhere, "th-01"), "Encounter"),
+    ]
+    for body, twin, rtype in cases:
+        refused, missing = t.post(rtype, body), t.post(rtype, twin)
+        assert _refusal(refused, hidden) == _refusal(missing, nowhere), rtype
+    put = t.put("Observation/obs-hidden-1", _observation(hidden) | {"id": "obs-hidden-1"})
+    assert _refusal(put, hidden) == _refusal(
+        t.put("Observation/obs-hidden-2", _observation(nowhere) | {"id": "obs-hidden-2"}), nowhere)
+    bundle = t.post("", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": _observation(hidden), "request": {"method": "POST", "url": "Observation"}}]})
+    assert bundle.status_code == 422, bundle.json
+    assert_unknown(t.get(f"Patient/{hidden}"), t, f"Patient/{hidden}")
+    assert ids(t.get(f"Coverage?beneficiary=Patient/{hidden}")) == set()
+    assert ids(county.platform.get(f"Observation?subject=Patient/{hidden}")) == set()
+
+
+def test_a_patient_who_presents_their_identity_can_then_be_treated(county: County) -> None:
+    """The way in for a walk-in from another township: a conditional create by identity number
+    returns the existing record (the patient presented), and writes about them then succeed."""
+    t, hidden = county.township, county.of_th2
+    assert t.post("Observation", _observation(hidden)).status_code == 422
+    number = _pid(1970, "female", 1)
+    found = t.post("Patient", _person(1970, 1, "赵", gp="th-02"),
+                   headers={"If-None-Exist": f"identifier={RESIDENT_ID}|{number}"})
+    assert found.status_code == 200 and found.json["id"] == hidden
+    assert t.post("Observation", _observation(hidden)).status_code == 201
+    assert t.get(f"Patient/{hidden}").status_code == 200
+
+
+def test_the_county_hospital_writes_about_its_district_and_the_platform_about_anyone(county: County) -> None:
+    assert county.county.post("Observation", _observation(county.of_th2)).status_code == 201
+    assert county.platform.post("Observation", _observation(county.city)).status_code == 201
+    assert county.county.post("Observation", _observation(county.city)).status_code == 422

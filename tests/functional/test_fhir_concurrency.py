@@ -23,6 +23,7 @@ from tests.functional.fhir_helpers import FHIR, RESIDENT_ID, organization, patie
 
 V3 = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 PID_1 = generate("620421", date(1990, 3, 7), "female", 1)
+PID_2 = generate("620421", date(1985, 6, 1), "male", 2)
 TIMEOUT = 60
 
 
@@ -232,13 +233,16 @@ def test_mixed_reads_and_writes_never_fail(base_url: str, tokens: dict[str, str]
     clinic = Http(base_url, tokens["township"])
     platform = Http(base_url, tokens["platform"])
     pid = clinic.request("POST", "Patient", patient(PID_1, gp="th-01")).json()["id"]
-    # a patient the clinic does not see yet: creating its first Encounters grants access concurrently
-    other = platform.request("POST", "Patient", patient(None, family="外")).json()["id"]
+    # a patient the clinic does not see yet: presenting at the clinic (a conditional create by identity
+    # number) grants access, several times concurrently
+    other_body = patient(PID_2, family="外", birth="1985-06-01", gender="male")
+    other = platform.request("POST", "Patient", other_body).json()["id"]
+    present = {"If-None-Exist": f"identifier={RESIDENT_ID}|{PID_2}"}
 
     def work(i: int) -> requests.Response:
         kind = i % 5
         if kind == 0:
-            return clinic.request("POST", "Encounter", encounter(other, i))
+            return clinic.request("POST", "Patient", other_body, **present)
         if kind == 1:
             return clinic.request("GET", f"Patient/{pid}")
         if kind == 2:
@@ -250,7 +254,8 @@ def test_mixed_reads_and_writes_never_fail(base_url: str, tokens: dict[str, str]
 
     responses = run_parallel(20, work)
     assert all(r.status_code < 300 for r in responses), [(r.status_code, r.text) for r in responses]
-    assert count("Encounter") == 8
-    assert clinic.request("GET", f"Patient/{other}").status_code == 200  # treated now
+    assert count("Encounter") == 4
+    assert clinic.request("GET", f"Patient/{other}").status_code == 200  # presented now
+    assert clinic.request("POST", "Encounter", encounter(other, 99)).status_code == 201
     history = clinic.request("GET", f"Patient/{pid}/_history").json()
     assert history["entry"][0]["resource"]["meta"]["versionId"] == "5"
