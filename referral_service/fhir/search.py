@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..domain import resident_id
 from ..domain.errors import BadRequest, Problem
+from . import codes
 from .resources import RESOURCES, ResourceDef
 from .search_params import SearchParam, parse_date_range
 
@@ -163,6 +165,8 @@ def _parse_token_value(value: str) -> tuple[str | None, str | None]:
     if "|" not in value:
         return None, value
     system, _, code = value.partition("|")
+    if code and system == codes.RESIDENT_ID_SYSTEM:
+        code = resident_id.normalise(code)  # stored upper-case: a lower-case x finds it too
     return system, code or None
 
 

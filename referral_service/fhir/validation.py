@@ -7,8 +7,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..domain import resident_id
 from ..domain.errors import BadRequest, Problem, Unprocessable
-from . import profiles
+from . import codes, profiles
 from .resources import RESOURCES
 
 
@@ -101,4 +102,13 @@ def check_resource(resource_type: str, body: dict[str, Any], *, url_id: str | No
     errors = [p for p in found if p.severity in ("error", "fatal")]
     if errors:
         raise Unprocessable(f"{resource_type} breaks a profile or business rule", errors)
+    if resource_type == "Patient":
+        _normalise_resident_ids(body)
     return [p for p in found if p.severity not in ("error", "fatal")]
+
+
+def _normalise_resident_ids(patient: dict[str, Any]) -> None:
+    """Store valid resident identity numbers as the contract says: a check character x upper-case."""
+    for identifier in patient.get("identifier") or []:
+        if identifier.get("system") == codes.RESIDENT_ID_SYSTEM and isinstance(identifier.get("value"), str):
+            identifier["value"] = resident_id.normalise(identifier["value"])

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from flask.testing import FlaskClient
 
-from tests.functional.fhir_helpers import FHIR, Fhir, organization, patient, token_for
+from tests.functional.fhir_helpers import FHIR, RESIDENT_ID, Fhir, organization, patient, token_for
 
 PID_1 = "620421199003070021"
 PID_2 = "620421198505050077"
@@ -276,3 +276,18 @@ def test_search_by_absolute_reference_matches_nothing_local(his: Fhir) -> None:
     assert his.post("Encounter", enc).status_code == 201
     assert his.get(f"Encounter?subject=Patient/{pid}").json["total"] == 1
     assert his.get(f"Encounter?subject=http://other.example/fhir/Patient/{pid}").json["total"] == 0
+
+
+def test_resident_number_with_lower_case_x_is_stored_upper_case(his: Fhir) -> None:
+    upper = "62042119900307038X"
+    created = his.post("Patient", patient(upper.lower()))
+    assert created.status_code == 201, created.json
+    stored = his.get(f"Patient/{created.json['id']}").json
+    assert stored["identifier"][0]["value"] == upper
+    for value in (upper, upper.lower()):
+        found = his.get(f"Patient?identifier={RESIDENT_ID}|{value}").json
+        assert [entry["resource"]["id"] for entry in found.get("entry", [])] == [created.json["id"]], value
+    again = his.post("Patient", patient(upper), headers={"If-None-Exist": f"identifier={RESIDENT_ID}|{upper}"})
+    assert again.status_code == 200
+    assert again.json["id"] == created.json["id"]
+    assert his.post("Patient", patient(upper)).status_code == 409
