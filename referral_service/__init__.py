@@ -104,6 +104,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.cli.add_command(export_commands(database.unit_of_work, app.config))
     init_web(app)
     register_error_handlers(app)
+    from .body_limit import ChunkedBodyLimit
+
+    app.wsgi_app = ChunkedBodyLimit(app, app.wsgi_app)  # type: ignore[method-assign]
     if settings["FHIR_FAST_READS"]:
         from .api.fast_reads import FastReads
 

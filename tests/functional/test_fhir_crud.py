@@ -287,7 +287,44 @@ def test_resident_number_with_lower_case_x_is_stored_upper_case(his: Fhir) -> No
     for value in (upper, upper.lower()):
         found = his.get(f"Patient?identifier={RESIDENT_ID}|{value}").json
         assert [entry["resource"]["id"] for entry in found.get("entry", [])] == [created.json["id"]], value
-    again = his.post("Patient", patient(upper), headers={"If-None-Exist": f"identifier={RESIDENT_ID}|{upper}"})
+    condition = {"If-None-Exist": f"identifier={RESIDENT_ID}|{upper}"}
+    again = his.post("Patient", patient(upper), headers=condition)
     assert again.status_code == 200
     assert again.json["id"] == created.json["id"]
     assert his.post("Patient", patient(upper)).status_code == 409
+
+
+def _post_chunked(base: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """POST `body` with Transfer-Encoding: chunked over a real socket."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    connection = http.client.HTTPConnection(urlsplit(base).netloc, timeout=30)
+    try:
+        chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))
+        connection.request("POST", path, body=chunks, headers=headers, encode_chunked=True)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except (BrokenPipeError, ConnectionResetError):  # the server may answer before reading it all
+        return 413, b""
+    finally:
+        connection.close()
+
+
+def test_chunked_body_over_limit_is_413_and_under_it_is_read_whole(his: Fhir) -> None:
+    import json
+
+    from tests.support.live_server import live_server
+
+    app = his.client.application
+    body = json.dumps(patient(PID_1)).encode()
+    app.config["MAX_CONTENT_LENGTH"] = len(body) + 10
+    headers = {"Authorization": f"Bearer {his.token}", "Content-Type": FHIR}
+    with live_server(app) as base:
+        status, raw = _post_chunked(base, "/fhir/Patient", body + b" " * 11, headers)
+        assert status == 413
+        if raw:
+            assert json.loads(raw)["resourceType"] == "OperationOutcome"
+        assert his.get(f"Patient?identifier={RESIDENT_ID}|{PID_1}").json.get("total", 0) == 0
+        status, raw = _post_chunked(base, "/fhir/Patient", body + b" " * 10, headers)
+        assert status == 201, raw
