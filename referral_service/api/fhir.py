@@ -14,7 +14,7 @@ from ..domain.actor import Actor
 from ..domain.base import int_key
 from ..domain.errors import BadRequest, DomainError, NotFound, Problem
 from ..extensions import csrf, database
-from ..fhir import bundle_json, jsonio, profiles
+from ..fhir import bundle_json, conformance, jsonio
 from ..fhir.capability import capability_statement
 from ..fhir.outcome import operation_outcome
 from ..fhir.resources import RESOURCES, is_fhir_id
@@ -25,13 +25,12 @@ from ..services import audit_events, bundles
 from ..services import resources as service
 from ..services.actors import actor_for
 from .guard import current_principal, require
-from .responses import fhir_response, version_headers
+from .responses import fhir_response, http_date, version_headers
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 csrf.exempt(bp)
 
 FHIR_MIME_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
-CONFORMANCE_TYPES = ("StructureDefinition", "CodeSystem", "ValueSet")
 T = TypeVar("T")
 
 
@@ -138,29 +137,33 @@ def metadata() -> Response:
     return fhir_response(capability_statement(base_url()))
 
 
-def _conformance(resource_type: str) -> list[dict[str, Any]]:
-    return [r for r in profiles.all_conformance_resources() if r.get("resourceType") == resource_type]
-
-
 @bp.get("/<any(StructureDefinition,CodeSystem,ValueSet):resource_type>")
 def conformance_search(resource_type: str) -> Response:
-    """Our profiles, code systems and value sets; search by url."""
+    """Our profiles, code systems and value sets (see `fhir.conformance` for the parameters)."""
     require(resource_type, "s")
-    url = request.args.get("url")
-    found = [r for r in _conformance(resource_type) if url is None or r.get("url") == url.split("|")[0]]
-    return fhir_response(
-        bundle_json.searchset_from_dicts(base_url(), resource_type, found, request.full_path)
-    )
+    found = conformance.search(resource_type, list(request.args.items(multi=True)))
+    summary = request.args.get("_summary")
+    if summary not in (None, "count", "false"):
+        raise BadRequest(f"_summary={summary!r} is not supported (count or false)")
+    total = len(found)
+    shown = [] if summary == "count" else found[: _count_arg()]
+    bundle = bundle_json.searchset_from_dicts(base_url(), resource_type, shown, request.full_path)
+    bundle["total"] = total
+    return fhir_response(bundle)
 
 
 @bp.get("/<any(StructureDefinition,CodeSystem,ValueSet):resource_type>/<res_id>")
 def conformance_read(resource_type: str, res_id: str) -> Response:
-    """One conformance resource by id."""
+    """One conformance resource by id, with its ETag and Last-Modified."""
     require(resource_type, "r")
-    for r in _conformance(resource_type):
-        if r.get("id") == res_id:
-            return fhir_response(r)
-    raise NotFound(f"{resource_type}/{res_id} is not known")
+    resource = conformance.read(resource_type, res_id)
+    if resource is None:
+        raise NotFound(f"{resource_type}/{res_id} is not known")
+    headers = {
+        "ETag": f'W/"{conformance.VERSION_ID}"',
+        "Last-Modified": http_date(conformance.last_updated(resource)),
+    }
+    return fhir_response(resource, headers=headers)
 
 
 # ------------------------------------------------------------------------- instance level

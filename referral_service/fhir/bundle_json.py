@@ -63,16 +63,19 @@ def searchset_from_dicts(
     base: str, resource_type: str, resources: list[dict[str, Any]], self_url: str
 ) -> dict[str, Any]:
     """A searchset of resources that are not in the store (conformance resources)."""
-    return {
+    query = self_url.partition("?")[2]
+    bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",
         "total": len(resources),
-        "link": [{"relation": "self", "url": f"{base}/{resource_type}"}],
-        "entry": [
+        "link": [{"relation": "self", "url": f"{base}/{resource_type}" + (f"?{query}" if query else "")}],
+    }
+    if resources:  # (a FHIR array is never empty)
+        bundle["entry"] = [
             {"fullUrl": f"{base}/{resource_type}/{r.get('id')}", "resource": r, "search": {"mode": "match"}}
             for r in resources
-        ],
-    }
+        ]
+    return bundle
 
 
 def parse_since(value: str | None) -> datetime | None:

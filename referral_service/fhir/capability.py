@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import conformance
 from .resources import RESOURCES
 
 SOFTWARE_VERSION = "0.1.0"
-CONFORMANCE_TYPES = ("StructureDefinition", "CodeSystem", "ValueSet")
 
 # Operations registered by later use cases: (resource type or "" for system, name, definition).
 OPERATIONS: list[tuple[str, str, str]] = [
@@ -57,8 +57,8 @@ def capability_statement(base_url: str) -> dict[str, Any]:
     resources = [_resource_entry(t) for t in sorted(RESOURCES)]
     resources += [
         {"type": t, "interaction": [{"code": "read"}, {"code": "search-type"}],
-         "searchParam": [{"name": "url", "type": "uri"}]}
-        for t in CONFORMANCE_TYPES
+         "searchParam": [{"name": n, "type": kind} for n, kind in conformance.SEARCH_PARAMS.items()]}
+        for t in conformance.TYPES
     ]
     return {
         "resourceType": "CapabilityStatement",
