@@ -112,3 +112,10 @@ def _normalise_resident_ids(patient: dict[str, Any]) -> None:
     for identifier in patient.get("identifier") or []:
         if identifier.get("system") == codes.RESIDENT_ID_SYSTEM and isinstance(identifier.get("value"), str):
             identifier["value"] = resident_id.normalise(identifier["value"])
+
+
+def require_update_id(resource_type: str, body: dict[str, Any], url_id: str) -> None:
+    """400 for an update whose body does not carry the URL's id (FHIR http.html#update requires it)."""
+    if body.get("id") is None:
+        message = f"an update of {resource_type}/{url_id} must carry id {url_id!r} in the body"
+        raise BadRequest(message, [Problem(message, expression=f"{resource_type}.id", code="required")])

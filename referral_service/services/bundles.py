@@ -28,6 +28,7 @@ from ..fhir.outcome import operation_outcome
 from ..fhir.resources import RESOURCES, is_fhir_id
 from ..fhir.search import parse_search
 from ..fhir.store import Stored, instant
+from ..fhir.validation import require_update_id
 from . import resources as service
 
 METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
@@ -218,6 +219,7 @@ def _run_entry(
         assert entry.resource is not None
         if res_id is None:
             raise BadRequest(f"PUT {entry.url}: conditional update is not supported; give the id")
+        require_update_id(res_type, entry.resource, res_id)
         result = service.update(
             session, actor, res_type, res_id, entry.resource, if_match=entry.if_match, hooks=False,
             known_refs=known,

@@ -251,6 +251,8 @@ BAD_ENTRIES: list[tuple[dict[str, Any], int]] = [
     (post(None, patient("620421199003070022")), 422),
     # reference to a Patient that does not exist
     (post(None, encounter("Patient/nobody")), 422),
+    # an update whose body lacks the id of its URL
+    ({"resource": patient(None, family="吴"), "request": {"method": "PUT", "url": "Patient/no-id"}}, 400),
     # unknown resource type
     ({"resource": {"resourceType": "Spaceship"}, "request": {"method": "POST", "url": "Spaceship"}}, 404),
     # read of an unknown id

@@ -145,6 +145,13 @@ def test_put_with_other_id_is_400(his: Fhir) -> None:
     assert response.status_code == 400
 
 
+def test_put_without_id_in_the_body_is_400_and_writes_nothing(his: Fhir) -> None:
+    response = his.put("Patient/abc", patient(PID_1))
+    assert response.status_code == 400
+    assert response.json["issue"][0]["expression"] == ["Patient.id"]
+    assert his.get("Patient/abc").status_code == 404
+
+
 def test_body_over_limit_is_413(his: Fhir) -> None:
     his.client.application.config["MAX_CONTENT_LENGTH"] = 1000
     response = his.client.post(
