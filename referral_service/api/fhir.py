@@ -20,7 +20,7 @@ from ..fhir.outcome import operation_outcome
 from ..fhir.resources import RESOURCES, is_fhir_id
 from ..fhir.search import parse_search
 from ..fhir.store import ResourceStore, Stored
-from ..fhir.validation import check_resource
+from ..fhir.validation import check_resource, require_update_id
 from ..services import audit_events, bundles
 from ..services import resources as service
 from ..services.actors import actor_for
@@ -229,6 +229,7 @@ def update(resource_type: str, res_id: str) -> Response:
     """update (and update-as-create with the client's id); If-Match guards against lost updates."""
     _known_type(resource_type)
     body = read_json_body()
+    require_update_id(resource_type, body, res_id)
     result = with_actor(
         resource_type,
         "u",
