@@ -182,17 +182,17 @@ def audit_event_search() -> Response:
     args = list(request.args.items(multi=True))
     count = _count_arg()
     events, nxt = with_actor("AuditEvent", "s", lambda s, a: audit_events.search_audit_events(
-        s, a, [(k, v) for k, v in args if k != "_count"], count=count))
+        s, a, [(k, v) for k, v in args if k != "_count"], count=count) if count else ([], None))
     links = [{"relation": "self", "url": request.url}]
     if nxt is not None:
         kept = [(k, v) for k, v in args if k != "_cursor"]
         links.append({"relation": "next",
                       "url": f"{base_url()}/AuditEvent?{urlencode([*kept, ('_cursor', str(nxt))])}"})
-    return fhir_response({
-        "resourceType": "Bundle", "type": "searchset", "link": links,
-        "entry": [{"fullUrl": f"{base_url()}/AuditEvent/{e['id']}", "resource": e,
-                   "search": {"mode": "match"}} for e in events],
-    })
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links}
+    if events:  # (a FHIR array is never empty)
+        bundle["entry"] = [{"fullUrl": f"{base_url()}/AuditEvent/{e['id']}", "resource": e,
+                            "search": {"mode": "match"}} for e in events]
+    return fhir_response(bundle)
 
 
 @bp.get("/<resource_type>/<res_id>")
@@ -282,7 +282,7 @@ def _history(resource_type: str, res_id: str | None) -> Response:
             service.read(session, actor, resource_type, res_id)  # 404 when unknown or hidden
         page, nxt = ResourceStore(session).history(
             resource_type, res_id, actor, count=count, since=since, before=cursor
-        )
+        ) if count else ([], None)  # _count=0: no entries
         return bundle_json.history_bundle(base_url(), request.path, dict(request.args), page, nxt)
 
     return fhir_response(with_actor(resource_type, "r", work))
@@ -292,13 +292,14 @@ def _history(resource_type: str, res_id: str | None) -> Response:
 
 
 def _count_arg() -> int:
+    """The page size asked for: the default when absent, at most the maximum; 0 asks for no entries."""
     raw = request.args.get("_count")
     default, maximum = current_app.config["FHIR_DEFAULT_COUNT"], current_app.config["FHIR_MAX_COUNT"]
     if raw is None:
         return int(default)
     if not (raw.isascii() and raw.isdigit()):
         raise BadRequest(f"_count must be a whole number, not {raw!r}")
-    return max(1, min(int(raw), int(maximum)))
+    return min(int(raw), int(maximum))
 
 
 @bp.get("/<resource_type>")

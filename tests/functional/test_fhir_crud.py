@@ -335,3 +335,12 @@ def test_chunked_body_over_limit_is_413_and_under_it_is_read_whole(his: Fhir) ->
         assert his.get(f"Patient?identifier={RESIDENT_ID}|{PID_1}").json.get("total", 0) == 0
         status, raw = _post_chunked(base, "/fhir/Patient", body + b" " * 10, headers)
         assert status == 201, raw
+
+
+def test_history_count_zero_has_no_entries(his: Fhir) -> None:
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    for path in (f"Patient/{pid}/_history?_count=0", "Patient/_history?_count=0", "AuditEvent?_count=0"):
+        response = his.get(path)
+        assert response.status_code == 200, path
+        assert "entry" not in response.json, path
+    assert len(his.get(f"Patient/{pid}/_history?_count=1").json["entry"]) == 1
