@@ -59,13 +59,30 @@ def parse_scopes(text: str) -> list[Scope]:
     return [Scope.parse(part) for part in text.split()]
 
 
+def _system_scopes(text: str) -> list[Scope]:
+    """The SMART system scopes of a requested scope string; anything else in it is left out.
+
+    A client may ask for scopes this server never grants in the client-credentials flow (`openid`,
+    `launch`, `offline_access`, `patient/...`, `user/...`, SMART v2 scopes narrowed by a query):
+    they are dropped from the grant, as OAuth 2.0 (RFC 6749 section 3.3) lets a server do, and the
+    answer's `scope` says what was granted.
+    """
+    found = []
+    for part in text.split():
+        try:
+            found.append(Scope.parse(part))
+        except ScopeError:
+            continue
+    return found
+
+
 def grant(requested: str | None, held: str) -> list[Scope]:
     """The intersection of what was asked and what the client holds (all held when nothing asked)."""
     held_scopes = parse_scopes(held)
     if not requested or not requested.strip():
         return held_scopes
     granted: list[Scope] = []
-    for asked in parse_scopes(requested):
+    for asked in _system_scopes(requested):
         for have in held_scopes:
             common = asked.intersect(have)
             if common is not None and common not in granted:

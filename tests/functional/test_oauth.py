@@ -71,6 +71,15 @@ def test_malformed_scope_is_invalid_scope(client: FlaskClient, his: tuple[str, s
     assert response.json["error"] == "invalid_scope"
 
 
+def test_scopes_this_server_never_grants_are_dropped(client: FlaskClient, his: tuple[str, str]) -> None:
+    asked = "openid fhirUser launch offline_access patient/*.read system/Patient.rs system/Patient.rs?x=1"
+    response = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials", "scope": asked}, headers=basic(*his)
+    )
+    assert response.status_code == 200, response.json
+    assert response.json["scope"] == "system/Patient.rs"
+
+
 def test_bad_secret_is_401_and_secret_never_logged(
     client: FlaskClient, his: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
