@@ -255,7 +255,9 @@ def delete(resource_type: str, res_id: str) -> Response:
         "d",
         lambda s, a: service.delete(s, a, resource_type, res_id, request_id=g.get("request_id")),
     )
-    return Response(status=204)
+    response = Response(status=204)
+    del response.headers["Content-Type"]  # no body, so no type (not Werkzeug's default text/html)
+    return response
 
 
 @bp.get("/<resource_type>/<res_id>/_history")

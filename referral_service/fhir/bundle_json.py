@@ -53,6 +53,12 @@ def searchset(base: str, resource_type: str, query: SearchQuery, page: SearchPag
     entries = [_entry(base, s, "match") for s in page.matches] + [
         _entry(base, s, "include") for s in page.included
     ]
+    if page.warnings:
+        outcome = {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "warning", "code": "incomplete", "diagnostics": w} for w in page.warnings],
+        }
+        entries.append(orjson.dumps({"resource": outcome, "search": {"mode": "outcome"}}))
     if entries:
         parts.append(b',"entry":[' + b",".join(entries) + b"]")
     parts.append(b"}")

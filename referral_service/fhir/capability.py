@@ -46,8 +46,10 @@ def _resource_entry(type_name: str) -> dict[str, Any]:
             *({"name": p.name, "type": p.type} for p in rdef.params),
         ],
     }
-    ops = [op for op in OPERATIONS if op[0] in ("", type_name)]
-    entry["operation"] = [{"name": name, "definition": definition} for _, name, definition in ops]
+    # A type's own definition of an operation replaces the general one of the same name.
+    ops = {name: definition for kind, name, definition in OPERATIONS if kind == ""}
+    ops.update((name, definition) for kind, name, definition in OPERATIONS if kind == type_name)
+    entry["operation"] = [{"name": name, "definition": definition} for name, definition in ops.items()]
     return entry
 
 

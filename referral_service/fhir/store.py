@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import namedtuple
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -78,6 +78,9 @@ class Stored:
         return dict(jsonio.loads(self.content))
 
 
+REVINCLUDE_LIMIT = 1000  # resources brought in by one _revinclude of one page
+
+
 @dataclass
 class SearchPage:
     """One page of matches plus included resources."""
@@ -86,6 +89,7 @@ class SearchPage:
     included: list[Stored]
     total: int | None
     next_cursor: str | None
+    warnings: list[str] = field(default_factory=list)  # told to the client in an outcome entry
 
 
 def instant(ts: datetime) -> str:
@@ -662,8 +666,9 @@ class ResourceStore:
             complete = query.cursor is None and next_cursor is None
             total = len(page_rows) if complete else self._count(query, actor)
         matches = [_stored(r) for r in page_rows]
-        included = self._included(query, [r.pk for r in page_rows], matches, actor)
-        return SearchPage(matches, included, total, next_cursor)
+        warnings: list[str] = []
+        included = self._included(query, [r.pk for r in page_rows], matches, actor, warnings)
+        return SearchPage(matches, included, total, next_cursor, warnings)
 
     def _count(
         self, query: SearchQuery, actor: Actor, *, audit_values: dict[str, Any] | None = None
@@ -676,8 +681,10 @@ class ResourceStore:
         return int(rows[0][0] or 0) if rows else 0
 
     def _included(
-        self, query: SearchQuery, pks: list[int], matches: list[Stored], actor: Actor
+        self, query: SearchQuery, pks: list[int], matches: list[Stored], actor: Actor, warnings: list[str]
     ) -> list[Stored]:
+        """The resources `_include`d and `_revinclude`d by a page; at most REVINCLUDE_LIMIT per
+        `_revinclude`, with a warning in `warnings` when there were more."""
         if not pks or not (query.includes or query.revincludes):
             return []
         seen = {(m.res_type, m.res_id) for m in matches}
@@ -711,9 +718,18 @@ class ResourceStore:
                     StoredResource.deleted == false(),
                     visible(actor, RESOURCES[inc.source]),
                 )
-                .limit(1000)
+                .order_by(StoredResource.pk)
+                .limit(REVINCLUDE_LIMIT + 1)
             )
-            for row in self._sql().execute(stmt).all():
+            rows = self._sql().execute(stmt).all()
+            if len(rows) > REVINCLUDE_LIMIT:
+                rows = rows[:REVINCLUDE_LIMIT]
+                warnings.append(
+                    f"_revinclude={inc.source}:{inc.param} matched more than {REVINCLUDE_LIMIT} "
+                    f"resources; the first {REVINCLUDE_LIMIT} are included (ask for fewer matches "
+                    f"with _count, or search {inc.source} directly)"
+                )
+            for row in rows:
                 if (row.res_type, row.res_id) not in seen:
                     seen.add((row.res_type, row.res_id))
                     out.append(_stored(row))

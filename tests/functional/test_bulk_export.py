@@ -384,7 +384,13 @@ def test_capability_statement_lists_export(client: FlaskClient, world: dict[str,
     names = {op["name"] for op in statement["rest"][0]["operation"]}
     assert "export" in names
     patient = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
-    assert "export" in {op["name"] for op in patient["operation"]}
+    exports = [op for op in patient["operation"] if op["name"] == "export"]
+    assert [op["definition"] for op in exports] == [
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
+    ]
+    for resource in statement["rest"][0]["resource"]:  # an operation is listed once per type
+        names = [op["name"] for op in resource.get("operation", [])]
+        assert len(names) == len(set(names)), resource["type"]
 
 
 @pytest.fixture(autouse=True)

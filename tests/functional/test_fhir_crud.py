@@ -66,7 +66,9 @@ def test_create_read_vread_update_history(his: Fhir) -> None:
 
 def test_delete_then_read_is_gone(his: Fhir) -> None:
     pid = his.post("Patient", patient(PID_1)).json["id"]
-    assert his.delete(f"Patient/{pid}").status_code == 204
+    deleted = his.delete(f"Patient/{pid}")
+    assert deleted.status_code == 204
+    assert deleted.data == b"" and "Content-Type" not in deleted.headers
     gone = his.get(f"Patient/{pid}")
     assert gone.status_code == 410
     assert gone.json["issue"][0]["code"] == "deleted"

@@ -393,6 +393,22 @@ def test_include_and_revinclude(platform: Fhir, world: World) -> None:
     assert_400(platform.get("Patient?_revinclude=Encounter"))
 
 
+def test_revinclude_over_its_limit_says_so(
+    platform: Fhir, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from referral_service.fhir import store
+
+    query = f"Patient?_id={world.fang['id']}&_revinclude=Encounter:subject"
+    whole = platform.get(query).json
+    assert not [e for e in whole["entry"] if e["search"]["mode"] == "outcome"]
+    monkeypatch.setattr(store, "REVINCLUDE_LIMIT", 0)
+    cut = platform.get(query)
+    assert ids_of(cut) == world.ids("fang") and ids_of(cut, "include") == set()
+    [outcome] = [e["resource"] for e in cut.json["entry"] if e["search"]["mode"] == "outcome"]
+    assert outcome["issue"][0]["severity"] == "warning"
+    assert "Encounter:subject matched more than 0" in outcome["issue"][0]["diagnostics"]
+
+
 def test_summary_total_and_post_search(platform: Fhir, world: World) -> None:
     counted = platform.get("Patient?family=王&_summary=count")
     assert counted.status_code == 200
