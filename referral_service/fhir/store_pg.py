@@ -176,8 +176,25 @@ class Version(NamedTuple):
     rows: IndexRows
 
 
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+def _array(values: Sequence[Any]) -> str:
+    """A PostgreSQL array literal of strings, datetimes or None (NULL), for a `%(x)s::text[]` or
+    `::timestamptz[]` parameter: psycopg would otherwise look through every list element to choose
+    how to send it, a tenth of a create's CPU."""
+    items = []
+    for value in values:
+        if value is None:
+            items.append("NULL")
+            continue
+        text = value.isoformat() if isinstance(value, datetime) else str(value)
+        items.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(items) + "}"
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[str]:
+    """Each column of `rows` as an array literal (`_array`)."""
+    if not rows:
+        return ["{}"] * width
+    return [_array(col) for col in zip(*rows, strict=True)]
 
 
 def _params(version: Version, suffix: str) -> dict[str, Any]:
@@ -246,8 +263,8 @@ def write_checked(
     params = _params(version, "")
     if seen is not None:
         params.update(seen[1])
-    params["ref_types"] = [t for t, _ in refs]
-    params["ref_ids"] = [i for _, i in refs]
+    params["ref_types"] = _array([t for t, _ in refs])
+    params["ref_ids"] = _array([i for _, i in refs])
     if grant is not None:
         params["grant_patient"], params["grant_org"], params["grant_reason"] = grant
     if audit is not None:

@@ -568,3 +568,14 @@ def test_history_cursor_tampered_is_400(platform: Fhir, world: World) -> None:
     assert platform.client.get(nxt, headers=platform._headers()).status_code == 200
     assert_400(platform.get(f"Patient/_history?_count=1&_cursor={cursor[:-3]}"))
     assert_400(platform.get("Patient/_history?_count=1&_cursor=eyJ0IjoiMjAyNC0wMS0wMSIsInBrIjoxLCJ2IjoxfQ"))
+
+
+def test_index_values_with_array_syntax_round_trip(platform: Fhir) -> None:
+    """Quotes, backslashes, commas, braces and NULL-like words reach the indexes unchanged."""
+    family = 'O"Bri\\en,{x} NULL'
+    created = platform.post("Patient", patient(None, family=family, given="}{"))
+    assert created.status_code == 201, created.json
+    escaped = family.replace("\\", "\\\\").replace(",", "\\,")  # FHIR search escapes
+    found = platform.get("Patient", query_string={"family:exact": escaped})
+    assert ids_of(found) == {created.json["id"]}
+    assert ids_of(platform.get("Patient", query_string={"family": "NULL"})) == set()
