@@ -40,7 +40,7 @@ NDJSON = "application/fhir+ndjson"
 BULK_OPERATION = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
 PATIENT_OPERATION = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
 MIME_TYPES = {
-    ".csv": "text/csv; charset=utf-8",
+    ".csv": "text/csv",  # Werkzeug adds "; charset=utf-8" to text types (once)
     ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
     ".json": "application/json",
 }

@@ -67,6 +67,7 @@ def test_insurance_client_downloads_a_masked_csv_and_its_manifest(
     response = get(client, QUERY, headers=headers)
     assert response.status_code == 200, response.data
     assert response.mimetype == "text/csv"
+    assert response.headers["Content-Type"] == "text/csv; charset=utf-8"  # the charset once
     assert "attachment" in response.headers["Content-Disposition"]
     body = response.data
     assert hashlib.sha256(body).hexdigest() == response.headers["X-Content-SHA256"]
