@@ -19,7 +19,7 @@ from ..domain.errors import DomainError
 from ..domain.exports import Recipient
 from ..domain.ledger import FUNDS
 from ..services import bulk_export
-from .jobs import monthly_export, previous_month
+from .jobs import export_month, previous_month
 from .settlements import LOCAL_TZ, SettlementExportRequest, count_rows, export_dir, export_settlements
 
 OpenSession = Callable[[], AbstractContextManager[Session]]
@@ -81,7 +81,7 @@ def export_commands(open_session: OpenSession, settings: Mapping[str, Any]) -> c
         """The monthly run: one month, every fund, CSV and XLSX, into EXPORT_DIR/monthly/YYYY-MM."""
         day = _day(month) if month else previous_month(datetime.now(LOCAL_TZ).date())
         with open_session() as session:
-            paths = monthly_export(session, day, settings=settings)
+            paths = export_month(session, day, settings=settings)
         for path in paths:
             click.echo(str(path))
 

@@ -17,6 +17,7 @@ from flask import Flask
 from openpyxl import load_workbook
 from sqlalchemy import String, func, select
 
+from referral_service.config import PROJECT_ROOT
 from referral_service.domain.base import new_id
 from referral_service.domain.errors import BadRequest, Forbidden
 from referral_service.domain.exports import ExportLog, Recipient, mask_identity
@@ -27,6 +28,7 @@ from referral_service.exports.settlements import COLUMNS, FUND_COLUMNS, KEYS, lo
 from referral_service.exports.writer import neutralise
 from referral_service.extensions import database
 from referral_service.fhir.store import ResourceStore
+from referral_service.monitoring.jobs import load_jobs, run_job
 
 INSURER = Recipient("insurer", "user", "insurer", "insurer-org")
 MONITOR = Recipient("monitor", "user", "monitor", "poverty-office")
@@ -407,8 +409,8 @@ def test_bad_parameters_are_refused(app: Flask, tmp_path: Path) -> None:
 
 
 def test_monthly_export_writes_every_fund(march: dict[str, str], tmp_path: Path) -> None:
-    with database.unit_of_work() as session:
-        paths = monthly_export(session, date(2026, 3, 1), settings={"EXPORT_DIR": str(tmp_path)})
+    with database.unit_of_work() as session:  # the run on 1 April exports March
+        paths = monthly_export(session, date(2026, 4, 1), settings={"EXPORT_DIR": str(tmp_path)})
     folder = tmp_path / "monthly" / "2026-03"
     assert all(p.parent == folder for p in paths)
     assert len(paths) == 3 * len(FUNDS)  # CSV, XLSX, manifest per fund
@@ -420,6 +422,50 @@ def test_monthly_export_writes_every_fund(march: dict[str, str], tmp_path: Path)
         assert D(manifest["totals"][fund]) == expected[fund]
     with database.unit_of_work() as session:
         assert session.scalar(select(func.count()).select_from(ExportLog)) == len(FUNDS)
+
+
+def _manifest_total(folder: Path, fund: str, start: date, end: date) -> Decimal:
+    name = f"settlements_{fund}_all_{start.isoformat()}_{end.isoformat()}.manifest.json"
+    return D(orjson.loads((folder / name).read_bytes())["totals"][fund])
+
+
+def test_the_scheduled_run_exports_the_month_that_has_just_ended(
+    march: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job as scheduled (config/jobs.toml, argument `today`): 1 April 03:00 in Asia/Shanghai, which is
+    still 31 March in UTC, exports March, not April (nor February)."""
+    monkeypatch.setenv("EXPORT_DIR", str(tmp_path))
+    config = load_jobs(PROJECT_ROOT / "config" / "jobs.toml")
+    spec = config.get("monthly-export")
+    assert spec is not None
+    run_at = datetime(2026, 3, 31, 19, 0, tzinfo=UTC)  # 2026-04-01 03:00 Asia/Shanghai
+    result = run_job(database, spec, config.timezone, trigger="manual", now=run_at)
+    assert result.outcome == "success", result.error
+    assert sorted(p.name for p in (tmp_path / "monthly").iterdir()) == ["2026-03"]
+    expected = ledger_totals(*MARCH)
+    for fund in FUNDS:
+        assert _manifest_total(tmp_path / "monthly" / "2026-03", fund, *MARCH) == expected[fund]
+
+
+def test_the_january_run_exports_december_of_the_year_before(ledger: LedgerFactory, tmp_path: Path) -> None:
+    hospital = ledger.org("county-hosp", "青山县人民医院")
+    patient = ledger.patient("p1", "62042119900307002X")
+    ledger.settlement(hospital, patient, local("2025-12-01T00:05:00"), basic="100.01")
+    ledger.settlement(hospital, patient, local("2025-12-31T23:59:00"), basic="200.02")
+    ledger.settlement(hospital, patient, local("2026-01-01T00:01:00"), basic="999.99")  # January: not yet
+    ledger.settlement(hospital, patient, local("2025-11-30T23:59:00"), basic="555.55")  # November: done
+    with database.unit_of_work() as session:
+        paths = monthly_export(session, date(2026, 1, 1), settings={"EXPORT_DIR": str(tmp_path)})
+    folder = tmp_path / "monthly" / "2025-12"
+    assert paths and all(p.parent == folder for p in paths)
+    december = (date(2025, 12, 1), date(2025, 12, 31))
+    assert _manifest_total(folder, "basic-insurance", *december) == D("300.03")
+    # An aware instant is read on the Asia/Shanghai calendar: 31 Dec 16:30 UTC is already 1 January there.
+    with database.unit_of_work() as session:
+        again = monthly_export(
+            session, datetime(2025, 12, 31, 16, 30, tzinfo=UTC), out_dir=tmp_path / "again"
+        )
+    assert {p.name for p in again} == {p.name for p in paths}
 
 
 def test_cli_export_with_progress(march: dict[str, str], app: Flask, tmp_path: Path) -> None:
@@ -458,6 +504,16 @@ def test_cli_export_with_progress(march: dict[str, str], app: Flask, tmp_path: P
         ]
     )
     assert bad.exit_code != 0 and "before it starts" in bad.output
+
+
+def test_cli_monthly_exports_the_month_asked_for(
+    march: dict[str, str], app: Flask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXPORT_DIR", str(tmp_path))
+    app.config["EXPORT_DIR"] = str(tmp_path)
+    result = app.test_cli_runner().invoke(args=["export", "monthly", "--month", "2026-03-15"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "monthly").iterdir()) == ["2026-03"]
 
 
 SAMPLES = [
