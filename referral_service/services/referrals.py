@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -264,15 +264,26 @@ def _active_task(session: Session, sr_id: str) -> dict[str, Any] | None:
     return tasks[-1] if tasks else None
 
 
+def _on_behalf(actor: Actor) -> Actor:
+    """Who a workflow step writes as: the user or client whose action set it off, with the workflow's
+    authority (the service decided the step; the caller's own rights were checked on its action).
+
+    So the step is recorded as that actor's, exactly as its own FHIR writes are: the Task's moved-by
+    extension and the audit trail of the version (AuditEvent agent) name it, not "system".
+    """
+    return actor if actor.sees_everything else replace(actor, is_platform=True)
+
+
 def _move_task(
-    session: Session, task_: dict[str, Any], status: str, *, by: str, reason: str | None = None
+    session: Session, actor: Actor, task_: dict[str, Any], status: str, *, reason: str | None = None
 ) -> None:
+    """A workflow move of a Task, recorded as made by `actor` (see `_on_behalf`)."""
     body = task_ | {"status": status, "lastModified": _now()}
     body["extension"] = [e for e in body.get("extension") or [] if e.get("url") != MOVED_BY_URL]
-    body["extension"].append({"url": MOVED_BY_URL, "valueString": by})
+    body["extension"].append({"url": MOVED_BY_URL, "valueString": actor.name})
     if reason:
         body["statusReason"] = {"text": reason}
-    service.update(session, SYSTEM, "Task", body["id"], body, hooks=False)
+    service.update(session, _on_behalf(actor), "Task", body["id"], body, hooks=False)
 
 
 def _referral_written(session: Session, actor: Actor, stored: Stored, result: service.WriteResult) -> None:
@@ -284,7 +295,7 @@ def _referral_written(session: Session, actor: Actor, stored: Stored, result: se
     task_ = _active_task(session, sr_id)
     performer = ref_id((sr.get("performer") or [None])[0])
     if sr.get("status") == "revoked" and task_ is not None:
-        _move_task(session, task_, "cancelled", by=actor.name, reason=_override_reason(sr, previous))
+        _move_task(session, actor, task_, "cancelled", reason=_override_reason(sr, previous))
         return
     if sr.get("status") != "active" or kind not in ("up-referral", "down-referral"):
         return
@@ -295,7 +306,7 @@ def _referral_written(session: Session, actor: Actor, stored: Stored, result: se
         count = len(_tasks_for(session, sr_id))
         new_id = f"task-{sr_id}" if count == 0 else f"task-{sr_id}-{count + 1}"
         if task_ is not None:
-            _move_task(session, task_, "cancelled", by=actor.name, reason="re-targeted")
+            _move_task(session, actor, task_, "cancelled", reason="re-targeted")
         task_ = shapes.task(
             new_id,
             status="draft",
@@ -308,7 +319,7 @@ def _referral_written(session: Session, actor: Actor, stored: Stored, result: se
         )
         service.update(session, SYSTEM, "Task", new_id, task_, hooks=False)
     if task_.get("status") == "draft":
-        _move_task(session, task_, "requested", by=actor.name)
+        _move_task(session, actor, task_, "requested")
     if performer:
         ResourceStore(session).grant_access(patient_id, performer, "referred")
     if kind == "up-referral" and previous.get("status") != "active":
@@ -494,7 +505,7 @@ def _admit(session: Session, actor: Actor, enc: dict[str, Any]) -> None:
             and step == "accepted")
             or (task_["status"] == "accepted" and step == "in-progress")
         ):
-            _move_task(session, task_, step, by=actor.name)
+            _move_task(session, actor, task_, step)
             task_ = _load(session, "Task", str(task_["id"])) or task_
 
 
@@ -535,7 +546,7 @@ def discharge(session: Session, actor: Actor, encounter_id: str) -> Decision:
     if up is not None:
         task_ = _active_task(session, str(up["id"]))
         if task_ is not None and task_.get("status") == "in-progress":
-            _move_task(session, task_, "completed", by=actor.name)
+            _move_task(session, actor, task_, "completed")
         if up.get("status") == "active":
             _put(session, up | {"status": "completed"})
     decision = evaluate(rule_sets().down, facts_of(ctx), rule_sets().news2)
@@ -668,7 +679,7 @@ def record_follow_up(session: Session, actor: Actor, care_plan_id: str, encounte
         if task_ is not None:
             for step in ("accepted", "in-progress", "completed"):
                 if step in OWNER_MOVES.get(task_["status"], frozenset()):
-                    _move_task(session, task_, step, by=actor.name)
+                    _move_task(session, actor, task_, step)
                     task_ = _load(session, "Task", str(task_["id"])) or task_
     _put(session, plan)
     return remaining

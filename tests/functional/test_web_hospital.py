@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import re
 
+import orjson
 import pytest
 from flask import Flask
+from sqlalchemy import select
 
+from referral_service.domain.fhir_store import ResourceVersion, StoredResource
+from referral_service.domain.registry import AuditRecord
+from referral_service.extensions import database
 from tests.functional.test_web_clinic import stored
 from tests.functional.test_web_support import (
     CALM,
+    CLINIC,
+    HOSPITAL,
     County,
     build_county,
     confirm_referral_of,
@@ -185,3 +192,56 @@ def test_a_referral_to_another_hospital_is_not_in_this_inbox(county: County) -> 
     assert "No referrals waiting." in hospital.get("/hospital").get_data(as_text=True)
     assert stored("Task", f"task-ref-up-{encounter_id}-2")["owner"] == {"reference": f"Organization/{MCH}"}
     assert hospital.get(f"/hospital/referrals/task-ref-up-{encounter_id}-2").status_code == 404
+
+
+def _task_history(task_id: str) -> list[dict[str, object]]:
+    """Every stored version of a Task, oldest first (what vread and _history serve)."""
+    with database.unit_of_work() as db:
+        rows = db.scalars(
+            select(ResourceVersion.content)
+            .join(StoredResource, StoredResource.pk == ResourceVersion.resource_pk)
+            .where(StoredResource.res_type == "Task", StoredResource.res_id == task_id)
+            .order_by(ResourceVersion.version_id)
+        ).all()
+    return [orjson.loads(r) for r in rows]
+
+
+def _moved_by(task: dict[str, object]) -> str | None:
+    for ext in task.get("extension") or []:  # type: ignore[attr-defined]
+        if ext["url"].endswith("/StructureDefinition/moved-by"):
+            return str(ext["valueString"])
+    return None
+
+
+def test_every_task_move_from_the_web_names_the_signed_in_user(county: County) -> None:
+    """Confirm (clinic), accept, admit, discharge (hospital): who moved the Task, in its history and audit."""
+    _, sr_id = _referred(county, "elder")
+    hospital = county.client("hospital")
+    task = waiting_task(hospital)
+    assert task == f"task-{sr_id}"
+    assert hospital.post(f"/hospital/referrals/{task}/accept").status_code == 302
+    stay = hospital.post(f"/hospital/referrals/{task}/admit").headers["Location"].split("/")[-2]
+    discharge = {"disposition": "home", "diagnosis": "J18.9"}
+    done = hospital.post(f"/hospital/admissions/{stay}/discharge", data=discharge)
+    assert done.status_code == 302
+    history = _task_history(task)
+    moves = [(v["status"], _moved_by(v)) for v in history if v["status"] != "draft"]
+    assert moves == [
+        ("requested", "clinic"),
+        ("accepted", "hospital"),
+        ("in-progress", "hospital"),
+        ("completed", "hospital"),
+    ]
+    with database.unit_of_work() as db:
+        writes = db.execute(
+            select(AuditRecord.agent_kind, AuditRecord.agent_name, AuditRecord.organization_id)
+            .where(AuditRecord.entity_type == "Task", AuditRecord.entity_id == task)
+            .where(AuditRecord.action == "U")
+            .order_by(AuditRecord.id)
+        ).all()
+    assert [tuple(w) for w in writes] == [
+        ("user", "clinic", CLINIC),
+        ("user", "hospital", HOSPITAL),
+        ("user", "hospital", HOSPITAL),
+        ("user", "hospital", HOSPITAL),
+    ]
