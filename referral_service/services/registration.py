@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -103,6 +105,38 @@ def one_of(choices: tuple[str, ...]) -> Callable[[str], None]:
     return check
 
 
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
+
+
+class PlainDecimal(fields.Decimal):
+    """A number as a person types it: digits with an optional decimal point and fraction, nothing else.
+
+    marshmallow's Decimal takes whatever `decimal.Decimal` parses: exponents ("1e3"), digit-group
+    underscores ("1_000") and, unless refused, NaN and Infinity. A form field wants digits only (full-width
+    digits from a Chinese input method are read as the same digits). `message`: the refusal.
+    """
+
+    def __init__(self, *args: Any, message: Msg | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.plain_message = message or Msg("Enter a number.")
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
+        if isinstance(value, int | Decimal) and not isinstance(value, bool):
+            value = str(value)
+        text = unicodedata.normalize("NFKC", value).strip() if isinstance(value, str) else None
+        if text is None or not _PLAIN_NUMBER.fullmatch(text):
+            raise ValidationError(self.plain_message)
+        number = super()._deserialize(text, attr, data, **kwargs)
+        assert number is not None  # (None never reaches _deserialize)
+        return number
+
+
+def money_field(low: Decimal, high: Decimal, **kwargs: Any) -> PlainDecimal:
+    """An amount in yuan: plain digits, at most two decimals, between `low` and `high`."""
+    return PlainDecimal(message=Msg("Enter an amount in yuan, in digits (such as 35.50)."),
+                        validate=money_range(low, high), **kwargs)
+
+
 def money_range(low: Decimal, high: Decimal) -> Callable[[Decimal], None]:
     """A validator for an amount in yuan."""
 
@@ -132,7 +166,7 @@ class RegistrationSchema(FormSchema):
     address_line = fields.String(load_default=None, validate=optional_text(200))
     household_mode = fields.String(load_default="none", validate=one_of(HOUSEHOLD_MODES))
     household_code = fields.String(load_default=None, validate=optional_text(64))
-    household_income = fields.Decimal(load_default=None, validate=money_range(Decimal(0), MAX_INCOME))
+    household_income = money_field(Decimal(0), MAX_INCOME, load_default=None)
     poverty_registered = fields.Boolean(load_default=False)
     poverty_start = fields.Date(load_default=None)
     poverty_end = fields.Date(load_default=None)
@@ -140,8 +174,8 @@ class RegistrationSchema(FormSchema):
     coverage_member_number = fields.String(load_default=None, validate=optional_text(64))
     coverage_start = fields.Date(load_default=None)
 
-    @validates_schema(skip_on_field_errors=False)  # every problem at once, not in rounds
-    def _check(self, data: dict[str, Any], **kwargs: Any) -> None:
+    @validates_schema(skip_on_field_errors=False, pass_original=True)  # every problem at once, not in rounds
+    def _check(self, data: dict[str, Any], original: Any = None, **kwargs: Any) -> None:
         errors: dict[str, list[Msg]] = {}
         today = datetime.now(SHANGHAI).date()
         birth = data.get("birth_date")
@@ -160,7 +194,9 @@ class RegistrationSchema(FormSchema):
         mode = data.get("household_mode", "none")
         if mode == "existing" and not _text(data.get("household_code")):
             errors.setdefault("household_code", []).append(Msg("Give the household number."))
-        if mode == "new" and data.get("household_income") is None:
+        typed = original if isinstance(original, Mapping) else {}
+        income_typed = bool(_text(typed.get("household_income")))  # typed but invalid: that error says it
+        if mode == "new" and data.get("household_income") is None and not income_typed:
             errors.setdefault("household_income", []).append(Msg("Give the household's annual income."))
         if data.get("poverty_registered"):
             start, end = data.get("poverty_start"), data.get("poverty_end")

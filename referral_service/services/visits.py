@@ -33,7 +33,16 @@ from ..fhir.search_params import SHANGHAI, parse_date_range
 from ..fhir.store import Stored
 from . import referrals, settlement
 from . import resources as service
-from .registration import FormSchema, Msg, invalid, money_range, one_of, optional_text, required_text
+from .registration import (
+    FormSchema,
+    Msg,
+    PlainDecimal,
+    invalid,
+    money_field,
+    one_of,
+    optional_text,
+    required_text,
+)
 
 ICD10_FILE = Path(__file__).resolve().parents[2] / "config" / "icd10_zh.csv"
 ICD10_PATTERN = re.compile(r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$")
@@ -160,7 +169,12 @@ def _at_least_one(value: list[Any]) -> None:
 
 @dataclass(frozen=True)
 class VitalSpec:
-    """A vital sign on the form: its LOINC code, UCUM unit, plausible range and decimals."""
+    """A vital sign on the form: its LOINC code, UCUM unit, plausible range and decimals.
+
+    The decimals are those NEWS2 needs (DESIGN section 4): a band's upper bound is inclusive and the next
+    band starts just above it, with 38.05 C and SpO2 91.5 % as the examples; so temperature takes two
+    decimals and SpO2 one. Counts per minute and pressures are whole numbers.
+    """
 
     loinc: str
     unit: str
@@ -173,9 +187,9 @@ VITALS: dict[str, VitalSpec] = {
     "respiration_rate": VitalSpec(
         codes.LOINC_RESPIRATORY_RATE, codes.UCUM_PER_MINUTE, Decimal(1), Decimal(80), 0
     ),
-    "spo2": VitalSpec(codes.LOINC_OXYGEN_SATURATION, codes.UCUM_PERCENT, Decimal(50), Decimal(100), 0),
+    "spo2": VitalSpec(codes.LOINC_OXYGEN_SATURATION, codes.UCUM_PERCENT, Decimal(50), Decimal(100), 1),
     "pulse": VitalSpec(codes.LOINC_HEART_RATE, codes.UCUM_PER_MINUTE, Decimal(20), Decimal(250), 0),
-    "temperature": VitalSpec(codes.LOINC_BODY_TEMPERATURE, codes.UCUM_CELSIUS, Decimal(30), Decimal(44), 1),
+    "temperature": VitalSpec(codes.LOINC_BODY_TEMPERATURE, codes.UCUM_CELSIUS, Decimal(30), Decimal(44), 2),
     "systolic_bp": VitalSpec(codes.LOINC_SYSTOLIC_BP, codes.UCUM_MM_HG, Decimal(50), Decimal(280), 0),
     "diastolic_bp": VitalSpec(codes.LOINC_DIASTOLIC_BP, codes.UCUM_MM_HG, Decimal(20), Decimal(180), 0),
 }
@@ -189,14 +203,18 @@ def _vital_range(spec: VitalSpec) -> Callable[[Decimal], None]:
             )
         if value != value.quantize(Decimal(1).scaleb(-spec.places)):
             raise ValidationError(
-                Msg("Enter a whole number.") if spec.places == 0 else Msg("Use at most one decimal place.")
+                Msg("Enter a whole number.")
+                if spec.places == 0
+                else Msg("Use at most one decimal place.")
+                if spec.places == 1
+                else Msg("Use at most two decimal places.")
             )
 
     return check
 
 
 def _vital_field(name: str) -> fields.Decimal:
-    return fields.Decimal(load_default=None, allow_none=True, validate=_vital_range(VITALS[name]))
+    return PlainDecimal(load_default=None, allow_none=True, validate=_vital_range(VITALS[name]))
 
 
 class ChargeSchema(FormSchema):
@@ -204,7 +222,7 @@ class ChargeSchema(FormSchema):
 
     description = fields.String(required=True, validate=required_text(100))
     charge_class = fields.String(required=True, validate=one_of(CHARGE_CLASSES))
-    amount = fields.Decimal(required=True, validate=money_range(Decimal("0.01"), MAX_CHARGE))
+    amount = money_field(Decimal("0.01"), MAX_CHARGE, required=True)
 
 
 class FirstVisitSchema(FormSchema):

@@ -344,7 +344,10 @@ def test_incomplete_news2_is_reported(county: County) -> None:
         ({"spo2": "abc"}, "spo2", "Enter a number."),
         ({"spo2": "101"}, "spo2", "Enter a value between 50 and 100."),
         ({"respiration_rate": "22.5"}, "respiration_rate", "Enter a whole number."),
-        ({"temperature": "38.55"}, "temperature", "Use at most one decimal place."),
+        ({"temperature": "38.055"}, "temperature", "Use at most two decimal places."),
+        ({"spo2": "91.55"}, "spo2", "Use at most one decimal place."),
+        ({"temperature": "3.8e1"}, "temperature", "Enter a number."),
+        ({"spo2": "NaN"}, "spo2", "Enter a number."),
         ({"temperature": "45"}, "temperature", "Enter a value between 30 and 44."),
         ({"pulse": "300"}, "pulse", "Enter a value between 20 and 250."),
         ({"diastolic_bp": ""}, "diastolic_bp", "Give both systolic and diastolic pressure."),
@@ -359,6 +362,11 @@ def test_incomplete_news2_is_reported(county: County) -> None:
         ({"diagnosis": ["J18.9", "pneumonia"]}, "diagnosis-1", "Not an ICD-10 code"),
         ({"charges-0-amount": "-1"}, "charges-0-amount", "Enter an amount between 0.01 and 1000000 yuan."),
         ({"charges-0-amount": "1.234"}, "charges-0-amount", "Use at most two decimal places."),
+        ({"charges-0-amount": "1e3"}, "charges-0-amount", "Enter an amount in yuan, in digits (such as 35.50)"),
+        ({"charges-0-amount": "NaN"}, "charges-0-amount", "Enter an amount in yuan, in digits"),
+        ({"charges-0-amount": "Infinity"}, "charges-0-amount", "Enter an amount in yuan, in digits"),
+        ({"charges-0-amount": "1_000"}, "charges-0-amount", "Enter an amount in yuan, in digits"),
+        ({"charges-0-amount": "0x10"}, "charges-0-amount", "Enter an amount in yuan, in digits"),
         ({"charges-0-description": ""}, "charges-0-description", "This field is required."),
         ({"charges-0-charge_class": "D"}, "charges-0-charge_class", "Choose one of the options."),
     ],
@@ -501,3 +509,46 @@ def test_down_referred_patient_is_followed_up(county: County) -> None:
     assert [a["detail"]["status"] for a in plan["activity"]] == ["completed", "scheduled", "scheduled"]
     home = client.get("/clinic").get_data(as_text=True)
     assert "王建国" in home
+
+
+def test_the_news2_boundary_examples_are_accepted_and_scored_as_designed(county: County) -> None:
+    """DESIGN section 4: 38.05 C scores 1 (above 38.0), SpO2 91.5 scores 2 (above 91)."""
+    client = county.client("clinic")
+    encounter_id = record_visit(
+        client, county.patients["woman"], **{**CALM, "temperature": "38.05", "spo2": "91.5"}
+    )
+    values = {
+        o["code"]["coding"][0]["code"]: o["valueQuantity"]["value"]
+        for o in stored_of("Observation")
+        if o["encounter"]["reference"] == f"Encounter/{encounter_id}" and "valueQuantity" in o
+    }
+    assert (values["8310-5"], values["59408-5"]) == (38.05, 91.5)
+    guidance = stored("GuidanceResponse", f"gr-{encounter_id}")
+    (parameters,) = guidance["contained"]
+    scores = {}
+    for item in (p for p in parameters["parameter"] if p["name"] == "item"):
+        parts = {part["name"]: part for part in item["part"]}
+        name = parts["parameter"]["valueString"]
+        scores[name] = (parts["value"]["valueString"], parts["score"]["valueInteger"])
+    assert scores["temperature"] == ("38.05", 1) and scores["spo2"] == ("91.5", 2)
+    page = client.get(f"/clinic/visits/{encounter_id}").get_data(as_text=True)
+    assert "38.05 °C" in page and "91.5 %" in page and "Total 3; highest single parameter 2." in page
+
+
+def test_money_is_plain_digits_everywhere_on_the_forms(county: County) -> None:
+    """The household income on registration takes the same plain amounts as the charges."""
+    client = county.client("clinic", lang="zh")
+    for typed in ("1e4", "NaN", "Infinity", "9_600"):
+        form = registration_form(
+            given_name="收入", resident_id=resident(date(1970, 5, 5), "female", 41), birth_date="1970-05-05",
+            household_income=typed,
+        )
+        response = client.post("/clinic/patients/new", data=form)
+        assert response.status_code == 422, typed
+        errors = field_errors(response.get_data(as_text=True))
+        assert errors["household_income"] == "请用数字填写金额（元），如 35.50。", typed
+    form = registration_form(
+        given_name="收入", resident_id=resident(date(1970, 5, 5), "female", 41), birth_date="1970-05-05",
+        household_income="９６００.５０",  # full-width digits from a Chinese input method
+    )
+    assert client.post("/clinic/patients/new", data=form).status_code == 302

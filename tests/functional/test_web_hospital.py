@@ -154,7 +154,7 @@ def test_discharge_errors_are_shown_beside_the_field(county: County) -> None:
     errors = field_errors(html)
     assert errors["disposition"] == "Choose one of the options."
     assert "Not an ICD-10 code" in errors["diagnosis-0"]
-    assert errors["charges-0-amount"] == "Enter a number."
+    assert errors["charges-0-amount"] == "Enter an amount in yuan, in digits (such as 35.50)."
     assert 'value="I6"' in html and "好转" in html and 'value="床位费"' in html and 'value="abc"' in html
     assert stored("Encounter", stay)["status"] == "in-progress"
 
