@@ -482,7 +482,8 @@ def record_first_visit(session: Session, actor: Actor, patient_id: str, data: Ma
     """Store a finished first visit (Encounter AMB, Observations, Conditions, Claim); the rules decide.
 
     Returns the Encounter id. The rules run once, after everything of the visit is stored, exactly
-    as for a transaction Bundle from an HIS.
+    as for a transaction Bundle from an HIS. The visit ends here, so its charges are settled in the
+    same unit of work (`settle_at_end_of_visit`).
     """
     values: dict[str, Any] = FirstVisitSchema().load(data)
     patient = service.read(session, actor, "Patient", patient_id).as_dict()
@@ -540,6 +541,9 @@ def record_first_visit(session: Session, actor: Actor, patient_id: str, data: Ma
         service.run_hooks(session, actor, written)
     except Unprocessable as exc:
         raise _form_errors(exc) from None
+    stored_claim = _raw(session, "Claim", f"{CLAIM_PREFIX}{encounter_id}") if values["charges"] else None
+    if stored_claim is not None:  # the end of the visit: settled now (see settle_at_end_of_visit)
+        _settle_refusable(session, actor, written.stored.as_dict(), stored_claim)
     return encounter_id
 
 
@@ -1418,7 +1422,7 @@ def patient_referrals(session: Session, actor: Actor, patient_id: str) -> list[R
     return _referral_list(session, actor, [("patient", f"Patient/{patient_id}")])
 
 
-# ------------------------------------------------------------------------------ settlement at discharge
+# ------------------------------------------------------------------------------ one-stop settlement
 
 COMPONENTS = (
     "total",
@@ -1432,6 +1436,7 @@ COMPONENTS = (
     "out-of-list",
     "patient-pay",
 )
+CLAIM_PREFIX = "claim-"  # the Claim of a web visit or stay is claim-{Encounter id}
 
 
 @dataclass(frozen=True)
@@ -1444,8 +1449,30 @@ class ChargeLine:
 
 
 @dataclass(frozen=True)
+class LaterSettlement:
+    """A later settlement of the same person and year, computed on the accumulators before a reversal.
+
+    The ledger does not change it (DESIGN section 5): staff review it, and reverse and settle it again
+    when its figures are wrong now.
+    """
+
+    settlement_id: str
+    claim_id: str
+    claim_type: str  # inpatient, outpatient
+    provider_id: str
+    provider_name: str
+    discharge_date: date
+    settled_at: datetime | None
+    total: Decimal
+    funds_pay: Decimal
+    patient_pay: Decimal
+    encounter_id: str | None  # the visit or stay its claim was recorded with on the web forms
+    own: bool  # settled by the viewer's organisation: its settlement page can be opened
+
+
+@dataclass(frozen=True)
 class SettlementView:
-    """A one-stop settlement (一站式结算) as the discharge desk shows and prints it."""
+    """A one-stop settlement (一站式结算) as the discharge desk or the clinic shows and prints it."""
 
     encounter_id: str
     claim_id: str
@@ -1466,6 +1493,8 @@ class SettlementView:
     reversed_at: datetime | None = None
     reversed_by: str | None = None
     reversal_reason: str | None = None
+    claim_type: str = "inpatient"  # inpatient (a stay), outpatient (a visit)
+    to_review: list[LaterSettlement] = field(default_factory=list)  # after the latest reversal
 
     def component(self, code: str) -> Decimal:
         """The amount of one settlement component (zero when absent)."""
@@ -1482,6 +1511,11 @@ class SettlementView:
             Decimal("0.00"),
         )
 
+    @property
+    def outpatient(self) -> bool:
+        """A clinic visit (no admission and discharge)."""
+        return self.claim_type == "outpatient"
+
 
 def _discharge_claim(
     session: Session, actor: Actor, encounter_id: str
@@ -1490,7 +1524,7 @@ def _discharge_claim(
     encounter, _patient = admission(session, actor, encounter_id)
     if encounter.get("status") != "finished":
         raise Conflict(f"Encounter/{encounter_id} is {encounter.get('status')}: settle at discharge")
-    claim_body = _raw(session, "Claim", f"claim-{encounter_id}")
+    claim_body = _raw(session, "Claim", f"{CLAIM_PREFIX}{encounter_id}")
     if claim_body is None:
         raise NotFound(f"no charges were recorded at the discharge of Encounter/{encounter_id}")
     return encounter, claim_body
@@ -1499,19 +1533,38 @@ def _discharge_claim(
 def has_charges(session: Session, actor: Actor, encounter_id: str) -> bool:
     """Whether charges (a Claim) were recorded at the discharge of a stay at the actor's hospital."""
     admission(session, actor, encounter_id)
-    return _raw(session, "Claim", f"claim-{encounter_id}") is not None
+    return _raw(session, "Claim", f"{CLAIM_PREFIX}{encounter_id}") is not None
 
 
-def _settlement_view(
-    session: Session,
-    encounter: Mapping[str, Any],
-    claim_body: Mapping[str, Any],
-    row: Settlement,
-    status: str,
-) -> SettlementView:
-    patient = session.get(Patient, row.patient_id)
-    hospital = session.get(Organization, row.provider_id)
-    components = {
+def _clinic_visit(session: Session, actor: Actor, encounter_id: str) -> dict[str, Any]:
+    """An outpatient visit at the actor's clinic (404 otherwise)."""
+    encounter = service.read(session, actor, "Encounter", encounter_id).as_dict()
+    if (encounter.get("class") or {}).get("code") != codes.ENCOUNTER_CLASS_AMBULATORY or (
+        not actor.sees_everything and _ref_id(encounter.get("serviceProvider")) != actor.organization_id
+    ):
+        raise NotFound(f"Encounter/{encounter_id} is not a visit here")
+    return encounter
+
+
+def _visit_claim(session: Session, actor: Actor, encounter_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The finished visit at the actor's clinic and its charges (the Claim recorded with the visit)."""
+    encounter = _clinic_visit(session, actor, encounter_id)
+    if encounter.get("status") != "finished":
+        raise Conflict(f"Encounter/{encounter_id} is {encounter.get('status')}: settle when the visit ends")
+    claim_body = _raw(session, "Claim", f"{CLAIM_PREFIX}{encounter_id}")
+    if claim_body is None:
+        raise NotFound(f"no charges were recorded with the visit Encounter/{encounter_id}")
+    return encounter, claim_body
+
+
+def visit_has_charges(session: Session, actor: Actor, encounter_id: str) -> bool:
+    """Whether charges (a Claim) were recorded with an outpatient visit at the actor's clinic."""
+    _clinic_visit(session, actor, encounter_id)
+    return _raw(session, "Claim", f"{CLAIM_PREFIX}{encounter_id}") is not None
+
+
+def _ledger_components(row: Settlement) -> dict[str, Decimal]:
+    return {
         "total": row.total,
         "eligible": row.eligible,
         "basic-deductible": row.basic_deductible,
@@ -1523,6 +1576,67 @@ def _settlement_view(
         "out-of-list": row.out_of_list,
         "patient-pay": row.patient_pay,
     }
+
+
+def _to_review(session: Session, actor: Actor, reversed_row: Settlement) -> list[LaterSettlement]:
+    """Settlements of the same person and year made after `reversed_row` and before its reversal.
+
+    They were computed on the accumulators that still held the reversed claim (the ledger's `later`
+    list of that reversal, less those reversed since; the claim's own re-settlement is not among them).
+    """
+    if reversed_row.reversed_at is None:
+        return []
+    rows = list(
+        session.scalars(
+            select(Settlement)
+            .where(
+                Settlement.patient_id == reversed_row.patient_id,
+                Settlement.accumulator_year == reversed_row.accumulator_year,
+                Settlement.sequence > reversed_row.sequence,
+                Settlement.status == "active",
+                Settlement.settled_at < reversed_row.reversed_at,
+                Settlement.claim_id != reversed_row.claim_id,
+            )
+            .order_by(Settlement.sequence)
+        )
+    )
+    names = _org_names(session, [r.provider_id for r in rows])
+    out = []
+    for r in rows:
+        encounter_id = r.claim_id.removeprefix(CLAIM_PREFIX) if r.claim_id.startswith(CLAIM_PREFIX) else None
+        out.append(
+            LaterSettlement(
+                settlement_id=r.id,
+                claim_id=r.claim_id,
+                claim_type=r.claim_type,
+                provider_id=r.provider_id,
+                provider_name=names.get(r.provider_id, r.provider_id),
+                discharge_date=r.discharge_date,
+                settled_at=r.settled_at.astimezone(SHANGHAI) if r.settled_at else None,
+                total=Decimal(r.total).quantize(Decimal("0.01")),
+                funds_pay=sum(
+                    (Decimal(r.amount_of(fund)) for fund in ("basic-insurance", "critical-illness",
+                                                             "medical-assistance", "poverty-safety-net")),
+                    Decimal("0.00"),
+                ).quantize(Decimal("0.01")),
+                patient_pay=Decimal(r.patient_pay).quantize(Decimal("0.01")),
+                encounter_id=encounter_id,
+                own=r.provider_id == actor.organization_id,
+            )
+        )
+    return out
+
+
+def _settlement_view(
+    session: Session,
+    encounter: Mapping[str, Any],
+    claim_body: Mapping[str, Any],
+    row: Settlement,
+    status: str,
+    to_review: list[LaterSettlement] | None = None,
+) -> SettlementView:
+    patient = session.get(Patient, row.patient_id)
+    hospital = session.get(Organization, row.provider_id)
     items = [
         ChargeLine(
             str((item.get("productOrService") or {}).get("text") or ""),
@@ -1534,7 +1648,7 @@ def _settlement_view(
     period = encounter.get("period") or {}
     return SettlementView(
         encounter_id=str(encounter["id"]),
-        claim_id=str(claim_body.get("id") or f"claim-{encounter['id']}"),
+        claim_id=str(claim_body.get("id") or f"{CLAIM_PREFIX}{encounter['id']}"),
         status=status,
         patient_name=patient.name if patient else "",
         resident_id=patient.resident_id if patient else None,
@@ -1542,7 +1656,7 @@ def _settlement_view(
         admitted=_instant(period.get("start")),
         discharged=_instant(period.get("end")),
         items=items,
-        components={k: Decimal(v).quantize(Decimal("0.01")) for k, v in components.items()},
+        components={k: Decimal(v).quantize(Decimal("0.01")) for k, v in _ledger_components(row).items()},
         trace=[dict(step) for step in row.trace or []],
         policy=f"{row.policy_id} {row.policy_version}",
         registered_poor=row.registered_poor,
@@ -1552,6 +1666,8 @@ def _settlement_view(
         reversed_at=row.reversed_at.astimezone(SHANGHAI) if row.reversed_at else None,
         reversed_by=row.reversed_by,
         reversal_reason=row.reversal_reason,
+        claim_type=row.claim_type,
+        to_review=list(to_review or []),
     )
 
 
@@ -1559,10 +1675,39 @@ def _submission(claim_body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in claim_body.items() if k != "meta"} | {"status": "active"}
 
 
-def settlement_preview(session: Session, actor: Actor, encounter_id: str) -> SettlementView:
-    """What one-stop settlement would give, with its trace: the real calculation, then rolled back."""
-    encounter, claim_body = _discharge_claim(session, actor, encounter_id)
-    current = settlement_at_desk(session, actor, encounter_id)
+def _claim_id(encounter: Mapping[str, Any], claim_body: Mapping[str, Any]) -> str:
+    return str(claim_body.get("id") or f"{CLAIM_PREFIX}{encounter['id']}")
+
+
+def _current(
+    session: Session, actor: Actor, encounter: Mapping[str, Any], claim_body: Mapping[str, Any]
+) -> SettlementView | None:
+    """The claim's settlement (the active one, else the latest reversed), or None; with what to review
+    after the claim's latest reversal."""
+    rows = list(
+        session.scalars(
+            select(Settlement)
+            .where(Settlement.claim_id == _claim_id(encounter, claim_body))
+            .order_by(Settlement.settled_at.desc())
+        )
+    )
+    row = next((r for r in rows if r.status == "active"), rows[0] if rows else None)
+    if row is None:
+        return None
+    reversals = sorted(
+        (r for r in rows if r.status == "reversed" and r.reversed_at is not None),
+        key=lambda r: r.sequence,
+    )
+    latest_reversal = reversals[-1] if reversals else None
+    review = _to_review(session, actor, latest_reversal) if latest_reversal is not None else []
+    return _settlement_view(session, encounter, claim_body, row, row.status, review)
+
+
+def _preview(
+    session: Session, actor: Actor, encounter: Mapping[str, Any], claim_body: Mapping[str, Any]
+) -> SettlementView:
+    """The real calculation, rolled back (or the active settlement when there is one)."""
+    current = _current(session, actor, encounter, claim_body)
     if current is not None and current.status == "active":
         return current
     savepoint = session.begin_nested()
@@ -1576,32 +1721,114 @@ def settlement_preview(session: Session, actor: Actor, encounter_id: str) -> Set
     return view
 
 
-def settle_at_discharge(session: Session, actor: Actor, encounter_id: str) -> SettlementView:
-    """Settle the stay once for every payer (一站式结算): the patient pays only their share."""
-    encounter, claim_body = _discharge_claim(session, actor, encounter_id)
+def _settle(
+    session: Session, actor: Actor, encounter: Mapping[str, Any], claim_body: Mapping[str, Any]
+) -> SettlementView:
+    """Settle once for every payer; submitting the same claim again returns the same settlement."""
     result = settlement.submit_claim(session, actor, _submission(claim_body))
     row = session.get(Settlement, result.settlement_id)
     assert row is not None
     return _settlement_view(session, encounter, claim_body, row, row.status)
 
 
+def _reverse(
+    session: Session, actor: Actor, encounter: Mapping[str, Any], claim_body: Mapping[str, Any],
+    data: Mapping[str, Any],
+) -> list[LaterSettlement]:
+    values: dict[str, Any] = ReasonSchema().load(data)
+    claim_id = _claim_id(encounter, claim_body)
+    result = settlement.reverse_settlement(session, actor, claim_id, values["reason"].strip())
+    row = session.get(Settlement, result.settlement_id)
+    assert row is not None
+    return _to_review(session, actor, row)
+
+
+# At the discharge desk of the county hospital (inpatient).
+
+
+def settlement_preview(session: Session, actor: Actor, encounter_id: str) -> SettlementView:
+    """What one-stop settlement would give, with its trace: the real calculation, then rolled back."""
+    encounter, claim_body = _discharge_claim(session, actor, encounter_id)
+    return _preview(session, actor, encounter, claim_body)
+
+
+def settle_at_discharge(session: Session, actor: Actor, encounter_id: str) -> SettlementView:
+    """Settle the stay once for every payer (一站式结算): the patient pays only their share."""
+    encounter, claim_body = _discharge_claim(session, actor, encounter_id)
+    return _settle(session, actor, encounter, claim_body)
+
+
 def settlement_at_desk(session: Session, actor: Actor, encounter_id: str) -> SettlementView | None:
     """The stay's settlement (the active one, else the latest reversed), or None."""
     encounter, claim_body = _discharge_claim(session, actor, encounter_id)
-    claim_id = str(claim_body.get("id") or f"claim-{encounter_id}")
-    rows = list(
-        session.scalars(
-            select(Settlement).where(Settlement.claim_id == claim_id).order_by(Settlement.settled_at.desc())
-        )
-    )
-    row = next((r for r in rows if r.status == "active"), rows[0] if rows else None)
-    return _settlement_view(session, encounter, claim_body, row, row.status) if row is not None else None
+    return _current(session, actor, encounter, claim_body)
 
 
-def reverse_at_desk(session: Session, actor: Actor, encounter_id: str, data: Mapping[str, Any]) -> None:
-    """Reverse the stay's settlement with a reason (冲销); the patient can then be settled again."""
-    values: dict[str, Any] = ReasonSchema().load(data)
-    _encounter, claim_body = _discharge_claim(session, actor, encounter_id)
-    settlement.reverse_settlement(
-        session, actor, str(claim_body.get("id") or f"claim-{encounter_id}"), values["reason"].strip()
-    )
+def reverse_at_desk(
+    session: Session, actor: Actor, encounter_id: str, data: Mapping[str, Any]
+) -> list[LaterSettlement]:
+    """Reverse the stay's settlement with a reason (冲销); the patient can then be settled again.
+
+    Returns the later settlements of the person and year that were computed on the old accumulators.
+    """
+    encounter, claim_body = _discharge_claim(session, actor, encounter_id)
+    return _reverse(session, actor, encounter, claim_body, data)
+
+
+# At the township or village clinic (outpatient).
+
+
+def settle_at_end_of_visit(session: Session, actor: Actor, encounter_id: str) -> SettlementView | None:
+    """Settle a clinic visit's charges as the visit ends: every payer at once, in the visit's unit of work.
+
+    When: DESIGN section 5 settles "at discharge (inpatient) or at the end of a visit (outpatient)".
+    The first-visit form records the whole visit at once and stores its Encounter `finished`: that
+    is the end of the outpatient visit, so it is settled right then, one step with saving it (the
+    rules' decision comes in the same step). A patient treated here pays their share before leaving;
+    one referred up pays the clinic's charges too, because the referral changes nothing in an
+    outpatient settlement (no deductible, and the claim of the visit that makes a referral is not
+    itself referred; the hospital's stay is settled at its discharge). A claim the settlement
+    refuses (no active basic insurance on the visit's date, no policy for the patient's region)
+    leaves the visit saved and unsettled: the visit's settlement page says why and settles it once
+    that is put right. Submitting again is idempotent; a reversal works as at the discharge desk.
+    Returns the settlement, or None when it was refused.
+    """
+    encounter, claim_body = _visit_claim(session, actor, encounter_id)
+    return _settle_refusable(session, actor, encounter, claim_body)
+
+
+def _settle_refusable(
+    session: Session, actor: Actor, encounter: Mapping[str, Any], claim_body: Mapping[str, Any]
+) -> SettlementView | None:
+    """`_settle` in a savepoint: a refused claim (422) leaves everything else of the unit of work."""
+    try:
+        with session.begin_nested():
+            return _settle(session, actor, encounter, claim_body)
+    except Unprocessable:
+        return None
+
+
+def visit_settlement(session: Session, actor: Actor, encounter_id: str) -> SettlementView | None:
+    """The clinic visit's settlement (the active one, else the latest reversed), or None."""
+    encounter, claim_body = _visit_claim(session, actor, encounter_id)
+    return _current(session, actor, encounter, claim_body)
+
+
+def visit_settlement_preview(session: Session, actor: Actor, encounter_id: str) -> SettlementView:
+    """What settling the clinic visit would give (the real calculation, rolled back)."""
+    encounter, claim_body = _visit_claim(session, actor, encounter_id)
+    return _preview(session, actor, encounter, claim_body)
+
+
+def settle_visit(session: Session, actor: Actor, encounter_id: str) -> SettlementView:
+    """Settle the clinic visit (again after a reversal); idempotent like every submission."""
+    encounter, claim_body = _visit_claim(session, actor, encounter_id)
+    return _settle(session, actor, encounter, claim_body)
+
+
+def reverse_visit_settlement(
+    session: Session, actor: Actor, encounter_id: str, data: Mapping[str, Any]
+) -> list[LaterSettlement]:
+    """Reverse the clinic visit's settlement with a reason (冲销); returns the settlements to review."""
+    encounter, claim_body = _visit_claim(session, actor, encounter_id)
+    return _reverse(session, actor, encounter, claim_body, data)

@@ -57,6 +57,16 @@ LABELS: dict[str, dict[str, Any]] = {
         "failed": _l("failed"),
     },
     "kind": {"up-referral": _l("up-referral"), "down-referral": _l("down-referral")},
+    "claim_type": {"inpatient": _l("inpatient stay"), "outpatient": _l("outpatient visit")},
+    # Notes the referral workflow stores on a decision (GuidanceResponse.note, English for integrators).
+    "decision_note": {
+        "no county hospital is registered for this county": _l(
+            "No county hospital is registered for this county."
+        ),
+        "no township clinic found for the patient: no down-referral (down-referral-no-clinic)": _l(
+            "No township clinic was found for the patient: no down-referral."
+        ),
+    },
     "encounter_class": {"AMB": _l("outpatient visit"), "IMP": _l("inpatient stay"), "EMER": _l("emergency")},
     "encounter_status": {
         "planned": _l("planned"),

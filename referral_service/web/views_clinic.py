@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from flask_babel import force_locale
 from flask_babel import gettext as _
 from marshmallow import ValidationError
 
+from ..domain.errors import NotFound
 from ..services import registration, visits
+from . import settlement_pages
 from .auth import role_required, work
 from .blueprint import bp
 from .forms import FormState, charge_rows, checkboxes, code_list, text_fields
@@ -160,11 +163,18 @@ def _decision_page(
     with work() as (db, actor):
         decision = visits.visit_decision(db, actor, encounter_id)
         targets = visits.referral_targets(db, actor) if decision.referral else []
+        try:
+            charged = visits.visit_has_charges(db, actor, encounter_id)
+        except NotFound:  # another clinic's visit: its settlement is that clinic's
+            charged = False
+        settled = visits.visit_settlement(db, actor, encounter_id) if charged else None
     return render_template(
         "web/clinic/decision.html",
         decision=decision,
         targets=targets,
         form=override_form or FormState(),
+        charged=charged,
+        settled=settled,
     ), status
 
 
@@ -173,6 +183,71 @@ def _decision_page(
 def visit_decision(encounter_id: str) -> ResponseReturnValue:
     """The rules' decision on a visit, with its explanation, NEWS2 and the proposed hospital."""
     return _decision_page(encounter_id)
+
+
+def _visit_settlement_page(encounter_id: str, form: FormState, status: int = 200) -> ResponseReturnValue:
+    with work() as (db, actor):
+        current = visits.visit_settlement(db, actor, encounter_id)
+    urls = settlement_pages.Urls(
+        confirm=url_for("web.visit_settlement_confirm", encounter_id=encounter_id),
+        reverse=url_for("web.visit_settlement_reverse", encounter_id=encounter_id),
+        slip=url_for("web.visit_settlement_slip", encounter_id=encounter_id),
+        back=url_for("web.visit_decision", encounter_id=encounter_id),
+        back_label=_("Back to the visit"),
+    )
+    return settlement_pages.render(
+        current,
+        lambda db, actor: visits.visit_settlement_preview(db, actor, encounter_id),
+        form,
+        urls,
+        outpatient=True,
+        status=status,
+    )
+
+
+@bp.get("/clinic/visits/<encounter_id>/settlement")
+@role_required("clinic")
+def visit_settlement_page(encounter_id: str) -> ResponseReturnValue:
+    """The visit's one-stop settlement, made when the visit was saved (or why it could not be)."""
+    return _visit_settlement_page(encounter_id, FormState())
+
+
+@bp.post("/clinic/visits/<encounter_id>/settlement/confirm")
+@role_required("clinic")
+def visit_settlement_confirm(encounter_id: str) -> ResponseReturnValue:
+    """Settle the visit (again after a reversal); settling twice changes nothing."""
+    with work() as (db, actor):
+        visits.settle_visit(db, actor, encounter_id)
+    flash(_("The visit is settled. Print the settlement slip for the patient."), "success")
+    return redirect(url_for("web.visit_settlement_page", encounter_id=encounter_id))
+
+
+@bp.post("/clinic/visits/<encounter_id>/settlement/reverse")
+@role_required("clinic")
+def visit_settlement_reverse(encounter_id: str) -> ResponseReturnValue:
+    """Reverse the visit's settlement with a reason (冲销); later settlements of the person are listed."""
+    payload, values = text_fields(request.form, ("reason",))
+    form = FormState(values=values)
+    try:
+        with work() as (db, actor):
+            to_review = visits.reverse_visit_settlement(db, actor, encounter_id, payload)
+    except ValidationError as exc:
+        form.fail(exc.messages)
+        return _visit_settlement_page(encounter_id, form, 422)
+    settlement_pages.flash_reversed(to_review)
+    return redirect(url_for("web.visit_settlement_page", encounter_id=encounter_id))
+
+
+@bp.get("/clinic/visits/<encounter_id>/settlement/slip")
+@role_required("clinic")
+def visit_settlement_slip(encounter_id: str) -> ResponseReturnValue:
+    """The visit's settlement slip (结算单) on A4, in Chinese whatever the screen language."""
+    with work() as (db, actor):
+        current = visits.visit_settlement(db, actor, encounter_id)
+    if current is None:
+        abort(404)
+    with force_locale("zh"):
+        return render_template("web/hospital/slip.html", settlement=current)
 
 
 @bp.post("/clinic/referrals/<sr_id>/confirm")

@@ -8,8 +8,8 @@ from flask_babel import force_locale
 from flask_babel import gettext as _
 from marshmallow import ValidationError
 
-from ..domain.errors import Unprocessable
 from ..services import visits
+from . import settlement_pages
 from .auth import role_required, work
 from .blueprint import bp
 from .forms import FormState, charge_rows, code_list, text_fields
@@ -137,24 +137,21 @@ def settlement_page(encounter_id: str) -> ResponseReturnValue:
 def _settlement_page(encounter_id: str, form: FormState, status: int = 200) -> ResponseReturnValue:
     with work() as (db, actor):
         current = visits.settlement_at_desk(db, actor, encounter_id)
-    problem = None
-    if current is None or current.status == "reversed":
-        try:
-            with work() as (db, actor):
-                preview = visits.settlement_preview(db, actor, encounter_id)
-        except Unprocessable as exc:  # e.g. no active basic insurance on the discharge date
-            preview, problem = None, exc.message
-        shown = preview
-    else:
-        shown = current
-    return render_template(
-        "web/hospital/settlement.html",
-        settlement=shown,
-        current=current,
-        problem=problem,
-        form=form,
-        encounter_id=encounter_id,
-    ), status
+    urls = settlement_pages.Urls(
+        confirm=url_for("web.settlement_confirm", encounter_id=encounter_id),
+        reverse=url_for("web.settlement_reverse", encounter_id=encounter_id),
+        slip=url_for("web.settlement_slip", encounter_id=encounter_id),
+        back=url_for("web.discharge_result", encounter_id=encounter_id),
+        back_label=_("Back to the discharge"),
+    )
+    return settlement_pages.render(
+        current,
+        lambda db, actor: visits.settlement_preview(db, actor, encounter_id),
+        form,
+        urls,
+        outpatient=False,
+        status=status,
+    )
 
 
 @bp.post("/hospital/settlements/<encounter_id>/confirm")
@@ -170,16 +167,16 @@ def settlement_confirm(encounter_id: str) -> ResponseReturnValue:
 @bp.post("/hospital/settlements/<encounter_id>/reverse")
 @role_required("hospital")
 def settlement_reverse(encounter_id: str) -> ResponseReturnValue:
-    """Reverse the settlement with a reason (冲销)."""
+    """Reverse the settlement with a reason (冲销); later settlements of the person and year are listed."""
     payload, values = text_fields(request.form, ("reason",))
     form = FormState(values=values)
     try:
         with work() as (db, actor):
-            visits.reverse_at_desk(db, actor, encounter_id, payload)
+            to_review = visits.reverse_at_desk(db, actor, encounter_id, payload)
     except ValidationError as exc:
         form.fail(exc.messages)
         return _settlement_page(encounter_id, form, 422)
-    flash(_("The settlement is reversed; every fund's share is taken back."), "success")
+    settlement_pages.flash_reversed(to_review)
     return redirect(url_for("web.settlement_page", encounter_id=encounter_id))
 
 

@@ -310,8 +310,8 @@ def test_first_visit_with_low_spo2_proposes_an_emergency_referral(county: County
         "stat",
         [{"reference": f"Organization/{HOSPITAL}"}],
     )
-    claim = stored("Claim", f"claim-{encounter_id}")
-    assert claim["status"] == "draft" and claim["type"]["coding"][0]["code"] == "professional"
+    claim = stored("Claim", f"claim-{encounter_id}")  # settled as the visit ended (one-stop, outpatient)
+    assert claim["status"] == "active" and claim["type"]["coding"][0]["code"] == "professional"
     assert claim["item"][0]["net"] == {"value": 35.5, "currency": "CNY"}
     assert claim["item"][0]["category"]["coding"][0] == {"system": codes.CHARGE_CLASS_SYSTEM, "code": "A"}
     assert claim["insurance"][0]["coverage"]["reference"].startswith("Coverage/")

@@ -140,3 +140,16 @@ def test_a_signed_in_users_language_choice_is_remembered_for_the_next_sign_in(co
     again = county.app.test_client()
     assert again.post("/login", data={"username": "clinic", "password": PASSWORD}).status_code == 302
     assert '<html lang="zh-CN">' in again.get("/clinic").get_data(as_text=True)
+
+
+@SQLITE_ONLY
+def test_the_workflows_notes_on_a_decision_are_translated(app: Flask) -> None:
+    note = "no township clinic found for the patient: no down-referral (down-referral-no-clinic)"
+    with app.test_request_context():
+        with force_locale("zh"):
+            assert formatting.label("decision_note", note) == "未找到患者所属的乡镇卫生院：不下转。"
+        with force_locale("en"):
+            assert formatting.label("decision_note", note) == (
+                "No township clinic was found for the patient: no down-referral."
+            )
+        assert formatting.label("decision_note", "something else") == "something else"
