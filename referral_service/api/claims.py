@@ -6,12 +6,12 @@ from typing import Any
 
 from flask import Blueprint, Response, g
 
-from ..domain.errors import BadRequest
+from ..domain.errors import BadRequest, Problem
 from ..extensions import csrf
 from ..fhir.capability import register_operation
 from ..fhir.store import instant, now_ms
 from ..services import settlement
-from .fhir import _check_body, _check_id, base_url, read_json_body, with_actor
+from .fhir import _check_body, _check_id, base_url, parameters_of, read_json_body, with_actor
 from .responses import fhir_response
 
 REVIEW_NOTE = "computed on accumulators that included the reversed claim: review"
@@ -47,10 +47,16 @@ def reverse(claim_id: str) -> Response:
     body = read_json_body()
     if body.get("resourceType") != "Parameters":
         raise BadRequest("$reverse takes Parameters with a 'reason' (valueString)")
-    reason = next(
-        (str(p.get("valueString") or "") for p in body.get("parameter") or [] if p.get("name") == "reason"),
-        "",
-    )
+    reason = ""
+    for index, param in enumerate(parameters_of(body)):
+        if param["name"] == "reason":
+            value = param.get("valueString", "")
+            if not isinstance(value, str):
+                where = f"Parameters.parameter[{index}].valueString"
+                raise BadRequest(f"{where} must be a string",
+                                 [Problem(f"{where} must be a string", expression=where, code="structure")])
+            reason = value
+            break
     result = with_actor("Claim", "u", lambda s, a: settlement.reverse_settlement(s, a, claim_id, reason))
     return fhir_response(
         {

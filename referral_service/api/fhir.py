@@ -74,13 +74,32 @@ def read_json_body() -> dict[str, Any]:
     if not raw:
         raise BadRequest("the request body is empty")
     try:
-        body = jsonio.loads(raw)
+        body = jsonio.loads_body(raw)
     except jsonio.JsonError as exc:
+        if exc.expression is not None:  # valid JSON, but a string no FHIR element may hold
+            raise BadRequest(str(exc), [Problem(str(exc), expression=exc.expression, code="value")]) from None
         message = f"the body is not valid JSON: {exc}"
         raise BadRequest(message, [Problem(message, code="structure")]) from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object (a FHIR resource)")
     return body
+
+
+def parameters_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `parameter` entries of a Parameters body; 400 naming any entry that is no object with a name.
+
+    ($reverse, $validate: a malformed entry, as in "parameter": "x", was once an AttributeError: a 500).
+    """
+    entries = body.get("parameter", [])
+    if not isinstance(entries, list):
+        message = "Parameters.parameter must be an array of parameters"
+        raise BadRequest(message, [Problem(message, expression="Parameters.parameter", code="structure")])
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            path = f"Parameters.parameter[{index}]"
+            message = f"{path} must be an object with a name (string)"
+            raise BadRequest(message, [Problem(message, expression=path, code="structure")])
+    return entries
 
 
 def base_url() -> str:
@@ -361,9 +380,7 @@ def validate(resource_type: str, res_id: str | None = None) -> Response:
     require(resource_type, "r")
     body = read_json_body()
     if body.get("resourceType") == "Parameters":
-        inner = next(
-            (p.get("resource") for p in body.get("parameter", []) if p.get("name") == "resource"), None
-        )
+        inner = next((p.get("resource") for p in parameters_of(body) if p["name"] == "resource"), None)
         if not isinstance(inner, dict):
             raise BadRequest("Parameters must hold the resource to validate in parameter 'resource'")
         body = inner

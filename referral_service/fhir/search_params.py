@@ -124,7 +124,7 @@ def parse_date_range(text: str) -> tuple[datetime, datetime]:
         high = _after(low, unit) - timedelta(microseconds=1)
     except (ValueError, OverflowError):  # the range reaches the end of the calendar
         high = MAX_INSTANT
-    return _utc(low, MIN_INSTANT), _utc(high, MAX_INSTANT)
+    return _utc(low), _utc(high)
 
 
 def _after(low: datetime, unit: str | timedelta) -> datetime:
@@ -137,12 +137,16 @@ def _after(low: datetime, unit: str | timedelta) -> datetime:
     return low + unit
 
 
-def _utc(moment: datetime, beyond: datetime) -> datetime:
-    """The instant in UTC, kept within [MIN_INSTANT, MAX_INSTANT] (year 1 at +08:00 is before UTC's)."""
+def _utc(moment: datetime) -> datetime:
+    """The instant in UTC, kept within [MIN_INSTANT, MAX_INSTANT] (year 1 at +08:00 is before UTC's).
+
+    An instant UTC cannot hold lies beyond the end of the calendar it is nearer to: year 1 at +14:00
+    before the first, year 9999 at -12:00 after the last.
+    """
     try:
         return min(max(moment.astimezone(UTC), MIN_INSTANT), MAX_INSTANT)
     except OverflowError:
-        return beyond
+        return MAX_INSTANT if moment.year > MAX_INSTANT.year // 2 else MIN_INSTANT
 
 
 def dates_of(value: Any) -> Iterator[tuple[datetime, datetime]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from ..domain import resident_id
@@ -56,8 +57,61 @@ def control_character_problems(node: Any, path: str) -> list[Problem]:
     return found
 
 
+def _known_resource_type(name: str) -> bool:
+    try:
+        get_fhir_model_class(name)
+    except (KeyError, ValueError):
+        return False
+    return True
+
+
+def embedded_resource_problems(resource_type: str, body: dict[str, Any]) -> list[Problem]:
+    """Resources inside the resource (`contained`, Bundle.entry.resource, Parameters...resource).
+
+    Each `contained` item must be a JSON object naming its resourceType, and every embedded object with
+    a resourceType must name a FHIR R4 resource type: fhir.resources fails with a KeyError (no
+    ValidationError, no path) on an unknown one, and accepts a contained item without any.
+    """
+    found: list[Problem] = []
+
+    def problem(path: str, message: str) -> None:
+        found.append(Problem(f"{path}: {message}", expression=path, code="structure"))
+
+    def visit(node: Any, path: str, contained: bool) -> None:
+        if not isinstance(node, dict):
+            if contained:
+                problem(path, "a contained resource must be a JSON object with a resourceType")
+            elif isinstance(node, list):
+                for index, item in enumerate(node):
+                    visit(item, f"{path}[{index}]", False)
+            return
+        kind = node.get("resourceType")
+        if contained or "resourceType" in node:
+            if not isinstance(kind, str) or not kind:
+                problem(path, "a resource needs a resourceType (a FHIR resource type name)")
+            elif not _known_resource_type(kind):
+                shown = kind.encode("unicode_escape").decode("ascii")[:80]
+                problem(path, f"unknown resource type {shown!r}")
+        elements(node, path)
+
+    def elements(node: dict[str, Any], path: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, list):
+                for index, item in enumerate(value):
+                    visit(item, f"{path}.{key}[{index}]", key == "contained")
+            elif isinstance(value, dict):
+                visit(value, f"{path}.{key}", False)
+
+    elements(body, resource_type)
+    return found
+
+
 def structure_problems(resource_type: str, body: dict[str, Any]) -> list[Problem]:
     """Problems fhir.resources finds (types, cardinality, unknown elements, formats)."""
+    if "contained" in body:
+        embedded = embedded_resource_problems(resource_type, body)
+        if embedded:
+            return embedded
     try:
         RESOURCES[resource_type].model.model_validate(body)
     except ValidationError as exc:
@@ -69,8 +123,9 @@ def structure_problems(resource_type: str, body: dict[str, Any]) -> list[Problem
             )
             for e in exc.errors()
         ]
-    except (TypeError, ValueError) as exc:  # fhir.resources raises these for some malformed input
-        return [Problem(f"{resource_type}: {exc}", expression=resource_type, code="structure")]
+    except (KeyError, TypeError, ValueError) as exc:  # fhir.resources raises these for some malformed input
+        embedded = embedded_resource_problems(resource_type, body)  # (KeyError: an unknown resourceType)
+        return embedded or [Problem(f"{resource_type}: {exc}", expression=resource_type, code="structure")]
     return []
 
 

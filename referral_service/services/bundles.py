@@ -158,7 +158,11 @@ def _check_no_urn_left(entry: _Entry) -> None:
 def _split_url(url: str, base: str = "") -> tuple[str, str | None, str]:
     if base and url.startswith(base + "/"):
         url = url[len(base) + 1 :]
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 host: http://[::1
+        message = f"request.url {url.encode('unicode_escape').decode('ascii')[:200]!r} is not a valid URL"
+        raise BadRequest(message, [Problem(message, "request.url", "value")]) from None
     segments = [s for s in parts.path.strip("/").split("/") if s]
     if not segments or segments[0] not in RESOURCES:
         raise NotFound(f"unknown resource type in {url!r}")

@@ -137,7 +137,12 @@ def _items(claim: dict[str, Any]) -> list[tuple[Decimal, str]]:
             price = _decimal(item["unitPrice"].get("value"))
             qty = _decimal((item.get("quantity") or {}).get("value", 1))
             currency = item["unitPrice"].get("currency")
-            amount = price * qty if price is not None and qty is not None else None
+            try:
+                amount = price * qty if price is not None and qty is not None else None
+            except ArithmeticError:  # beyond the decimal context (1e999999 x 1e999999)
+                problems.append(Problem(f"{where}: unitPrice x quantity is out of range",
+                                        expression=f"{where}.unitPrice.value", code="value"))
+                continue
         if amount is None:
             problems.append(
                 Problem(
@@ -163,7 +168,15 @@ def _items(claim: dict[str, Any]) -> list[tuple[Decimal, str]]:
                 )
             )
             continue
-        if amount != amount.quantize(Decimal("0.01")):
+        try:
+            whole_fen = amount.quantize(Decimal("0.01"))
+        except ArithmeticError:  # more digits than the decimal context holds (1e999): no amount at all
+            problems.append(
+                Problem(f"{where}: amount {amount} is out of range", expression=f"{where}.net.value",
+                        code="value")
+            )
+            continue
+        if amount != whole_fen:
             problems.append(
                 Problem(
                     f"{where}: amount {amount} is not whole fen",
@@ -172,7 +185,7 @@ def _items(claim: dict[str, Any]) -> list[tuple[Decimal, str]]:
                 )
             )
             continue
-        out.append((amount.quantize(Decimal("0.01")), classes[0]))
+        out.append((whole_fen, classes[0]))
     if problems:
         raise Unprocessable(problems[0].message, problems)
     return out

@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..domain.errors import NotFound
+from ..domain.errors import NotFound, Problem, Unprocessable
 from ..domain.fhir_store import ReferenceIndex, StoredResource
 from ..domain.registry import Organization
 from ..fhir import codes, jsonio
-from ..fhir.search_params import SHANGHAI, parse_date_range
+from ..fhir.search_params import MIN_INSTANT, SHANGHAI, parse_date_range
 from ..fhir.store import ResourceStore
 from ..rules import Facts, age_on, icd10_category
 
@@ -126,7 +126,7 @@ def load_visit(session: Session, encounter_id: str) -> VisitContext:
     provider_id = ref_id(encounter.get("serviceProvider"))
     provider = session.get(Organization, provider_id) if provider_id else None
     start = encounter_start(encounter)
-    window_start = start - timedelta(days=30)
+    window_start = max(start, MIN_INSTANT + timedelta(days=30)) - timedelta(days=30)  # (year 1: no overflow)
     earlier: list[tuple[datetime, set[str]]] = []
     rows = session.execute(
         select(StoredResource.content).where(
@@ -193,9 +193,13 @@ def facts_of(ctx: VisitContext) -> Facts:
                 pregnant = codes.SNOMED_PREGNANT in answer
     visit_day = ctx.start.astimezone(SHANGHAI).date()
     birth = ctx.patient.get("birthDate")
-    years, months = (
-        age_on(date.fromisoformat(birth[:10]), visit_day) if birth and len(birth) >= 10 else (0, 0)
-    )
+    born = date.fromisoformat(birth[:10]) if birth and len(birth) >= 10 else None
+    if born is not None and visit_day < born:  # no age to decide on: the visit or the birth date is wrong
+        message = (f"Encounter.period.start ({visit_day.isoformat()}) is before the patient's birthDate "
+                   f"({born.isoformat()})")
+        raise Unprocessable(message, [Problem(message, expression="Encounter.period.start",
+                                              code="business-rule")])
+    years, months = age_on(born, visit_day) if born is not None else (0, 0)
     categories = _categories(ctx.conditions)
     repeat = {cat: sum(1 for _, cats in ctx.earlier_visits if cat in cats) for cat in sorted(categories)}
     disposition = None

@@ -476,3 +476,44 @@ def test_non_json_and_non_object_bodies(platform: Fhir) -> None:
         )
         assert response.status_code == 400
         assert response.json["resourceType"] == "OperationOutcome"
+
+
+def _raw(platform: Fhir, text: str) -> Any:
+    """POST a Bundle as written: JSON escapes such as \\ud800 reach the server untouched."""
+    return platform.client.post("/fhir", data=text.encode(), content_type="application/fhir+json",
+                                headers=platform._headers())
+
+
+@pytest.mark.parametrize("kind", ["transaction", "batch"])
+@pytest.mark.parametrize("element", ["url", "method", "ifMatch", "ifNoneExist"])
+@pytest.mark.parametrize("escape", [r"\ud800", r"\udc00", r"\u0000", r"\u001b"])
+def test_lone_surrogates_and_controls_in_entry_requests_are_400(
+    platform: Fhir, kind: str, element: str, escape: str
+) -> None:
+    entry = post(urn(1), patient(PID_1))
+    entry["request"][element] = {"url": "Patient", "method": "POST"}.get(element, "") + "@"
+    text = orjson.dumps(bundle(kind, entry)).decode().replace("@", escape)
+    response = _raw(platform, text)
+    assert response.status_code == 400, response.data
+    assert response.json["resourceType"] == "OperationOutcome"
+    assert response.json["issue"][0]["expression"] == [f"Bundle.entry[0].request.{element}"]
+    assert counts().get("Patient", 0) == 0
+
+
+@pytest.mark.parametrize("kind", ["transaction", "batch"])
+def test_a_url_that_does_not_parse_is_400(platform: Fhir, kind: str) -> None:
+    response = platform.post("", bundle(kind, post(None, patient(PID_1)),
+                                         {"request": {"method": "GET", "url": "http://[::1"}}))
+    if kind == "transaction":
+        assert response.status_code == 400
+        assert "Bundle.entry[1]" in response.json["issue"][0]["diagnostics"]
+        assert counts().get("Patient", 0) == 0
+    else:
+        assert [e["response"]["status"][:3] for e in response.json["entry"]] == ["201", "400"]
+
+
+def test_a_bundle_with_a_huge_number_is_400(platform: Fhir) -> None:
+    text = orjson.dumps(bundle("transaction", post(None, patient(PID_1)))).decode()
+    response = _raw(platform, text.replace('"transaction"', '"transaction","n":' + "7" * 5000))
+    assert response.status_code == 400
+    assert counts().get("Patient", 0) == 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -346,3 +348,111 @@ def test_history_count_zero_has_no_entries(his: Fhir) -> None:
         assert response.status_code == 200, path
         assert "entry" not in response.json, path
     assert len(his.get(f"Patient/{pid}/_history?_count=1").json["entry"]) == 1
+
+
+def _raw_post(his: Fhir, path: str, text: str) -> Any:
+    """POST JSON text exactly as written (escapes such as \\ud800 reach the server untouched)."""
+    return his.client.post(f"/fhir/{path}", data=text.encode(), content_type=FHIR,
+                           headers={"Authorization": f"Bearer {his.token}"})
+
+
+def _stored_patients() -> int:
+    from sqlalchemy import func, select
+
+    from referral_service.domain.fhir_store import StoredResource
+    from referral_service.extensions import database
+
+    with database.session() as s:
+        return int(s.scalar(select(func.count()).select_from(StoredResource)
+                            .where(StoredResource.res_type == "Patient")) or 0)
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "where"),
+    [
+        ('"芳"', r'"\ud800"', "Patient.name[0].given[0]"),  # a lone surrogate: UTF-8 cannot encode it
+        ('"芳"', r'"x\udfff"', "Patient.name[0].given[0]"),
+        ('"芳"', r'"\u0000"', "Patient.name[0].given[0]"),  # NUL: PostgreSQL cannot store it
+        ('"芳"', r'"\b"', "Patient.name[0].given[0]"),
+        ('"gender"', r'"gen\ud800der"', "Patient"),  # in an element name
+    ],
+)
+def test_lone_surrogates_and_control_escapes_are_400_naming_the_element(
+    his: Fhir, replace: str, by: str, where: str
+) -> None:
+    text = json.dumps(patient(PID_1), ensure_ascii=False)
+    response = _raw_post(his, "Patient", text.replace(replace, by, 1))
+    assert response.status_code == 400, response.data
+    assert response.json["resourceType"] == "OperationOutcome"
+    assert response.json["issue"][0]["expression"] == [where]
+    assert _stored_patients() == 0
+
+
+def test_surrogate_pairs_tabs_and_escaped_backslashes_are_kept(his: Fhir) -> None:
+    text = json.dumps(patient(PID_1), ensure_ascii=True)  # every non-ASCII character as \uXXXX
+    text = text.replace(r'"\u82b3"', r'"\u82b3\ud83d\ude00\t\\u0000"', 1)
+    created = _raw_post(his, "Patient", text)
+    assert created.status_code == 201, created.json
+    assert created.json["name"][0]["given"] == ["芳\U0001f600\t\\u0000"]
+    assert his.get(f"Patient/{created.json['id']}").json["name"][0]["given"] == ["芳\U0001f600\t\\u0000"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"resourceType": "Patient", "gender": "male", "extension": ' + "1" * 4301 + "}",  # > int digits
+        '{"resourceType": "Patient", "extension": [' + '{"extension": [' * 60 + "]}" * 60 + "]}",
+        '{"resourceType": "Patient", "x": ' + '{"a": ' * 900 + "1" + "}" * 900 + "}",
+        '{"resourceType": "Patient", "x": ' + "[" * 100000 + "]" * 100000 + "}",
+    ],
+)
+def test_huge_numbers_and_deep_nesting_are_400(his: Fhir, text: str) -> None:
+    response = _raw_post(his, "Patient", text)
+    assert response.status_code == 400
+    assert "not valid JSON" in response.json["issue"][0]["diagnostics"]
+    assert _stored_patients() == 0
+
+
+@pytest.mark.parametrize(
+    ("contained", "message"),
+    [
+        ({"resourceType": "Nope"}, "unknown resource type 'Nope'"),
+        ("x", "must be a JSON object"),
+        ({"id": "p"}, "needs a resourceType"),
+        ({"resourceType": None}, "needs a resourceType"),
+    ],
+)
+def test_contained_resources_must_be_resources(his: Fhir, contained: Any, message: str) -> None:
+    body = patient(PID_1) | {"contained": [contained]}
+    for response in (his.post("Patient", body), his.post("Patient/$validate", body)):
+        issue = response.json["issue"][0]
+        assert issue["expression"] == ["Patient.contained[0]"], response.json
+        assert message in issue["diagnostics"]
+    assert his.post("Patient", body).status_code == 400
+    assert _stored_patients() == 0
+    assert his.post("Patient", patient(PID_1) | {"contained": [{"resourceType": "Basic", "id": "b",
+                                                              "code": {"text": "x"}}]}).status_code == 201
+
+
+@pytest.mark.parametrize("parameter", ['"x"', '["x"]', "[1]", "[null]", '[{"name": 5}]', '{"name": "x"}'])
+def test_validate_with_malformed_parameters_is_400(his: Fhir, parameter: str) -> None:
+    text = f'{{"resourceType": "Parameters", "parameter": {parameter}}}'
+    response = _raw_post(his, "Patient/$validate", text)
+    assert response.status_code == 400
+    assert response.json["issue"][0]["expression"][0].startswith("Parameters.parameter")
+
+
+def test_a_visit_before_the_patients_birth_is_422_not_500(his: Fhir) -> None:
+    pid = his.post("Patient", patient(PID_1, birth="1990-03-07")).json["id"]
+    encounter = {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "serviceProvider": {"reference": "Organization/th-01"},
+        "period": {"start": "1989-06-01T09:00:00+08:00", "end": "1989-06-01T10:00:00+08:00"},
+    }
+    response = his.post("Encounter", encounter)
+    assert response.status_code == 422, response.json
+    assert response.json["issue"][0]["expression"] == ["Encounter.period.start"]
+    assert his.get(f"Encounter?subject=Patient/{pid}").json["total"] == 0

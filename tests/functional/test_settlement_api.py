@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -354,3 +355,62 @@ def test_a_settlement_writes_its_resources_access_link_and_audit_row_together(
         payables = {p.fund: (p.amount, p.status, p.paid_amount) for p in settled.payables}
         assert payables["basic-insurance"] == (settled.basic_insurance, "unpaid", D("0.00"))
         assert sum(a for a, _, _ in payables.values()) == settled.total - settled.patient_pay
+
+
+@pytest.mark.parametrize(
+    ("parameter", "where"),
+    [
+        ('"x"', "Parameters.parameter"),
+        ('{"name": "reason", "valueString": "x"}', "Parameters.parameter"),
+        ('["x"]', "Parameters.parameter[0]"),
+        ("[null]", "Parameters.parameter[0]"),
+        ('[{"name": "reason", "valueString": "ok"}, 7]', "Parameters.parameter[1]"),
+        ('[{"name": ["reason"]}]', "Parameters.parameter[0]"),
+        ('[{"name": "reason", "valueString": 5}]', "Parameters.parameter[0].valueString"),
+        ('[{"name": "reason", "valueString": {"text": "x"}}]', "Parameters.parameter[0].valueString"),
+        (r'[{"name": "reason", "valueString": "\ud800"}]', "Parameters.parameter[0].valueString"),
+        (r'[{"name": "reason", "valueString": "\u0000"}]', "Parameters.parameter[0].valueString"),
+    ],
+)
+def test_reverse_with_malformed_parameters_is_400_and_reverses_nothing(
+    county: County, parameter: str, where: str
+) -> None:
+    pid, cov = county.patient()
+    hosp = county.his["hosp"]
+    settled = hosp.post("Claim/$submit", claim(pid, cov, "hosp", [("1000.00", "A")]))
+    claim_id = settled.json["request"]["reference"].split("/")[1]
+    response = hosp.client.post(
+        f"/fhir/Claim/{claim_id}/$reverse",
+        data=f'{{"resourceType": "Parameters", "parameter": {parameter}}}'.encode(),
+        content_type="application/fhir+json", headers=hosp._headers(),
+    )
+    assert response.status_code == 400, response.json
+    assert response.json["resourceType"] == "OperationOutcome"
+    assert response.json["issue"][0]["expression"] == [where]
+    with database.session() as s:
+        assert s.scalars(select(Settlement.status)).all() == ["active"]
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ('"net": {"value": 1e999, "currency": "CNY"}', "out of range"),  # no Decimal context holds it
+        ('"net": {"value": 1E+30, "currency": "CNY"}', "out of range"),
+        ('"unitPrice": {"value": 1e999999, "currency": "CNY"}, "quantity": {"value": 1e999999}',
+         "out of range"),  # the product overflows the decimal context
+        ('"unitPrice": {"value": 1e600, "currency": "CNY"}, "quantity": {"value": 1e600}', "out of range"),
+    ],
+)
+def test_absurd_amounts_are_422_not_500(county: County, item: str, message: str) -> None:
+    pid, cov = county.patient()
+    body = claim(pid, cov, "hosp", [("1000.00", "A")])
+    del body["item"][0]["net"]
+    body["item"][0]["net"] = "@"
+    text = json.dumps(body).replace('"net": "@"', item)
+    hosp = county.his["hosp"]
+    response = hosp.client.post("/fhir/Claim/$submit", data=text.encode(),
+                                content_type="application/fhir+json", headers=hosp._headers())
+    assert response.status_code == 422, response.json
+    assert message in response.json["issue"][0]["diagnostics"]
+    with database.session() as s:
+        assert s.scalar(select(func.count()).select_from(Settlement)) == 0

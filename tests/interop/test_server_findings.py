@@ -120,20 +120,28 @@ def test_a_path_id_outside_the_fhir_grammar_is_unknown_not_a_server_error(platfo
 
 
 def test_bundle_entries_with_ids_outside_the_grammar_answer_per_entry(platform: Fhir) -> None:
-    """A batch DELETE of Patient/<NUL> reached SQL (500 on PostgreSQL)."""
+    """A batch DELETE of Patient/<NUL> reached SQL (500 on PostgreSQL); a NUL now fails the body (400)."""
     batch = {"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": "Patient/%00"}},
-        {"request": {"method": "DELETE", "url": "Patient/\u0000"}},
-        {"request": {"method": "PUT", "url": "Patient/a\u0000"}, "resource": {"resourceType": "Patient"}},
+        {"request": {"method": "DELETE", "url": "Patient/a$b"}},
+        {"request": {"method": "PUT", "url": "Patient/a b"}, "resource": {"resourceType": "Patient"}},
         {"request": {"method": "GET", "url": "Patient/p1"}},
     ]}
     answer = platform.post("", batch)
     assert answer.status_code == 200, answer.json
     assert [e["response"]["status"][:3] for e in answer.json["entry"]] == ["404", "404", "400", "200"]
     transaction = {"resourceType": "Bundle", "type": "transaction",
-                   "entry": [{"request": {"method": "DELETE", "url": "Patient/\u0000"}}]}
+                   "entry": [{"request": {"method": "DELETE", "url": "Patient/a$b"}}]}
     refused = platform.post("", transaction)
     assert refused.status_code == 404 and refused.json["resourceType"] == "OperationOutcome"
+    for kind in ("batch", "transaction"):  # no FHIR string holds a NUL: the whole body is refused
+        nul = {"resourceType": "Bundle", "type": kind, "entry": [
+            {"request": {"method": "GET", "url": "Patient/p1"}},
+            {"request": {"method": "DELETE", "url": "Patient/\u0000"}},
+        ]}
+        refused = platform.post("", nul)
+        assert refused.status_code == 400 and refused.json["resourceType"] == "OperationOutcome"
+        assert refused.json["issue"][0]["expression"] == ["Bundle.entry[1].request.url"]
 
 
 def test_an_audit_event_search_with_a_bad_date_is_400(platform: Fhir) -> None:
