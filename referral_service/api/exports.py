@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from ..domain.actor import Actor
 from ..domain.base import new_id
+from ..domain.days import DayOutOfRange, parse_day
 from ..domain.errors import BadRequest, Forbidden, Gone, NotFound, Problem, Unauthorized
 from ..domain.exports import ExportLog, Recipient, may_download_exports, may_receive_full_identity
 from ..extensions import csrf, database
@@ -112,7 +113,9 @@ def _day(name: str) -> date:
     if not raw:
         raise BadRequest(f"the query parameter {name} (YYYY-MM-DD) is required")
     try:
-        return date.fromisoformat(raw)
+        return parse_day(raw)
+    except DayOutOfRange as exc:
+        raise BadRequest(f"{name}: {exc}") from None
     except ValueError:
         raise BadRequest(f"{name}={raw!r} is not a date (YYYY-MM-DD)") from None
 

@@ -16,10 +16,12 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 from sqlalchemy.orm import Session
 
 from ..domain.actor import Actor
+from ..domain.days import EARLIEST_DAY, LATEST_DAY
 from ..domain.errors import BadRequest, Problem
 from ..domain.ledger import FUNDS
 from ..domain.monitoring import ALERT_STATUSES
 from ..extensions import csrf, database
+from ..fhir import jsonio
 from ..services import alerts, indicators
 from ..services.actors import actor_for
 from .guard import require
@@ -35,8 +37,8 @@ class IndicatorArgs(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    start = fields.Date(load_default=None)
-    end = fields.Date(load_default=None)
+    start = fields.Date(load_default=None, validate=validate.Range(EARLIEST_DAY, LATEST_DAY))
+    end = fields.Date(load_default=None, validate=validate.Range(EARLIEST_DAY, LATEST_DAY))
     hospital = fields.String(load_default=None)
     fund = fields.String(load_default=None, validate=validate.OneOf(FUNDS))
     township = fields.String(load_default=None)
@@ -85,9 +87,13 @@ def _parse(schema: Schema, data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _body() -> dict[str, Any]:
+    """The JSON object sent, read as strictly as FHIR bodies (no lone surrogate, NUL or 5000-digit number)."""
     if not request.content_length:
         return {}
-    body = request.get_json(silent=True)
+    try:
+        body = jsonio.loads_body(request.get_data(cache=True))
+    except jsonio.JsonError as exc:
+        raise BadRequest(f"the body is not a usable JSON object: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body

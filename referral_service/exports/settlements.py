@@ -45,6 +45,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ..domain.actor import Actor
 from ..domain.base import new_id, utcnow
+from ..domain.days import DayOutOfRange, check_day
 from ..domain.errors import BadRequest, Forbidden
 from ..domain.exports import ExportLog, Recipient, mask_identity_sql, may_receive_full_identity
 from ..domain.ledger import FUNDS, Settlement
@@ -112,6 +113,11 @@ class SettlementExportRequest:
 
     def check(self) -> None:
         """400 for parameters that make no export."""
+        for day in (self.period_start, self.period_end):
+            try:
+                check_day(day)  # (local midnights in UTC and the day after stay in the calendar)
+            except DayOutOfRange as exc:
+                raise BadRequest(f"the period is out of range: {exc}") from None
         if self.period_end < self.period_start:
             raise BadRequest(f"the period ends ({self.period_end}) before it starts ({self.period_start})")
         if self.fund is not None and self.fund not in FUNDS:

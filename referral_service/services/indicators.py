@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 
 from ..config import PROJECT_ROOT
 from ..domain.base import UTCDateTime
+from ..domain.days import DayOutOfRange, check_day
 from ..domain.errors import BadRequest
 from ..domain.fhir_store import DateIndex, ReferenceIndex, ResourceVersion, StoredResource, TokenIndex
 from ..domain.ledger import FUNDS, Payable, Settlement
@@ -242,6 +243,11 @@ class Period:
     end: date
 
     def __post_init__(self) -> None:
+        for day in (self.start, self.end):
+            try:
+                check_day(day)  # (midnights in UTC and the day after stay in the calendar)
+            except DayOutOfRange as exc:
+                raise BadRequest(f"the period is out of range: {exc}") from None
         if self.start > self.end:
             raise BadRequest(f"the period starts ({self.start}) after it ends ({self.end})")
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from flask_babel import gettext
 from flask_babel import lazy_gettext as _l
 from werkzeug.datastructures import MultiDict
 
+from ..domain.days import EARLIEST_DAY, LATEST_DAY, DayOutOfRange, parse_day
 from ..services.registration import Msg
 from .auth import language
 
@@ -28,6 +30,20 @@ BUILTIN: dict[str, Any] = {
     "Invalid input type.": _l("Enter the values of this row."),
     "Unknown field.": _l("This field is not expected."),
 }
+
+
+def read_day(raw: str) -> tuple[date | None, list[str]]:
+    """A day typed into a period or filter field: (day, []) or (None, [the error, in the user's language]).
+
+    Days outside domain.days' range are refused like malformed ones (see that module for why).
+    """
+    try:
+        return parse_day(raw), []
+    except DayOutOfRange:
+        return None, [gettext("Enter a date between %(low)s and %(high)s.", low=EARLIEST_DAY.isoformat(),
+                              high=LATEST_DAY.isoformat())]
+    except ValueError:
+        return None, [gettext("Enter a date as YYYY-MM-DD.")]
 
 
 def _translate(message: Any) -> str:

@@ -3,7 +3,7 @@ versions in force (read-only), and the audit log."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from ..services.indicators import day_start, local_today
 from .auth import role_required, work
 from .blueprint import bp
 from .formatting import label
-from .forms import FormState
+from .forms import FormState, read_day
 
 AUDIT_PAGE = 100
 MIN_PASSWORD = 8
@@ -240,10 +240,9 @@ def _audit_filters(args: Any) -> tuple[FormState, list[Any]]:
     for name in ("from", "to"):
         if not values[name]:
             continue
-        try:
-            day = date.fromisoformat(values[name])
-        except ValueError:
-            form.errors[name] = [_("Enter a date as YYYY-MM-DD.")]
+        day, problems = read_day(values[name])
+        if day is None:
+            form.errors[name] = problems
             continue
         if name == "from":
             where.append(AuditRecord.recorded >= day_start(day))

@@ -23,7 +23,7 @@ from ..services.indicators import Dialect, day_start, local_today
 from .auth import current, role_required, work
 from .blueprint import bp
 from .formatting import component_label
-from .forms import FormState
+from .forms import FormState, read_day
 
 EXPORTS_KEY = "settlement_exports"  # where create_app keeps the settlement exporter (app.extensions)
 FORMATS = ("csv", "xlsx")
@@ -68,11 +68,10 @@ def _period_form(args: Any) -> PeriodForm:
             days[name] = default
             form.values[name] = default.isoformat()
             continue
-        try:
-            days[name] = date.fromisoformat(raw)
-        except ValueError:
-            errors[name] = [_("Enter a date as YYYY-MM-DD.")]
-            days[name] = default
+        day, problems = read_day(raw)
+        if day is None:
+            errors[name] = problems
+        days[name] = day or default
     if not errors and days["to"] < days["from"]:
         errors["to"] = [_("The period must end on or after its first day.")]
     fund = values["fund"] or None
@@ -209,10 +208,11 @@ def insurer_payments() -> ResponseReturnValue:
     raw = request.args.get("as_of", "").strip()
     form = FormState(values={"as_of": raw or as_of.isoformat()})
     if raw:
-        try:
-            as_of = date.fromisoformat(raw)
-        except ValueError:
-            form.errors = {"as_of": [_("Enter a date as YYYY-MM-DD.")]}
+        day, problems = read_day(raw)
+        if day is None:
+            form.errors = {"as_of": problems}
+        else:
+            as_of = day
     overdue_days = indicators.thresholds().payments.overdue_days
     with work() as (db, _actor):
         names = {r[0]: r[1] for r in db.execute(select(Organization.id, Organization.name)).all()}

@@ -111,6 +111,13 @@ def test_full_identity_numbers_and_xlsx_for_the_insurer(
     assert bad.status_code == 400
     missing = get(client, "/exports/settlements?fund=basic-insurance", headers=headers)
     assert missing.status_code == 400
+    for period in ("from=0001-01-01&to=2026-03-31", "from=2026-03-01&to=9999-12-31",
+                   "from=9999-12-31&to=9999-12-31", "from=1899-12-31&to=2026-03-31"):  # not an OverflowError
+        out_of_range = get(client, f"/exports/settlements?fund=basic-insurance&{period}", headers=headers)
+        assert out_of_range.status_code == 400, period
+        assert "outside 1900-01-01 to 2199-12-31" in out_of_range.get_json()["message"]
+    widest = get(client, "/exports/settlements?from=1900-01-01&to=2199-12-31", headers=headers)
+    assert widest.status_code == 200
 
 
 def test_others_may_not_download(

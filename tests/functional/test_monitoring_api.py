@@ -126,6 +126,14 @@ def test_indicators_for_a_period_and_filters(client: FlaskClient, callers: Calle
         ("indicators?start=2024-13-01", "start"),
         ("indicators?start=2024-04-01&end=2024-03-01", "start"),
         ("indicators/unknown", "unknown indicator section"),
+        # days near the ends of the calendar: refused, not an OverflowError (500)
+        ("indicators?start=0001-01-01&end=2024-03-01", "start"),
+        ("indicators?end=0001-01-01", "end"),
+        ("indicators?end=9999-12-31", "end"),
+        ("indicators?start=2024-01-01&end=2200-01-01", "end"),
+        ("indicators/payment-delays?end=9999-12-30", "end"),
+        ("indicators/households?end=0001-01-02", "end"),
+        ("indicators/discharge-to-settlement?start=1899-12-31&end=2024-03-01", "start"),
         ("alerts?status=sleeping", "status"),
         ("alerts?limit=0", "limit"),
     ],
@@ -241,3 +249,26 @@ def test_flags_are_searchable_over_fhir(client: FlaskClient, callers: Callers) -
             "subject": {"reference": "Organization/h1"},
         },
     ).status_code in (403, 405)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"note": "\\ud800"}',  # a lone surrogate: UTF-8 (and so the database) cannot hold it
+        b'{"note": "a\\u0000b"}',  # NUL: PostgreSQL cannot store it
+        b'{"note": ' + b"9" * 5000 + b"}",  # more digits than Python turns into an int
+        b'{"note": ' + b"[" * 200 + b"]" * 200 + b"}",
+    ],
+)
+def test_notes_that_cannot_be_stored_are_400_and_change_nothing(
+    client: FlaskClient, callers: Callers, body: bytes
+) -> None:
+    _at_risk_households()
+    target = client.get("/api/monitoring/alerts", headers=callers.office).get_json()["alerts"][0]
+    url = f"/api/monitoring/alerts/{target['id']}"
+    for action in ("acknowledge", "resolve"):
+        response = client.post(f"{url}/{action}", data=body, content_type="application/json",
+                               headers=callers.office)
+        assert response.status_code == 400, response.get_json()
+        assert response.get_json()["error"] and response.get_json()["message"]
+    assert client.get(url, headers=callers.office).get_json()["status"] == "open"

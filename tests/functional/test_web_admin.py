@@ -145,6 +145,13 @@ def test_audit_log_search(county: County) -> None:
     bad = admin.get("/admin/audit?from=yesterday")
     assert bad.status_code == 422
     assert field_errors(bad.get_data(as_text=True))["from"] == "Enter a date as YYYY-MM-DD."
+    for query, field in (("from=0001-01-01", "from"), ("to=9999-12-31", "to"), ("to=0001-01-01", "to"),
+                         ("from=2200-01-01", "from")):  # beyond the calendar once made local: not 500
+        out_of_range = admin.get(f"/admin/audit?{query}")
+        assert out_of_range.status_code == 422, query
+        assert field_errors(out_of_range.get_data(as_text=True))[field] == (
+            "Enter a date between 1900-01-01 and 2199-12-31.")
+    assert admin.get("/admin/audit?from=1900-01-01&to=2199-12-31").status_code == 200
 
 
 @SQLITE_ONLY

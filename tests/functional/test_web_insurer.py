@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
+from referral_service.domain.exports import ExportLog
 from referral_service.domain.ledger import Payable
 from referral_service.extensions import database
 from tests.conftest import make_app
@@ -63,6 +64,32 @@ def test_period_errors_are_shown_beside_the_fields(county: County) -> None:
     bad = county.client("insurer").post("/insurer/exports", data={"from": "31/03/2026", "to": "2026-03-31"})
     assert bad.status_code == 422
     assert field_errors(bad.get_data(as_text=True))["from"] == "Enter a date as YYYY-MM-DD."
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("day", ["0001-01-01", "0001-01-02", "1899-12-31", "2200-01-01", "9999-12-30",
+                                 "9999-12-31"])
+def test_days_at_the_ends_of_the_calendar_are_form_errors_not_500(county: County, day: str) -> None:
+    insurer = county.client("insurer")
+    expected = "Enter a date between 1900-01-01 and 2199-12-31."
+    for query, field in ((f"from={day}&to=2026-03-31", "from"), (f"from=2026-03-01&to={day}", "to")):
+        page = insurer.get(f"/insurer/settlements?{query}")
+        assert page.status_code == 422, (query, page.status_code)
+        assert field_errors(page.get_data(as_text=True))[field] == expected
+        exported = insurer.post("/insurer/exports", data=dict(p.split("=") for p in query.split("&")) | {
+            "format": "csv"})
+        assert exported.status_code == 422
+        assert field_errors(exported.get_data(as_text=True))[field] == expected
+    payments = insurer.get(f"/insurer/payments?as_of={day}")
+    assert payments.status_code == 422
+    assert field_errors(payments.get_data(as_text=True))["as_of"] == expected
+    assert 'id="export-result"' not in insurer.get(f"/insurer/exports?from={day}").get_data(as_text=True)
+    with database.session() as db:
+        assert db.scalar(select(func.count()).select_from(ExportLog)) == 0
+    edges = insurer.get("/insurer/settlements?from=1900-01-01&to=2199-12-31")
+    assert edges.status_code == 200  # every settlement of the fixture, April's too
+    assert re.search(r'id="grand-total">[^<]*2,585\.06', edges.get_data(as_text=True))
+    assert insurer.get("/insurer/payments?as_of=2199-12-31").status_code == 200
 
 
 def test_payments_show_unpaid_bands_overdue_payables_and_batches(county: County) -> None:
