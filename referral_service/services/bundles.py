@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..domain.actor import Actor
+from ..domain.base import int_key
 from ..domain.db import Database
 from ..domain.errors import (
     BadRequest,
@@ -53,6 +54,7 @@ class _Entry:
     # The ifNoneExist matches `_assign_ids` found under the query's lock, when no other entry of the
     # Bundle has this resource type (nothing else in the transaction can create a match meanwhile).
     matches: list[str] | None = None
+    version_id: int | None = None  # a GET of Type/id/_history/vid (vread)
 
     @property
     def label(self) -> str:
@@ -103,7 +105,7 @@ def _parse_entry(index: int, raw: Any, base: str) -> _Entry:
         if value is not None and not isinstance(value, str):
             raise _entry_error(index, f"{name} must be a string", name, "structure")
     try:
-        res_type, res_id, query = _split_url(url, base)
+        res_type, res_id, version_id, query = _split_url(url, base, method)
     except DomainError as exc:
         raise _named(exc, f"Bundle.entry[{index}] ({method} {url})") from None
     if res_id is not None and not is_fhir_id(res_id):
@@ -116,6 +118,7 @@ def _parse_entry(index: int, raw: Any, base: str) -> _Entry:
     return _Entry(
         index, method, url, res_type, res_id, query,
         dict(resource) if isinstance(resource, dict) else None, full_url, if_none_exist, if_match,
+        version_id=version_id,
     )
 
 
@@ -155,7 +158,9 @@ def _check_no_urn_left(entry: _Entry) -> None:
         raise BadRequest(message, [Problem(message, f"Bundle.entry[{entry.index}].resource", "not-found")])
 
 
-def _split_url(url: str, base: str = "") -> tuple[str, str | None, str]:
+def _split_url(url: str, base: str = "", method: str = "GET") -> tuple[str, str | None, int | None, str]:
+    """(type, id, version, query) of an entry's request.url: `Type`, `Type/id`, or for a read
+    `Type/id/_history/vid`; 400 for any other path (it would act on something else than it says)."""
     if base and url.startswith(base + "/"):
         url = url[len(base) + 1 :]
     try:
@@ -166,7 +171,17 @@ def _split_url(url: str, base: str = "") -> tuple[str, str | None, str]:
     segments = [s for s in parts.path.strip("/").split("/") if s]
     if not segments or segments[0] not in RESOURCES:
         raise NotFound(f"unknown resource type in {url!r}")
-    return segments[0], segments[1] if len(segments) > 1 else None, parts.query
+    if len(segments) <= 2:
+        return segments[0], segments[1] if len(segments) > 1 else None, None, parts.query
+    if len(segments) == 4 and segments[2] == "_history" and method in ("GET", "HEAD"):
+        version = int_key(segments[3])
+        if version is None:
+            raise NotFound(f"{'/'.join(segments)} is not known")
+        return segments[0], segments[1], version, parts.query
+    shown = url.encode("unicode_escape").decode("ascii")[:200]
+    message = (f"request.url {shown!r} is not supported in a Bundle entry: use Type, Type/id or "
+               "(to read a version) Type/id/_history/vid")
+    raise BadRequest(message, [Problem(message, "request.url", "not-supported")])
 
 
 def _entry_response(status: int, stored: Stored | None, base: str, *, body: bool = True) -> dict[str, Any]:
@@ -236,7 +251,7 @@ def _run_entry(
         service.delete(session, actor, res_type, res_id)
         return {"response": {"status": "204 No Content"}}
     if res_id is not None:
-        stored = service.read(session, actor, res_type, res_id)
+        stored = service.read(session, actor, res_type, res_id, version_id=entry.version_id)
         return _entry_response(200, stored, base, body=entry.method == "GET")
     search = parse_search(res_type, parse_qsl(entry.query, keep_blank_values=True), 50, 1000)
     service.authorise_includes(search, authorise)

@@ -517,3 +517,27 @@ def test_a_bundle_with_a_huge_number_is_400(platform: Fhir) -> None:
     response = _raw(platform, text.replace('"transaction"', '"transaction","n":' + "7" * 5000))
     assert response.status_code == 400
     assert counts().get("Patient", 0) == 0
+
+
+def test_batch_reads_versions_and_refuses_other_paths(platform: Fhir) -> None:
+    pid = platform.post("Patient", patient(PID_1)).json["id"]
+    changed = platform.get(f"Patient/{pid}").json | {"gender": "female", "active": False}
+    assert platform.put(f"Patient/{pid}", changed).status_code == 200
+    response = platform.post(
+        "",
+        bundle(
+            "batch",
+            {"request": {"method": "GET", "url": f"Patient/{pid}/_history/1"}},
+            {"request": {"method": "GET", "url": f"Patient/{pid}/_history/2"}},
+            {"request": {"method": "GET", "url": f"Patient/{pid}/_history/9"}},
+            {"request": {"method": "GET", "url": f"Patient/{pid}/_history/x"}},
+            {"request": {"method": "GET", "url": f"Patient/{pid}/_history"}},
+            {"resource": changed, "request": {"method": "PUT", "url": f"Patient/{pid}/a/b"}},
+        ),
+    )
+    assert response.status_code == 200, response.json
+    entries = response.json["entry"]
+    assert [e["response"]["status"][:3] for e in entries] == ["200", "200", "404", "404", "400", "400"]
+    assert entries[0]["resource"]["meta"]["versionId"] == "1" and "active" not in entries[0]["resource"]
+    assert entries[1]["resource"]["meta"]["versionId"] == "2" and entries[1]["resource"]["active"] is False
+    assert platform.get(f"Patient/{pid}").json["meta"]["versionId"] == "2"  # the odd PUT wrote nothing
