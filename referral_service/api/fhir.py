@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -12,7 +13,7 @@ from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from ..domain.actor import Actor
 from ..domain.base import int_key
-from ..domain.errors import BadRequest, DomainError, NotFound, Problem
+from ..domain.errors import BadRequest, DomainError, Gone, NotFound, Problem
 from ..extensions import csrf, database
 from ..fhir import bundle_json, conformance, jsonio
 from ..fhir.capability import capability_statement
@@ -300,7 +301,8 @@ def _history(resource_type: str, res_id: str | None) -> Response:
 
     def work(session: Session, actor: Actor) -> bytes:
         if res_id is not None:
-            service.read(session, actor, resource_type, res_id)  # 404 when unknown or hidden
+            with suppress(Gone):  # a deleted resource keeps its history, its deletion first
+                service.read(session, actor, resource_type, res_id)  # 404 when unknown or hidden
         page, nxt = ResourceStore(session).history(
             resource_type, res_id, actor, count=count, since=since, before=cursor
         ) if count else ([], None)  # _count=0: no entries

@@ -386,15 +386,19 @@ def update(
 def delete(
     session: Session, actor: Actor, resource_type: str, res_id: str, *, request_id: str | None = None
 ) -> Stored | None:
-    """Delete a resource (a deletion version); deleting twice or an unknown id is fine (204)."""
+    """Delete a resource (a deletion version). An unknown id, or one the actor may not see, is 404
+    alike (the answer tells nothing about records out of sight); deleting again is fine (204)."""
     _check_write_allowed(actor, resource_type)
     if "delete" not in RESOURCES[resource_type].interactions:
         raise Forbidden(f"{resource_type} resources cannot be deleted (reverse or correct them instead)")
     store = ResourceStore(session)
     existing = store.current(resource_type, res_id, for_update=True)
-    if existing is None or existing.deleted:
-        return None
-    store.read(resource_type, res_id, actor)
+    if existing is None:
+        raise NotFound(f"{resource_type}/{res_id} is not known")
+    try:
+        store.read(resource_type, res_id, actor)  # 404 when out of the actor's sight
+    except Gone:
+        return None  # deleted before, and visible: nothing more to do
     stored = store.delete(existing)
     release = ON_DELETE.get(resource_type)
     if release is not None:

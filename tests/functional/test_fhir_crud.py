@@ -74,6 +74,17 @@ def test_delete_then_read_is_gone(his: Fhir) -> None:
     gone = his.get(f"Patient/{pid}")
     assert gone.status_code == 410
     assert gone.json["issue"][0]["code"] == "deleted"
+    assert his.delete(f"Patient/{pid}").status_code == 204  # again: nothing more to do
+    history = his.get(f"Patient/{pid}/_history")
+    assert history.status_code == 200, history.json
+    assert [e["request"]["method"] for e in history.json["entry"]] == ["DELETE", "POST"]
+    assert "resource" not in history.json["entry"][0]
+
+
+def test_delete_of_an_unknown_id_is_404(his: Fhir) -> None:
+    response = his.delete("Patient/never-was")
+    assert response.status_code == 404
+    assert response.json["resourceType"] == "OperationOutcome"
 
 
 def test_prefer_minimal_and_outcome(his: Fhir) -> None:
