@@ -89,6 +89,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     observability.init_app(app)
     app.before_request(reject_control_characters)
+    from .api.responses import no_type_without_body
+
+    app.after_request(no_type_without_body)
     app.register_blueprint(oauth.bp)
     app.register_blueprint(claims.bp)  # before the generic routes it specialises
     app.register_blueprint(fhir.bp)

@@ -44,3 +44,16 @@ def fhir_response(
     if headers:
         response.headers.update(headers)
     return response
+
+
+def no_type_without_body(response: Response) -> Response:
+    """An empty FHIR answer (201 with return=minimal, 202, 204, OPTIONS) names no content type:
+    Werkzeug's default text/html would tell a client to expect HTML."""
+    if (
+        request.path.startswith("/fhir")
+        and response.mimetype == "text/html"
+        and response.is_sequence
+        and not response.get_data()
+    ):
+        del response.headers["Content-Type"]
+    return response

@@ -467,3 +467,11 @@ def test_a_visit_before_the_patients_birth_is_422_not_500(his: Fhir) -> None:
     assert response.status_code == 422, response.json
     assert response.json["issue"][0]["expression"] == ["Encounter.period.start"]
     assert his.get(f"Encounter?subject=Patient/{pid}").json["total"] == 0
+
+
+def test_empty_answers_name_no_content_type(his: Fhir) -> None:
+    created = his.post("Patient", patient(PID_1), headers={"Prefer": "return=minimal"})
+    assert created.status_code == 201 and created.data == b""
+    assert "Content-Type" not in created.headers
+    options = his.client.options("/fhir/Patient")
+    assert "Content-Type" not in options.headers or options.data
