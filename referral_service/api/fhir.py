@@ -201,14 +201,17 @@ def audit_event_search() -> Response:
     """search the audit log, newest first."""
     args = list(request.args.items(multi=True))
     count = _count_arg()
-    events, nxt = with_actor("AuditEvent", "s", lambda s, a: audit_events.search_audit_events(
-        s, a, [(k, v) for k, v in args if k != "_count"], count=count) if count else ([], None))
+    events, nxt, total = with_actor("AuditEvent", "s", lambda s, a: audit_events.search_audit_events(
+        s, a, [(k, v) for k, v in args if k != "_count"], count=count))
     links = [{"relation": "self", "url": request.url}]
     if nxt is not None:
         kept = [(k, v) for k, v in args if k != "_cursor"]
         links.append({"relation": "next",
                       "url": f"{base_url()}/AuditEvent?{urlencode([*kept, ('_cursor', str(nxt))])}"})
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links}
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = links
     if events:  # (a FHIR array is never empty)
         bundle["entry"] = [{"fullUrl": f"{base_url()}/AuditEvent/{e['id']}", "resource": e,
                             "search": {"mode": "match"}} for e in events]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..domain.actor import Actor
@@ -15,7 +15,9 @@ from ..fhir.mappers.audit_event import from_domain
 from ..fhir.search_params import parse_date_range
 
 SEARCHABLE = ("date", "agent-name", "patient", "entity-type", "action", "_count", "_cursor", "_format",
-              "_pretty", "_id")
+              "_pretty", "_id", "_sort", "_total")
+# _sort: newest first unless asked for the oldest first (the log's order is its id's order).
+_SORTS = {"-date": False, "-_lastUpdated": False, "date": True, "_lastUpdated": True}
 
 
 def read_audit_event(session: Session, actor: Actor, event_id: str) -> dict[str, Any]:
@@ -29,10 +31,22 @@ def read_audit_event(session: Session, actor: Actor, event_id: str) -> dict[str,
 
 def search_audit_events(
     session: Session, actor: Actor, args: list[tuple[str, str]], *, count: int
-) -> tuple[list[dict[str, Any]], int | None]:
-    """Newest first; returns the events and the id to continue below (keyset)."""
+) -> tuple[list[dict[str, Any]], int | None, int | None]:
+    """Newest first (`_sort=date`: oldest first); returns the events, the id to continue from
+    (keyset) and, with `_total=accurate`, the number of matches."""
+    ascending = False
+    want_total = False
+    for key, value in args:
+        if key == "_sort":
+            if value not in _SORTS:
+                raise BadRequest(f"_sort={value!r} is not supported for AuditEvent (date or -date)")
+            ascending = _SORTS[value]
+        elif key == "_total":
+            if value not in ("none", "estimate", "accurate"):
+                raise BadRequest("_total must be none, estimate or accurate")
+            want_total = value == "accurate"
     if not actor.sees_everything:
-        return [], None
+        return [], None, 0 if want_total else None
     stmt = select(AuditRecord)
     for key, value in args:
         name = key.split(":")[0]
@@ -63,7 +77,11 @@ def search_audit_events(
             before = int_key(value)
             if before is None:
                 raise BadRequest("the paging cursor is not valid")
-            stmt = stmt.where(AuditRecord.id < before)
-    rows = list(session.scalars(stmt.order_by(AuditRecord.id.desc()).limit(count + 1)))
+            stmt = stmt.where(AuditRecord.id > before if ascending else AuditRecord.id < before)
+    total = None
+    if want_total:
+        total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    order = AuditRecord.id.asc() if ascending else AuditRecord.id.desc()
+    rows = list(session.scalars(stmt.order_by(order).limit(count + 1))) if count else []
     nxt = rows[count - 1].id if len(rows) > count else None
-    return [from_domain(r) for r in rows[:count]], nxt
+    return [from_domain(r) for r in rows[:count]], nxt, total

@@ -37,3 +37,14 @@ def test_patient_reads_and_writes_are_audited(
     # Hospital systems cannot read the audit log: single reads are unknown, searches empty.
     assert his.get(f"AuditEvent/{read_event['id']}").status_code == 404
     assert his.get("AuditEvent").json.get("entry", []) == []
+
+    # Oldest first on request, with the number of matches; paging follows the order asked for.
+    oldest = platform.get("AuditEvent?agent-name=township-his&_sort=date&_total=accurate&_count=2").json
+    assert oldest["total"] == 3
+    assert [e["resource"]["action"] for e in oldest["entry"]] == ["C", "R"]
+    nxt = next(link["url"] for link in oldest["link"] if link["relation"] == "next")
+    rest = platform.client.get(nxt.split("localhost", 1)[-1], headers=platform._headers()).json
+    assert [e["resource"]["action"] for e in rest["entry"]] == ["E"]
+    assert "total" not in platform.get("AuditEvent?agent-name=township-his").json
+    assert platform.get("AuditEvent?_sort=agent-name").status_code == 400
+    assert platform.get("AuditEvent?_total=lots").status_code == 400
