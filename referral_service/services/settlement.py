@@ -9,7 +9,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, and_, bindparam, exists, func, or_, select
+from sqlalchemy import BigInteger, Date, and_, bindparam, exists, func, or_, select, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from ..domain.actor import SYSTEM, Actor
 from ..domain.base import new_id, utcnow
 from ..domain.errors import BadRequest, Conflict, Forbidden, NotFound, Problem, Unprocessable
+from ..domain.fhir_store import StoredResource
 from ..domain.ledger import FUNDS, EpisodeDeductible, Payable, Settlement, YearAccumulator
 from ..domain.registry import Coverage, Organization, Patient, PovertyRegistration
 from ..fhir import codes, jsonio
@@ -338,6 +339,17 @@ class _Parties:
 
 
 _DAY = bindparam("day", type_=Date())
+
+
+def _not_deleted(res_type: str, res_id: Any) -> Any:
+    """The registry row's resource was not DELETEd over the API (a deletion keeps the registry row:
+    the resource then reads 410, and a claim must treat it as unknown). A registry row without
+    stored JSON (seeded directly) counts as present."""
+    return ~exists().where(
+        StoredResource.res_type == res_type, StoredResource.res_id == res_id, StoredResource.deleted == true()
+    )
+
+
 _PARTIES = (
     select(
         Patient.id, Patient.district, Patient.household_id,
@@ -358,9 +370,10 @@ _PARTIES = (
         Coverage.payor_id,
     )
     .select_from(Patient)
-    .outerjoin(Organization, Organization.id == bindparam("provider_id"))
-    .outerjoin(Coverage, Coverage.id == bindparam("coverage_id"))
-    .where(Patient.id == bindparam("patient_id"))
+    .outerjoin(Organization, and_(Organization.id == bindparam("provider_id"),
+                                  _not_deleted("Organization", Organization.id)))
+    .outerjoin(Coverage, and_(Coverage.id == bindparam("coverage_id"), _not_deleted("Coverage", Coverage.id)))
+    .where(Patient.id == bindparam("patient_id"), _not_deleted("Patient", Patient.id))
 )  # fmt: skip
 # PostgreSQL: the same statement takes the claim's advisory lock.
 _PARTIES_LOCKING = _PARTIES.add_columns(
@@ -377,7 +390,7 @@ def _parties(
     lock: str,
 ) -> _Parties | None:
     """The claim's patient, provider and coverage as of the discharge `day`, in one statement
-    (None: no such patient).
+    (None: no such patient). A deleted Patient, Organization or Coverage counts as unknown.
 
     On PostgreSQL the same statement takes the claim's advisory lock (held until commit), which makes
     concurrent submissions of one claim identifier wait for each other. It is taken only when the
