@@ -375,8 +375,26 @@ def process(
         )
     if kind == "transaction":
         entries = [_parse_entry(i, raw, base) for i, raw in enumerate(raw_entries)]
+        _check_distinct(entries)
         return _transaction(entries, authorise, actor, base, database)
     return _batch(raw_entries, authorise, actor, base, database)
+
+
+def _check_distinct(entries: list[_Entry]) -> None:
+    """400 when two entries of a transaction write the same resource or share a fullUrl: FHIR
+    (http.html#trules) fails such a transaction, whose outcome would depend on processing order."""
+    seen: dict[str, int] = {}
+    for e in entries:
+        keys = []
+        if e.method in ("PUT", "DELETE") and e.res_id is not None:
+            keys.append(f"{e.res_type}/{e.res_id}")
+        if e.method in ("POST", "PUT") and e.full_url:
+            keys.append(e.full_url)
+        for key in keys:
+            if key in seen:
+                raise _entry_error(e.index, f"{key} is also the subject of Bundle.entry[{seen[key]}]; "
+                                   "a transaction may act on a resource once", "request.url", "invalid")
+            seen[key] = e.index
 
 
 def _transaction(

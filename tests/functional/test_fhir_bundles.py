@@ -541,3 +541,23 @@ def test_batch_reads_versions_and_refuses_other_paths(platform: Fhir) -> None:
     assert entries[0]["resource"]["meta"]["versionId"] == "1" and "active" not in entries[0]["resource"]
     assert entries[1]["resource"]["meta"]["versionId"] == "2" and entries[1]["resource"]["active"] is False
     assert platform.get(f"Patient/{pid}").json["meta"]["versionId"] == "2"  # the odd PUT wrote nothing
+
+
+def test_transaction_acting_twice_on_one_resource_is_400(platform: Fhir) -> None:
+    pid = platform.post("Patient", patient(PID_1)).json["id"]
+    body = platform.get(f"Patient/{pid}").json
+    before = counts()
+    response = platform.post(
+        "",
+        bundle(
+            "transaction",
+            {"resource": body, "request": {"method": "PUT", "url": f"Patient/{pid}"}},
+            {"request": {"method": "DELETE", "url": f"Patient/{pid}"}},
+        ),
+    )
+    assert response.status_code == 400, response.json
+    assert "Bundle.entry[1]" in response.json["issue"][0]["diagnostics"]
+    twins = post(urn(1), patient(None, family="甲")), post(urn(1), patient(None, family="乙"))
+    same_url = platform.post("", bundle("transaction", *twins))
+    assert same_url.status_code == 400, same_url.json
+    assert counts() == before
