@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -100,6 +101,19 @@ def neutralise_row(row: list[Any], texts: tuple[int, ...]) -> list[Any]:
     return row
 
 
+_CSV_SPECIAL = re.compile(r'[,"\r\n]')
+
+
+def _csv_record(row: Sequence[Any]) -> str:
+    """One CSV record as PostgreSQL's COPY writes it: a field is quoted when it holds a comma, a
+    quote, a carriage return or a line feed; LF ends the record."""
+    fields = []
+    for value in row:
+        text = "" if value is None else value if isinstance(value, str) else str(value)
+        fields.append('"' + text.replace('"', '""') + '"' if _CSV_SPECIAL.search(text) else text)
+    return ",".join(fields) + "\n"
+
+
 class CsvSheet:
     """A CSV file in UTF-8 with a BOM (spreadsheet programs then read Chinese right), one record a line."""
 
@@ -123,7 +137,10 @@ class CsvSheet:
         for row in rows:
             neutralise_row(row, texts)
         self._csv.writerows(rows)
-        self._fh.write(self._buffer.getvalue().encode("utf-8"))
+        chunk = self._buffer.getvalue()
+        if "\r" in chunk:  # Python's csv leaves a lone CR unquoted; COPY (and spreadsheets) need quotes
+            chunk = "".join(_csv_record(row) for row in rows)
+        self._fh.write(chunk.encode("utf-8"))
         self._buffer.seek(0)
         self._buffer.truncate()
         self.rows += len(rows)

@@ -555,3 +555,28 @@ def test_streamed_csv_equals_the_csv_written_from_values(march: dict[str, str], 
     assert streamed.files[0].read_bytes() == written.files[0].read_bytes()
     assert streamed.manifest["totals"] == written.manifest["totals"]
     assert streamed.manifest["totals_by_hospital"] == written.manifest["totals_by_hospital"]
+
+
+def test_csv_fields_with_a_carriage_return_are_quoted_as_copy_quotes_them(app: Flask, tmp_path: Path) -> None:
+    """A lone CR split records in spreadsheets: quoted, like every line break, on both paths."""
+    from referral_service.exports.writer import Column, CsvSheet
+
+    columns = [Column(k, k) for k in ("a", "b", "c", "d")] + [Column("e", "e", "money")]
+    sheet = CsvSheet(tmp_path / "x.csv", columns)
+    sheet.extend([["G\rH", "c\nd", 'e"f', None, Decimal("1.50")], ["plain", "x,y", "", None, Decimal("2")]])
+    sheet.close()
+    raw = (tmp_path / "x.csv").read_bytes()[3:].decode("utf-8")
+    body = raw.split("\n", 1)[1]
+    assert body == '"G\rH","c\nd","e""f",,1.50\nplain,"x,y",,,2\n'
+    with (tmp_path / "x.csv").open(newline="", encoding="utf-8-sig") as fh:
+        records = list(csv.reader(fh))[1:]
+    assert records == [["G\rH", "c\nd", 'e"f', "", "1.50"], ["plain", "x,y", "", "", "2"]]
+    with database.engine.connect() as connection:  # the PostgreSQL path writes what COPY writes
+        if connection.dialect.name == "postgresql":
+            copied = io.BytesIO()
+            cursor = connection.connection.driver_connection.cursor()
+            sql = "COPY (SELECT E'G\\rH', E'c\\nd', 'e\"f', NULL, 1.50::numeric) TO STDOUT WITH (FORMAT csv)"
+            with cursor.copy(sql) as copy:
+                for block in copy:
+                    copied.write(block)
+            assert copied.getvalue().decode() == body.split("plain")[0]
