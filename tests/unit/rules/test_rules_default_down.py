@@ -43,11 +43,11 @@ def test_diagnoses(decide_down: Decide, code: str, matches: bool) -> None:
     decision = decide_down(diagnosis_codes=("K80.2", code))
     if matches:
         assert decision.outcome == "down-referral"
-        assert decision.rule_ids == ("recover-at-township",)
+        assert decision.rule_ids == ("down-referral-dx",)
         assert decision.followup_days == (7, 30, 90)
     else:
         assert decision.outcome == "none"
-        assert decision.rule_ids == ("default",)
+        assert decision.rule_ids == ("down-referral-none",)
         assert decision.followup_days == ()
     assert (decision.urgency, decision.priority, decision.capability) == (None, None, None)
 
@@ -70,7 +70,7 @@ def test_decision_names_the_down_rule_set(decide_down: Decide) -> None:
     decision = decide_down(diagnosis_codes=("Z48.0",))
     assert (decision.rule_set_id, decision.rule_set_version, decision.rule_set_kind) == (
         "down-referral-default",
-        "2024.1",
+        "2024.2",
         "down-referral",
     )
     assert decision.matched_rules[0].explanation_zh.startswith("出院回家或转其他机构")
