@@ -19,7 +19,7 @@ from ..fhir import codes, jsonio
 from ..fhir.mappers import referral as shapes
 from ..fhir.search_params import SHANGHAI
 from ..fhir.store import ResourceStore, Stored, instant, now_ms
-from ..rules import Decision, DefaultRuleSets, evaluate, load_default_rule_sets
+from ..rules import Decision, DefaultRuleSets, MatchedRule, evaluate, load_default_rule_sets
 from . import resources as service
 from .visit_facts import facts_of, load_visit, ref_id
 
@@ -41,6 +41,24 @@ REQUESTER_MOVES: dict[str, frozenset[str]] = {
 }
 MOVED_BY_URL = f"{codes.BASE}/StructureDefinition/moved-by"
 OVERRIDE_URL = f"{codes.BASE}/StructureDefinition/referral-override-reason"
+
+# Notes the workflow adds to a decision, (zh, en): GuidanceResponse.note carries both, as for rules.
+NO_COUNTY_HOSPITAL = (
+    "本县未登记县级医院：无法提出上转目标医院",
+    "no county hospital is registered for this county",
+)
+# Why a down-referral the rules chose is not made (DESIGN section 4: "the GuidanceResponse says why").
+NO_TOWNSHIP_CLINIC = MatchedRule(
+    codes.ReferralRule.DOWN_REFERRAL_NO_CLINIC.value,
+    "none",
+    None,
+    None,
+    "未找到患者所属的乡镇卫生院（本次上转不是乡镇卫生院发起，签约机构不是乡镇卫生院，"
+    "也没有在乡镇卫生院的门诊记录）：不下转",
+    "No township clinic was found for the patient (the episode's up-referral did not come from a "
+    "township clinic, the general practitioner is not a township clinic, and there is no outpatient "
+    "visit at a township clinic): no down-referral",
+)
 
 
 @dataclass
@@ -142,11 +160,11 @@ def evaluate_visit(session: Session, actor: Actor, encounter_id: str) -> Decisio
     existing_sr = _load(session, "ServiceRequest", sr_id)
     when = _now()
     result_id = None
-    note = None
+    notes: list[tuple[str, str]] = []
     if decision.refers and ctx.provider is not None:
         hospital = choose_hospital(session, ctx.provider, decision.capability)
         if hospital is None:
-            note = "no county hospital is registered for this county"
+            notes.append(NO_COUNTY_HOSPITAL)
         elif existing_sr is None or existing_sr.get("status") == "draft":
             sr = shapes.service_request(
                 sr_id,
@@ -194,7 +212,7 @@ def evaluate_visit(session: Session, actor: Actor, encounter_id: str) -> Decisio
         encounter_id=encounter_id,
         when=when,
         result_id=result_id,
-        note=note,
+        notes=notes,
     )
     _put(session, gr, ignore=("occurrenceDateTime",))
     return decision
@@ -539,6 +557,21 @@ def _township_clinic(
     return None
 
 
+def _no_clinic(decision: Decision) -> Decision:
+    """The decision when the rules chose a down-referral but the patient has no township clinic.
+
+    There is no down-referral then (DESIGN section 4), so the outcome is `none`, without follow-up
+    days; the rules that fired stay listed and `down-referral-no-clinic` (a code of the
+    referral-rule CodeSystem) is added with its reason in Chinese and English.
+    """
+    return replace(
+        decision,
+        outcome="none",
+        followup_days=(),
+        matched_rules=(*decision.matched_rules, NO_TOWNSHIP_CLINIC),
+    )
+
+
 def discharge(session: Session, actor: Actor, encounter_id: str) -> Decision:
     """At the end of a stay: complete the up-referral, run the down-referral rules, plan follow-ups."""
     ctx = load_visit(session, encounter_id)
@@ -552,13 +585,12 @@ def discharge(session: Session, actor: Actor, encounter_id: str) -> Decision:
     decision = evaluate(rule_sets().down, facts_of(ctx), rule_sets().news2)
     patient_id = str(ctx.patient["id"])
     when = _now()
-    note = None
     result_id = None
     if decision.outcome == "down-referral":
         clinic = _township_clinic(session, ctx.patient, up)
         hospital_id = ref_id(ctx.encounter.get("serviceProvider")) or ""
         if clinic is None:
-            note = "no township clinic found for the patient: no down-referral (down-referral-no-clinic)"
+            decision = _no_clinic(decision)
         else:
             sr_id = f"ref-down-{encounter_id}"
             result_id = sr_id
@@ -640,7 +672,6 @@ def discharge(session: Session, actor: Actor, encounter_id: str) -> Decision:
         encounter_id=encounter_id,
         when=when,
         result_id=result_id,
-        note=note,
     )
     _put(session, gr, ignore=("occurrenceDateTime",))
     return decision

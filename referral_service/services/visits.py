@@ -564,6 +564,40 @@ class RuleLine:
 
 
 @dataclass(frozen=True)
+class NoteLine:
+    """A note of the workflow on a decision (no hospital, hospital out of the county ...), zh and en."""
+
+    text_zh: str
+    text_en: str
+
+    def text(self, language: str) -> str:
+        """The note in the language."""
+        return self.text_zh if language.lower().startswith("zh") else self.text_en
+
+
+def _has_chinese(text: str) -> bool:
+    return any("\u3400" <= ch <= "\u9fff" for ch in text)
+
+
+def _note_lines(texts: list[str]) -> list[NoteLine]:
+    """The workflow's notes, written as a Chinese note followed by its English one, paired again.
+
+    A note without a partner (decisions stored before notes were bilingual carried one English
+    note) stands for both languages; the web pages translate the known ones.
+    """
+    out: list[NoteLine] = []
+    i = 0
+    while i < len(texts):
+        if i + 1 < len(texts) and _has_chinese(texts[i]) and not _has_chinese(texts[i + 1]):
+            out.append(NoteLine(texts[i], texts[i + 1]))
+            i += 2
+        else:
+            out.append(NoteLine(texts[i], texts[i]))
+            i += 1
+    return out
+
+
+@dataclass(frozen=True)
 class News2Line:
     """One NEWS2 parameter: measured value and its score (None when not measured)."""
 
@@ -652,7 +686,7 @@ class DecisionView:
     rule_set: str
     rules: list[RuleLine]
     news2: News2View | None
-    notes: list[str]
+    notes: list[NoteLine]
     diagnoses: list[Diagnosis]
     referral: ReferralView | None
     follow_ups: list[tuple[date, str]] = field(default_factory=list)
@@ -932,7 +966,7 @@ def _decision_of(session: Session, encounter: Mapping[str, Any]) -> DecisionView
         rule_set=str(gr.get("moduleCanonical", "")).rsplit("/", 1)[-1],
         rules=rules,
         news2=_news2(gr) if gr else None,
-        notes=extra_notes,
+        notes=_note_lines(extra_notes),
         diagnoses=_diagnoses(conditions),
         referral=referral,
         follow_ups=follow_ups,

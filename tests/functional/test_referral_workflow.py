@@ -15,9 +15,11 @@ from referral_service.fhir.codes import (
     V3_ACT_CODE_SYSTEM,
 )
 from tests.functional.fhir_helpers import (
+    RESIDENT_SAMPLE,
     Fhir,
     every_stored_version_validates,
     organization,
+    patient,
     token_for,
     visit_bundle,
 )
@@ -247,3 +249,90 @@ def test_treat_here_when_nothing_matches(county: dict[str, Fhir]) -> None:
     assert [c["coding"][0]["code"] for c in gr["reasonCode"]] == ["default"]
     assert "result" not in gr
     assert clinic.get(f"ServiceRequest?patient=Patient/{pid}&_summary=count").json["total"] == 0
+
+
+def _stay(
+    hospital: Fhir,
+    pid: str,
+    *,
+    dx: str = "I63.9",
+    start: str = "2026-11-02T14:00:00+08:00",
+    end: str = "2026-11-12T10:00:00+08:00",
+    based_on: str | None = None,
+    provider: str = "hosp",
+) -> dict[str, Any]:
+    """An inpatient stay at the hospital, admitted then discharged home with one diagnosis."""
+    admission: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "status": "in-progress",
+        "class": {"system": V3_ACT_CODE_SYSTEM, "code": "IMP"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "serviceProvider": {"reference": f"Organization/{provider}"},
+        "period": {"start": start},
+    }
+    if based_on:
+        admission["basedOn"] = [{"reference": f"ServiceRequest/{based_on}"}]
+    created = hospital.post("Encounter", admission)
+    assert created.status_code == 201, created.json
+    imp = created.json
+    cond = hospital.post(
+        "Condition",
+        {
+            "resourceType": "Condition",
+            "subject": {"reference": f"Patient/{pid}"},
+            "encounter": {"reference": f"Encounter/{imp['id']}"},
+            "code": {"coding": [{"system": ICD10_SYSTEM, "code": dx}]},
+        },
+    ).json
+    discharged = imp | {
+        "status": "finished",
+        "period": {"start": start, "end": end},
+        "diagnosis": [{"condition": {"reference": f"Condition/{cond['id']}"}}],
+        "hospitalization": {
+            "dischargeDisposition": {"coding": [{"system": DISCHARGE_DISPOSITION_SYSTEM, "code": "home"}]}
+        },
+    }
+    done = hospital.put(f"Encounter/{imp['id']}", discharged)
+    assert done.status_code == 200, done.json
+    return dict(done.json)
+
+
+def _decision_outcome(gr: dict[str, Any]) -> str:
+    ext = next(e for e in gr["extension"] if e["url"].endswith("/referral-decision"))
+    return str(next(e["valueCode"] for e in ext["extension"] if e["url"] == "outcome"))
+
+
+def test_no_township_clinic_means_no_down_referral_and_the_decision_says_why(
+    county: dict[str, Fhir],
+) -> None:
+    """GP a village clinic, no outpatient visit, admitted directly: the down-referral rule fires, but
+    there is no township clinic, so the outcome is none and the reason is given in zh and en."""
+    platform, hospital = county["platform"], county["county-his"]
+    assert platform.put("Organization/vc-01", organization("vc-01", level="village")).status_code == 201
+    pid = platform.post("Patient", patient(RESIDENT_SAMPLE, gp="vc-01")).json["id"]
+    stay = _stay(hospital, pid)
+    gr = hospital.get(f"GuidanceResponse/gr-{stay['id']}").json
+    assert _decision_outcome(gr) == "none"
+    assert "result" not in gr
+    assert [c["coding"][0]["code"] for c in gr["reasonCode"]] == [
+        "down-referral-dx",
+        "down-referral-no-clinic",
+    ]
+    assert all(c["coding"][0]["system"].endswith("/CodeSystem/referral-rule") for c in gr["reasonCode"])
+    notes = [n["text"] for n in gr["note"]]
+    assert any(n.startswith("未找到患者所属的乡镇卫生院") for n in notes)
+    assert any(n.startswith("No township clinic was found for the patient") for n in notes)
+    assert hospital.get(f"ServiceRequest?patient=Patient/{pid}&_summary=count").json["total"] == 0
+    assert every_stored_version_validates() > 5
+
+
+def test_a_discharge_that_is_not_down_referred_names_the_down_referral_none_rule(
+    county: dict[str, Fhir],
+) -> None:
+    platform, hospital = county["platform"], county["county-his"]
+    pid = platform.post("Patient", patient(RESIDENT_SAMPLE, gp="th-01")).json["id"]
+    stay = _stay(hospital, pid, dx="K80.2")
+    gr = hospital.get(f"GuidanceResponse/gr-{stay['id']}").json
+    assert _decision_outcome(gr) == "none"
+    assert [c["coding"][0]["code"] for c in gr["reasonCode"]] == ["down-referral-none"]
+    assert gr["moduleCanonical"].endswith("/down-referral-default|2024.2")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any
 
@@ -50,9 +51,14 @@ def guidance_response(
     encounter_id: str,
     when: str,
     result_id: str | None,
-    note: str | None = None,
+    notes: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
-    """The stored decision: matched rules, rule-set version, NEWS2 breakdown, proposed referral."""
+    """The stored decision: matched rules, rule-set version, NEWS2 breakdown, proposed referral.
+
+    `note` holds every explanation in Chinese, then in English (each rule's, then each of the
+    workflow's `notes`, given as (zh, en) pairs), so integrators and both languages of the web
+    pages read the same reasons.
+    """
     resource: dict[str, Any] = {
         "resourceType": "GuidanceResponse",
         "id": gr_id,
@@ -87,7 +93,7 @@ def guidance_response(
         ],
         "note": [{"text": m.explanation_zh} for m in decision.matched_rules]
         + [{"text": m.explanation_en} for m in decision.matched_rules]
-        + ([{"text": note}] if note else []),
+        + [{"text": text} for pair in notes for text in pair],
         "outputParameters": {"reference": "#news2"},
     }
     if result_id:
