@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The offices that watch the network: they see every monitoring alert (DESIGN section 6).
+MONITORING_OFFICES = frozenset({"poverty-office", "health-commission", "insurer"})
+
 
 @dataclass(frozen=True)
 class Actor:
@@ -26,6 +29,11 @@ class Actor:
     def leads_district(self) -> bool:
         """A county-level hospital leads its district's medical community: it sees its residents."""
         return self.facility_level == "county"
+
+    @property
+    def monitors(self) -> bool:
+        """The poverty-alleviation office, the health commission or the insurer (or the platform)."""
+        return self.sees_everything or self.organization_kind in MONITORING_OFFICES
 
     @property
     def is_insurer(self) -> bool:

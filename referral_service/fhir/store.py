@@ -1048,6 +1048,8 @@ def policy_shape(actor: Actor, rdef: ResourceDef) -> PolicyShape:
         return PolicyShape("all")
     if rdef.type == "AuditEvent":
         return PolicyShape("none")
+    if rdef.type == "Flag" and actor.monitors:  # every alert, as the monitoring API shows them
+        return PolicyShape("all")
     if actor.is_insurer and not rdef.financial:
         return PolicyShape("own")
     scope = "group" if rdef.type == "Group" else "patient"

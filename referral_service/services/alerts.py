@@ -42,7 +42,6 @@ REASON_SYSTEM = code_system_url("monitoring-alert-reason")
 CATEGORY_SYSTEM = code_system_url("monitoring-category")
 FLAG_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/flag-category"
 ALERT_ID_SYSTEM = f"{BASE}/sid/monitoring-alert"
-MONITORING_OFFICES = frozenset({"poverty-office", "health-commission", "insurer"})
 CHUNK = 5000
 
 
@@ -478,7 +477,7 @@ def scan_missed_follow_ups(session: Session, today: date) -> ScanResult:
 
 def ensure_may_monitor(actor: Actor) -> None:
     """Only the poverty-alleviation office, the health commission and the insurer (or the platform) may."""
-    if not (actor.sees_everything or actor.organization_kind in MONITORING_OFFICES):
+    if not actor.monitors:
         raise Forbidden("monitoring is for the poverty-alleviation office, the health commission and the "
                         "medical insurance bureau")
 

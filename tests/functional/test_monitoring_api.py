@@ -234,6 +234,12 @@ def test_flags_are_searchable_over_fhir(client: FlaskClient, callers: Callers) -
     client.post(f"/api/monitoring/alerts/{alert_id}/resolve", json={"note": "done"}, headers=callers.office)
     assert _ids(platform.get("Flag?subject=Group/hb&status=inactive")) == [flag["id"]]
     assert platform.get(f"Flag/{flag['id']}").get_json()["period"].keys() == {"start", "end"}
+    # the offices that may list every alert read every Flag too, the hospital's included
+    listed = client.get("/api/monitoring/alerts", headers=callers.insurer).get_json()["alerts"]
+    for headers in (callers.insurer, callers.office):
+        office = Fhir(client, headers["Authorization"].removeprefix("Bearer "))
+        assert _ids(office.get("Flag")) == sorted(f"alert-{a['id']}" for a in listed)
+        assert len(_ids(office.get("Flag?subject=Organization/h1"))) == 1
     # the hospital sees the Flag about its own overdue payments, and not the households'
     hospital = Fhir(client, callers.hospital)
     own = hospital.get("Flag?subject=Organization/h1")
