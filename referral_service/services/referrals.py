@@ -304,8 +304,22 @@ def _move_task(
     service.update(session, _on_behalf(actor), "Task", body["id"], body, hooks=False)
 
 
+def _sync_priority(
+    session: Session, actor: Actor, task_: dict[str, Any], priority: str
+) -> dict[str, Any]:
+    """The open Task of a referral takes the referral's priority (recorded as `actor`'s update).
+
+    The hospital's inbox order and the acceptance deadline of the timeout indicator (urgent and
+    stat 2 h, routine 24 h) read Task.priority, so a changed urgency must reach the Task.
+    """
+    body = task_ | {"priority": priority, "lastModified": _now()}
+    service.update(session, _on_behalf(actor), "Task", body["id"], body, hooks=False)
+    return _load(session, "Task", str(body["id"])) or body
+
+
 def _referral_written(session: Session, actor: Actor, stored: Stored, result: service.WriteResult) -> None:
-    """Confirming (draft -> active) sends the Task; revoking cancels it; a new target gets a new Task."""
+    """Confirming (draft -> active) sends the Task; revoking cancels it; a new target gets a new Task;
+    a new urgency (ServiceRequest.priority) becomes the open Task's priority."""
     sr = stored.as_dict()
     previous = result.previous or {}
     sr_id = str(sr["id"])
@@ -315,6 +329,14 @@ def _referral_written(session: Session, actor: Actor, stored: Stored, result: se
     if sr.get("status") == "revoked" and task_ is not None:
         _move_task(session, actor, task_, "cancelled", reason=_override_reason(sr, previous))
         return
+    priority = sr.get("priority")
+    if (
+        task_ is not None
+        and priority
+        and task_.get("priority") != priority
+        and ref_id(task_.get("owner")) == performer
+    ):
+        task_ = _sync_priority(session, actor, task_, str(priority))
     if sr.get("status") != "active" or kind not in ("up-referral", "down-referral"):
         return
     patient_id = ref_id(sr.get("subject")) or ""

@@ -336,3 +336,38 @@ def test_a_discharge_that_is_not_down_referred_names_the_down_referral_none_rule
     assert _decision_outcome(gr) == "none"
     assert [c["coding"][0]["code"] for c in gr["reasonCode"]] == ["down-referral-none"]
     assert gr["moduleCanonical"].endswith("/down-referral-default|2024.2")
+
+
+def test_a_new_urgency_reaches_the_open_task(county: dict[str, Fhir]) -> None:
+    """PUT stat -> routine (with the override's reason): the Task's priority follows, as the clinic's write;
+    the inbox order and the 2 h / 24 h acceptance limit read Task.priority."""
+    from sqlalchemy import select
+
+    from referral_service.domain.registry import AuditRecord
+    from referral_service.extensions import database
+
+    clinic, hospital = county["township-his"], county["county-his"]
+    _, _, gr = _first_visit(county)
+    sr_id = gr["result"]["reference"].split("/")[1]
+    sr = clinic.get(f"ServiceRequest/{sr_id}").json
+    assert sr["priority"] == "stat"
+    draft_change = sr | {"priority": "urgent", "note": [*sr.get("note", []), {"text": "家属要求，先观察"}]}
+    assert clinic.put(f"ServiceRequest/{sr_id}", draft_change).status_code == 200
+    assert _one(clinic, f"Task?focus=ServiceRequest/{sr_id}")["priority"] == "urgent"  # the draft Task too
+    sr = clinic.get(f"ServiceRequest/{sr_id}").json
+    assert clinic.put(f"ServiceRequest/{sr_id}", sr | {"status": "active"}).status_code == 200
+    sr = clinic.get(f"ServiceRequest/{sr_id}").json
+    routine = sr | {"priority": "routine", "note": [*sr["note"], {"text": "生命体征已平稳"}]}
+    assert clinic.put(f"ServiceRequest/{sr_id}", routine).status_code == 200
+    task = _one(hospital, f"Task?focus=ServiceRequest/{sr_id}")
+    assert (task["status"], task["priority"]) == ("requested", "routine")
+    assert _one(hospital, "Task?owner=Organization/hosp&priority=routine")["id"] == task["id"]
+    with database.unit_of_work() as db:
+        last = db.execute(
+            select(AuditRecord.agent_name)
+            .where(AuditRecord.entity_type == "Task", AuditRecord.entity_id == task["id"])
+            .order_by(AuditRecord.id.desc())
+            .limit(1)
+        ).scalar_one()
+    assert last == "township-his"
+    assert every_stored_version_validates() > 10
