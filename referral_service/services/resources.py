@@ -49,6 +49,17 @@ def _run_before(session: Session, actor: Actor, resource_type: str, new: dict[st
         hook(session, actor, new, previous)
 
 
+BeforeDelete = Callable[[Session, Actor, str], None]
+_before_delete: dict[str, list[BeforeDelete]] = {}
+
+
+def on_before_delete(resource_type: str, hook: BeforeDelete) -> None:
+    """Run `hook(session, actor, res_id)` before a resource of the type is deleted; it may refuse
+    (e.g. a Patient an active settlement rests on: services/settlement.py)."""
+    if hook not in _before_delete.setdefault(resource_type, []):
+        _before_delete[resource_type].append(hook)
+
+
 def on_write(resource_type: str, hook: AfterWrite) -> None:
     """Run `hook` after every stored write of the type, in the same transaction."""
     if hook not in _after_write.setdefault(resource_type, []):
@@ -399,6 +410,8 @@ def delete(
         store.read(resource_type, res_id, actor)  # 404 when out of the actor's sight
     except Gone:
         return None  # deleted before, and visible: nothing more to do
+    for hook in _before_delete.get(resource_type, []):
+        hook(session, actor, res_id)
     stored = store.delete(existing)
     release = ON_DELETE.get(resource_type)
     if release is not None:

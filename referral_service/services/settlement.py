@@ -9,7 +9,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, and_, bindparam, exists, func, or_, select, true
+from sqlalchemy import BigInteger, Date, and_, bindparam, exists, func, literal, or_, select, true, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from ..domain.actor import SYSTEM, Actor
 from ..domain.base import new_id, utcnow
 from ..domain.errors import BadRequest, Conflict, Forbidden, NotFound, Problem, Unprocessable
-from ..domain.fhir_store import StoredResource
+from ..domain.fhir_store import ReferenceIndex, StoredResource
 from ..domain.ledger import FUNDS, EpisodeDeductible, Payable, Settlement, YearAccumulator
 from ..domain.registry import Coverage, Organization, Patient, PovertyRegistration
 from ..fhir import codes, jsonio
@@ -37,7 +37,7 @@ from ..settlement import (
     settle,
 )
 from . import ledger_pg
-from .resources import audit, audit_row
+from .resources import audit, audit_row, on_before_delete
 
 CLAIM_TYPES = {"institutional": "inpatient", "professional": "outpatient"}
 ZERO = Decimal("0.00")
@@ -57,6 +57,8 @@ def configure(policies_dir: Path) -> None:
     if _policies.directory != policies_dir or _policies.registry is None:
         _policies.registry = load_policy_dir(policies_dir)
         _policies.directory = policies_dir
+    on_before_delete("Patient", _keep_settled_patient)
+    on_before_delete("Coverage", _keep_settled_coverage)
 
 
 def policies() -> PolicyRegistry:
@@ -375,10 +377,18 @@ _PARTIES = (
     .outerjoin(Coverage, and_(Coverage.id == bindparam("coverage_id"), _not_deleted("Coverage", Coverage.id)))
     .where(Patient.id == bindparam("patient_id"), _not_deleted("Patient", Patient.id))
 )  # fmt: skip
-# PostgreSQL: the same statement takes the claim's advisory lock.
+# PostgreSQL: the same statement takes the claim's advisory lock, and shares the locks that a
+# DELETE of the patient or the coverage takes (`_keep_settled`).
 _PARTIES_LOCKING = _PARTIES.add_columns(
-    func.pg_advisory_xact_lock(bindparam("lock", type_=BigInteger())).label("locked")
+    func.pg_advisory_xact_lock(bindparam("lock", type_=BigInteger())).label("locked"),
+    func.pg_advisory_xact_lock_shared(bindparam("patient_lock", type_=BigInteger())).label("p_locked"),
+    func.pg_advisory_xact_lock_shared(bindparam("coverage_lock", type_=BigInteger())).label("c_locked"),
 )
+
+
+def _party_lock(res_type: str, res_id: str | None) -> str:
+    """The lock a settlement shares and a DELETE of its Patient or Coverage takes alone."""
+    return f"settlement-party|{res_type}/{res_id}"
 
 
 def _parties(
@@ -405,6 +415,8 @@ def _parties(
     }
     if connection.dialect.name == "postgresql":
         stmt, params["lock"] = _PARTIES_LOCKING, lock_digest(lock)
+        params["patient_lock"] = lock_digest(_party_lock("Patient", patient_id))
+        params["coverage_lock"] = lock_digest(_party_lock("Coverage", coverage_id))
     else:
         stmt = _PARTIES
     rows = kept_rows(connection, stmt, params)
@@ -479,7 +491,7 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
     parties = _parties(session, _ref_id(claim.get("patient"), "Patient"), provider_id, coverage_id,
                        discharge, lock)
     if parties is None:
-        raise _refuse("Claim.patient is not a known Patient", "Claim.patient", "not-found")
+        raise _unknown_patient()
     if parties.provider_id is None or not parties.facility_level:
         raise _refuse("Claim.provider is not a known health facility", "Claim.provider", "not-found")
     if bad_discharge is not None:
@@ -495,18 +507,26 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
         or parties.coverage_type != "basic"
         or not parties.coverage_active
     ):
-        raise _refuse(
-            "the patient has no active basic Coverage on the discharge date (Claim.insurance[0].coverage)",
-            "Claim.insurance[0].coverage",
-        )
+        raise _no_coverage()
     referral = _check_referral(session, claim, parties.patient_id, parties.provider_id, discharge)
 
     if session.get_bind().dialect.name != "postgresql":
         ResourceStore(session).lock_key(lock)  # (PostgreSQL: taken by _parties)
     digest = content_hash(claim)
-    earlier = kept_rows(session.connection(), _EARLIER, {
-        "provider_id": parties.provider_id, "system": key_system, "value": key_value,
-    })
+    connection = session.connection()
+    values = {"provider_id": parties.provider_id, "system": key_system, "value": key_value}
+    if connection.dialect.name == "postgresql":
+        # After the lock a DELETE of the patient or coverage holds: what such a DELETE committed
+        # while this claim waited for it (SQLite: writers are serialised, _parties saw it).
+        rows = kept_rows(connection, _EARLIER_OR_DELETED,
+                         values | {"patient_id": parties.patient_id, "coverage_id": parties.coverage_id})
+        if any(r.content_hash == _DELETED and r.claim_response_id == "Patient" for r in rows):
+            raise _unknown_patient()
+        if any(r.content_hash == _DELETED for r in rows):
+            raise _no_coverage()
+        earlier = rows
+    else:
+        earlier = kept_rows(connection, _EARLIER, values)
     if earlier:
         if earlier[0].content_hash != digest:
             raise Conflict(
@@ -578,6 +598,81 @@ _EARLIER = select(Settlement.id, Settlement.content_hash, Settlement.claim_respo
     Settlement.identifier_value == bindparam("value"),
     Settlement.status == "active",
 ).limit(1)
+# PostgreSQL: the same, and a row (id, _DELETED, type) for the claim's Patient or Coverage if it is
+# deleted now (no content hash is that string).
+_DELETED = "deleted"
+_EARLIER_OR_DELETED = union_all(
+    _EARLIER,
+    select(StoredResource.res_id, literal(_DELETED), StoredResource.res_type).where(
+        StoredResource.deleted == true(),
+        or_(
+            and_(StoredResource.res_type == "Patient", StoredResource.res_id == bindparam("patient_id")),
+            and_(StoredResource.res_type == "Coverage", StoredResource.res_id == bindparam("coverage_id")),
+        ),
+    ),
+)
+
+
+def _unknown_patient() -> Unprocessable:
+    return _refuse("Claim.patient is not a known Patient", "Claim.patient", "not-found")
+
+
+def _no_coverage() -> Unprocessable:
+    return _refuse(
+        "the patient has no active basic Coverage on the discharge date (Claim.insurance[0].coverage)",
+        "Claim.insurance[0].coverage",
+    )
+
+
+# Claims whose active settlement rests on a Patient / a Coverage (a few, to name them).
+_SETTLED_FOR_PATIENT = select(Settlement.claim_id).where(
+    Settlement.patient_id == bindparam("res_id"), Settlement.status == "active"
+).limit(3)
+_EOB_COVERAGE = ReferenceIndex.__table__.alias("eob_coverage")
+_SETTLED_ON_COVERAGE = (
+    select(Settlement.claim_id)
+    .select_from(_EOB_COVERAGE)
+    .join(StoredResource, StoredResource.pk == _EOB_COVERAGE.c.resource_pk)
+    .join(ReferenceIndex, and_(ReferenceIndex.resource_pk == _EOB_COVERAGE.c.resource_pk,
+                               ReferenceIndex.res_type == "ExplanationOfBenefit",
+                               ReferenceIndex.param == "claim"))
+    .join(Settlement, and_(Settlement.claim_id == ReferenceIndex.target_id,
+                           Settlement.eob_id == StoredResource.res_id, Settlement.status == "active"))
+    .where(
+        _EOB_COVERAGE.c.res_type == "ExplanationOfBenefit", _EOB_COVERAGE.c.param == "coverage",
+        _EOB_COVERAGE.c.target_id == bindparam("res_id"), _EOB_COVERAGE.c.target_type == "Coverage",
+    )
+    .limit(3)
+)  # fmt: skip
+
+
+def _keep_settled(session: Session, res_type: str, res_id: str, query: Any) -> None:
+    """409 for a DELETE of a Patient or Coverage that an active settlement rests on.
+
+    DESIGN 5 keeps every settlement (a reversal keeps both records); a settled claim is never
+    deleted (its type has no delete) but reversed. Deleting the patient or the coverage under it
+    would leave the insurer a ClaimResponse whose patient reads 410, so it is refused the same way:
+    reverse the settlements first. Once they are all reversed the DELETE goes through. The lock
+    taken here is the one every settlement shares on its patient and coverage (`_PARTIES_LOCKING`),
+    so a settlement in flight and a DELETE never both succeed (SQLite serialises writers).
+    """
+    ResourceStore(session).lock_key(_party_lock(res_type, res_id))
+    claims = session.scalars(query, {"res_id": res_id}).all()
+    if claims:
+        named = ", ".join(f"Claim/{c}" for c in claims)
+        message = (
+            f"{res_type}/{res_id} cannot be deleted: active settlements rest on it ({named}); "
+            "reverse them first (冲销)"
+        )
+        raise Conflict(message, [Problem(message, expression=res_type, code="business-rule")])
+
+
+def _keep_settled_patient(session: Session, actor: Actor, res_id: str) -> None:
+    _keep_settled(session, "Patient", res_id, _SETTLED_FOR_PATIENT)
+
+
+def _keep_settled_coverage(session: Session, actor: Actor, res_id: str) -> None:
+    _keep_settled(session, "Coverage", res_id, _SETTLED_ON_COVERAGE)
 
 
 def _store(

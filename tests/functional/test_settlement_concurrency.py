@@ -100,3 +100,42 @@ def test_concurrent_identical_resubmissions_make_one_settlement(county: County) 
     with database.session() as s:
         assert s.scalar(select(func.count()).select_from(Settlement)) == 1
         assert s.scalars(select(YearAccumulator)).one().inpatient_basic_paid == D("6000.00")
+
+
+def test_a_delete_and_a_settlement_of_one_patient_never_both_succeed(county: County) -> None:
+    """Either order: a DELETE of the patient waits for a settlement in flight (then 409), and a
+    settlement waits for a DELETE in flight (then 422: the patient is unknown)."""
+    import time
+
+    from referral_service.domain.actor import SYSTEM
+    from referral_service.services import resources
+    from referral_service.services import settlement as settlement_service
+
+    token = county.his["hosp"].token
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+    pid, cov = county.patient()
+    other, other_cov = county.patient()
+    with live_server(county.platform.client.application) as base, ThreadPoolExecutor(max_workers=1) as pool:
+        # A DELETE in flight (uncommitted): the settlement waits for it, then finds no patient.
+        with database.unit_of_work() as session:
+            resources.delete(session, SYSTEM, "Patient", pid)
+            submitted = pool.submit(
+                lambda: requests.post(f"{base}/fhir/Claim/$submit", timeout=60, headers=headers,
+                                      json=claim(pid, cov, "hosp", [("1000.00", "A")]))
+            )
+            time.sleep(0.5)
+            assert not submitted.done()
+        assert submitted.result().status_code == 422, submitted.result().json()
+        assert submitted.result().json()["issue"][0]["expression"] == ["Claim.patient"]
+        # A settlement in flight: the DELETE waits for it, then finds it.
+        with database.unit_of_work() as session:
+            body = claim(other, other_cov, "hosp", [("1000.00", "A")])
+            settlement_service.submit_claim(session, SYSTEM, body)
+            deleted = pool.submit(
+                lambda: requests.delete(f"{base}/fhir/Patient/{other}", timeout=60, headers=headers)
+            )
+            time.sleep(0.5)
+            assert not deleted.done()
+        assert deleted.result().status_code == 409, deleted.result().json()
+    with database.session() as s:
+        assert [r.patient_id for r in s.scalars(select(Settlement))] == [other]

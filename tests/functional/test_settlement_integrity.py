@@ -41,3 +41,55 @@ def test_a_deleted_patient_coverage_or_provider_is_unknown_to_submit(county: Cou
                   "Organization": "Claim.provider"}[deleted]
     assert response.json["issue"][0]["expression"] == [expression]
     _nothing_settled()
+
+
+def _reverse(county: County, claim_id: str) -> None:
+    response = county.his["hosp"].post(
+        f"Claim/{claim_id}/$reverse",
+        {"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": "录入错误"}]},
+    )
+    assert response.status_code == 200, response.json
+
+
+@pytest.mark.parametrize("target", ["Patient", "Coverage"])
+def test_a_patient_or_coverage_with_an_active_settlement_cannot_be_deleted(
+    county: County, target: str
+) -> None:
+    pid, cov = county.patient()
+    settled = county.his["hosp"].post("Claim/$submit", claim(pid, cov, "hosp", [("1000.00", "A")]))
+    assert settled.status_code == 200, settled.json
+    claim_id = settled.json["request"]["reference"].split("/")[1]
+    path = f"Patient/{pid}" if target == "Patient" else f"Coverage/{cov}"
+    for who in (county.platform, county.his["hosp"]):
+        refused = who.delete(path)
+        assert refused.status_code == 409, refused.json
+        issue = refused.json["issue"][0]
+        assert issue["code"] == "business-rule"
+        assert f"Claim/{claim_id}" in issue["diagnostics"] and "reverse" in issue["diagnostics"]
+    in_bundle = county.platform.post("", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": path}}]})
+    assert in_bundle.status_code == 409, in_bundle.json
+    assert county.platform.get(path).status_code == 200
+    assert county.platform.get(f"Patient/{pid}").status_code == 200
+    # Reversed: nothing rests on it any more.
+    _reverse(county, claim_id)
+    assert county.platform.delete(path).status_code == 204
+    assert county.platform.get(path).status_code == 410
+
+
+def test_a_coverage_only_a_reversed_settlement_used_can_be_deleted(county: County) -> None:
+    """The claim was settled on one coverage, reversed, and settled again on another: the first is free."""
+    pid, cov = county.patient()
+    copy = {k: v for k, v in county.platform.get(f"Coverage/{cov}").json.items() if k not in ("id", "meta")}
+    second = county.platform.post("Coverage", copy)
+    assert second.status_code == 201, second.json
+    body = claim(pid, cov, "hosp", [("1000.00", "A")], key="K-cov")
+    first = county.his["hosp"].post("Claim/$submit", body)
+    claim_id = first.json["request"]["reference"].split("/")[1]
+    _reverse(county, claim_id)
+    body["id"] = claim_id
+    body["insurance"][0]["coverage"] = {"reference": f"Coverage/{second.json['id']}"}
+    again = county.his["hosp"].post("Claim/$submit", body)
+    assert again.status_code == 200, again.json
+    assert county.platform.delete(f"Coverage/{cov}").status_code == 204
+    assert county.platform.delete(f"Coverage/{second.json['id']}").status_code == 409
