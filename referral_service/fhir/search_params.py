@@ -127,6 +127,26 @@ def parse_date_range(text: str) -> tuple[datetime, datetime]:
     return _utc(low), _utc(high)
 
 
+def shanghai_date(text: str) -> date:
+    """The Asia/Shanghai calendar day of a FHIR date, dateTime or instant given to the day at least.
+
+    An instant names the day it falls on in Asia/Shanghai ("2026-11-12T18:00:00Z" is 2026-11-13
+    there); a date-only or zone-less value is read as Asia/Shanghai (DESIGN section 5). Slicing the
+    first ten characters would give the day in the value's own zone. ValueError when the value is
+    not a FHIR date or dateTime, or less precise than a day.
+    """
+    m = _DATE.match(text.strip())
+    if not m or m["d"] is None:
+        raise ValueError(f"not a FHIR date or dateTime to the day: {text!r}")
+    day = date(int(m["y"]), int(m["m"]), int(m["d"]))
+    if m["H"] is None or not m["tz"]:
+        return day  # already a day (or a time) in Asia/Shanghai
+    try:
+        return parse_date_range(text)[0].astimezone(SHANGHAI).date() if 1 < day.year < 9999 else day
+    except (OverflowError, ValueError):
+        return day
+
+
 def _after(low: datetime, unit: str | timedelta) -> datetime:
     """The first instant after the year, month or span that starts at `low`."""
     if unit == "year":

@@ -37,6 +37,7 @@ from ..domain.errors import Forbidden, Problem, Unprocessable
 from ..domain.ledger import FUNDS, ZERO, Payable, Settlement
 from ..domain.registry import Organization, Patient
 from ..fhir.codes import BASE, SETTLEMENT_COMPONENT_SYSTEM
+from ..fhir.search_params import shanghai_date
 from ..fhir.store import ResourceStore, Stored, instant
 from . import resources as service
 
@@ -419,10 +420,12 @@ def _org_ref(value: Any) -> str | None:
 
 
 def _date(value: Any) -> date | None:
+    """A date or dateTime as its day in Asia/Shanghai (an instant late in the UTC day is the next day
+    there; date-only and zone-less values are Asia/Shanghai); None when it is not one."""
     if not isinstance(value, str):
         return None
     try:
-        return date.fromisoformat(value[:10])
+        return shanghai_date(value)
     except ValueError:
         return None
 

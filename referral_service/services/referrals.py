@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from ..domain.fhir_store import StoredResource
 from ..domain.registry import Organization
 from ..fhir import codes, jsonio
 from ..fhir.mappers import referral as shapes
-from ..fhir.search_params import SHANGHAI
+from ..fhir.search_params import SHANGHAI, shanghai_date
 from ..fhir.store import ResourceStore, Stored, instant, now_ms
 from ..rules import Decision, DefaultRuleSets, MatchedRule, evaluate, load_default_rule_sets
 from . import resources as service
@@ -579,6 +579,21 @@ def _township_clinic(
     return None
 
 
+def _discharge_day(encounter: dict[str, Any], start: datetime) -> date:
+    """The day follow-ups count from: the discharge (period.end) as a date in Asia/Shanghai.
+
+    An instant is the day it falls on in Asia/Shanghai (18:00Z is 02:00 the next day there); a
+    date-only or zone-less value is read as Asia/Shanghai. Without a usable end, the day of the start.
+    """
+    end = (encounter.get("period") or {}).get("end")
+    if isinstance(end, str):
+        try:
+            return shanghai_date(end)
+        except ValueError:
+            pass
+    return start.astimezone(SHANGHAI).date()
+
+
 def _no_clinic(decision: Decision) -> Decision:
     """The decision when the rules chose a down-referral but the patient has no township clinic.
 
@@ -646,10 +661,7 @@ def discharge(session: Session, actor: Actor, encounter_id: str) -> Decision:
                         when=when,
                     ),
                 )
-                start = ctx.start.astimezone(SHANGHAI).date()
-                end = (ctx.encounter.get("period") or {}).get("end")
-                if end:
-                    start = date.fromisoformat(end[:10])
+                start = _discharge_day(ctx.encounter, ctx.start)
                 _put(
                     session,
                     shapes.care_plan(

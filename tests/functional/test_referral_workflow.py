@@ -371,3 +371,18 @@ def test_a_new_urgency_reaches_the_open_task(county: dict[str, Fhir]) -> None:
         ).scalar_one()
     assert last == "township-his"
     assert every_stored_version_validates() > 10
+
+
+def test_follow_ups_count_from_the_discharge_day_in_asia_shanghai(county: dict[str, Fhir]) -> None:
+    """Discharged 2026-11-12T18:00:00Z, 2026-11-13 02:00 in Asia/Shanghai: follow-ups 7, 30, 90 days
+    after the 13th."""
+    platform, clinic, hospital = county["platform"], county["township-his"], county["county-his"]
+    pid = platform.post("Patient", patient(RESIDENT_SAMPLE, gp="th-01")).json["id"]
+    _stay(hospital, pid, start="2026-11-02T06:00:00Z", end="2026-11-12T18:00:00Z")
+    plan = _one(clinic, f"CarePlan?patient=Patient/{pid}")
+    assert plan["period"]["start"] == "2026-11-13"
+    assert [a["detail"]["scheduledPeriod"]["start"] for a in plan["activity"]] == [
+        "2026-11-20",
+        "2026-12-13",
+        "2027-02-11",
+    ]

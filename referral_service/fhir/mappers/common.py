@@ -6,6 +6,7 @@ from datetime import date
 from typing import Any
 
 from ...domain.errors import Problem, Unprocessable
+from ..search_params import shanghai_date
 
 
 def ref_id(reference: Any, expected_type: str) -> str | None:
@@ -36,10 +37,17 @@ def require_ref(resource: dict[str, Any], element: str, expected_type: str) -> s
 
 
 def fhir_date(text: str | None) -> date | None:
-    """A full FHIR date (YYYY-MM-DD) or None; partial dates give None."""
+    """The day of a full FHIR date or dateTime (Asia/Shanghai), or None; partial dates give None.
+
+    A dateTime with a zone is the day it falls on in Asia/Shanghai (a Coverage ending at
+    2026-12-31T18:00:00Z ends on 2027-01-01 there); a date or zone-less dateTime is that day.
+    """
     if not text or len(text) < 10:
         return None
-    return date.fromisoformat(text[:10])
+    try:
+        return shanghai_date(text)
+    except ValueError:
+        return date.fromisoformat(text[:10])
 
 
 def coding_code(concepts: Any, system: str) -> str | None:
