@@ -203,8 +203,44 @@ def _decimal(value: Any) -> Decimal | None:
         return None
 
 
+# Not part of what was claimed: the server's id and metadata, the narrative, and when the HIS
+# wrote the claim (a HIS retrying after a timeout may build it anew, with a new `created`).
+NOT_CLAIMED = ("id", "meta", "text", "created")
+
+
+def canonical(value: Any) -> Any:
+    """A JSON value in one spelling: every number an exact normalised Decimal (27000, 27000.0 and
+    2.7e4 alike; -0 is 0), arrays in their order; key order and white space go when it is written
+    with sorted keys."""
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return value
+    try:
+        number = Decimal(str(value))
+        return Decimal(0) if number.is_zero() else number.normalize()
+    except ArithmeticError:  # beyond the decimal context: as written
+        return str(value)
+
+
 def content_hash(claim: dict[str, Any]) -> str:
-    """Fingerprint of what was claimed (ignoring id, meta and narrative) for idempotency."""
+    """Fingerprint of what was claimed, for idempotency (DESIGN 5: the same key with the same
+    content is the same settlement; with other content, 409).
+
+    "Same content" is the claim's meaning, not its bytes: it is hashed in `canonical` form (numbers
+    normalised, keys sorted, no white space), without the elements of `NOT_CLAIMED`. So a HIS that
+    re-sends `27000.00` as `27000`, re-serialises with another key order, or rebuilds the claim
+    with a new `created` after a timeout gets its settlement back; a changed amount, item, patient,
+    provider, coverage, period, referral or identifier is other content.
+    """
+    core = {k: v for k, v in claim.items() if k not in NOT_CLAIMED}
+    return hashlib.sha256(jsonio.dumps(canonical(core), sort_keys=True)).hexdigest()
+
+
+def _raw_content_hash(claim: dict[str, Any]) -> str:
+    """The fingerprint settlements stored before `content_hash` was canonical (still recognised)."""
     core = {k: v for k, v in claim.items() if k not in ("id", "meta", "text")}
     return hashlib.sha256(jsonio.dumps(core, sort_keys=True)).hexdigest()
 
@@ -528,7 +564,7 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
     else:
         earlier = kept_rows(connection, _EARLIER, values)
     if earlier:
-        if earlier[0].content_hash != digest:
+        if earlier[0].content_hash not in (digest, _raw_content_hash(claim)):
             raise Conflict(
                 f"claim {key_system}|{key_value} was already settled with other content; "
                 "reverse that settlement first"

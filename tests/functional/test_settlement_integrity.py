@@ -3,8 +3,10 @@ that must be refused, idempotency on content, the standard $submit input, EOB pa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -93,3 +95,54 @@ def test_a_coverage_only_a_reversed_settlement_used_can_be_deleted(county: Count
     assert again.status_code == 200, again.json
     assert county.platform.delete(f"Coverage/{cov}").status_code == 204
     assert county.platform.delete(f"Coverage/{second.json['id']}").status_code == 409
+
+
+def _post_text(county: County, text: str) -> Any:
+    his = county.his["hosp"]
+    return his.client.post("/fhir/Claim/$submit", data=text.encode(), content_type="application/fhir+json",
+                           headers=his._headers())
+
+
+def test_resubmitting_the_same_claim_spelled_otherwise_is_the_same_settlement(county: County) -> None:
+    """27000.00 and 27000, another key order and white space, a new `created`: the same claim."""
+    pid, cov = county.patient()
+    body = claim(pid, cov, "hosp", [("27000.00", "A"), ("3000.00", "C")], key="K-spell")
+    body["item"][0]["quantity"] = {"value": 1}
+    first_text = json.dumps(body).replace('"value": 27000.0,', '"value": 27000.00,')
+    assert "27000.00" in first_text
+    first = _post_text(county, first_text)
+    assert first.status_code == 200, first.json
+    respelled = json.loads(json.dumps(body))
+    respelled["created"] = "2026-03-11T09:30:00+08:00"  # rebuilt by the HIS after a timeout
+    respelled["item"][0]["quantity"] = {"value": 1.0}
+    text = json.dumps(respelled, sort_keys=True, indent=3, ensure_ascii=False)
+    text = text.replace('"value": 27000.0\n', '"value": 27000\n').replace('"value": 3000.0\n', '"value": 3e3\n')
+    assert '"value": 27000\n' in text and "3e3" in text and "2026-03-11T09:30" in text
+    again = _post_text(county, text)
+    assert again.status_code == 200, again.json
+    assert again.json["id"] == first.json["id"]
+    for change in ('"value": 27000.01\n', '"value": 2700\n'):
+        changed = _post_text(county, text.replace('"value": 27000\n', change))
+        assert changed.status_code == 409, changed.json
+        assert "other content" in changed.json["issue"][0]["diagnostics"]
+    other_class = json.loads(text)
+    other_class["item"][1]["category"]["coding"][0]["code"] = "B"
+    assert county.his["hosp"].post("Claim/$submit", other_class).status_code == 409
+    with database.session() as s:
+        assert s.scalar(select(func.count()).select_from(Settlement)) == 1
+
+
+def test_a_settlement_fingerprinted_before_canonical_hashing_is_still_recognised(county: County) -> None:
+    from referral_service.fhir import jsonio
+    from referral_service.services.settlement import _raw_content_hash
+
+    pid, cov = county.patient()
+    text = json.dumps(claim(pid, cov, "hosp", [("1000.00", "A")], key="K-old"))
+    first = _post_text(county, text)
+    with database.session() as s:
+        row = s.scalars(select(Settlement)).one()
+        row.content_hash = _raw_content_hash(jsonio.loads(text.encode()))
+        s.commit()
+    again = _post_text(county, text)
+    assert again.status_code == 200, again.json
+    assert again.json["id"] == first.json["id"]
