@@ -17,7 +17,7 @@ from ..domain.fhir_store import StoredResource
 from ..domain.registry import Organization
 from ..fhir import codes, jsonio
 from ..fhir.mappers import referral as shapes
-from ..fhir.search_params import SHANGHAI, shanghai_date
+from ..fhir.search_params import SHANGHAI, parse_date_range, shanghai_date
 from ..fhir.store import ResourceStore, Stored, instant, now_ms
 from ..rules import Decision, DefaultRuleSets, MatchedRule, evaluate, load_default_rule_sets
 from . import resources as service
@@ -121,6 +121,30 @@ def _now() -> str:
     return instant(now_ms())
 
 
+def _visit_time(encounter: dict[str, Any], keys: tuple[str, ...], fallback: str) -> str:
+    """When a visit-derived referral was made: the first of the visit's `period` `keys` given to the day.
+
+    A referral the workflow derives from a visit is authored when the visit was (the first visit's
+    end, the discharge), not when the server processed it: a visit entered days later must still
+    settle with its referral (authoredOn <= discharge date, DESIGN section 5). Processing time stays
+    in meta.lastUpdated. A zone-less time is Asia/Shanghai and gets that offset; without a usable
+    period the processing time `fallback` is used.
+    """
+    period = encounter.get("period") or {}
+    for key in keys:
+        value = period.get(key)
+        if not isinstance(value, str) or len(value) < 10:
+            continue
+        try:
+            shanghai_date(value)
+        except ValueError:
+            continue
+        if "T" in value and not (value.endswith("Z") or value[-6] in "+-"):
+            return parse_date_range(value)[0].astimezone(SHANGHAI).isoformat()
+        return value
+    return fallback
+
+
 def _code(resource: dict[str, Any], system: str) -> str | None:
     for coding in (resource.get("code") or {}).get("coding", []):
         if coding.get("system") == system:
@@ -159,6 +183,7 @@ def evaluate_visit(session: Session, actor: Actor, encounter_id: str) -> Decisio
     sr_id, task_id = f"ref-up-{encounter_id}", f"task-ref-up-{encounter_id}"
     existing_sr = _load(session, "ServiceRequest", sr_id)
     when = _now()
+    authored = _visit_time(ctx.encounter, ("end", "start"), when)
     result_id = None
     notes: list[tuple[str, str]] = []
     if decision.refers and ctx.provider is not None:
@@ -175,13 +200,13 @@ def evaluate_visit(session: Session, actor: Actor, encounter_id: str) -> Decisio
                 encounter_id=encounter_id,
                 requester_id=ctx.provider.id,
                 performer_id=hospital.id,
-                authored=(existing_sr or {}).get("authoredOn", when),
+                authored=authored,
                 reasons=[str(c["id"]) for c in ctx.conditions],
                 supporting=[shapes.ref("Observation", str(o["id"])) for o in ctx.observations],
                 note="; ".join(m.explanation_zh for m in decision.matched_rules),
             )
             result_id = sr_id
-            _put(session, sr, ignore=("authoredOn",))
+            _put(session, sr)
             _put(
                 session,
                 shapes.task(
@@ -640,7 +665,7 @@ def discharge(session: Session, actor: Actor, encounter_id: str) -> Decision:
                 encounter_id=encounter_id,
                 requester_id=hospital_id,
                 performer_id=clinic.id,
-                authored=when,
+                authored=_visit_time(ctx.encounter, ("end",), when),
                 based_on=str(up["id"]) if up else None,
                 reasons=[str(c["id"]) for c in ctx.conditions],
                 note="; ".join(m.explanation_zh for m in decision.matched_rules),

@@ -9,6 +9,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from referral_service.fhir.codes import (
+    BASE,
     CAPABILITY_SYSTEM,
     DISCHARGE_DISPOSITION_SYSTEM,
     ICD10_SYSTEM,
@@ -386,3 +387,44 @@ def test_follow_ups_count_from_the_discharge_day_in_asia_shanghai(county: dict[s
         "2026-12-13",
         "2027-02-11",
     ]
+
+
+def test_referrals_are_authored_when_the_visit_was_so_a_stay_entered_later_settles(
+    county: dict[str, Fhir],
+) -> None:
+    """Visit 2026-11-02, stay 2026-11-02 to 11-12, all entered later: the up-referral is authored at
+    the visit's end and the down-referral at the discharge (processing time is meta.lastUpdated), so
+    the stay settles with its referral (authoredOn <= discharge date)."""
+    from tests.functional.settlement_helpers import claim
+
+    platform, clinic, hospital = county["platform"], county["township-his"], county["county-his"]
+    pid, _eid, gr = _first_visit(county)
+    sr_id = gr["result"]["reference"].split("/")[1]
+    sr = clinic.get(f"ServiceRequest/{sr_id}").json
+    assert sr["authoredOn"] == "2026-11-02T09:30:00+08:00"  # Encounter.period.end of the visit
+    assert not sr["meta"]["lastUpdated"].startswith("2026-11-02")
+    assert clinic.put(f"ServiceRequest/{sr_id}", sr | {"status": "active"}).status_code == 200
+    assert clinic.get(f"ServiceRequest/{sr_id}").json["authoredOn"] == "2026-11-02T09:30:00+08:00"
+    stay = _stay(hospital, pid, based_on=sr_id, end="2026-11-12T10:00:00+08:00")
+    down = clinic.get(f"ServiceRequest/ref-down-{stay['id']}").json
+    assert down["authoredOn"] == "2026-11-12T10:00:00+08:00"
+    episode = _one(clinic, f"EpisodeOfCare?patient=Patient/{pid}")
+    assert episode["period"]["start"] == "2026-11-02T09:30:00+08:00"
+
+    bureau = organization("bureau", level=None, kind="insurer", name="医保局")
+    assert platform.put("Organization/bureau", bureau).status_code == 201
+    coverage = platform.post(
+        "Coverage",
+        {
+            "resourceType": "Coverage",
+            "status": "active",
+            "type": {"coding": [{"system": f"{BASE}/CodeSystem/coverage-type", "code": "basic"}]},
+            "beneficiary": {"reference": f"Patient/{pid}"},
+            "payor": [{"reference": "Organization/bureau"}],
+            "period": {"start": "2020-01-01"},
+        },
+    )
+    assert coverage.status_code == 201, coverage.json
+    body = claim(pid, coverage.json["id"], "hosp", [("8000.00", "A")], discharge="2026-11-12", referral=sr_id)
+    settled = hospital.post("Claim/$submit", body)
+    assert settled.status_code == 200, settled.json
