@@ -208,7 +208,10 @@ _KNOWN_EXTERNAL_CODES: Final[Mapping[str, frozenset[str]]] = {
     ),
 }
 
-_ICD10_SHAPE = re.compile(r"^[A-Za-z][0-9]{2}")
+# An ICD-10 code: a letter, two digits, optionally a dot and up to eight letters or digits (WHO's
+# subcategories and the longer codes of China's national clinical edition, e.g. J18.900x001), and
+# a dagger or asterisk mark of the dual classification.
+_ICD10_CODE = re.compile(r"[A-Z][0-9]{2}(\.[0-9A-Za-z]{1,8})?[+*\u2020]?")
 
 
 # --- small helpers on JSON values -----------------------------------------------------------
@@ -1126,14 +1129,14 @@ class Conformance:
         elif (
             system == codes.ICD10_SYSTEM
             and isinstance(code, str)
-            and not _ICD10_SHAPE.match(code)
+            and not _ICD10_CODE.fullmatch(code)
         ):
             yield ProfileIssue(
-                "warning",
+                "error",
                 "code-invalid",
                 f"{expr}.code",
-                f"{code!r} does not look like an ICD-10 code (a letter and two digits first); "
-                "referral rules will not match it.",
+                f"{code!r} is not an ICD-10 code (a capital letter and two digits, optionally a dot "
+                "and more, such as I63.9); the referral rules could not match it.",
             )
 
     def _check_extensions(

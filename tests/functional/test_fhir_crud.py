@@ -475,3 +475,19 @@ def test_empty_answers_name_no_content_type(his: Fhir) -> None:
     assert "Content-Type" not in created.headers
     options = his.client.options("/fhir/Patient")
     assert "Content-Type" not in options.headers or options.data
+
+
+@pytest.mark.parametrize(
+    ("code", "status"), [("ZZZ", 422), ("i63.9", 422), ("I63", 201), ("J18.900x001", 201)]
+)
+def test_condition_codes_must_look_like_icd10(his: Fhir, code: str, status: int) -> None:
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    condition = {
+        "resourceType": "Condition",
+        "subject": {"reference": f"Patient/{pid}"},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": code}]},
+    }
+    response = his.post("Condition", condition)
+    assert response.status_code == status, response.json
+    if status == 422:
+        assert response.json["issue"][0]["expression"] == ["Condition.code.coding[0].code"]

@@ -534,15 +534,24 @@ def test_referral_rule_ids_are_an_open_fragment():
          "code-invalid", "warning")
 
 
-def test_icd10_shape_warning():
+@pytest.mark.parametrize("code", ["I63.9", "I63", "J18.900x001", "A17.0+", "G01*"])
+def test_icd10_codes_pass(code: str) -> None:
     condition = {
         "resourceType": "Condition",
         "subject": {"reference": "Patient/p1"},
-        "code": coding(codes.ICD10_SYSTEM, "I63.9"),
+        "code": coding(codes.ICD10_SYSTEM, code),
     }
     assert check(condition) == []
-    condition["code"] = coding(codes.ICD10_SYSTEM, "stroke")
-    only(check(condition), "Condition.code.coding[0].code", "code-invalid", "warning")
+
+
+@pytest.mark.parametrize("code", ["stroke", "ZZZ", "i63.9", "I63.", "I6"])
+def test_icd10_codes_of_another_shape_are_errors(code: str) -> None:
+    condition = {
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/p1"},
+        "code": coding(codes.ICD10_SYSTEM, code),
+    }
+    only(check(condition), "Condition.code.coding[0].code", "code-invalid", "error")
 
 
 # --- FHIR's required bindings that fhir.resources lets through ------------------------------
