@@ -37,7 +37,7 @@ from ..settlement import (
     settle,
 )
 from . import ledger_pg
-from .resources import audit, audit_row, on_before_delete
+from .resources import audit, audit_row, on_before_delete, on_before_write
 
 CLAIM_TYPES = {"institutional": "inpatient", "professional": "outpatient"}
 ZERO = Decimal("0.00")
@@ -59,6 +59,7 @@ def configure(policies_dir: Path) -> None:
         _policies.directory = policies_dir
     on_before_delete("Patient", _keep_settled_patient)
     on_before_delete("Coverage", _keep_settled_coverage)
+    on_before_write("Claim", _keep_settled_claim)
 
 
 def policies() -> PolicyRegistry:
@@ -703,6 +704,44 @@ def _keep_settled(session: Session, res_type: str, res_id: str, query: Any) -> N
         raise Conflict(message, [Problem(message, expression=res_type, code="business-rule")])
 
 
+# The active settlement of a Claim resource, if any.
+_ACTIVE_OF_CLAIM = select(Settlement.identifier_system, Settlement.identifier_value).where(
+    Settlement.claim_id == bindparam("claim_id"), Settlement.status == "active"
+).limit(1)
+
+
+def _settled_claim(claim_id: str, key: Any) -> Conflict:
+    message = (
+        f"Claim/{claim_id} has an active settlement (identifier {key.identifier_system}|"
+        f"{key.identifier_value}) and cannot be changed: reverse it first (冲销), then update or resubmit it"
+    )
+    return Conflict(message, [Problem(message, expression="Claim", code="business-rule")])
+
+
+def _keep_settled_claim(
+    session: Session, actor: Actor, new: dict[str, Any], previous: dict[str, Any] | None
+) -> None:
+    """409 for an update (PUT, or a transaction entry) of a Claim with an active settlement.
+
+    The stored Claim is the record of what was settled: the ClaimResponse, the EOB and the ledger
+    say what it said. Changing its amounts or anything else under them would make them disagree,
+    so, as for its deletion, the way is to reverse the settlement and then update or resubmit.
+    A PUT that changes nothing claimed (the same content in another spelling, or only meta or the
+    narrative) is still fine. The settlement service writes the Claim itself (not through this
+    update), so its own writes are not refused here.
+    """
+    if previous is None:
+        return
+    key = session.execute(_ACTIVE_OF_CLAIM, {"claim_id": str(new.get("id"))}).first()
+    if key is None:
+        return
+    unchanged = ("meta", "text")
+    if canonical({k: v for k, v in new.items() if k not in unchanged}) != canonical(
+        {k: v for k, v in previous.items() if k not in unchanged}
+    ):
+        raise _settled_claim(str(new.get("id")), key)
+
+
 def _keep_settled_patient(session: Session, actor: Actor, res_id: str) -> None:
     _keep_settled(session, "Patient", res_id, _SETTLED_FOR_PATIENT)
 
@@ -740,6 +779,12 @@ def _store(
     store = ResourceStore(session)
     claim_body = {k: v for k, v in claim.items() if k not in ("meta",)}
     existing_claim = store.current("Claim", str(claim["id"])) if claim.get("id") else None
+    if existing_claim is not None:
+        # The same Claim resource already settled under another identifier: settling again would
+        # overwrite the record the first settlement rests on (the same identifier was answered above).
+        key = session.execute(_ACTIVE_OF_CLAIM, {"claim_id": existing_claim.res_id}).first()
+        if key is not None:
+            raise _settled_claim(existing_claim.res_id, key)
     owner = actor.organization_id
     claim_version = store.prepare(
         "Claim", claim_body, method="PUT" if existing_claim else "POST", owner_org_id=owner,

@@ -116,7 +116,8 @@ def test_resubmitting_the_same_claim_spelled_otherwise_is_the_same_settlement(co
     respelled["created"] = "2026-03-11T09:30:00+08:00"  # rebuilt by the HIS after a timeout
     respelled["item"][0]["quantity"] = {"value": 1.0}
     text = json.dumps(respelled, sort_keys=True, indent=3, ensure_ascii=False)
-    text = text.replace('"value": 27000.0\n', '"value": 27000\n').replace('"value": 3000.0\n', '"value": 3e3\n')
+    text = text.replace('"value": 27000.0\n', '"value": 27000\n')
+    text = text.replace('"value": 3000.0\n', '"value": 3e3\n')
     assert '"value": 27000\n' in text and "3e3" in text and "2026-03-11T09:30" in text
     again = _post_text(county, text)
     assert again.status_code == 200, again.json
@@ -146,3 +147,36 @@ def test_a_settlement_fingerprinted_before_canonical_hashing_is_still_recognised
     again = _post_text(county, text)
     assert again.status_code == 200, again.json
     assert again.json["id"] == first.json["id"]
+
+
+def test_a_settled_claim_cannot_be_changed_until_reversed(county: County) -> None:
+    pid, cov = county.patient()
+    hosp = county.his["hosp"]
+    settled = hosp.post("Claim/$submit", claim(pid, cov, "hosp", [("1000.00", "A")], key="K-put"))
+    claim_id = settled.json["request"]["reference"].split("/")[1]
+    stored = hosp.get(f"Claim/{claim_id}").json
+    changed = json.loads(json.dumps(stored))
+    changed["item"][0]["net"]["value"] = 5000
+    for who in (hosp, county.platform):
+        refused = who.put(f"Claim/{claim_id}", changed)
+        assert refused.status_code == 409, refused.json
+        issue = refused.json["issue"][0]
+        assert issue["code"] == "business-rule" and "reverse it first" in issue["diagnostics"]
+    in_bundle = county.platform.post("", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": changed, "request": {"method": "PUT", "url": f"Claim/{claim_id}"}}]})
+    assert in_bundle.status_code == 409, in_bundle.json
+    # The same Claim resource settled again under another identifier would overwrite it too.
+    other_key = claim(pid, cov, "hosp", [("2000.00", "A")], key="K-other") | {"id": claim_id}
+    resubmitted = hosp.post("Claim/$submit", other_key)
+    assert resubmitted.status_code == 409, resubmitted.json
+    after = hosp.get(f"Claim/{claim_id}").json
+    assert after["meta"]["versionId"] == "1" and after["item"][0]["net"]["value"] == 1000
+    # Nothing claimed changes: fine (another spelling, only the narrative).
+    div = '<div xmlns="http://www.w3.org/1999/xhtml">住院结算</div>'
+    same = json.loads(json.dumps(stored)) | {"text": {"status": "generated", "div": div}}
+    same["item"][0]["net"]["value"] = 1000.000
+    assert hosp.put(f"Claim/{claim_id}", same).status_code == 200
+    with database.session() as s:
+        assert s.scalar(select(func.count()).select_from(Settlement)) == 1
+    _reverse(county, claim_id)
+    assert hosp.put(f"Claim/{claim_id}", changed).status_code == 200
