@@ -20,16 +20,44 @@ csrf.exempt(bp)
 bp.before_request(_check_body)  # the same 413 / 415 checks as every /fhir route
 bp.before_request(_check_id)  # and the same id grammar
 
-register_operation("Claim", "submit", "http://hl7.org/fhir/OperationDefinition/Claim-submit")
+register_operation(
+    "Claim", "submit", "http://hl7.org/fhir/OperationDefinition/Claim-submit",
+    "Settles the claim (one-stop, every payer) and answers the ClaimResponse itself. The body is the "
+    "Claim, a Bundle holding the Claim and what it references, or Parameters with one `resource` "
+    "parameter holding either.",
+)
 register_operation(
     "Claim", "reverse", "http://referral-service.example/fhir/OperationDefinition/Claim-reverse"
 )
 
 
+def submitted_resource(body: dict[str, Any]) -> dict[str, Any]:
+    """What `$submit` is given: the body itself, or, in the standard form of an operation's input,
+    the one `resource` parameter of a Parameters body (400 naming the parameter otherwise)."""
+    if body.get("resourceType") != "Parameters":
+        return body
+    entries = parameters_of(body)
+    for index, entry in enumerate(entries):
+        if entry["name"] != "resource":
+            where = f"Parameters.parameter[{index}]"
+            message = f"{where}: $submit takes one parameter, 'resource' (not {entry['name']!r})"
+            raise BadRequest(message, [Problem(message, expression=where, code="not-supported")])
+    if len(entries) != 1:
+        message = "$submit takes Parameters with exactly one 'resource' parameter (a Claim or a Bundle)"
+        raise BadRequest(message, [Problem(message, expression="Parameters.parameter", code="required")])
+    resource = entries[0].get("resource")
+    if not isinstance(resource, dict):
+        where = "Parameters.parameter[0].resource"
+        message = f"{where} must hold the Claim (or a Bundle with it)"
+        raise BadRequest(message, [Problem(message, expression=where, code="required")])
+    return resource
+
+
 @bp.post("/Claim/$submit")
 def submit() -> Response:
-    """Settle a Claim (or a Bundle with the Claim and what it references); answers the ClaimResponse."""
-    body = read_json_body()
+    """Settle a Claim (or a Bundle with the Claim and what it references; either may come as the
+    `resource` parameter of Parameters); answers the ClaimResponse."""
+    body = submitted_resource(read_json_body())
 
     def work(session: Any, actor: Any) -> settlement.SubmitResult:
         if body.get("resourceType") == "Bundle":

@@ -15,10 +15,16 @@ OPERATIONS: list[tuple[str, str, str]] = [
 ]
 
 
-def register_operation(resource_type: str, name: str, definition: str) -> None:
-    """Declare an operation so that the CapabilityStatement lists it."""
+# What the CapabilityStatement says of an operation beyond its definition (inputs, permissions).
+DOCUMENTATION: dict[tuple[str, str], str] = {}
+
+
+def register_operation(resource_type: str, name: str, definition: str, documentation: str = "") -> None:
+    """Declare an operation so that the CapabilityStatement lists it (with `documentation`, if any)."""
     if (resource_type, name, definition) not in OPERATIONS:
         OPERATIONS.append((resource_type, name, definition))
+    if documentation:
+        DOCUMENTATION[(resource_type, name)] = documentation
 
 
 def _resource_entry(type_name: str) -> dict[str, Any]:
@@ -49,7 +55,11 @@ def _resource_entry(type_name: str) -> dict[str, Any]:
     # A type's own definition of an operation replaces the general one of the same name.
     ops = {name: definition for kind, name, definition in OPERATIONS if kind == ""}
     ops.update((name, definition) for kind, name, definition in OPERATIONS if kind == type_name)
-    entry["operation"] = [{"name": name, "definition": definition} for name, definition in ops.items()]
+    entry["operation"] = [
+        {"name": name, "definition": definition}
+        | ({"documentation": doc} if (doc := DOCUMENTATION.get((type_name, name))) else {})
+        for name, definition in ops.items()
+    ]
     return entry
 
 

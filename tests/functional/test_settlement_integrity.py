@@ -180,3 +180,35 @@ def test_a_settled_claim_cannot_be_changed_until_reversed(county: County) -> Non
         assert s.scalar(select(func.count()).select_from(Settlement)) == 1
     _reverse(county, claim_id)
     assert hosp.put(f"Claim/{claim_id}", changed).status_code == 200
+
+
+def test_submit_takes_the_standard_parameters_form(county: County) -> None:
+    pid, cov = county.patient()
+    hosp = county.his["hosp"]
+    body = claim(pid, cov, "hosp", [("1000.00", "A")], key="K-params")
+    wrapped = hosp.post("Claim/$submit", {"resourceType": "Parameters",
+                                          "parameter": [{"name": "resource", "resource": body}]})
+    assert wrapped.status_code == 200, wrapped.json
+    assert wrapped.json["resourceType"] == "ClaimResponse"
+    assert hosp.post("Claim/$submit", body).json["id"] == wrapped.json["id"]  # the same claim
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"resource": claim(pid, cov, "hosp", [("500.00", "A")], inpatient=False)}]}
+    in_bundle = hosp.post("Claim/$submit", {"resourceType": "Parameters",
+                                            "parameter": [{"name": "resource", "resource": bundle}]})
+    assert in_bundle.status_code == 200, in_bundle.json
+    for parameters, where in (
+        ([], "Parameters.parameter"),
+        ([{"name": "resource", "resource": body}] * 2, "Parameters.parameter"),
+        ([{"name": "claim", "resource": body}], "Parameters.parameter[0]"),
+        ([{"name": "resource", "valueString": "x"}], "Parameters.parameter[0].resource"),
+        ([{"name": "resource", "resource": {"resourceType": "Patient"}}], "resourceType"),
+    ):
+        refused = hosp.post("Claim/$submit", {"resourceType": "Parameters", "parameter": parameters})
+        assert refused.status_code == 400, (parameters, refused.json)
+        assert refused.json["issue"][0]["expression"] == [where]
+    with database.session() as s:
+        assert s.scalar(select(func.count()).select_from(Settlement)) == 2
+    capability = hosp.client.get("/fhir/metadata").json
+    claim_entry = next(r for r in capability["rest"][0]["resource"] if r["type"] == "Claim")
+    submit = next(o for o in claim_entry["operation"] if o["name"] == "submit")
+    assert "Parameters" in submit["documentation"]
