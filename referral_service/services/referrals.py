@@ -15,7 +15,7 @@ from ..domain.actor import SYSTEM, Actor
 from ..domain.errors import Conflict, Forbidden, NotFound, Problem, Unprocessable
 from ..domain.fhir_store import StoredResource
 from ..domain.registry import Organization
-from ..fhir import codes, jsonio
+from ..fhir import codes, jsonio, profiles
 from ..fhir.mappers import referral as shapes
 from ..fhir.search_params import SHANGHAI, parse_date_range, shanghai_date
 from ..fhir.store import ResourceStore, Stored, instant, now_ms
@@ -152,24 +152,90 @@ def _code(resource: dict[str, Any], system: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class HospitalChoice:
+    """The proposed target hospital and the notes (zh, en) the decision should carry about it."""
+
+    hospital: Organization | None
+    notes: tuple[tuple[str, str], ...] = ()
+
+
+def _designation_chain(session: Session, clinic: Organization | None) -> list[str]:
+    """The clinic's parents (Organization.partOf), nearest first: a township health centre belongs to
+    the county hospital leading its medical community (医共体), a village clinic to its township."""
+    chain: list[str] = []
+    current = clinic
+    while current is not None and current.parent_id and current.parent_id not in chain and len(chain) < 10:
+        chain.append(current.parent_id)
+        current = session.get(Organization, current.parent_id)
+    return chain
+
+
+def _capability_name(capability: str, language: str) -> str:
+    return profiles.display(codes.CAPABILITY_SYSTEM, capability, language) or capability
+
+
 def choose_hospital(
     session: Session, clinic: Organization | None, capability: str | None
-) -> Organization | None:
-    """A county-level hospital in the clinic's county: the one with the capability, else the general one."""
+) -> HospitalChoice:
+    """The target hospital of an up-referral (DESIGN section 4), the same for the same data.
+
+    Candidates are the active county-level hospitals in the clinic's county (district equal after
+    trimming white space). Among them, the one that has the deciding rule's capability; otherwise,
+    or when none has it, the general one; when no county hospital there is general, any of them.
+    Ties are broken by a documented, stable order: first the hospital the clinic belongs to
+    (its partOf chain, the county hospital leading the medical community), then registration order
+    (when its Organization resource was first stored; rows without one last), then id. So a
+    hospital registered later does not take over the referrals of the county's existing one.
+
+    Only when the county has no active county-level hospital at all is one outside the county
+    proposed (same order), with a note saying so: a referral out of the county changes
+    reimbursement (section 5), and the clinician confirms or overrides the proposal. The notes
+    also say when no hospital in the county has the capability the rules asked for.
+    """
     district = (clinic.district if clinic else "").strip()
-    hospitals = list(
-        session.scalars(
-            select(Organization)
-            .where(Organization.facility_level == "county", Organization.active.is_(True))
-            .order_by(Organization.id)
+    rows = session.execute(
+        select(Organization, StoredResource.pk)
+        .outerjoin(
+            StoredResource,
+            (StoredResource.res_type == "Organization") & (StoredResource.res_id == Organization.id),
         )
-    )
-    local = [h for h in hospitals if (h.district or "").strip() == district] or hospitals
-    for wanted in ([capability] if capability else []) + ["general"]:
-        for h in local:
-            if wanted in (h.capabilities or []):
-                return h
-    return local[0] if local else None
+        .where(Organization.facility_level == "county", Organization.active.is_(True))
+    ).all()
+    chain = _designation_chain(session, clinic)
+
+    def order(row: Any) -> tuple[int, int, int, str]:
+        org, pk = row
+        designated = chain.index(org.id) if org.id in chain else len(chain)
+        return (designated, pk is None, pk or 0, org.id)
+
+    ranked = [org for org, _ in sorted(rows, key=order)]
+    local = [h for h in ranked if (h.district or "").strip() == district]
+    pool = local or ranked
+    if not pool:
+        return HospitalChoice(None, (NO_COUNTY_HOSPITAL,))
+    chosen = None
+    notes: list[tuple[str, str]] = []
+    if capability:
+        chosen = next((h for h in pool if capability in (h.capabilities or [])), None)
+        if chosen is None:
+            notes.append((
+                f"本县县级医院均无{_capability_name(capability, 'zh-CN')}服务能力：建议转往综合县医院",
+                f"no county hospital in the county has {_capability_name(capability, 'en').lower()}: "
+                "proposed the general county hospital",
+            ))
+    if chosen is None:
+        chosen = next((h for h in pool if "general" in (h.capabilities or [])), pool[0])
+    if not local:
+        where = (chosen.district or "").strip()
+        notes.append((
+            f"本县（{district or '未知'}）未登记县级医院：建议转往县外的{chosen.name}（{where}），"
+            "请临床医生确认；县外转诊影响医保报销",
+            f"no county hospital is registered in the clinic's county ({district or 'unknown'}): proposed "
+            f"{chosen.name} ({where}) outside the county, for the clinician to confirm; a referral out of "
+            "the county changes reimbursement",
+        ))
+    return HospitalChoice(chosen, tuple(notes))
 
 
 # ----------------------------------------------------------------------- first visit: refer up
@@ -187,43 +253,44 @@ def evaluate_visit(session: Session, actor: Actor, encounter_id: str) -> Decisio
     result_id = None
     notes: list[tuple[str, str]] = []
     if decision.refers and ctx.provider is not None:
-        hospital = choose_hospital(session, ctx.provider, decision.capability)
-        if hospital is None:
-            notes.append(NO_COUNTY_HOSPITAL)
-        elif existing_sr is None or existing_sr.get("status") == "draft":
-            sr = shapes.service_request(
-                sr_id,
-                kind="up-referral",
-                status="draft",
-                priority=decision.priority or "routine",
-                patient_id=patient_id,
-                encounter_id=encounter_id,
-                requester_id=ctx.provider.id,
-                performer_id=hospital.id,
-                authored=authored,
-                reasons=[str(c["id"]) for c in ctx.conditions],
-                supporting=[shapes.ref("Observation", str(o["id"])) for o in ctx.observations],
-                note="; ".join(m.explanation_zh for m in decision.matched_rules),
-            )
-            result_id = sr_id
-            _put(session, sr)
-            _put(
-                session,
-                shapes.task(
-                    task_id,
-                    status="draft",
-                    sr_id=sr_id,
-                    patient_id=patient_id,
-                    owner_id=hospital.id,
-                    requester_id=ctx.provider.id,
-                    priority=sr["priority"],
-                    when=when,
-                ),
-                ignore=("authoredOn", "lastModified"),
-            )
-            ResourceStore(session).grant_access(patient_id, hospital.id, "referred")
-        else:
+        if existing_sr is not None and existing_sr.get("status") != "draft":
             result_id = sr_id  # already confirmed: the clinician's choice stands
+        else:
+            choice = choose_hospital(session, ctx.provider, decision.capability)
+            notes.extend(choice.notes)
+            hospital = choice.hospital
+            if hospital is not None:
+                sr = shapes.service_request(
+                    sr_id,
+                    kind="up-referral",
+                    status="draft",
+                    priority=decision.priority or "routine",
+                    patient_id=patient_id,
+                    encounter_id=encounter_id,
+                    requester_id=ctx.provider.id,
+                    performer_id=hospital.id,
+                    authored=authored,
+                    reasons=[str(c["id"]) for c in ctx.conditions],
+                    supporting=[shapes.ref("Observation", str(o["id"])) for o in ctx.observations],
+                    note="; ".join(m.explanation_zh for m in decision.matched_rules),
+                )
+                result_id = sr_id
+                _put(session, sr)
+                _put(
+                    session,
+                    shapes.task(
+                        task_id,
+                        status="draft",
+                        sr_id=sr_id,
+                        patient_id=patient_id,
+                        owner_id=hospital.id,
+                        requester_id=ctx.provider.id,
+                        priority=sr["priority"],
+                        when=when,
+                    ),
+                    ignore=("authoredOn", "lastModified"),
+                )
+                ResourceStore(session).grant_access(patient_id, hospital.id, "referred")
     elif existing_sr is not None and existing_sr.get("status") == "draft":
         # A re-evaluation no longer refers: withdraw the unconfirmed proposal.
         _put(session, existing_sr | {"status": "revoked", "note": [{"text": "superseded by re-evaluation"}]})

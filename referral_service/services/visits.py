@@ -582,13 +582,14 @@ def _has_chinese(text: str) -> bool:
 def _note_lines(texts: list[str]) -> list[NoteLine]:
     """The workflow's notes, written as a Chinese note followed by its English one, paired again.
 
-    A note without a partner (decisions stored before notes were bilingual carried one English
-    note) stands for both languages; the web pages translate the known ones.
+    The English note may name Chinese places and hospitals, so only the first of a pair is known
+    by its script. A note without Chinese (decisions stored before notes were bilingual carried one
+    English note) stands for both languages; the web pages translate the known ones.
     """
     out: list[NoteLine] = []
     i = 0
     while i < len(texts):
-        if i + 1 < len(texts) and _has_chinese(texts[i]) and not _has_chinese(texts[i + 1]):
+        if i + 1 < len(texts) and _has_chinese(texts[i]):
             out.append(NoteLine(texts[i], texts[i + 1]))
             i += 2
         else:

@@ -428,3 +428,80 @@ def test_referrals_are_authored_when_the_visit_was_so_a_stay_entered_later_settl
     body = claim(pid, coverage.json["id"], "hosp", [("8000.00", "A")], discharge="2026-11-12", referral=sr_id)
     settled = hospital.post("Claim/$submit", body)
     assert settled.status_code == 200, settled.json
+
+
+def _target_of(county: dict[str, Fhir], clinic_id: str) -> tuple[str, list[str]]:
+    """The proposed hospital of a first visit at the clinic, and the decision's notes."""
+    his = county["platform"]
+    response = his.post("", visit_bundle(clinic_id))
+    assert response.status_code == 200, response.json
+    eid = response.json["entry"][1]["response"]["location"].split("/")[1]
+    gr = his.get(f"GuidanceResponse/gr-{eid}").json
+    sr = his.get(gr["result"]["reference"]).json
+    rules = {t for c in gr["reasonCode"] for t in (c["text"], c["coding"][0]["display"])}
+    notes = [n["text"] for n in gr["note"] if n["text"] not in rules]
+    return sr["performer"][0]["reference"].split("/")[1], notes
+
+
+def test_a_hospital_registered_later_does_not_take_over_the_countys_referrals(
+    county: dict[str, Fhir],
+) -> None:
+    platform = county["platform"]
+    newcomer = _hospital("0b7e2c1a-9f3d-4c8e-8a61-2f0d5e9b1c47", ["general"])
+    assert platform.put(f"Organization/{newcomer['id']}", newcomer).status_code == 201
+    assert _target_of(county, "th-01") == ("hosp", [])  # registered first, same district, general
+
+
+def test_the_county_hospital_leading_the_clinics_medical_community_comes_first(
+    county: dict[str, Fhir],
+) -> None:
+    platform = county["platform"]
+    assert platform.put("Organization/hosp-2", _hospital("hosp-2", ["general"])).status_code == 201
+    member = organization("th-03") | {"partOf": {"reference": "Organization/hosp-2"}}
+    assert platform.put("Organization/th-03", member).status_code == 201
+    village = organization("vc-03", level="village") | {"partOf": {"reference": "Organization/th-03"}}
+    assert platform.put("Organization/vc-03", village).status_code == 201
+    assert _target_of(county, "th-03")[0] == "hosp-2"
+    assert _target_of(county, "vc-03")[0] == "hosp-2"
+    assert _target_of(county, "th-01")[0] == "hosp"
+
+
+def test_a_county_without_a_county_hospital_gets_one_outside_with_a_note(county: dict[str, Fhir]) -> None:
+    platform = county["platform"]
+    far = organization("th-far", district="白水县")
+    assert platform.put("Organization/th-far", far).status_code == 201
+    target, notes = _target_of(county, "th-far")
+    assert target == "hosp"
+    assert len(notes) == 2
+    assert notes[0].startswith("本县（白水县）未登记县级医院：建议转往县外的hosp（青山县）")
+    assert notes[1].startswith(
+        "no county hospital is registered in the clinic's county (白水县): proposed hosp (青山县) outside"
+    )
+    # A county hospital of its own, even without the general capability, is preferred to one outside.
+    tcm = _hospital("bs-tcm", ["tcm"]) | {"address": [{"district": " 白水县 "}]}
+    assert platform.put("Organization/bs-tcm", tcm).status_code == 201
+    assert _target_of(county, "th-far") == ("bs-tcm", [])
+
+
+def test_without_the_capability_in_the_county_the_general_hospital_is_proposed_and_noted(
+    county: dict[str, Fhir],
+) -> None:
+    from referral_service.domain.registry import Organization
+    from referral_service.extensions import database
+    from referral_service.services.referrals import choose_hospital
+
+    platform = county["platform"]
+    assert platform.put("Organization/th-far", organization("th-far", district="白水县")).status_code == 201
+    for org in (_hospital("bs-general", ["general"]), _hospital("bs-tcm", ["tcm"])):
+        org["address"] = [{"district": "白水县"}]
+        assert platform.put(f"Organization/{org['id']}", org).status_code == 201
+    with database.unit_of_work() as db:
+        clinic = db.get(Organization, "th-far")
+        choice = choose_hospital(db, clinic, "obstetrics")
+        assert choice.hospital is not None and choice.hospital.id == "bs-general"  # not mch, in 青山县
+        assert choice.notes == (
+            ("本县县级医院均无产科服务能力：建议转往综合县医院",
+             "no county hospital in the county has obstetrics: proposed the general county hospital"),
+        )
+        assert choose_hospital(db, clinic, "tcm").hospital.id == "bs-tcm"  # type: ignore[union-attr]
+        assert choose_hospital(db, db.get(Organization, "th-01"), "obstetrics").hospital.id == "mch"  # type: ignore[union-attr]

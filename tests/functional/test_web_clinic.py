@@ -317,6 +317,27 @@ def test_first_visit_with_low_spo2_proposes_an_emergency_referral(county: County
     assert claim["insurance"][0]["coverage"]["reference"].startswith("Coverage/")
 
 
+def test_a_proposal_outside_the_county_is_noted_in_the_users_language(county: County) -> None:
+    """No county hospital in 青山县 any more: the one outside is proposed, and the page says so."""
+    from html import unescape
+
+    from referral_service.domain.registry import Organization
+
+    with database.unit_of_work() as db:
+        for org_id in (HOSPITAL, MCH):
+            org = db.get(Organization, org_id)
+            assert org is not None
+            org.district = "邻县"
+    encounter_id = record_visit(county.client("clinic"), county.patients["elder"])
+    en = unescape(county.client("clinic").get(f"/clinic/visits/{encounter_id}").get_data(as_text=True))
+    note = "no county hospital is registered in the clinic's county (青山县): proposed 青山县人民医院 (邻县)"
+    assert note in en
+    assert "本县（青山县）未登记县级医院" not in en
+    zh = county.client("clinic", lang="zh").get(f"/clinic/visits/{encounter_id}").get_data(as_text=True)
+    assert "本县（青山县）未登记县级医院：建议转往县外的青山县人民医院（邻县）" in zh
+    assert "no county hospital is registered" not in zh
+
+
 def test_calm_visit_is_treated_here(county: County) -> None:
     client = county.client("clinic")
     encounter_id = record_visit(
