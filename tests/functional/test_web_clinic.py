@@ -491,6 +491,53 @@ def test_only_the_referring_clinic_confirms(county: County) -> None:
     assert stored("ServiceRequest", f"ref-up-{encounter_id}")["status"] == "draft"
 
 
+def _his_referral(patient_id: str) -> str:
+    """An active up-referral the clinic's HIS POSTs itself, without a visit (DESIGN section 9)."""
+    from referral_service.services import resources
+    from referral_service.services.actors import actor_for
+
+    body = {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "priority": "urgent",
+        "code": {"coding": [{"system": codes.REFERRAL_TYPE_SYSTEM, "code": "up-referral"}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "requester": {"reference": f"Organization/{CLINIC}"},
+        "performer": [{"reference": f"Organization/{HOSPITAL}"}],
+        "authoredOn": "2026-11-02T09:30:00+08:00",
+    }
+    with database.unit_of_work() as db:
+        his = actor_for(db, name="township-his", kind="client", organization_id=CLINIC)
+        return resources.create(db, his, "ServiceRequest", body).stored.res_id
+
+
+def test_a_referral_without_a_visit_is_listed_with_a_link_to_the_patient(county: County) -> None:
+    """No Encounter, so no decision page: the lists link to the patient instead (they used to 500)."""
+    patient_id = county.patients["elder"]
+    sr_id = _his_referral(patient_id)
+    client = county.client("clinic")
+    listing = client.get("/clinic/referrals")
+    assert listing.status_code == 200
+    page = listing.get_data(as_text=True)
+    row = page.split('id="up-referrals"', 1)[1].split("</table>", 1)[0]
+    assert f'href="/clinic/patients/{patient_id}">王建国</a>' in row and "no visit recorded" in row
+    assert "/clinic/visits/" not in row
+    assert client.get("/clinic").status_code == 200
+    hospital = county.client("hospital")
+    task = waiting_task(hospital)
+    assert stored("Task", task)["focus"] == {"reference": f"ServiceRequest/{sr_id}"}
+    assert hospital.get(f"/hospital/referrals/{task}").status_code == 200
+    declined = hospital.post(f"/hospital/referrals/{task}/decline", data={"reason": "无床位"})
+    assert declined.status_code == 302
+    home = client.get("/clinic")  # the declined list shows it too
+    assert home.status_code == 200
+    assert f'href="/clinic/patients/{patient_id}">王建国</a>' in home.get_data(as_text=True)
+    assert client.get(f"/clinic/patients/{patient_id}").status_code == 200
+    zh = county.client("clinic", lang="zh").get("/clinic/referrals")
+    assert zh.status_code == 200 and "无就诊记录" in zh.get_data(as_text=True)
+
+
 # ------------------------------------------------------------------------------ follow-ups
 
 
