@@ -1297,9 +1297,9 @@ def discharge(session: Session, actor: Actor, encounter_id: str, data: Mapping[s
 
 @dataclass(frozen=True)
 class FollowUp:
-    """A down-referred patient's follow-up plan at the clinic."""
+    """A patient down-referred to the clinic: the referral, its Task and its follow-up plan (if any)."""
 
-    care_plan_id: str
+    care_plan_id: str | None  # None: a down-referral without a plan (a HIS may POST its own)
     referral_id: str
     patient_id: str
     patient_name: str
@@ -1315,67 +1315,74 @@ class FollowUp:
         """The next follow-up is past its date."""
         return self.next_due is not None and self.next_due < datetime.now(SHANGHAI).date()
 
+    @property
+    def to_accept(self) -> bool:
+        """The clinic has not accepted the patient yet (its Task waits for the clinic)."""
+        return self.task_id is not None and self.task_status in ("requested", "received")
+
 
 def follow_ups(session: Session, actor: Actor) -> list[FollowUp]:
-    """Active follow-up plans of the actor's clinic, the next due first."""
+    """The patients down-referred to the actor's clinic still in its hands, the next due first.
+
+    One list for the overview and the follow-ups page, so their counts agree: every active
+    down-referral to the clinic whose Task is still open (to accept, accepted, in follow-up) or whose
+    follow-up plan (CarePlan) is still active, with that plan. A referral re-targeted to another
+    clinic belongs to that clinic's list; one without a plan is listed to be accepted, without
+    follow-ups to record.
+    """
+    org = f"Organization/{actor.organization_id}"
     found = _rows_by_type(
         _search(
             session,
             actor,
-            "CarePlan",
+            "ServiceRequest",
             [
+                ("performer", org),
+                ("code", "down-referral"),
                 ("status", "active"),
-                ("_include", "CarePlan:patient"),
-                ("_include", "CarePlan:based-on"),
-                ("_count", "200"),
+                ("_include", "ServiceRequest:patient"),
+                ("_revinclude", "Task:focus"),
+                ("_count", "500"),
             ],
         )
     )
-    patients = found.get("Patient", {})
     srs = found.get("ServiceRequest", {})
-    tasks = _tasks_by_focus(
-        s.as_dict()
-        for s in (
-            _search(
-                session,
-                actor,
-                "Task",
-                [("owner", f"Organization/{actor.organization_id}"), ("code", "fulfill"), ("_count", "500")],
-            )
-            if srs
-            else []
-        )
-    )
+    patients = found.get("Patient", {})
+    tasks = _tasks_by_focus(found.get("Task", {}).values())
     names = _org_names(session, [_ref_id(sr.get("requester")) for sr in srs.values()])
     out = []
-    for cp_id, plan in found.get("CarePlan", {}).items():
-        if not actor.sees_everything and _ref_id(plan.get("author")) != actor.organization_id:
+    for sr_id, sr in srs.items():
+        if _ref_id((sr.get("performer") or [None])[0]) != actor.organization_id:
             continue
-        sr_id = _ref_id((plan.get("basedOn") or [None])[0]) or ""
-        activities = [a.get("detail") or {} for a in plan.get("activity") or []]
+        task = tasks.get(sr_id)
+        task_open = task is not None and task.get("status") in OPEN_TASK_STATES
+        plan = _raw(session, "CarePlan", f"cp-{sr_id}")
+        plan_active = plan is not None and plan.get("status") == "active"
+        if not (task_open or plan_active):
+            continue
+        activities = [a.get("detail") or {} for a in (plan or {}).get("activity") or []]
         scheduled = sorted(
             date.fromisoformat(d["scheduledPeriod"]["start"])
             for d in activities
             if d.get("status") == "scheduled"
         )
-        task = tasks.get(sr_id)
-        patient_id = _ref_id(plan.get("subject")) or ""
-        requester = _ref_id((srs.get(sr_id) or {}).get("requester")) or ""
+        patient_id = _ref_id(sr.get("subject")) or ""
+        requester = _ref_id(sr.get("requester")) or ""
         out.append(
             FollowUp(
-                care_plan_id=cp_id,
+                care_plan_id=str(plan["id"]) if plan_active and plan is not None else None,
                 referral_id=sr_id,
                 patient_id=patient_id,
                 patient_name=_patient_name(patients.get(patient_id)),
                 hospital_name=names.get(requester, requester),
-                next_due=scheduled[0] if scheduled else None,
+                next_due=scheduled[0] if plan_active and scheduled else None,
                 done=sum(1 for d in activities if d.get("status") == "completed"),
                 total=len(activities),
                 task_id=str(task["id"]) if task else None,
                 task_status=str(task.get("status")) if task else None,
             )
         )
-    return sorted(out, key=lambda f: (f.next_due or date.max, f.patient_name))
+    return sorted(out, key=lambda f: (f.next_due or date.max, f.patient_name, f.referral_id))
 
 
 def follow_up_plan(session: Session, actor: Actor, care_plan_id: str) -> FollowUp:

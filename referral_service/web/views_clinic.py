@@ -54,9 +54,13 @@ VISIT_TEXT = (
 @bp.get("/clinic")
 @role_required("clinic")
 def clinic_home() -> ResponseReturnValue:
-    """The clinic's overview: decisions to confirm, referrals in flight, follow-ups due."""
+    """The clinic's overview: decisions to confirm, referrals in flight, follow-ups due.
+
+    The down-referred patients to accept and the follow-ups due come from the follow-ups page's own
+    list (`visits.follow_ups`), so the overview's counts are the rows that page shows.
+    """
     with work() as (db, actor):
-        up, down = visits.clinic_referrals(db, actor)
+        up, _down = visits.clinic_referrals(db, actor)
         plans = visits.follow_ups(db, actor)
     to_confirm = [r for r in up if r.status == "draft"]
     declined = [r for r in up if r.status == "active" and r.task_status == "rejected"]
@@ -68,7 +72,7 @@ def clinic_home() -> ResponseReturnValue:
         declined=declined,
         in_flight=in_flight,
         due=due[:10],
-        incoming=[r for r in down if r.task_status == "requested"],
+        incoming=[p for p in plans if p.to_accept],
     )
 
 

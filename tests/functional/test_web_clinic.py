@@ -579,6 +579,45 @@ def test_down_referred_patient_is_followed_up(county: County) -> None:
     assert "王建国" in home
 
 
+def test_the_overview_counts_the_patients_to_accept_that_the_follow_ups_page_lists(county: County) -> None:
+    """One list for both pages: a down-referral a hospital's HIS POSTs itself has no CarePlan, yet its
+    patient is to be accepted, so the follow-ups page lists it (to accept, no follow-ups to record)."""
+    from referral_service.services import resources
+    from referral_service.services.actors import actor_for
+
+    _discharged_home(county)
+    woman = county.patients["woman"]
+    body = {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "priority": "routine",
+        "code": {"coding": [{"system": codes.REFERRAL_TYPE_SYSTEM, "code": "down-referral"}]},
+        "subject": {"reference": f"Patient/{woman}"},
+        "requester": {"reference": f"Organization/{HOSPITAL}"},
+        "performer": [{"reference": f"Organization/{CLINIC}"}],
+        "authoredOn": "2026-11-12T10:00:00+08:00",
+    }
+    with database.unit_of_work() as db:
+        his = actor_for(db, name="county-his", kind="client", organization_id=HOSPITAL)
+        resources.create(db, his, "ServiceRequest", body)
+    client = county.client("clinic")
+    home = client.get("/clinic").get_data(as_text=True)
+    assert "2 down-referred patients to accept." in home
+    listing = client.get("/clinic/follow-ups").get_data(as_text=True)
+    rows = listing.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    assert rows.count("<tr") == 2 and rows.count("Accept the patient") == 2
+    assert "王建国" in rows and "李秀英" in rows and "no follow-up plan" in rows
+    assert rows.count("Record follow-up") == 1  # only the patient with a plan has visits to record
+    task = re.findall(r"/clinic/down-referrals/([^/]+)/accept", rows)
+    assert len(task) == 2
+    for t in task:
+        assert client.post(f"/clinic/down-referrals/{t}/accept").status_code == 302
+    assert "down-referred patients to accept" not in client.get("/clinic").get_data(as_text=True)
+    after = client.get("/clinic/follow-ups").get_data(as_text=True).split("<tbody>", 1)[1]
+    assert after.split("</tbody>", 1)[0].count("<tr") == 2  # accepted, still in the clinic's hands
+
+
 def test_the_news2_boundary_examples_are_accepted_and_scored_as_designed(county: County) -> None:
     """DESIGN section 4: 38.05 C scores 1 (above 38.0), SpO2 91.5 scores 2 (above 91)."""
     client = county.client("clinic")
