@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,71 @@ def discharge_date(claim: dict[str, Any]) -> date:
         ) from None
 
 
+# How far past today (Asia/Shanghai) a discharge date may lie: a clock that is a little ahead, or a
+# HIS and the server on either side of midnight. A settlement happens at or after the discharge.
+DISCHARGE_AHEAD = timedelta(days=1)
+
+
+def _today() -> date:
+    """Today in Asia/Shanghai (the county's calendar)."""
+    return datetime.now(SHANGHAI).date()
+
+
+def _check_use_and_status(claim: dict[str, Any]) -> None:
+    """Only a claim proper, in force, is settled (422 naming the element otherwise).
+
+    DESIGN 9 requires `status` and `use` "as usual"; settling is adjudicating a claim for payment,
+    so, as in any claims system, a `preauthorization` or `predetermination` (an estimate asked before
+    care: nothing is paid) is not settled, and neither is a `draft` (not yet submitted by the
+    provider), `cancelled` or `entered-in-error` claim.
+    """
+    use = claim.get("use")
+    if use != "claim":
+        raise _refuse(
+            f"Claim.use is {use!r}: only a claim (use 'claim') is settled, not a preauthorization "
+            "or predetermination",
+            "Claim.use",
+            "business-rule",
+        )
+    status = claim.get("status")
+    if status != "active":
+        raise _refuse(
+            f"Claim.status is {status!r}: only an active claim is settled", "Claim.status", "business-rule"
+        )
+
+
+def _check_period(claim: dict[str, Any], discharge: date) -> None:
+    """The stay's period must make sense (422 naming the element).
+
+    `billablePeriod.end` may not come before `start` (compared as the widest reading of each: a
+    date-only end is the whole day). DESIGN is silent on dates ahead; a settlement is made at
+    discharge, so a discharge later than tomorrow in Asia/Shanghai (`DISCHARGE_AHEAD`) is refused
+    rather than counted, ahead of time, into the accumulators of a year that may not have begun.
+    """
+    period = claim.get("billablePeriod") or {}
+    start, end = period.get("start"), period.get("end")
+    if isinstance(start, str) and isinstance(end, str):
+        try:
+            begins, ends = parse_date_range(start)[0], parse_date_range(end)[1]
+        except ValueError:
+            raise _refuse(
+                f"Claim.billablePeriod.start {start!r} is not a date", "Claim.billablePeriod.start", "value"
+            ) from None
+        if begins > ends:
+            raise _refuse(
+                f"Claim.billablePeriod.end {end} is before its start {start}", "Claim.billablePeriod.end",
+                "value",
+            )
+    latest = _today() + DISCHARGE_AHEAD
+    if discharge > latest:
+        raise _refuse(
+            f"Claim.billablePeriod.end {discharge.isoformat()} is in the future: a claim is settled at "
+            f"or after the discharge (at most {latest.isoformat()}, Asia/Shanghai)",
+            "Claim.billablePeriod.end",
+            "value",
+        )
+
+
 def _items(claim: dict[str, Any]) -> list[tuple[Decimal, str]]:
     items = claim.get("item") or []
     if not items:
@@ -135,22 +200,28 @@ def _items(claim: dict[str, Any]) -> list[tuple[Decimal, str]]:
         amount: Decimal | None = None
         currency = None
         if item.get("net") is not None:
+            # DESIGN 9: `net` wins over unitPrice x quantity (x factor), even where they differ.
             amount = _decimal(item["net"].get("value"))
             currency = item["net"].get("currency")
         elif item.get("unitPrice") is not None:
+            # FHIR: net = quantity x unitPrice x factor (quantity and factor default to 1).
             price = _decimal(item["unitPrice"].get("value"))
             qty = _decimal((item.get("quantity") or {}).get("value", 1))
+            factor = _decimal(item.get("factor", 1))
             currency = item["unitPrice"].get("currency")
             try:
-                amount = price * qty if price is not None and qty is not None else None
+                amount = (
+                    price * qty * factor if price is not None and qty is not None and factor is not None
+                    else None
+                )
             except ArithmeticError:  # beyond the decimal context (1e999999 x 1e999999)
-                problems.append(Problem(f"{where}: unitPrice x quantity is out of range",
+                problems.append(Problem(f"{where}: unitPrice x quantity x factor is out of range",
                                         expression=f"{where}.unitPrice.value", code="value"))
                 continue
         if amount is None:
             problems.append(
                 Problem(
-                    f"{where} has no amount (net, or unitPrice x quantity)",
+                    f"{where} has no amount (net, or unitPrice x quantity x factor)",
                     expression=f"{where}.net",
                     code="required",
                 )
@@ -497,6 +568,7 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
             "required",
         )
     key_system, key_value = str(idents[0]["system"]), str(idents[0]["value"])
+    _check_use_and_status(claim)
     if len(key_system) > IDENTIFIER_MAX or len(key_value) > IDENTIFIER_MAX:
         raise _refuse(
             f"Claim.identifier system and value are at most {IDENTIFIER_MAX} characters each",
@@ -533,6 +605,7 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
         raise _refuse("Claim.provider is not a known health facility", "Claim.provider", "not-found")
     if bad_discharge is not None:
         raise bad_discharge
+    _check_period(claim, discharge)
     region = (parties.district or "").strip()
     try:
         policy = policies().in_force(region, discharge)

@@ -135,7 +135,7 @@ def claim(
         "priority": {
             "coding": [{"system": "http://terminology.hl7.org/CodeSystem/processpriority", "code": "normal"}]
         },
-        "billablePeriod": {"start": "2026-03-01", "end": discharge},
+        "billablePeriod": {"start": min("2026-03-01", discharge[:10]), "end": discharge},
         "insurance": [{"sequence": 1, "focal": True, "coverage": {"reference": f"Coverage/{cov}"}}],
         "item": [
             {

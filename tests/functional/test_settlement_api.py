@@ -170,7 +170,7 @@ def test_unreferred_out_of_county_penalty_and_no_safety_net(county: County) -> N
         (lambda c: c["item"][0]["net"].update(value=-5), 422, "negative"),
         (lambda c: c["item"][0]["net"].update(currency="USD"), 422, "CNY"),
         (lambda c: c["item"][0]["net"].update(value=10.005), 422, "whole fen"),
-        (lambda c: c["billablePeriod"].update(end="2017-06-01"), 422, "青山县"),
+        (lambda c: c["billablePeriod"].update(start="2017-05-20", end="2017-06-01"), 422, "青山县"),
         (lambda c: c.update(patient={"reference": "Patient/nobody"}), 422, "Patient"),
         (lambda c: c["type"]["coding"][0].update(code="pharmacy"), 422, "institutional"),
         (lambda c: c["billablePeriod"].pop("end"), 422, "billablePeriod.end"),

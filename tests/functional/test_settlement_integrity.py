@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from referral_service.domain.ledger import Settlement, YearAccumulator
 from referral_service.extensions import database
-from tests.functional.settlement_helpers import County, claim
+from tests.functional.settlement_helpers import County, claim, components
 
 D = Decimal
 
@@ -212,3 +212,75 @@ def test_submit_takes_the_standard_parameters_form(county: County) -> None:
     claim_entry = next(r for r in capability["rest"][0]["resource"] if r["type"] == "Claim")
     submit = next(o for o in claim_entry["operation"] if o["name"] == "submit")
     assert "Parameters" in submit["documentation"]
+
+
+def _tomorrow_plus(days: int) -> str:
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    return (datetime.now(ZoneInfo("Asia/Shanghai")).date() + timedelta(days=days)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expression", "needle"),
+    [
+        (lambda c: c["billablePeriod"].update(start="2026-03-11"), "Claim.billablePeriod.end", "before"),
+        (lambda c: c["billablePeriod"].update(start="2026-03-10T12:00:00+08:00",
+                                              end="2026-03-10T08:00:00+08:00"),
+         "Claim.billablePeriod.end", "before its start"),
+        (lambda c: c.update(use="preauthorization"), "Claim.use", "preauthorization"),
+        (lambda c: c.update(use="predetermination"), "Claim.use", "predetermination"),
+        (lambda c: c.update(status="draft"), "Claim.status", "draft"),
+        (lambda c: c.update(status="cancelled"), "Claim.status", "cancelled"),
+        (lambda c: c["billablePeriod"].update(start=_tomorrow_plus(0), end=_tomorrow_plus(2)),
+         "Claim.billablePeriod.end", "future"),
+        (lambda c: c["billablePeriod"].update(end="2099-01-01"), "Claim.billablePeriod.end", "future"),
+    ],
+)
+def test_claims_that_are_no_settleable_claim_are_422(
+    county: County, mutate: Callable[[dict[str, Any]], None], expression: str, needle: str
+) -> None:
+    pid, cov = county.patient()
+    body = claim(pid, cov, "hosp", [("1000.00", "A")])
+    mutate(body)
+    response = county.his["hosp"].post("Claim/$submit", body)
+    assert response.status_code == 422, response.json
+    issue = response.json["issue"][0]
+    assert issue["expression"] == [expression] and needle in issue["diagnostics"], issue
+    _nothing_settled()
+    with database.session() as s:
+        from referral_service.domain.fhir_store import StoredResource
+
+        stored = s.scalar(select(func.count()).select_from(StoredResource).where(
+            StoredResource.res_type.in_(("Claim", "ClaimResponse", "ExplanationOfBenefit"))))
+        assert stored == 0
+
+
+def test_a_discharge_up_to_tomorrow_and_a_same_day_stay_are_settled(county: County) -> None:
+    pid, cov = county.patient()
+    body = claim(pid, cov, "hosp", [("1000.00", "A")], discharge=_tomorrow_plus(1))
+    body["billablePeriod"]["start"] = _tomorrow_plus(1)
+    assert county.his["hosp"].post("Claim/$submit", body).status_code == 200
+    same_day = claim(pid, cov, "hosp", [("1000.00", "A")], discharge="2026-03-10")
+    same_day["billablePeriod"]["start"] = "2026-03-10T09:00:00+08:00"
+    assert county.his["hosp"].post("Claim/$submit", same_day).status_code == 200
+
+
+def test_an_items_factor_counts_when_it_has_no_net(county: County) -> None:
+    """FHIR: net = quantity x unitPrice x factor; DESIGN 9: a given net wins over the product."""
+    pid, cov = county.patient()
+    body = claim(pid, cov, "th-01", [("0.00", "A"), ("100.00", "C")], inpatient=False)
+    del body["item"][0]["net"]
+    body["item"][0] |= {"unitPrice": {"value": 10, "currency": "CNY"}, "quantity": {"value": 1.5},
+                        "factor": 0.5}
+    body["item"][1] |= {"unitPrice": {"value": 1, "currency": "CNY"}, "quantity": {"value": 3}}
+    response = county.his["th-01"].post("Claim/$submit", body)
+    assert response.status_code == 200, response.json
+    totals = components(response.json)
+    assert totals["total"] == D("107.50")  # 10 x 1.5 x 0.5, and the net of 100.00 (not 1 x 3)
+    assert totals["out-of-list"] == D("100.00")
+    thirds = claim(pid, cov, "th-01", [("0.00", "A")], inpatient=False)
+    del thirds["item"][0]["net"]
+    thirds["item"][0] |= {"unitPrice": {"value": 10, "currency": "CNY"}, "factor": 0.3333}
+    refused = county.his["th-01"].post("Claim/$submit", thirds)
+    assert refused.status_code == 422 and "whole fen" in refused.json["issue"][0]["diagnostics"]
