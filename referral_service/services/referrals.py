@@ -842,6 +842,15 @@ def record_follow_up(session: Session, actor: Actor, care_plan_id: str, encounte
     return remaining
 
 
+def _shown(value: Any) -> str:
+    """A NEWS2 input as `flask rules explain` prints it (booleans as in FHIR: true, false)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def explain_visit(session: Session, encounter_id: str) -> str:
     """A readable account of the decision for a stored visit (for `flask rules explain`)."""
     ctx = load_visit(session, encounter_id)
@@ -857,7 +866,7 @@ def explain_visit(session: Session, encounter_id: str) -> str:
         f"NEWS2 total {n.total}, highest single parameter {n.max_single}"
         + ("" if n.complete else f" — {n.message_en}"),
     ]
-    lines += [f"  {i.parameter}: {i.value if i.value is not None else '-'} -> "
+    lines += [f"  {i.parameter}: {_shown(i.value)} -> "
               f"{i.score if i.score is not None else 'missing'}" for i in n.items]
     lines.append("matched rules:")
     lines += [f"  {m.id}: {m.explanation_en} / {m.explanation_zh}" for m in decision.matched_rules]

@@ -763,7 +763,10 @@ def _news2(gr: Mapping[str, Any]) -> News2View | None:
             parts = {p.get("name"): p for p in param.get("part") or []}
             parameter = str(parts.get("parameter", {}).get("valueString", ""))
             spec = labels.get(parameter)
-            value = parts.get("value", {}).get("valueString")
+            value_part = parts.get("value", {})
+            value = value_part.get("valueString")
+            if isinstance(value_part.get("valueBoolean"), bool):
+                value = "true" if value_part["valueBoolean"] else "false"
             score = parts.get("score", {}).get("valueInteger")
             items.append(
                 News2Line(

@@ -505,3 +505,16 @@ def test_without_the_capability_in_the_county_the_general_hospital_is_proposed_a
         )
         assert choose_hospital(db, clinic, "tcm").hospital.id == "bs-tcm"  # type: ignore[union-attr]
         assert choose_hospital(db, db.get(Organization, "th-01"), "obstetrics").hospital.id == "mch"  # type: ignore[union-attr]
+
+
+def test_supplemental_oxygen_is_a_boolean_in_the_news2_breakdown(county: dict[str, Fhir]) -> None:
+    from referral_service.extensions import database
+    from referral_service.services.referrals import explain_visit
+
+    _, eid, gr = _first_visit(county)
+    items = [p for p in gr["contained"][0]["parameter"] if p["name"] == "item"]
+    oxygen = next(i for i in items if i["part"][0]["valueString"] == "supplemental_oxygen")
+    assert oxygen["part"][1] == {"name": "value", "valueBoolean": False}
+    with database.unit_of_work() as db:
+        assert "  supplemental_oxygen: false -> 0" in explain_visit(db, eid)
+    assert every_stored_version_validates() > 5

@@ -636,10 +636,21 @@ def test_the_news2_boundary_examples_are_accepted_and_scored_as_designed(county:
     for item in (p for p in parameters["parameter"] if p["name"] == "item"):
         parts = {part["name"]: part for part in item["part"]}
         name = parts["parameter"]["valueString"]
-        scores[name] = (parts["value"]["valueString"], parts["score"]["valueInteger"])
+        value = parts["value"].get("valueString", parts["value"].get("valueBoolean"))
+        scores[name] = (value, parts["score"]["valueInteger"])
     assert scores["temperature"] == ("38.05", 1) and scores["spo2"] == ("91.5", 2)
+    # Supplemental oxygen is a boolean, as in its Observation (it was the string "False").
+    oxygen = next(
+        {part["name"]: part for part in item["part"]}["value"]
+        for item in parameters["parameter"]
+        if item["name"] == "item" and item["part"][0]["valueString"] == "supplemental_oxygen"
+    )
+    assert oxygen == {"name": "value", "valueBoolean": False}
+    assert scores["supplemental_oxygen"] == (False, 0)
     page = client.get(f"/clinic/visits/{encounter_id}").get_data(as_text=True)
     assert "38.05 °C" in page and "91.5 %" in page and "Total 3; highest single parameter 2." in page
+    oxygen_row = page.split(">supplemental oxygen<", 1)[1].split("</tr>", 1)[0]
+    assert "<td>no</td>" in oxygen_row
 
 
 def test_money_is_plain_digits_everywhere_on_the_forms(county: County) -> None:

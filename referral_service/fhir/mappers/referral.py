@@ -20,7 +20,11 @@ def ref(kind: str, rid: str) -> dict[str, str]:
 
 
 def news2_parameters(decision: Decision) -> dict[str, Any]:
-    """The NEWS2 breakdown as a contained Parameters resource."""
+    """The NEWS2 breakdown as a contained Parameters resource.
+
+    Each item's measured value is a string (numbers as written, ACVPU letters), except supplemental
+    oxygen, which is `valueBoolean` like the supplemental-oxygen Observation it comes from.
+    """
     n = decision.news2
     params: list[dict[str, Any]] = [
         {"name": "total", "valueInteger": n.total},
@@ -29,7 +33,9 @@ def news2_parameters(decision: Decision) -> dict[str, Any]:
     ]
     for item in n.items:
         part: list[dict[str, Any]] = [{"name": "parameter", "valueString": item.parameter}]
-        if item.value is not None:
+        if isinstance(item.value, bool):  # supplemental oxygen: a boolean, as its Observation
+            part.append({"name": "value", "valueBoolean": item.value})
+        elif item.value is not None:
             part.append({"name": "value", "valueString": str(item.value)})
         if item.score is not None:
             part.append({"name": "score", "valueInteger": item.score})
