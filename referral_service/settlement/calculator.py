@@ -661,9 +661,13 @@ def _m(value: Decimal | None) -> str:
 
 
 def _capped(raw: Decimal, cap: Decimal | None, paid: Decimal, result: Decimal) -> str:
-    """The `min(raw, max(0, cap − paid)) = result` tail of a capped payment."""
+    """The `min(raw, max(0, cap − paid)) = result` tail of a capped payment (∞: no cap).
+
+    Formulas are shared by the Chinese and English trace, so they hold symbols and numbers only;
+    words belong in the step's zh and en labels.
+    """
     if cap is None:
-        return f"min({_m(raw)}, no cap) = {_m(result)}"
+        return f"min({_m(raw)}, ∞) = {_m(result)}"
     room = max(_ZERO, cap - paid)
     return f"min({_m(raw)}, max(0, {_m(cap)} − {_m(paid)})) = min({_m(raw)}, {_m(room)}) = {_m(result)}"
 
@@ -694,12 +698,20 @@ def render_trace(w: Workings) -> tuple[TraceStep, ...]:
         return tuple(steps)
 
 
+_CLAIM_TYPE_ZH = {"inpatient": "住院", "outpatient": "门诊"}
+_LEVEL_ZH = {"village": "村级", "township": "乡镇级", "county": "县级", "city": "市级", "province": "省级"}
+
+
 def _claim_steps(w: Workings) -> list[TraceStep]:
+    kind_zh = _CLAIM_TYPE_ZH.get(w.claim_type, w.claim_type)
+    level_zh = _LEVEL_ZH.get(w.facility_level, w.facility_level)
     if w.penalty:
         ratio_formula = f"r = max(0, r_level − penalty) = max(0, {w.ratio_level} − {w.penalty}) = {w.ratio}"
+        ratio_zh = f"报销比例（{level_zh}{kind_zh}，未经转诊县外就医）"
         ratio_en = f"{w.claim_type} ratio at {w.facility_level} level, unreferred out of county"
     else:
         ratio_formula = f"r = r_level = {w.ratio}"
+        ratio_zh = f"报销比例（{level_zh}{kind_zh}）"
         ratio_en = f"{w.claim_type} ratio at {w.facility_level} level"
     return [
         _step(
@@ -714,7 +726,7 @@ def _claim_steps(w: Workings) -> list[TraceStep]:
         ),
         _step(
             "S",
-            "乙类先行自付",
+            "乙类先行自付（每次结算舍入一次）",
             "class B self-pay share, rounded once per claim",
             f"S = round(B × share) = round({_m(w.class_b)} × {w.self_pay_share}) = {_m(w.class_b_self_pay)}",
             S=w.class_b_self_pay,
@@ -734,7 +746,7 @@ def _claim_steps(w: Workings) -> list[TraceStep]:
         ),
         _step(
             "r",
-            "报销比例",
+            ratio_zh,
             ratio_en,
             ratio_formula,
             r=w.ratio,
@@ -748,7 +760,7 @@ def _outpatient_steps(w: Workings) -> list[TraceStep]:
     return [
         _step(
             "B1",
-            "门诊统筹",
+            "门诊统筹（无起付线）",
             "basic insurance, outpatient (no deductible)",
             f"B1 = min(round(E × r), max(0, cap − paid)): round({_m(w.eligible)} × {w.ratio})"
             f" = {_m(w.basic_raw)}; " + _capped(w.basic_raw, w.basic_cap, w.basic_paid_before, w.basic),
@@ -769,14 +781,15 @@ def _outpatient_steps(w: Workings) -> list[TraceStep]:
 
 def _inpatient_steps(w: Workings) -> list[TraceStep]:
     status = "registered poor" if w.registered_poor else "not registered poor"
+    status_zh = "建档立卡贫困人口" if w.registered_poor else "非建档立卡贫困人口"
     steps = [
         _step(
             "d",
-            "起付线",
+            "起付线（本次住院尚需负担的部分；min(d, E) 计为已负担）",
             "deductible still due in this episode; min(d, E) is counted as borne",
             f"d = max(0, D_level − borne) = max(0, {_m(w.deductible_level)}"
             f" − {_m(w.episode_deductible_borne)}) = {_m(w.deductible_due)};"
-            f" counted as borne: min(d, E) = {_m(w.deductible_borne)}",
+            f" min(d, E) = {_m(w.deductible_borne)}",
             d=w.deductible_due,
             D_level=w.deductible_level,
             borne_before=w.episode_deductible_borne,
@@ -803,11 +816,11 @@ def _inpatient_steps(w: Workings) -> list[TraceStep]:
         ),
         _step(
             "B2",
-            "大病保险",
+            f"大病保险（{status_zh}：起付线 {_m(w.ci_threshold)}，比例提高 {w.ci_bonus}）",
             f"critical illness insurance ({status}: threshold {_m(w.ci_threshold)}, bonus {w.ci_bonus})",
             f"B2 = min(round(F(after) − F(before)), max(0, cap − paid)):"
-            f" F({_m(w.ci_after)}) − F({_m(w.ci_before)}) = {w.f_after} − {w.f_before},"
-            f" rounded {_m(w.ci_raw)}; " + _capped(w.ci_raw, w.ci_cap, w.ci_paid_before, w.critical_illness),
+            f" round(F({_m(w.ci_after)}) − F({_m(w.ci_before)})) = round({w.f_after} − {w.f_before})"
+            f" = {_m(w.ci_raw)}; " + _capped(w.ci_raw, w.ci_cap, w.ci_paid_before, w.critical_illness),
             B2=w.critical_illness,
             before=w.ci_before,
             after=w.ci_after,
@@ -848,7 +861,15 @@ def _inpatient_steps(w: Workings) -> list[TraceStep]:
             )
         )
     else:
-        steps.append(_step("B3", "医疗救助", "medical assistance: not registered poor", "B3 = 0", B3=_ZERO))
+        steps.append(
+            _step(
+                "B3",
+                "医疗救助（非建档立卡贫困人口）",
+                "medical assistance: not registered poor",
+                "B3 = 0",
+                B3=_ZERO,
+            )
+        )
     steps.append(
         _step(
             "R3",
@@ -862,7 +883,7 @@ def _inpatient_steps(w: Workings) -> list[TraceStep]:
         steps.append(
             _step(
                 "target",
-                "兜底自付目标",
+                "兜底保障个人自付目标",
                 "patient-share target of the safety net",
                 f"target = min(ceiling, round(T × (1 − {w.target_reimbursement_ratio})))"
                 f" = min({_m(w.oop_ceiling)}, {_m(w.target_raw)}) = {_m(w.target)}",
@@ -874,7 +895,7 @@ def _inpatient_steps(w: Workings) -> list[TraceStep]:
         steps.append(
             _step(
                 "B4",
-                "兜底保障",
+                "兜底保障（只支付政策范围内费用）",
                 "poverty safety net (pays eligible amounts only)",
                 f"B4 = min(R3, max(0, R3 + S + N − target)) = min({_m(w.r3)}, max(0,"
                 f" {_m(w.r3)} + {_m(w.class_b_self_pay)} + {_m(w.out_of_list)}"
@@ -884,7 +905,8 @@ def _inpatient_steps(w: Workings) -> list[TraceStep]:
         )
     else:
         why = "unreferred out-of-county care" if w.registered_poor else "not registered poor"
-        steps.append(_step("B4", "兜底保障", f"poverty safety net: {why}", "B4 = 0", B4=_ZERO))
+        why_zh = "未经转诊县外就医" if w.registered_poor else "非建档立卡贫困人口"
+        steps.append(_step("B4", f"兜底保障（{why_zh}）", f"poverty safety net: {why}", "B4 = 0", B4=_ZERO))
     steps.append(
         _step(
             "P",

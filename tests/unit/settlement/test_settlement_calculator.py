@@ -90,6 +90,55 @@ def test_worked_example_trace(policy: Policy, make_claim: MakeClaim) -> None:
     assert data["policy"] == {"id": "qingshan-2018", "version": "1"}
 
 
+# Names a formula may use: the trace's symbols and functions. Words go in the zh and en labels, since
+# the formula is shown under both (the zh slip used to read "counted as borne", "rounded", "no cap").
+FORMULA_NAMES = {
+    "T", "A", "B", "C", "S", "N", "E", "r", "r_level", "penalty", "share", "d", "D_level", "borne",
+    "B1", "B2", "B3", "B4", "R1", "R2", "R3", "P", "F", "after", "before", "cap", "paid", "ratio",
+    "target", "ceiling", "round", "min", "max",
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "level", "items", "flags"),
+    [
+        ("inpatient", "county", "A:27000 C:3000", {"poor": True}),
+        ("inpatient", "county", "A:400000 B:20000", {"poor": True}),  # critical illness without a cap
+        ("inpatient", "city", "A:20000", {"ooc": True}),
+        ("inpatient", "city", "A:20000", {"ooc": True, "poor": True}),
+        ("inpatient", "township", "A:3000 B:500", {}),
+        ("outpatient", "village", "A:100 B:20", {}),
+    ],
+)
+def test_trace_formulas_are_symbols_and_the_zh_labels_are_chinese(
+    policy: Policy, make_claim: MakeClaim, kind: str, level: str, items: str, flags: dict[str, bool]
+) -> None:
+    import re
+
+    result = settle(policy, make_claim(kind, level, items, **flags), YearAccumulators())
+    for step in result.trace:
+        names = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", step.formula))
+        assert names <= FORMULA_NAMES, (step.code, step.formula)
+        words = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", step.zh))
+        assert words <= {"min", "d", "E"}, (step.code, step.zh)  # "min(d, E)" in the deductible's label
+        assert re.search(r"[\u4e00-\u9fff]", step.zh), step.zh
+
+
+def test_the_zh_labels_carry_what_the_en_labels_say(policy: Policy, make_claim: MakeClaim) -> None:
+    poor = {s.code: s for s in settle(
+        policy, make_claim("inpatient", "county", "A:27000 C:3000", poor=True), YearAccumulators()
+    ).trace}
+    assert poor["B2"].zh == "大病保险（建档立卡贫困人口：起付线 2500.00，比例提高 0.05）"
+    assert poor["d"].formula.endswith("; min(d, E) = 500.00")
+    assert "round(F(" in poor["B2"].formula and "rounded" not in poor["B2"].formula
+    assert poor["r"].zh == "报销比例（县级住院）"
+    ooc = {s.code: s for s in settle(
+        policy, make_claim("inpatient", "city", "A:20000", ooc=True), YearAccumulators()
+    ).trace}
+    assert ooc["r"].zh == "报销比例（市级住院，未经转诊县外就医）"
+    assert ooc["B4"].zh == "兜底保障（非建档立卡贫困人口）"
+
+
 def test_trace_of_outpatient_and_of_non_poor(policy: Policy, make_claim: MakeClaim) -> None:
     outpatient = settle(policy, make_claim("outpatient", "village", "A:100"), YearAccumulators())
     assert [s.code for s in outpatient.trace] == ["T", "S", "N", "E", "r", "B1", "P", "check"]
