@@ -35,7 +35,7 @@ def test_fifty_concurrent_settlements_never_overspend(county: County) -> None:
             cov,
             "hosp",
             [("40000.00", "A"), ("500.00", "B"), ("300.00", "C")],
-            discharge=f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}",
+            discharge=f"2025-{1 + i % 12:02d}-{1 + i % 28:02d}",
         )
         for i in range(50)
     ]
