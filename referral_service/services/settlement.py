@@ -36,6 +36,7 @@ from ..settlement import (
     load_policy_dir,
     settle,
 )
+from ..settlement.allocation import allocate
 from . import ledger_pg
 from .resources import audit, audit_row, on_before_delete, on_before_write
 
@@ -698,6 +699,7 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
         out_of_county=out_of_county,
         referral=referral,
         in_one_statement=in_one_statement,
+        items=items,
     )
 
 
@@ -752,6 +754,7 @@ _SETTLED_ON_COVERAGE = (
         _EOB_COVERAGE.c.res_type == "ExplanationOfBenefit", _EOB_COVERAGE.c.param == "coverage",
         _EOB_COVERAGE.c.target_id == bindparam("res_id"), _EOB_COVERAGE.c.target_type == "Coverage",
     )
+    .distinct()
     .limit(3)
 )  # fmt: skip
 
@@ -841,6 +844,7 @@ def _store(
     out_of_county: bool,
     referral: _Referral,
     in_one_statement: bool,
+    items: list[tuple[Decimal, str]],
 ) -> SubmitResult:
     """Store the settlement: ledger rows, accumulators, the three resources, access link, audit row.
 
@@ -959,6 +963,7 @@ def _store(
         created=created,
         used=used,
         caps=caps,
+        item_components=allocate(items, c),
     )
     # The three resources, the provider's access link and the audit row: one statement on PostgreSQL.
     _, stored_response, _ = store.write(

@@ -284,3 +284,64 @@ def test_an_items_factor_counts_when_it_has_no_net(county: County) -> None:
     thirds["item"][0] |= {"unitPrice": {"value": 10, "currency": "CNY"}, "factor": 0.3333}
     refused = county.his["th-01"].post("Claim/$submit", thirds)
     assert refused.status_code == 422 and "whole fen" in refused.json["issue"][0]["diagnostics"]
+
+
+def _eob(county: County, claim_response: dict[str, Any]) -> dict[str, Any]:
+    claim_id = claim_response["request"]["reference"].split("/")[1]
+    bundle = county.his["hosp"].get(f"ExplanationOfBenefit?claim=Claim/{claim_id}").json
+    assert bundle["total"] == 1
+    return dict(bundle["entry"][0]["resource"])
+
+
+def _amounts(adjudication: list[dict[str, Any]], system: str) -> dict[str, Decimal]:
+    return {
+        a["category"]["coding"][0]["code"]: D(str(a["amount"]["value"]))
+        for a in adjudication if a["category"]["coding"][0]["system"] == system
+    }
+
+
+def test_the_eob_names_every_payer_and_what_it_pays_of_each_item(county: County) -> None:
+    """DESIGN 9: payer of a component -> ExplanationOfBenefit.insurance[] and item.adjudication."""
+    from referral_service.fhir.codes import SETTLEMENT_COMPONENT_SYSTEM as COMPONENTS
+    from tests.functional.fhir_helpers import every_stored_version_validates
+
+    pid, cov = county.patient(poor=True)
+    ref = county.referral(pid, performer="hosp")
+    body = claim(pid, cov, "hosp", [("20000.00", "A"), ("7000.00", "A"), ("1000.01", "B"), ("3000.00", "C")],
+                 referral=ref)
+    del body["item"][1]["net"]  # priced: 7000 = 3500 x 4 x 0.5
+    body["item"][1] |= {"unitPrice": {"value": 3500, "currency": "CNY"}, "quantity": {"value": 4},
+                        "factor": 0.5}
+    response = county.his["hosp"].post("Claim/$submit", body)
+    assert response.status_code == 200, response.json
+    claim_totals = components(response.json)
+    eob = _eob(county, response.json)
+    fund_system = "http://referral-service.example/fhir/sid/fund"
+    payers = [(i["focal"], i["coverage"].get("reference"), i["coverage"]["identifier"]["value"])
+              for i in eob["insurance"]]
+    assert payers == [
+        (True, f"Coverage/{cov}", "basic-insurance"),
+        (False, f"Coverage/{cov}", "critical-illness"),
+        (False, None, "medical-assistance"),
+        (False, None, "poverty-safety-net"),
+    ]
+    assert all(i["coverage"]["identifier"]["system"] == fund_system for i in eob["insurance"])
+    per_item = [_amounts(item["adjudication"], COMPONENTS) for item in eob["item"]]
+    assert len(per_item) == 4 and all(len(row) == 10 for row in per_item)
+    submitted = [_amounts(item["adjudication"], "http://terminology.hl7.org/CodeSystem/adjudication")["submitted"]
+                 for item in eob["item"]]
+    assert submitted == [D("20000.00"), D("7000.00"), D("1000.01"), D("3000.00")]
+    assert eob["item"][1]["net"]["value"] == 7000  # computed: the claim gave no net
+    for code, amount in claim_totals.items():
+        assert sum(row[code] for row in per_item) == amount, code  # reconciles to the fen
+    funds = ("basic-insurance", "critical-illness", "medical-assistance", "poverty-safety-net")
+    for row, paid in zip(per_item, submitted, strict=True):
+        assert sum(row[f] for f in funds) + row["patient-pay"] == paid
+    assert per_item[3]["out-of-list"] == per_item[3]["patient-pay"] == D("3000.00")
+    assert per_item[2]["class-b-self-pay"] == claim_totals["class-b-self-pay"] == D("100.00")
+    assert every_stored_version_validates() >= 3
+    # Not registered poor, small claim: only what paid (basic) besides the focal coverage.
+    other, other_cov = county.patient()
+    small = county.his["hosp"].post("Claim/$submit", claim(other, other_cov, "hosp", [("1000.00", "A")]))
+    assert [i["coverage"]["identifier"]["value"] for i in _eob(county, small.json)["insurance"]] == [
+        "basic-insurance"]

@@ -25,6 +25,17 @@ COMPONENTS = (
     "patient-pay",
 )
 FUND_PAYERS = ("basic-insurance", "critical-illness", "medical-assistance", "poverty-safety-net")
+# The funds as payers in ExplanationOfBenefit.insurance[]: identified by their settlement-component
+# code; basic and critical illness insurance are carried by the patient's basic Coverage.
+FUND_SYSTEM = f"{codes.BASE}/sid/fund"
+FUND_NAMES = {
+    "basic-insurance": "基本医疗保险 / basic medical insurance",
+    "critical-illness": "大病保险 / critical illness insurance",
+    "medical-assistance": "医疗救助 / medical assistance",
+    "poverty-safety-net": "兜底保障 / poverty safety net",
+}
+ON_THE_BASIC_COVERAGE = ("basic-insurance", "critical-illness")
+ADJUDICATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/adjudication"
 
 
 def money(value: Decimal) -> dict[str, Any]:
@@ -104,6 +115,31 @@ def claim_response(s: Settlement, *, claim_type: str, insurer_id: str | None, cr
     return resource
 
 
+def insurance(s: Settlement, coverage_id: str) -> list[dict[str, Any]]:
+    """EOB.insurance[]: every payer fund the settlement used (DESIGN 9, "payer of a component").
+
+    The basic fund always (focal: the claim's Coverage); each other fund when it pays something.
+    Each names its fund by identifier (`FUND_SYSTEM`, the settlement-component code that its
+    amounts carry in `item.adjudication` and `adjudication`); basic and critical illness insurance
+    also reference the basic Coverage that carries them; medical assistance and the safety net
+    follow poverty registration and have no Coverage resource.
+    """
+    entries = []
+    for fund in FUND_PAYERS:
+        if fund != "basic-insurance" and s.amount_of(fund) <= 0:
+            continue
+        payer: dict[str, Any] = {}
+        if fund in ON_THE_BASIC_COVERAGE:
+            payer["reference"] = f"Coverage/{coverage_id}"
+        payer |= {"identifier": {"system": FUND_SYSTEM, "value": fund}, "display": FUND_NAMES[fund]}
+        entries.append({"focal": fund == "basic-insurance", "coverage": payer})
+    return entries
+
+
+def _adjudication(system: str, code: str, amount: Decimal) -> dict[str, Any]:
+    return {"category": {"coding": [{"system": system, "code": code}]}, "amount": money(amount)}
+
+
 def explanation_of_benefit(
     s: Settlement,
     claim: dict[str, Any],
@@ -114,31 +150,32 @@ def explanation_of_benefit(
     created: str,
     used: dict[str, Decimal],
     caps: dict[str, Decimal | None],
+    item_components: list[dict[str, Decimal]],
 ) -> dict[str, Any]:
-    """The EOB: insurance used, items with their submitted amounts, totals and this year's balances."""
+    """The EOB: the payers used, items with what each payer pays of them, totals and this year's
+    balances.
+
+    `item_components`: the settlement's components shared over the claim's items
+    (`settlement.allocation.allocate`, in item order). Each item's `adjudication` has its
+    `submitted` amount, then each of the ten settlement components (the funds' amounts are what that
+    payer in `insurance[]` pays of the item); each component's item amounts sum to the claim's.
+    """
     items = []
-    for index, item in enumerate(claim.get("item") or [], start=1):
-        net = item.get("net") or {}
+    claimed = claim.get("item") or []
+    for index, (item, shares) in enumerate(zip(claimed, item_components, strict=True), start=1):
         entry: dict[str, Any] = {
             "sequence": item.get("sequence", index),
             "category": item.get("category"),
             "productOrService": item.get("productOrService") or {"text": "charge"},
+            "quantity": item.get("quantity"),
+            "unitPrice": item.get("unitPrice"),
+            "factor": item.get("factor"),
+            "net": item.get("net") or money(shares["total"]),
             "adjudication": [
-                {
-                    "category": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/adjudication",
-                                "code": "submitted",
-                            }
-                        ]
-                    },
-                    "amount": {"value": net.get("value"), "currency": net.get("currency", "CNY")},
-                }
+                _adjudication(ADJUDICATION_SYSTEM, "submitted", shares["total"]),
+                *(_adjudication(COMPONENT_SYSTEM, code, shares[code]) for code in COMPONENTS),
             ],
         }
-        if item.get("net"):
-            entry["net"] = item["net"]
         items.append({k: v for k, v in entry.items() if v is not None})
     balances = []
     for name, amount in used.items():
@@ -163,7 +200,7 @@ def explanation_of_benefit(
         "claim": {"reference": f"Claim/{s.claim_id}"},
         "claimResponse": {"reference": f"ClaimResponse/{s.claim_response_id}"},
         "outcome": "complete",
-        "insurance": [{"focal": True, "coverage": {"reference": f"Coverage/{coverage_id}"}}],
+        "insurance": insurance(s, coverage_id),
         "item": items,
         "adjudication": [
             {"category": {"coding": [{"system": COMPONENT_SYSTEM, "code": code}]}, "amount": money(v)}
