@@ -6,12 +6,13 @@ from typing import Any
 
 from flask import Blueprint, Response, g
 
-from ..domain.errors import BadRequest, Problem
+from ..domain.errors import BadRequest, Forbidden, Problem
 from ..extensions import csrf
 from ..fhir.capability import register_operation
 from ..fhir.store import instant, now_ms
 from ..services import settlement
 from .fhir import _check_body, _check_id, base_url, parameters_of, read_json_body, with_actor
+from .guard import current_principal
 from .responses import fhir_response
 
 REVIEW_NOTE = "computed on accumulators that included the reversed claim: review"
@@ -27,7 +28,10 @@ register_operation(
     "parameter holding either.",
 )
 register_operation(
-    "Claim", "reverse", "http://referral-service.example/fhir/OperationDefinition/Claim-reverse"
+    "Claim", "reverse", "http://referral-service.example/fhir/OperationDefinition/Claim-reverse",
+    "冲销: reverses the Claim's settlement with a `reason` (Parameters). Needs system/Claim.c (what "
+    "$submit needs) or system/Claim.u; allowed to the hospital that is the claim's provider, the "
+    "insurance office and the county platform.",
 )
 
 
@@ -69,6 +73,22 @@ def submit() -> Response:
     return fhir_response(result.claim_response, 200)
 
 
+def _reverse_permission() -> str:
+    """The scope a reversal needs: `c` on Claim, as `$submit`, or `u` (403 with neither).
+
+    DESIGN leaves open who may reverse. A reversal (冲销) is done at the settlement desk of the
+    hospital that settled the claim, the same desk that submits, so the permission to submit claims
+    is enough to reverse them; `reverse_settlement` then lets only the claim's provider (the
+    submitter's own organisation, as for `$submit`), the insurance office or the platform do it.
+    """
+    principal = current_principal()
+    for permission in ("c", "u"):
+        if principal.may("Claim", permission):
+            return permission
+    raise Forbidden("the token's scopes do not allow reversing claims (needs system/Claim.c, as for "
+                    "$submit, or system/Claim.u)")
+
+
 @bp.post("/Claim/<claim_id>/$reverse")
 def reverse(claim_id: str) -> Response:
     """冲销: reverse the settlement of a Claim with a reason (Parameters `reason`)."""
@@ -85,7 +105,9 @@ def reverse(claim_id: str) -> Response:
                                  [Problem(f"{where} must be a string", expression=where, code="structure")])
             reason = value
             break
-    result = with_actor("Claim", "u", lambda s, a: settlement.reverse_settlement(s, a, claim_id, reason))
+    result = with_actor(
+        "Claim", _reverse_permission(), lambda s, a: settlement.reverse_settlement(s, a, claim_id, reason)
+    )
     return fhir_response(
         {
             "resourceType": "Parameters",

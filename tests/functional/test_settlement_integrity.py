@@ -345,3 +345,33 @@ def test_the_eob_names_every_payer_and_what_it_pays_of_each_item(county: County)
     small = county.his["hosp"].post("Claim/$submit", claim(other, other_cov, "hosp", [("1000.00", "A")]))
     assert [i["coverage"]["identifier"]["value"] for i in _eob(county, small.json)["insurance"]] == [
         "basic-insurance"]
+
+
+def test_a_hospital_client_with_the_demo_his_scopes_reverses_its_own_settlements(
+    county: County, client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
+) -> None:
+    """The demo HIS clients hold system/Claim.crs (no .u): the permission to submit is the one to
+    reverse; only the claim's own provider (besides the insurance office and the platform)."""
+    from referral_service.seed.accounts import HIS_SCOPES, INSURANCE_SCOPES
+    from tests.functional.fhir_helpers import Fhir, token_for
+
+    assert "system/Claim.crs" in HIS_SCOPES.split()
+
+    def his(name: str, org: str, scopes: str = HIS_SCOPES) -> Fhir:
+        cid, secret = make_api_client(name, scopes, org)
+        return Fhir(client, token_for(client, cid, secret))
+
+    hosp, township = his("hosp-demo-his", "hosp"), his("th-demo-his", "th-01")
+    reader = his("reader", "hosp", INSURANCE_SCOPES)
+    pid, cov = county.patient()
+    settled = hosp.post("Claim/$submit", claim(pid, cov, "hosp", [("1000.00", "A")]))
+    assert settled.status_code == 200, settled.json
+    claim_id = settled.json["request"]["reference"].split("/")[1]
+    reason = {"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": "录入错误"}]}
+    no_scope = reader.post(f"Claim/{claim_id}/$reverse", reason)
+    assert no_scope.status_code == 403 and "Claim.c" in no_scope.json["issue"][0]["diagnostics"]
+    assert township.post(f"Claim/{claim_id}/$reverse", reason).status_code == 403  # not its claim
+    reversed_ = hosp.post(f"Claim/{claim_id}/$reverse", reason)
+    assert reversed_.status_code == 200, reversed_.json
+    with database.session() as s:
+        assert s.scalars(select(Settlement.status)).all() == ["reversed"]
