@@ -831,13 +831,16 @@ def record_follow_up(session: Session, actor: Actor, care_plan_id: str, encounte
     plan["activity"] = activities
     if remaining == 0:
         plan["status"] = "completed"
-        sr_id = ref_id((plan.get("basedOn") or [None])[0]) or ""
-        task_ = _active_task(session, sr_id)
-        if task_ is not None:
-            for step in ("accepted", "in-progress", "completed"):
-                if step in OWNER_MOVES.get(task_["status"], frozenset()):
-                    _move_task(session, actor, task_, step)
-                    task_ = _load(session, "Task", str(task_["id"])) or task_
+    # A clinic that records a follow-up has the patient: its Task is accepted and under way (so the
+    # timeout indicator no longer counts it as waiting), and done with the last follow-up.
+    sr_id = ref_id((plan.get("basedOn") or [None])[0]) or ""
+    task_ = _active_task(session, sr_id)
+    if task_ is not None:
+        steps = ("accepted", "in-progress") + (("completed",) if remaining == 0 else ())
+        for step in steps:
+            if step in OWNER_MOVES.get(task_["status"], frozenset()):
+                _move_task(session, actor, task_, step)
+                task_ = _load(session, "Task", str(task_["id"])) or task_
     _put(session, plan)
     return remaining
 

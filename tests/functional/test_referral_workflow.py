@@ -161,6 +161,8 @@ def test_full_journey(county: dict[str, Fhir]) -> None:
     assert clinic.post("Encounter", follow).status_code == 201
     plan = clinic.get(f"CarePlan/{plan['id']}").json
     assert [a["detail"]["status"] for a in plan["activity"]] == ["completed", "scheduled", "scheduled"]
+    # the clinic that follows the patient up has them: the down-referral's Task is under way
+    assert clinic.get(f"Task/{down_task['id']}").json["status"] == "in-progress"
     assert every_stored_version_validates() > 20
 
 
