@@ -649,6 +649,7 @@ class ReferralView:
     encounter_id: str | None
     patient_id: str
     patient_name: str = ""
+    requested: datetime | None = None  # when the Task was created: the order of referrals authored alike
 
     @property
     def age(self) -> timedelta | None:
@@ -898,6 +899,7 @@ def _referral_view(
         encounter_id=_ref_id(sr.get("encounter")),
         patient_id=_ref_id(sr.get("subject")) or "",
         patient_name=patient_name,
+        requested=_instant(task.get("authoredOn")) if task else None,
     )
 
 
@@ -1095,9 +1097,10 @@ def clinic_referrals(session: Session, actor: Actor) -> tuple[list[ReferralView]
 
 
 def _sort_inbox(items: list[ReferralView]) -> list[ReferralView]:
-    """Most urgent first, then the oldest."""
+    """Most urgent first, then the oldest (visit times are to the second: ties go by the Task's creation)."""
     oldest = datetime.min.replace(tzinfo=SHANGHAI)
-    return sorted(items, key=lambda r: (PRIORITY_RANK.get(r.priority, 3), r.authored or oldest, r.id))
+    return sorted(items, key=lambda r: (PRIORITY_RANK.get(r.priority, 3), r.authored or oldest,
+                                        r.requested or oldest, r.id))
 
 
 @dataclass(frozen=True)
