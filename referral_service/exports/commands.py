@@ -15,6 +15,7 @@ from click._termui_impl import ProgressBar
 from sqlalchemy.orm import Session
 
 from ..domain.accounts import ROLES
+from ..domain.days import DayOutOfRange, parse_day
 from ..domain.errors import DomainError
 from ..domain.exports import Recipient
 from ..domain.ledger import FUNDS
@@ -25,11 +26,16 @@ from .settlements import LOCAL_TZ, SettlementExportRequest, count_rows, export_d
 OpenSession = Callable[[], AbstractContextManager[Session]]
 
 
-def _day(value: str) -> date:
+def _day(value: str, *, month: bool = False) -> date:
+    """A day (YYYY-MM-DD; with `month`, YYYY-MM too) within the accepted range (`domain.days`)."""
+    text = f"{value}-01" if month and len(value) == 7 else value
     try:
-        return date.fromisoformat(value)
+        return parse_day(text)
+    except DayOutOfRange as exc:
+        raise click.BadParameter(str(exc)) from None
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+        shape = "YYYY-MM or YYYY-MM-DD" if month else "YYYY-MM-DD"
+        raise click.BadParameter(f"{value!r} is not a date ({shape})") from None
 
 
 def export_commands(open_session: OpenSession, settings: Mapping[str, Any]) -> click.Group:
@@ -60,6 +66,7 @@ def export_commands(open_session: OpenSession, settings: Mapping[str, Any]) -> c
         recipient = Recipient(name=f"cli:{getpass.getuser()}", kind="system", role=recipient_role)
         target = out or export_dir(settings)
         try:
+            request.check()
             with open_session() as session:
                 total = count_rows(session, request)
                 bar: ProgressBar[int] = click.progressbar(
@@ -76,12 +83,16 @@ def export_commands(open_session: OpenSession, settings: Mapping[str, Any]) -> c
             click.echo(str(path))
 
     @export.command("monthly")
-    @click.option("--month", default=None, help="a day of the month to export (default: the previous month)")
+    @click.option("--month", default=None,
+                  help="the month to export, YYYY-MM or a day in it (default: the previous month)")
     def monthly(month: str | None) -> None:
         """The monthly run: one month, every fund, CSV and XLSX, into EXPORT_DIR/monthly/YYYY-MM."""
-        day = _day(month) if month else previous_month(datetime.now(LOCAL_TZ).date())
-        with open_session() as session:
-            paths = export_month(session, day, settings=settings)
+        day = _day(month, month=True) if month else previous_month(datetime.now(LOCAL_TZ).date())
+        try:
+            with open_session() as session:
+                paths = export_month(session, day, settings=settings)
+        except DomainError as exc:
+            raise click.ClickException(exc.message) from None
         for path in paths:
             click.echo(str(path))
 

@@ -363,6 +363,8 @@ def export_settlements(
 ) -> ExportResult:
     """Write the export files and manifest into `out_dir` and record the export (caller commits)."""
     request.check()
+    if request.hospital_id is not None and session.get(Organization, request.hospital_id) is None:
+        raise BadRequest(f"unknown hospital {request.hospital_id!r} (give an Organization id)")
     full = request.identity == "full"
     if full and not may_receive_full_identity(recipient.role):
         raise Forbidden(f"role {recipient.role or '(none)'} may not receive full identity numbers")

@@ -118,6 +118,9 @@ def test_full_identity_numbers_and_xlsx_for_the_insurer(
         assert "outside 1900-01-01 to 2199-12-31" in out_of_range.get_json()["message"]
     widest = get(client, "/exports/settlements?from=1900-01-01&to=2199-12-31", headers=headers)
     assert widest.status_code == 200
+    unknown = get(client, QUERY + "&hospital=nope", headers=headers)
+    assert unknown.status_code == 400 and "unknown hospital" in unknown.get_json()["message"]
+    assert get(client, QUERY + "&hospital=county-hosp", headers=headers).status_code == 200
 
 
 def test_others_may_not_download(

@@ -514,6 +514,31 @@ def test_cli_monthly_exports_the_month_asked_for(
     result = app.test_cli_runner().invoke(args=["export", "monthly", "--month", "2026-03-15"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "monthly").iterdir()) == ["2026-03"]
+    result = app.test_cli_runner().invoke(args=["export", "monthly", "--month", "2026-02"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "monthly").iterdir()) == ["2026-02", "2026-03"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "monthly", "--month", "9999-12-31"],
+        ["export", "monthly", "--month", "0001-01-01"],
+        ["export", "monthly", "--month", "March"],
+        ["export", "settlements", "--fund", "basic-insurance", "--from", "0001-01-01", "--to", "2026-12-31"],
+        ["export", "settlements", "--fund", "basic-insurance", "--from", "2026-03-31", "--to", "2026-03-01"],
+        ["export", "settlements", "--fund", "all", "--from", "2026-03-01", "--to", "2026-03-31",
+         "--hospital", "nope"],
+    ],
+)
+def test_cli_exports_refuse_bad_periods_and_hospitals_with_a_message(
+    app: Flask, tmp_path: Path, args: list[str]
+) -> None:
+    out = ["--out", str(tmp_path)] if "settlements" in args else []
+    result = app.test_cli_runner().invoke(args=[*args, *out])
+    assert result.exit_code in (1, 2)  # click's usage error or its ClickException, not a traceback
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Error" in result.output
 
 
 SAMPLES = [
