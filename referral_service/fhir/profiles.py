@@ -210,8 +210,9 @@ _KNOWN_EXTERNAL_CODES: Final[Mapping[str, frozenset[str]]] = {
 
 # An ICD-10 code: a letter, two digits, optionally a dot and up to eight letters or digits (WHO's
 # subcategories and the longer codes of China's national clinical edition, e.g. J18.900x001), and
-# a dagger or asterisk mark of the dual classification.
-_ICD10_CODE = re.compile(r"[A-Z][0-9]{2}(\.[0-9A-Za-z]{1,8})?[+*\u2020]?")
+# a dagger or asterisk mark of the dual classification. Case and the dot are not checked: the rules
+# ignore both when they compare codes (DESIGN section 4), so I639 and i63.9 are I63.9.
+_ICD10_CODE = re.compile(r"[A-Za-z][0-9]{2}(\.?[0-9A-Za-z]{1,8})?[+*\u2020]?")
 
 
 # --- small helpers on JSON values -----------------------------------------------------------
@@ -1135,8 +1136,8 @@ class Conformance:
                 "error",
                 "code-invalid",
                 f"{expr}.code",
-                f"{code!r} is not an ICD-10 code (a capital letter and two digits, optionally a dot "
-                "and more, such as I63.9); the referral rules could not match it.",
+                f"{code!r} is not an ICD-10 code (a letter and two digits, optionally a dot and "
+                "more, such as I63.9); the referral rules could not match it.",
             )
 
     def _check_extensions(

@@ -478,7 +478,7 @@ def test_empty_answers_name_no_content_type(his: Fhir) -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "status"), [("ZZZ", 422), ("i63.9", 422), ("I63", 201), ("J18.900x001", 201)]
+    ("code", "status"), [("ZZZ", 422), ("I63.", 422), ("i63.9", 201), ("I639", 201), ("J18.900x001", 201)]
 )
 def test_condition_codes_must_look_like_icd10(his: Fhir, code: str, status: int) -> None:
     pid = his.post("Patient", patient(PID_1)).json["id"]

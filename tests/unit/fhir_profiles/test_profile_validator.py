@@ -534,7 +534,9 @@ def test_referral_rule_ids_are_an_open_fragment():
          "code-invalid", "warning")
 
 
-@pytest.mark.parametrize("code", ["I63.9", "I63", "J18.900x001", "A17.0+", "G01*"])
+@pytest.mark.parametrize(
+    "code", ["I63.9", "I63", "J18.900x001", "A17.0+", "G01*", "I639", "i63.9", "I63.9\u2020"]
+)
 def test_icd10_codes_pass(code: str) -> None:
     condition = {
         "resourceType": "Condition",
@@ -544,7 +546,7 @@ def test_icd10_codes_pass(code: str) -> None:
     assert check(condition) == []
 
 
-@pytest.mark.parametrize("code", ["stroke", "ZZZ", "i63.9", "I63.", "I6"])
+@pytest.mark.parametrize("code", ["stroke", "ZZZ", "I63.", "I6", "63.9", "I63 9"])
 def test_icd10_codes_of_another_shape_are_errors(code: str) -> None:
     condition = {
         "resourceType": "Condition",
