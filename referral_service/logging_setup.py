@@ -65,11 +65,11 @@ def configure_logging(level: str, as_json: bool) -> None:
         if getattr(existing, "_referral_service", False):
             root.removeHandler(existing)
     if as_json:
-        # The JSON lines carry none of the caller's file, line, function, thread or process: leave
-        # them uncollected (logging's documented optimisations), a tenth of each line's cost.
+        # The JSON lines carry none of the caller's file, line, function or thread: leave them
+        # uncollected (logging's documented optimisations), a tenth of each line's cost. The process
+        # id stays: gunicorn's own log lines print it (`[%(process)d]`).
         logging._srcfile = None
         logging.logThreads = False
-        logging.logProcesses = False
         logging.logMultiprocessing = False
     handler._referral_service = True  # type: ignore[attr-defined]
     root.addHandler(handler)

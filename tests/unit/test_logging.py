@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 from flask import Flask, g
 
-from referral_service.logging_setup import JsonFormatter
+from referral_service.logging_setup import JsonFormatter, configure_logging
 
 
 def _line(message: str, *args: object, **extra: object) -> str:
@@ -47,3 +48,12 @@ def test_values_json_cannot_encode_are_written_as_text() -> None:
             return "odd value"
 
     assert json.loads(_line("x", client=Odd()))["client"] == "odd value"
+
+
+def test_json_logging_keeps_the_process_id_for_gunicorns_own_lines() -> None:
+    """gunicorn formats its lines with [%(process)d]: a missing pid was a logging error on SIGTERM."""
+    configure_logging("INFO", as_json=True)
+    record = logging.getLogger("gunicorn.error").makeRecord("gunicorn.error", logging.INFO, __file__, 1,
+                                                            "Handling signal: %s", ("term",), None)
+    line = logging.Formatter("[%(process)d] %(message)s").format(record)
+    assert line == f"[{os.getpid()}] Handling signal: term"
