@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge, UnsupportedMediaType
 
 from ..domain.actor import Actor
 from ..domain.base import int_key
@@ -157,12 +157,26 @@ def metadata() -> Response:
     return fhir_response(capability_statement(base_url()))
 
 
-@bp.get("/<any(StructureDefinition,CodeSystem,ValueSet):resource_type>")
+CONFORMANCE = "/<any(StructureDefinition,CodeSystem,ValueSet):resource_type>"
+
+
+@bp.get(CONFORMANCE)
 def conformance_search(resource_type: str) -> Response:
     """Our profiles, code systems and value sets (see `fhir.conformance` for the parameters)."""
+    return _conformance_search(resource_type, list(request.args.items(multi=True)))
+
+
+@bp.post(f"{CONFORMANCE}/_search")
+def conformance_search_post(resource_type: str) -> Response:
+    """The same search with its parameters in a form body (and the query string)."""
+    args = [*request.args.items(multi=True), *request.form.items(multi=True)]
+    return _conformance_search(resource_type, args)
+
+
+def _conformance_search(resource_type: str, args: list[tuple[str, str]]) -> Response:
     require(resource_type, "s")
-    found = conformance.search(resource_type, list(request.args.items(multi=True)))
-    summary = request.args.get("_summary")
+    found = conformance.search(resource_type, args)
+    summary = dict(args).get("_summary")
     if summary not in (None, "count", "false"):
         raise BadRequest(f"_summary={summary!r} is not supported (count or false)")
     total = len(found)
@@ -172,7 +186,42 @@ def conformance_search(resource_type: str) -> Response:
     return fhir_response(bundle)
 
 
-@bp.get("/<any(StructureDefinition,CodeSystem,ValueSet):resource_type>/<res_id>")
+@bp.route(CONFORMANCE, methods=["POST", "PUT", "PATCH", "DELETE"])
+@bp.route(f"{CONFORMANCE}/<res_id>", methods=["POST", "PUT", "PATCH", "DELETE"])
+def conformance_write(resource_type: str, res_id: str | None = None) -> Response:
+    """They ship with the software: read and search only (405, not the 404 of an unknown type)."""
+    raise MethodNotAllowed(valid_methods=["GET"], description=f"{resource_type} resources are read-only here")
+
+
+@bp.get(f"{CONFORMANCE}/<res_id>/_history/<vid>")
+def conformance_vread(resource_type: str, res_id: str, vid: str) -> Response:
+    """Version 1, the only one, of a conformance resource."""
+    if vid != conformance.VERSION_ID:
+        require(resource_type, "r")
+        raise NotFound(f"{resource_type}/{res_id}/_history/{vid} is not known")
+    return conformance_read(resource_type, res_id)
+
+
+@bp.get(f"{CONFORMANCE}/<res_id>/_history")
+def conformance_history(resource_type: str, res_id: str) -> Response:
+    """The history of a conformance resource: its one version."""
+    require(resource_type, "r")
+    resource = conformance.read(resource_type, res_id)
+    if resource is None:
+        raise NotFound(f"{resource_type}/{res_id} is not known")
+    return fhir_response({
+        "resourceType": "Bundle", "type": "history", "total": 1,
+        "link": [{"relation": "self", "url": f"{base_url()}/{resource_type}/{res_id}/_history"}],
+        "entry": [{
+            "fullUrl": f"{base_url()}/{resource_type}/{res_id}", "resource": resource,
+            "request": {"method": "POST", "url": resource_type},
+            "response": {"status": "201", "etag": f'W/"{conformance.VERSION_ID}"',
+                         "lastModified": resource["meta"]["lastUpdated"]},
+        }],
+    })
+
+
+@bp.get(f"{CONFORMANCE}/<res_id>")
 def conformance_read(resource_type: str, res_id: str) -> Response:
     """One conformance resource by id, with its ETag and Last-Modified."""
     require(resource_type, "r")

@@ -80,3 +80,23 @@ def test_capability_statement_lists_the_parameters(his: Fhir) -> None:
 def test_self_link_repeats_the_query(his: Fhir) -> None:
     bundle = his.get("ValueSet?name=charge").json
     assert bundle["link"][0]["url"].endswith("/fhir/ValueSet?name=charge")
+
+
+def test_post_search_history_and_read_only(his: Fhir) -> None:
+    posted = his.client.post(
+        "/fhir/ValueSet/_search", data={"name": "charge"},
+        headers={"Authorization": f"Bearer {his.token}"},
+    )
+    assert posted.status_code == 200, posted.json
+    assert ids(posted.json) == ["charge-class"]
+    assert his.get("CodeSystem/facility-level/_history/1").json["id"] == "facility-level"
+    assert his.get("CodeSystem/facility-level/_history/2").status_code == 404
+    history = his.get("CodeSystem/facility-level/_history").json
+    assert history["type"] == "history"
+    assert [e["resource"]["id"] for e in history["entry"]] == ["facility-level"]
+    for method, path in (("put", "CodeSystem/facility-level"), ("delete", "CodeSystem/facility-level"),
+                         ("post", "StructureDefinition")):
+        response = getattr(his.client, method)(f"/fhir/{path}", json={"resourceType": "CodeSystem"},
+                                                headers={"Authorization": f"Bearer {his.token}"})
+        assert response.status_code == 405, (method, path, response.json)
+        assert response.json["resourceType"] == "OperationOutcome"
