@@ -9,6 +9,7 @@ import click
 from flask import Flask
 
 from . import migrate
+from .domain.errors import DomainError
 from .extensions import database
 from .seed.cli import register as register_seed
 
@@ -64,8 +65,11 @@ def register_cli(app: Flask) -> None:
         """Print the decision the rules give for a stored visit (nothing is written)."""
         from .services.referrals import explain_visit
 
-        with database.session() as session:
-            click.echo(explain_visit(session, encounter_id))
+        try:
+            with database.session() as session:
+                click.echo(explain_visit(session, encounter_id))
+        except DomainError as exc:
+            raise click.ClickException(exc.message) from None
 
     @app.cli.group("policy")
     def policy() -> None:

@@ -45,6 +45,8 @@ def test_rules_explain_a_stored_visit(app: Flask, county: dict) -> None:  # noqa
     assert "outcome: refer-up, urgency emergency (priority stat)" in result.output
     assert "NEWS2 total 10" in result.output
     assert "news2-high:" in result.output and "news2-medium:" in result.output
+    unknown = app.test_cli_runner().invoke(args=["rules", "explain", "--encounter", "nope"])
+    assert unknown.exit_code == 1 and "Error: Encounter/nope is not known" in unknown.output
 
 
 def test_policy_check_and_show(app: Flask, tmp_path: Path) -> None:
