@@ -49,6 +49,8 @@ def _parse(text: str) -> Any:
         raise JsonError(str(exc)) from None
     except RecursionError:
         raise JsonError("the JSON is nested too deeply") from None
+    except JsonError:
+        raise  # NaN or Infinity (`_no_constants`)
     except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
         raise JsonError(f"a number is too long: {exc}") from None
 

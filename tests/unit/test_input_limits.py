@@ -107,3 +107,10 @@ def test_days_people_type_are_kept_within_the_accepted_range() -> None:
     with pytest.raises(ValueError, match="Invalid isoformat") as caught:
         parse_day("31/03/2026")
     assert not isinstance(caught.value, DayOutOfRange)
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_json_constants_are_named_as_such(constant: str) -> None:
+    with pytest.raises(jsonio.JsonError) as refused:
+        jsonio.loads_body(f'{{"value": {constant}}}'.encode())
+    assert str(refused.value) == f"{constant} is not allowed in JSON"
