@@ -76,11 +76,17 @@ def render(
     *,
     outpatient: bool,
     status: int = 200,
+    refused: Unprocessable | None = None,
 ) -> ResponseReturnValue:
-    """The settlement made, or (none yet, or reversed) the preview with its trace, or why it is refused."""
+    """The settlement made, or (none yet, or reversed) the preview with its trace, or why it is refused.
+
+    `refused`: the settlement service's refusal of a confirm just tried, shown like the preview's own.
+    """
     problem = detail = None
     shown = current_settlement
-    if current_settlement is None or current_settlement.status == "reversed":
+    if refused is not None:
+        problem, detail = refusal(refused)
+    elif current_settlement is None or current_settlement.status == "reversed":
         try:
             with work() as (db, actor):
                 shown = preview(db, actor)

@@ -8,7 +8,7 @@ from flask_babel import force_locale
 from flask_babel import gettext as _
 from marshmallow import ValidationError
 
-from ..domain.errors import NotFound
+from ..domain.errors import NotFound, Unprocessable
 from ..services import registration, visits
 from . import settlement_pages
 from .auth import role_required, work
@@ -189,7 +189,9 @@ def visit_decision(encounter_id: str) -> ResponseReturnValue:
     return _decision_page(encounter_id)
 
 
-def _visit_settlement_page(encounter_id: str, form: FormState, status: int = 200) -> ResponseReturnValue:
+def _visit_settlement_page(
+    encounter_id: str, form: FormState, status: int = 200, refused: Unprocessable | None = None
+) -> ResponseReturnValue:
     with work() as (db, actor):
         current = visits.visit_settlement(db, actor, encounter_id)
     urls = settlement_pages.Urls(
@@ -206,6 +208,7 @@ def _visit_settlement_page(encounter_id: str, form: FormState, status: int = 200
         urls,
         outpatient=True,
         status=status,
+        refused=refused,
     )
 
 
@@ -220,8 +223,11 @@ def visit_settlement_page(encounter_id: str) -> ResponseReturnValue:
 @role_required("clinic")
 def visit_settlement_confirm(encounter_id: str) -> ResponseReturnValue:
     """Settle the visit (again after a reversal); settling twice changes nothing."""
-    with work() as (db, actor):
-        visits.settle_visit(db, actor, encounter_id)
+    try:
+        with work() as (db, actor):
+            visits.settle_visit(db, actor, encounter_id)
+    except Unprocessable as exc:  # e.g. no active basic insurance on the date: the page says why
+        return _visit_settlement_page(encounter_id, FormState(), 422, refused=exc)
     flash(_("The visit is settled. Print the settlement slip for the patient."), "success")
     return redirect(url_for("web.visit_settlement_page", encounter_id=encounter_id))
 

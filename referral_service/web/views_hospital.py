@@ -8,6 +8,7 @@ from flask_babel import force_locale
 from flask_babel import gettext as _
 from marshmallow import ValidationError
 
+from ..domain.errors import Unprocessable
 from ..services import visits
 from . import settlement_pages
 from .auth import role_required, work
@@ -134,7 +135,9 @@ def settlement_page(encounter_id: str) -> ResponseReturnValue:
     return _settlement_page(encounter_id, FormState())
 
 
-def _settlement_page(encounter_id: str, form: FormState, status: int = 200) -> ResponseReturnValue:
+def _settlement_page(
+    encounter_id: str, form: FormState, status: int = 200, refused: Unprocessable | None = None
+) -> ResponseReturnValue:
     with work() as (db, actor):
         current = visits.settlement_at_desk(db, actor, encounter_id)
     urls = settlement_pages.Urls(
@@ -151,6 +154,7 @@ def _settlement_page(encounter_id: str, form: FormState, status: int = 200) -> R
         urls,
         outpatient=False,
         status=status,
+        refused=refused,
     )
 
 
@@ -158,8 +162,11 @@ def _settlement_page(encounter_id: str, form: FormState, status: int = 200) -> R
 @role_required("hospital")
 def settlement_confirm(encounter_id: str) -> ResponseReturnValue:
     """Settle for every payer at once; the patient pays only their share."""
-    with work() as (db, actor):
-        visits.settle_at_discharge(db, actor, encounter_id)
+    try:
+        with work() as (db, actor):
+            visits.settle_at_discharge(db, actor, encounter_id)
+    except Unprocessable as exc:  # e.g. no active basic insurance on the date: the page says why
+        return _settlement_page(encounter_id, FormState(), 422, refused=exc)
     flash(_("The stay is settled. Print the settlement slip for the patient."), "success")
     return redirect(url_for("web.settlement_page", encounter_id=encounter_id))
 

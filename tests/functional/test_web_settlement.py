@@ -279,6 +279,38 @@ def test_the_hospitals_refusal_is_in_chinese(county: County) -> None:
     assert "Coverage" not in page and "no active basic" not in page
 
 
+def _uninsured(county: County) -> str:
+    form = registration_form(
+        given_name="无保",
+        resident_id=resident(date(1962, 2, 2), "female", 61),
+        birth_date="1962-02-02",
+        coverage_basic=None,
+    )
+    response = county.client("clinic").post("/clinic/patients/new", data=form)
+    return str(response.headers["Location"].rsplit("/", 1)[-1])
+
+
+def test_a_refused_confirm_at_the_discharge_desk_says_why_in_chinese(county: County) -> None:
+    _, stay = _discharged(county, _uninsured(county), **CHARGES)
+    response = county.client("hospital", lang="zh").post(f"/hospital/settlements/{stay}/confirm")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 422
+    assert "无法结算：" in page and "该日期患者没有有效的基本医疗保险。" in page
+    assert "Coverage" not in page and "no active basic" not in page and "请求被拒绝" not in page
+    assert _settlements() == 0
+
+
+def test_a_refused_confirm_of_a_visit_says_why_in_chinese(county: County) -> None:
+    clinic = county.client("clinic", lang="zh")
+    visit = _visit(clinic, _uninsured(county), ("血常规", "A", "35.50"))
+    response = clinic.post(f"/clinic/visits/{visit}/settlement/confirm")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 422
+    assert "本次就诊无法结算：" in page and "该日期患者没有有效的基本医疗保险。" in page
+    assert "Coverage" not in page and "no active basic" not in page and "请求被拒绝" not in page
+    assert _ledger() == []
+
+
 # ------------------------------------------------------------------------------ later settlements to review
 
 
