@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from ..domain import resident_id
 from ..domain.actor import Actor
+from ..domain.days import EARLIEST_DAY, LATEST_DAY, DayOutOfRange, check_day
 from ..domain.errors import Conflict, DomainError, Unprocessable
 from ..domain.registry import Coverage, Household, Organization, Patient
 from ..fhir import codes
@@ -151,6 +152,20 @@ def money_range(low: Decimal, high: Decimal) -> Callable[[Decimal], None]:
     return check
 
 
+DAY_FIELDS = ("poverty_start", "poverty_end", "coverage_start")  # the birth date has its own range
+
+
+def _in_range(day: date | None) -> bool:
+    """No day given, or one within domain.days' range."""
+    if day is None:
+        return True
+    try:
+        check_day(day)
+    except DayOutOfRange:
+        return False
+    return True
+
+
 class RegistrationSchema(FormSchema):
     """What the registration form (and any other caller) gives to register a patient."""
 
@@ -179,8 +194,8 @@ class RegistrationSchema(FormSchema):
         errors: dict[str, list[Msg]] = {}
         today = datetime.now(SHANGHAI).date()
         birth = data.get("birth_date")
-        if birth is not None and (birth > today or birth < date(1890, 1, 1)):
-            errors.setdefault("birth_date", []).append(Msg("Enter a birth date between 1890 and today."))
+        if birth is not None and (birth > today or birth < EARLIEST_DAY):
+            errors.setdefault("birth_date", []).append(Msg("Enter a birth date between 1900 and today."))
         number = _text(data.get("resident_id"))
         if number:
             gender = data.get("gender") if data.get("gender") in ("male", "female") else None
@@ -198,19 +213,27 @@ class RegistrationSchema(FormSchema):
         income_typed = bool(_text(typed.get("household_income")))  # typed but invalid: that error says it
         if mode == "new" and data.get("household_income") is None and not income_typed:
             errors.setdefault("household_income", []).append(Msg("Give the household's annual income."))
+        # Days outside domain.days' range are refused as on every other form (year 1 or 9999 is a typo);
+        # such a day gets that one error, not the comparisons below as well.
+        outside = {name for name in DAY_FIELDS if not _in_range(data.get(name))}
+        for name in sorted(outside):
+            errors.setdefault(name, []).append(
+                Msg("Enter a date between %(low)s and %(high)s.", low=EARLIEST_DAY.isoformat(),
+                    high=LATEST_DAY.isoformat())
+            )
         if data.get("poverty_registered"):
             start, end = data.get("poverty_start"), data.get("poverty_end")
             if start is None:
                 errors.setdefault("poverty_start", []).append(Msg("Give the date of poverty registration."))
-            elif start > today:
+            elif start > today and "poverty_start" not in outside:
                 errors.setdefault("poverty_start", []).append(Msg("The date cannot be in the future."))
-            if start is not None and end is not None and end < start:
+            if start is not None and end is not None and end < start and not outside:
                 errors.setdefault("poverty_end", []).append(Msg("The end cannot be before the start."))
         if data.get("coverage_basic"):
             start = data.get("coverage_start")
             if start is None:
                 errors.setdefault("coverage_start", []).append(Msg("Give the start of the insurance cover."))
-            elif birth is not None and start < birth:
+            elif birth is not None and start < birth and "coverage_start" not in outside:
                 errors.setdefault("coverage_start", []).append(Msg("Cover cannot start before birth."))
         if errors:
             raise ValidationError(errors)

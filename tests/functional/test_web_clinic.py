@@ -171,7 +171,7 @@ def test_a_newborn_registers_without_an_identity_number(county: County) -> None:
         ({"gender": ""}, "gender", "This field is required."),
         ({"gender": "x"}, "gender", "Choose one of the options."),
         ({"birth_date": "1958-13-40"}, "birth_date", "Enter a date as YYYY-MM-DD."),
-        ({"birth_date": "2999-01-01"}, "birth_date", "Enter a birth date between 1890 and today."),
+        ({"birth_date": "2999-01-01"}, "birth_date", "Enter a birth date between 1900 and today."),
         ({"resident_id": "62042519580412011"}, "resident_id", "must have 18 characters"),
         ({"resident_id": "620425580412011"}, "resident_id", "15-digit legacy"),
         ({"resident_id": BAD_CHECK}, "resident_id", "check character"),
@@ -198,6 +198,8 @@ def test_a_newborn_registers_without_an_identity_number(county: County) -> None:
             "The end cannot be before the start.",
         ),
         ({"coverage_start": ""}, "coverage_start", "Give the start of the insurance cover."),
+        ({"coverage_start": "9999-12-31"}, "coverage_start", "Enter a date between 1900-01-01 and 2199"),
+        ({"birth_date": "1899-12-31", "resident_id": None}, "birth_date", "Enter a birth date between 1900"),
     ],
 )
 def test_registration_errors_are_shown_beside_the_field(
@@ -232,6 +234,34 @@ def test_registration_errors_in_chinese(county: County) -> None:
     errors = field_errors(response.get_data(as_text=True))
     assert errors["family_name"] == "此项为必填项。"
     assert "校验码错误" in errors["resident_id"]
+
+
+def test_registration_refuses_days_outside_1900_to_2199_in_chinese(county: County) -> None:
+    client = county.client("clinic", lang="zh")
+    patients = len(stored_of("Patient"))
+    form = registration_form(
+        poverty_registered="true",
+        poverty_start="0001-01-01",
+        poverty_end="9999-12-31",
+        coverage_start="9999-12-31",
+    )
+    response = client.post("/clinic/patients/new", data=form)
+    assert response.status_code == 422
+    errors = field_errors(response.get_data(as_text=True))
+    for name in ("poverty_start", "poverty_end", "coverage_start"):
+        assert errors.get(name) == "请填写 1900-01-01 至 2199-12-31 之间的日期。", errors
+    for born in ("1899-12-31", "2999-01-01"):
+        form = registration_form(birth_date=born, resident_id=None)
+        response = client.post("/clinic/patients/new", data=form)
+        assert response.status_code == 422
+        errors = field_errors(response.get_data(as_text=True))
+        assert errors.get("birth_date") == "出生日期应在1900年至今天之间。", errors
+    assert len(stored_of("Patient")) == patients  # nothing was registered
+    # the edges of the range are days like any other
+    form = registration_form(
+        birth_date="1900-01-01", resident_id=None, poverty_registered="true", poverty_start="1900-01-01"
+    )
+    assert client.post("/clinic/patients/new", data=form).status_code == 302
 
 
 def test_live_identity_number_check(county: County) -> None:
