@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from flask import flash, render_template, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from flask_babel import force_locale, ngettext
 from flask_babel import gettext as _
-from flask_babel import ngettext
+from marshmallow import ValidationError
 from sqlalchemy.orm import Session
 
 from ..domain.actor import Actor
 from ..domain.errors import Unprocessable
 from ..services.visits import LaterSettlement, SettlementView
 from .auth import current, work
-from .forms import FormState
+from .forms import FormState, text_fields
 
 # Why a claim is refused, in the user's language: (element path, issue code) of the settlement
 # service's first problem -> message. The service's own text is English, for integrators.
@@ -121,3 +123,82 @@ def flash_reversed(to_review: list[LaterSettlement]) -> None:
         ),
         "warning",
     )
+
+
+# --- the routes' work, shared by the two desks ---------------------------------------------------
+
+Lookup = Callable[[Session, Actor, str], SettlementView | None]
+
+
+@dataclass(frozen=True)
+class Desk:
+    """Where settlements are made: the hospital's discharge desk or the clinic's visit.
+
+    Endpoints are this blueprint's routes (each takes `encounter_id`); the callables are the services
+    of the desk: the settlement made, the preview, settling, and reversing with a reason.
+    """
+
+    page: str
+    confirm: str
+    reverse: str
+    slip: str
+    back: str
+    back_label: Callable[[], str]
+    settled_message: Callable[[], str]
+    outpatient: bool
+    current: Lookup
+    preview: Callable[[Session, Actor, str], SettlementView]
+    settle: Callable[[Session, Actor, str], object]
+    reverse_with: Callable[[Session, Actor, str, Mapping[str, Any]], list[LaterSettlement]]
+
+
+def page(
+    desk: Desk, encounter_id: str, form: FormState, status: int = 200, refused: Unprocessable | None = None
+) -> ResponseReturnValue:
+    """The desk's settlement page for one encounter."""
+    with work() as (db, actor):
+        made = desk.current(db, actor, encounter_id)
+    urls = Urls(
+        confirm=url_for(desk.confirm, encounter_id=encounter_id),
+        reverse=url_for(desk.reverse, encounter_id=encounter_id),
+        slip=url_for(desk.slip, encounter_id=encounter_id),
+        back=url_for(desk.back, encounter_id=encounter_id),
+        back_label=desk.back_label(),
+    )
+    return render(made, lambda db, actor: desk.preview(db, actor, encounter_id), form, urls,
+                  outpatient=desk.outpatient, status=status, refused=refused)
+
+
+def confirm(desk: Desk, encounter_id: str) -> ResponseReturnValue:
+    """Settle (again after a reversal; settling twice changes nothing); a refusal is shown on the page."""
+    try:
+        with work() as (db, actor):
+            desk.settle(db, actor, encounter_id)
+    except Unprocessable as exc:  # e.g. no active basic insurance on the date: the page says why
+        return page(desk, encounter_id, FormState(), 422, refused=exc)
+    flash(desk.settled_message(), "success")
+    return redirect(url_for(desk.page, encounter_id=encounter_id))
+
+
+def reverse(desk: Desk, encounter_id: str) -> ResponseReturnValue:
+    """Reverse with the form's reason (冲销); the later settlements of the person are listed."""
+    payload, values = text_fields(request.form, ("reason",))
+    form = FormState(values=values)
+    try:
+        with work() as (db, actor):
+            to_review = desk.reverse_with(db, actor, encounter_id, payload)
+    except ValidationError as exc:
+        form.fail(exc.messages)
+        return page(desk, encounter_id, form, 422)
+    flash_reversed(to_review)
+    return redirect(url_for(desk.page, encounter_id=encounter_id))
+
+
+def slip(desk: Desk, encounter_id: str) -> ResponseReturnValue:
+    """The settlement slip (结算单) on A4, in Chinese whatever the screen language."""
+    with work() as (db, actor):
+        made = desk.current(db, actor, encounter_id)
+    if made is None:
+        abort(404)
+    with force_locale("zh"):
+        return render_template("web/hospital/slip.html", settlement=made)

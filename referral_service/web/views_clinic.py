@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from flask import abort, flash, redirect, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from flask_babel import force_locale
 from flask_babel import gettext as _
 from marshmallow import ValidationError
 
-from ..domain.errors import NotFound, Unprocessable
+from ..domain.errors import NotFound
 from ..services import registration, visits
 from . import settlement_pages
 from .auth import role_required, work
@@ -189,75 +188,48 @@ def visit_decision(encounter_id: str) -> ResponseReturnValue:
     return _decision_page(encounter_id)
 
 
-def _visit_settlement_page(
-    encounter_id: str, form: FormState, status: int = 200, refused: Unprocessable | None = None
-) -> ResponseReturnValue:
-    with work() as (db, actor):
-        current = visits.visit_settlement(db, actor, encounter_id)
-    urls = settlement_pages.Urls(
-        confirm=url_for("web.visit_settlement_confirm", encounter_id=encounter_id),
-        reverse=url_for("web.visit_settlement_reverse", encounter_id=encounter_id),
-        slip=url_for("web.visit_settlement_slip", encounter_id=encounter_id),
-        back=url_for("web.visit_decision", encounter_id=encounter_id),
-        back_label=_("Back to the visit"),
-    )
-    return settlement_pages.render(
-        current,
-        lambda db, actor: visits.visit_settlement_preview(db, actor, encounter_id),
-        form,
-        urls,
-        outpatient=True,
-        status=status,
-        refused=refused,
-    )
+VISIT_DESK = settlement_pages.Desk(
+    page="web.visit_settlement_page",
+    confirm="web.visit_settlement_confirm",
+    reverse="web.visit_settlement_reverse",
+    slip="web.visit_settlement_slip",
+    back="web.visit_decision",
+    back_label=lambda: _("Back to the visit"),
+    settled_message=lambda: _("The visit is settled. Print the settlement slip for the patient."),
+    outpatient=True,
+    current=visits.visit_settlement,
+    preview=visits.visit_settlement_preview,
+    settle=visits.settle_visit,
+    reverse_with=visits.reverse_visit_settlement,
+)
 
 
 @bp.get("/clinic/visits/<encounter_id>/settlement")
 @role_required("clinic")
 def visit_settlement_page(encounter_id: str) -> ResponseReturnValue:
     """The visit's one-stop settlement, made when the visit was saved (or why it could not be)."""
-    return _visit_settlement_page(encounter_id, FormState())
+    return settlement_pages.page(VISIT_DESK, encounter_id, FormState())
 
 
 @bp.post("/clinic/visits/<encounter_id>/settlement/confirm")
 @role_required("clinic")
 def visit_settlement_confirm(encounter_id: str) -> ResponseReturnValue:
     """Settle the visit (again after a reversal); settling twice changes nothing."""
-    try:
-        with work() as (db, actor):
-            visits.settle_visit(db, actor, encounter_id)
-    except Unprocessable as exc:  # e.g. no active basic insurance on the date: the page says why
-        return _visit_settlement_page(encounter_id, FormState(), 422, refused=exc)
-    flash(_("The visit is settled. Print the settlement slip for the patient."), "success")
-    return redirect(url_for("web.visit_settlement_page", encounter_id=encounter_id))
+    return settlement_pages.confirm(VISIT_DESK, encounter_id)
 
 
 @bp.post("/clinic/visits/<encounter_id>/settlement/reverse")
 @role_required("clinic")
 def visit_settlement_reverse(encounter_id: str) -> ResponseReturnValue:
     """Reverse the visit's settlement with a reason (冲销); later settlements of the person are listed."""
-    payload, values = text_fields(request.form, ("reason",))
-    form = FormState(values=values)
-    try:
-        with work() as (db, actor):
-            to_review = visits.reverse_visit_settlement(db, actor, encounter_id, payload)
-    except ValidationError as exc:
-        form.fail(exc.messages)
-        return _visit_settlement_page(encounter_id, form, 422)
-    settlement_pages.flash_reversed(to_review)
-    return redirect(url_for("web.visit_settlement_page", encounter_id=encounter_id))
+    return settlement_pages.reverse(VISIT_DESK, encounter_id)
 
 
 @bp.get("/clinic/visits/<encounter_id>/settlement/slip")
 @role_required("clinic")
 def visit_settlement_slip(encounter_id: str) -> ResponseReturnValue:
     """The visit's settlement slip (结算单) on A4, in Chinese whatever the screen language."""
-    with work() as (db, actor):
-        current = visits.visit_settlement(db, actor, encounter_id)
-    if current is None:
-        abort(404)
-    with force_locale("zh"):
-        return render_template("web/hospital/slip.html", settlement=current)
+    return settlement_pages.slip(VISIT_DESK, encounter_id)
 
 
 @bp.post("/clinic/referrals/<sr_id>/confirm")

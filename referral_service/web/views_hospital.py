@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from flask import abort, flash, redirect, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from flask_babel import force_locale
 from flask_babel import gettext as _
 from marshmallow import ValidationError
 
-from ..domain.errors import Unprocessable
 from ..services import visits
 from . import settlement_pages
 from .auth import role_required, work
@@ -128,72 +126,45 @@ def discharge_result(encounter_id: str) -> ResponseReturnValue:
     return render_template("web/hospital/discharged.html", decision=decision, charged=charged)
 
 
+DISCHARGE_DESK = settlement_pages.Desk(
+    page="web.settlement_page",
+    confirm="web.settlement_confirm",
+    reverse="web.settlement_reverse",
+    slip="web.settlement_slip",
+    back="web.discharge_result",
+    back_label=lambda: _("Back to the discharge"),
+    settled_message=lambda: _("The stay is settled. Print the settlement slip for the patient."),
+    outpatient=False,
+    current=visits.settlement_at_desk,
+    preview=visits.settlement_preview,
+    settle=visits.settle_at_discharge,
+    reverse_with=visits.reverse_at_desk,
+)
+
+
 @bp.get("/hospital/settlements/<encounter_id>")
 @role_required("hospital")
 def settlement_page(encounter_id: str) -> ResponseReturnValue:
     """One-stop settlement at the discharge desk: the preview with its trace, or the settlement made."""
-    return _settlement_page(encounter_id, FormState())
-
-
-def _settlement_page(
-    encounter_id: str, form: FormState, status: int = 200, refused: Unprocessable | None = None
-) -> ResponseReturnValue:
-    with work() as (db, actor):
-        current = visits.settlement_at_desk(db, actor, encounter_id)
-    urls = settlement_pages.Urls(
-        confirm=url_for("web.settlement_confirm", encounter_id=encounter_id),
-        reverse=url_for("web.settlement_reverse", encounter_id=encounter_id),
-        slip=url_for("web.settlement_slip", encounter_id=encounter_id),
-        back=url_for("web.discharge_result", encounter_id=encounter_id),
-        back_label=_("Back to the discharge"),
-    )
-    return settlement_pages.render(
-        current,
-        lambda db, actor: visits.settlement_preview(db, actor, encounter_id),
-        form,
-        urls,
-        outpatient=False,
-        status=status,
-        refused=refused,
-    )
+    return settlement_pages.page(DISCHARGE_DESK, encounter_id, FormState())
 
 
 @bp.post("/hospital/settlements/<encounter_id>/confirm")
 @role_required("hospital")
 def settlement_confirm(encounter_id: str) -> ResponseReturnValue:
     """Settle for every payer at once; the patient pays only their share."""
-    try:
-        with work() as (db, actor):
-            visits.settle_at_discharge(db, actor, encounter_id)
-    except Unprocessable as exc:  # e.g. no active basic insurance on the date: the page says why
-        return _settlement_page(encounter_id, FormState(), 422, refused=exc)
-    flash(_("The stay is settled. Print the settlement slip for the patient."), "success")
-    return redirect(url_for("web.settlement_page", encounter_id=encounter_id))
+    return settlement_pages.confirm(DISCHARGE_DESK, encounter_id)
 
 
 @bp.post("/hospital/settlements/<encounter_id>/reverse")
 @role_required("hospital")
 def settlement_reverse(encounter_id: str) -> ResponseReturnValue:
     """Reverse the settlement with a reason (冲销); later settlements of the person and year are listed."""
-    payload, values = text_fields(request.form, ("reason",))
-    form = FormState(values=values)
-    try:
-        with work() as (db, actor):
-            to_review = visits.reverse_at_desk(db, actor, encounter_id, payload)
-    except ValidationError as exc:
-        form.fail(exc.messages)
-        return _settlement_page(encounter_id, form, 422)
-    settlement_pages.flash_reversed(to_review)
-    return redirect(url_for("web.settlement_page", encounter_id=encounter_id))
+    return settlement_pages.reverse(DISCHARGE_DESK, encounter_id)
 
 
 @bp.get("/hospital/settlements/<encounter_id>/slip")
 @role_required("hospital")
 def settlement_slip(encounter_id: str) -> ResponseReturnValue:
     """The settlement slip (结算单) on A4, in Chinese whatever the screen language."""
-    with work() as (db, actor):
-        current = visits.settlement_at_desk(db, actor, encounter_id)
-    if current is None:
-        abort(404)
-    with force_locale("zh"):
-        return render_template("web/hospital/slip.html", settlement=current)
+    return settlement_pages.slip(DISCHARGE_DESK, encounter_id)
