@@ -430,6 +430,16 @@ def _refuse_claim_kind(compiled: _Compiled, claim: ClaimInput) -> NoReturn:
 # --- the calculation ------------------------------------------------------------------------
 
 
+def _within_cap(raw: Decimal, cap: Decimal | None, paid: Decimal) -> Decimal:
+    """A payment under a yearly cap: min(raw, max(0, cap − paid)), or raw when there is no cap."""
+    if cap is None:
+        return raw
+    room = cap - paid
+    if room < raw:
+        return room if room > 0 else _ZERO
+    return raw
+
+
 def settle(policy: Policy, claim: ClaimInput, accumulators: YearAccumulators) -> SettlementResult:
     """Settle one claim under `policy` given this year's earlier accumulators; ClaimRefused if invalid."""
     compiled = _compiled(policy)
@@ -505,11 +515,7 @@ def _settle(c: _Compiled, claim: ClaimInput, acc: YearAccumulators) -> Settlemen
         basic_raw = (eligible * ratio).quantize(cent, half_up)
         basic_cap = c.outpatient_cap
         basic_paid = op_paid
-    basic = basic_raw
-    if basic_cap is not None:
-        room = basic_cap - basic_paid
-        if room < basic:
-            basic = room if room > 0 else zero
+    basic = _within_cap(basic_raw, basic_cap, basic_paid)
     r1 = eligible - basic
 
     curve = c.curve_poor if poor else c.curve
@@ -521,19 +527,11 @@ def _settle(c: _Compiled, claim: ClaimInput, acc: YearAccumulators) -> Settlemen
         f_before = _f(curve, ci_before)
         f_after = _f(curve, ci_after)
         ci_raw = (f_after - f_before).quantize(cent, half_up)  # round the difference, not each F
-        critical = ci_raw
-        if ci_cap is not None:
-            room = ci_cap - ci_paid
-            if room < critical:
-                critical = room if room > 0 else zero
+        critical = _within_cap(ci_raw, ci_cap, ci_paid)
         r2 = r1 - critical
         if poor:
             assistance_raw = (r2 * c.assistance_ratio).quantize(cent, half_up)
-            assistance = assistance_raw
-            if assistance_cap is not None:
-                room = assistance_cap - assistance_paid
-                if room < assistance:
-                    assistance = room if room > 0 else zero
+            assistance = _within_cap(assistance_raw, assistance_cap, assistance_paid)
             r3 = r2 - assistance
             safety_net_applies = not ooc
         else:
