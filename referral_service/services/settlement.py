@@ -9,7 +9,20 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, and_, bindparam, exists, func, literal, or_, select, true, union_all
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -987,6 +1000,23 @@ def _store(
     return SubmitResult(stored_response.content, created=True, settlement_id=settlement.id)
 
 
+def later_in_year(settlement: Settlement) -> Select[Settlement]:
+    """The active settlements of the same person and year that come after `settlement` in the ledger.
+
+    They were computed on accumulators that held `settlement`: a reversal lists them for review.
+    """
+    return (
+        select(Settlement)
+        .where(
+            Settlement.patient_id == settlement.patient_id,
+            Settlement.accumulator_year == settlement.accumulator_year,
+            Settlement.sequence > settlement.sequence,
+            Settlement.status == "active",
+        )
+        .order_by(Settlement.sequence)
+    )
+
+
 @dataclass(frozen=True)
 class ReversalResult:
     """The reversed settlement and the later ones of that person and year to review."""
@@ -1053,18 +1083,7 @@ def reverse_settlement(session: Session, actor: Actor, claim_id: str, reason: st
     if current_eob is not None:
         eob = jsonio.loads(current_eob.content) | {"status": "cancelled"}
         store.save("ExplanationOfBenefit", eob, method="PUT", owner_org_id=None, existing=current_eob)
-    later = list(
-        session.scalars(
-            select(Settlement)
-            .where(
-                Settlement.patient_id == settlement.patient_id,
-                Settlement.accumulator_year == settlement.accumulator_year,
-                Settlement.sequence > settlement.sequence,
-                Settlement.status == "active",
-            )
-            .order_by(Settlement.sequence)
-        )
-    )
+    later = list(session.scalars(later_in_year(settlement)))
     audit(
         session,
         actor,

@@ -541,7 +541,7 @@ def record_first_visit(session: Session, actor: Actor, patient_id: str, data: Ma
         service.run_hooks(session, actor, written)
     except Unprocessable as exc:
         raise _form_errors(exc) from None
-    stored_claim = _raw(session, "Claim", f"{CLAIM_PREFIX}{encounter_id}") if values["charges"] else None
+    stored_claim = _charges_of(session, encounter_id) if values["charges"] else None
     if stored_claim is not None:  # the end of the visit: settled now (see settle_at_end_of_visit)
         _settle_refusable(session, actor, written.stored.as_dict(), stored_claim)
     return encounter_id
@@ -1565,23 +1565,41 @@ class SettlementView:
         return self.claim_type == "outpatient"
 
 
+def _charges_of(session: Session, encounter_id: str) -> dict[str, Any] | None:
+    """The charges (Claim) recorded with an encounter, or None."""
+    return _raw(session, "Claim", f"{CLAIM_PREFIX}{encounter_id}")
+
+
+def _finished_with_charges(
+    session: Session, encounter_id: str, encounter: dict[str, Any], *, settle_when: str, recorded: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(encounter, its Claim) when the encounter is finished and charges were recorded with it.
+
+    `settle_when` and `recorded` complete the refusals: "Encounter/... is in-progress: {settle_when}",
+    "no charges were recorded {recorded} Encounter/...".
+    """
+    if encounter.get("status") != "finished":
+        raise Conflict(f"Encounter/{encounter_id} is {encounter.get('status')}: {settle_when}")
+    claim_body = _charges_of(session, encounter_id)
+    if claim_body is None:
+        raise NotFound(f"no charges were recorded {recorded} Encounter/{encounter_id}")
+    return encounter, claim_body
+
+
 def _discharge_claim(
     session: Session, actor: Actor, encounter_id: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The finished stay at the actor's hospital and its charges (the draft Claim made at discharge)."""
     encounter, _patient = admission(session, actor, encounter_id)
-    if encounter.get("status") != "finished":
-        raise Conflict(f"Encounter/{encounter_id} is {encounter.get('status')}: settle at discharge")
-    claim_body = _raw(session, "Claim", f"{CLAIM_PREFIX}{encounter_id}")
-    if claim_body is None:
-        raise NotFound(f"no charges were recorded at the discharge of Encounter/{encounter_id}")
-    return encounter, claim_body
+    return _finished_with_charges(
+        session, encounter_id, encounter, settle_when="settle at discharge", recorded="at the discharge of"
+    )
 
 
 def has_charges(session: Session, actor: Actor, encounter_id: str) -> bool:
     """Whether charges (a Claim) were recorded at the discharge of a stay at the actor's hospital."""
     admission(session, actor, encounter_id)
-    return _raw(session, "Claim", f"{CLAIM_PREFIX}{encounter_id}") is not None
+    return _charges_of(session, encounter_id) is not None
 
 
 def _clinic_visit(session: Session, actor: Actor, encounter_id: str) -> dict[str, Any]:
@@ -1597,18 +1615,15 @@ def _clinic_visit(session: Session, actor: Actor, encounter_id: str) -> dict[str
 def _visit_claim(session: Session, actor: Actor, encounter_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The finished visit at the actor's clinic and its charges (the Claim recorded with the visit)."""
     encounter = _clinic_visit(session, actor, encounter_id)
-    if encounter.get("status") != "finished":
-        raise Conflict(f"Encounter/{encounter_id} is {encounter.get('status')}: settle when the visit ends")
-    claim_body = _raw(session, "Claim", f"{CLAIM_PREFIX}{encounter_id}")
-    if claim_body is None:
-        raise NotFound(f"no charges were recorded with the visit Encounter/{encounter_id}")
-    return encounter, claim_body
+    return _finished_with_charges(
+        session, encounter_id, encounter, settle_when="settle when the visit ends", recorded="with the visit"
+    )
 
 
 def visit_has_charges(session: Session, actor: Actor, encounter_id: str) -> bool:
     """Whether charges (a Claim) were recorded with an outpatient visit at the actor's clinic."""
     _clinic_visit(session, actor, encounter_id)
-    return _raw(session, "Claim", f"{CLAIM_PREFIX}{encounter_id}") is not None
+    return _charges_of(session, encounter_id) is not None
 
 
 def _ledger_components(row: Settlement) -> dict[str, Decimal]:
@@ -1636,16 +1651,10 @@ def _to_review(session: Session, actor: Actor, reversed_row: Settlement) -> list
         return []
     rows = list(
         session.scalars(
-            select(Settlement)
-            .where(
-                Settlement.patient_id == reversed_row.patient_id,
-                Settlement.accumulator_year == reversed_row.accumulator_year,
-                Settlement.sequence > reversed_row.sequence,
-                Settlement.status == "active",
+            settlement.later_in_year(reversed_row).where(
                 Settlement.settled_at < reversed_row.reversed_at,
                 Settlement.claim_id != reversed_row.claim_id,
             )
-            .order_by(Settlement.sequence)
         )
     )
     names = _org_names(session, [r.provider_id for r in rows])
