@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
@@ -115,6 +116,30 @@ def _put(session: Session, body: dict[str, Any], *, ignore: tuple[str, ...] = ()
         session, SYSTEM, body["resourceType"], body["id"], body, hooks=False, validate=False,
         seen_absent=row is None,
     )
+
+
+def _put_guidance(
+    session: Session,
+    decision: Decision,
+    patient_id: str,
+    encounter_id: str,
+    *,
+    when: str,
+    result_id: str | None,
+    notes: Sequence[tuple[str, str]] = (),
+) -> None:
+    """Store the rules' decision on a visit as its GuidanceResponse (gr-<encounter id>), unless only its
+    time changed."""
+    gr = shapes.guidance_response(
+        f"gr-{encounter_id}",
+        decision,
+        patient_id=patient_id,
+        encounter_id=encounter_id,
+        when=when,
+        result_id=result_id,
+        notes=notes,
+    )
+    _put(session, gr, ignore=("occurrenceDateTime",))
 
 
 def _now() -> str:
@@ -297,16 +322,7 @@ def evaluate_visit(session: Session, actor: Actor, encounter_id: str) -> Decisio
         old_task = _load(session, "Task", task_id)
         if old_task is not None and old_task.get("status") == "draft":
             _put(session, old_task | {"status": "cancelled", "lastModified": when})
-    gr = shapes.guidance_response(
-        f"gr-{encounter_id}",
-        decision,
-        patient_id=patient_id,
-        encounter_id=encounter_id,
-        when=when,
-        result_id=result_id,
-        notes=notes,
-    )
-    _put(session, gr, ignore=("occurrenceDateTime",))
+    _put_guidance(session, decision, patient_id, encounter_id, when=when, result_id=result_id, notes=notes)
     return decision
 
 
@@ -791,15 +807,7 @@ def discharge(session: Session, actor: Actor, encounter_id: str) -> Decision:
                             shapes.ref("ServiceRequest", sr_id),
                         ]
                         _put(session, eoc)
-    gr = shapes.guidance_response(
-        f"gr-{encounter_id}",
-        decision,
-        patient_id=patient_id,
-        encounter_id=encounter_id,
-        when=when,
-        result_id=result_id,
-    )
-    _put(session, gr, ignore=("occurrenceDateTime",))
+    _put_guidance(session, decision, patient_id, encounter_id, when=when, result_id=result_id)
     return decision
 
 
