@@ -141,6 +141,12 @@ def code_list(form: MultiDict[str, str], name: str) -> list[str]:
     return [v.strip() for v in form.getlist(name) if v.strip()]
 
 
+def with_blank_rows(typed: Iterable[Any], rows: int, blank: Any) -> list[Any]:
+    """The rows typed, then blank ones up to `rows`; always at least one blank row to add another."""
+    shown = list(typed)
+    return shown + [blank] * max(rows - len(shown), 1)
+
+
 MAX_ROWS = 50
 _ROW = re.compile(r"^charges-(\d+)-")
 

@@ -12,7 +12,7 @@ from ..services import registration, visits
 from . import settlement_pages
 from .auth import role_required, work
 from .blueprint import bp
-from .forms import FormState, charge_rows, checkboxes, code_list, text_fields
+from .forms import FormState, charge_rows, checkboxes, code_list, text_fields, with_blank_rows
 
 DIAGNOSIS_ROWS = 4
 CHARGE_ROWS = 4
@@ -124,14 +124,12 @@ def patient_view(patient_id: str) -> ResponseReturnValue:
 def _visit_form(
     form: FormState, record: registration.PatientRecord, status: int = 200
 ) -> ResponseReturnValue:
-    diagnoses = list(form.value("diagnoses", []))
-    charges = list(form.value("charges", []))
     return render_template(
         "web/clinic/visit.html",
         form=form,
         record=record,
-        diagnoses=diagnoses + [""] * max(DIAGNOSIS_ROWS - len(diagnoses), 1),
-        charges=charges + [{}] * max(CHARGE_ROWS - len(charges), 1),
+        diagnoses=with_blank_rows(form.value("diagnoses", []), DIAGNOSIS_ROWS, ""),
+        charges=with_blank_rows(form.value("charges", []), CHARGE_ROWS, {}),
         vitals=visits.VITALS,
     ), status
 

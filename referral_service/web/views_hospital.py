@@ -11,7 +11,7 @@ from ..services import visits
 from . import settlement_pages
 from .auth import role_required, work
 from .blueprint import bp
-from .forms import FormState, charge_rows, code_list, text_fields
+from .forms import FormState, charge_rows, code_list, text_fields, with_blank_rows
 
 DIAGNOSIS_ROWS = 4
 CHARGE_ROWS = 5
@@ -80,8 +80,6 @@ def _discharge_page(encounter_id: str, form: FormState, status: int = 200) -> Re
         encounter, patient = visits.admission(db, actor, encounter_id)
     if encounter.get("status") == "finished" and status == 200:
         return redirect(url_for("web.discharge_result", encounter_id=encounter_id))
-    diagnoses = list(form.value("diagnoses", []))
-    charges = list(form.value("charges", []))
     return render_template(
         "web/hospital/discharge.html",
         form=form,
@@ -90,8 +88,8 @@ def _discharge_page(encounter_id: str, form: FormState, status: int = 200) -> Re
         encounter_id=encounter_id,
         admitted=visits.encounter_start(encounter),
         patient_name=visits.patient_name(patient),
-        diagnoses=diagnoses + [""] * max(DIAGNOSIS_ROWS - len(diagnoses), 1),
-        charges=charges + [{}] * max(CHARGE_ROWS - len(charges), 1),
+        diagnoses=with_blank_rows(form.value("diagnoses", []), DIAGNOSIS_ROWS, ""),
+        charges=with_blank_rows(form.value("charges", []), CHARGE_ROWS, {}),
         dispositions=visits.DISPOSITIONS,
     ), status
 
