@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import NamedTuple
 
 import pytest
 
@@ -23,6 +24,7 @@ from referral_service.settlement import (
     COMPONENT_CODES,
     ClaimInput,
     Policy,
+    SettlementResult,
     YearAccumulators,
     settle,
 )
@@ -321,18 +323,32 @@ def test_enough_scenarios() -> None:
     assert len({case.id for case in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_scenario(
-    case: Case,
+class Settled(NamedTuple):
+    """One scenario settled: the case, the accumulators before, the result and the expected components."""
+
+    case: Case
+    before: YearAccumulators
+    result: SettlementResult
+    expected: dict[str, Decimal]
+
+
+@pytest.fixture(params=CASES, ids=[case.id for case in CASES])
+def settled(
+    request: pytest.FixtureRequest,
     policy: Policy,
     make_claim: Callable[..., ClaimInput],
     make_accumulators: Callable[..., YearAccumulators],
-) -> None:
+) -> Settled:
+    case: Case = request.param
     claim = make_claim(case.kind, case.level, case.items, poor=case.poor, ooc=case.ooc, borne=case.borne)
-    result = settle(policy, claim, make_accumulators(**case.acc))
-
-    assert list(result.components) == list(COMPONENT_CODES)
+    before = make_accumulators(**case.acc)
     expected = {code: Decimal(value) for code, value in case.expect.items()}
+    return Settled(case, before, settle(policy, claim, before), expected)
+
+
+def test_scenario(settled: Settled) -> None:
+    result, expected = settled.result, settled.expected
+    assert list(result.components) == list(COMPONENT_CODES)
     assert dict(result.components) == expected
     for amount in result.components.values():
         assert amount.as_tuple().exponent == -2  # every component is reported to the fen
@@ -350,17 +366,8 @@ def test_scenario(
     assert result.deductible_borne == expected["basic-deductible"]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_scenario_accumulators_move_by_the_payments(
-    case: Case,
-    policy: Policy,
-    make_claim: Callable[..., ClaimInput],
-    make_accumulators: Callable[..., YearAccumulators],
-) -> None:
-    claim = make_claim(case.kind, case.level, case.items, poor=case.poor, ooc=case.ooc, borne=case.borne)
-    before = make_accumulators(**case.acc)
-    result = settle(policy, claim, before)
-    exp = {code: Decimal(value) for code, value in case.expect.items()}
+def test_scenario_accumulators_move_by_the_payments(settled: Settled) -> None:
+    case, before, result, exp = settled
     deltas, after = result.accumulator_deltas, result.accumulators_after
     if case.kind == "inpatient":
         r1 = exp["eligible"] - exp["basic-insurance"]
