@@ -15,6 +15,17 @@ from referral_service.rules import DefaultRuleSets, Facts, RuleSetError, load_ne
 
 D = Decimal
 
+# The seven NEWS2 parameters in the order of the RCP table (and of config/rules/news2.yaml).
+TABLE_ORDER = [
+    "respiration_rate",
+    "spo2",
+    "supplemental_oxygen",
+    "systolic_bp",
+    "pulse",
+    "consciousness",
+    "temperature",
+]
+
 # (parameter, measured value, expected score): both sides of every band edge of the RCP table.
 BAND_EDGES: list[tuple[str, Any, int]] = [
     ("respiration_rate", 4, 3),
@@ -99,15 +110,7 @@ def test_band_edges(rule_sets: DefaultRuleSets, parameter: str, value: Any, expe
 
 
 def test_band_edge_table_covers_every_parameter() -> None:
-    assert {parameter for parameter, _, _ in BAND_EDGES} == {
-        "respiration_rate",
-        "spo2",
-        "supplemental_oxygen",
-        "systolic_bp",
-        "pulse",
-        "consciousness",
-        "temperature",
-    }
+    assert {parameter for parameter, _, _ in BAND_EDGES} == set(TABLE_ORDER)
     assert len(BAND_EDGES) >= 40
 
 
@@ -190,15 +193,7 @@ def _load_error(write_file: Callable[..., Path], data: dict[str, Any]) -> tuple[
 def test_default_table_loads(config_dir: Path) -> None:
     table = load_news2_table(config_dir / "news2.yaml")
     assert (table.id, table.version) == ("news2-rcp-2017", "2017")
-    assert [p.name for p in table.parameters] == [
-        "respiration_rate",
-        "spo2",
-        "supplemental_oxygen",
-        "systolic_bp",
-        "pulse",
-        "consciousness",
-        "temperature",
-    ]
+    assert [p.name for p in table.parameters] == TABLE_ORDER
 
 
 def test_bands_must_increase(write_file: Callable[..., Path], news2_data: dict[str, Any]) -> None:
