@@ -23,6 +23,7 @@ from tests.functional.test_web_support import (
     County,
     build_county,
     confirm_referral_of,
+    discharged_home,
     field_errors,
     record_visit,
     registration_form,
@@ -521,8 +522,11 @@ def test_only_the_referring_clinic_confirms(county: County) -> None:
     assert stored("ServiceRequest", f"ref-up-{encounter_id}")["status"] == "draft"
 
 
-def _his_referral(patient_id: str) -> str:
-    """An active up-referral the clinic's HIS POSTs itself, without a visit (DESIGN section 9)."""
+def _his_referral(
+    patient_id: str, kind: str, *, his: str, sender: str, receiver: str, priority: str, authored: str
+) -> str:
+    """An active referral (`kind`: up-referral, down-referral) that the sender's HIS client `his` POSTs
+    itself, without a visit (DESIGN section 9); returns the ServiceRequest id."""
     from referral_service.services import resources
     from referral_service.services.actors import actor_for
 
@@ -530,22 +534,25 @@ def _his_referral(patient_id: str) -> str:
         "resourceType": "ServiceRequest",
         "status": "active",
         "intent": "order",
-        "priority": "urgent",
-        "code": {"coding": [{"system": codes.REFERRAL_TYPE_SYSTEM, "code": "up-referral"}]},
+        "priority": priority,
+        "code": {"coding": [{"system": codes.REFERRAL_TYPE_SYSTEM, "code": kind}]},
         "subject": {"reference": f"Patient/{patient_id}"},
-        "requester": {"reference": f"Organization/{CLINIC}"},
-        "performer": [{"reference": f"Organization/{HOSPITAL}"}],
-        "authoredOn": "2026-11-02T09:30:00+08:00",
+        "requester": {"reference": f"Organization/{sender}"},
+        "performer": [{"reference": f"Organization/{receiver}"}],
+        "authoredOn": authored,
     }
     with database.unit_of_work() as db:
-        his = actor_for(db, name="township-his", kind="client", organization_id=CLINIC)
-        return resources.create(db, his, "ServiceRequest", body).stored.res_id
+        client = actor_for(db, name=his, kind="client", organization_id=sender)
+        return resources.create(db, client, "ServiceRequest", body).stored.res_id
 
 
 def test_a_referral_without_a_visit_is_listed_with_a_link_to_the_patient(county: County) -> None:
     """No Encounter, so no decision page: the lists link to the patient instead (they used to 500)."""
     patient_id = county.patients["elder"]
-    sr_id = _his_referral(patient_id)
+    sr_id = _his_referral(
+        patient_id, "up-referral", his="township-his", sender=CLINIC, receiver=HOSPITAL, priority="urgent",
+        authored="2026-11-02T09:30:00+08:00",
+    )
     client = county.client("clinic")
     listing = client.get("/clinic/referrals")
     assert listing.status_code == 200
@@ -571,21 +578,8 @@ def test_a_referral_without_a_visit_is_listed_with_a_link_to_the_patient(county:
 # ------------------------------------------------------------------------------ follow-ups
 
 
-def _discharged_home(county: County, diagnosis: str = "I63.9") -> None:
-    clinic = county.client("clinic")
-    encounter_id = record_visit(clinic, county.patients["elder"])
-    confirm_referral_of(clinic, encounter_id)
-    hospital = county.client("hospital")
-    task = waiting_task(hospital)
-    stay = hospital.post(f"/hospital/referrals/{task}/admit").headers["Location"].split("/")[-2]
-    response = hospital.post(
-        f"/hospital/admissions/{stay}/discharge", data={"disposition": "home", "diagnosis": diagnosis}
-    )
-    assert response.status_code == 302
-
-
 def test_down_referred_patient_is_followed_up(county: County) -> None:
-    _discharged_home(county)
+    discharged_home(county, county.patients["elder"])
     client = county.client("clinic")
     listing = client.get("/clinic/follow-ups").get_data(as_text=True)
     assert "王建国" in listing and "0 / 3" in listing and "青山县人民医院" in listing
@@ -612,25 +606,11 @@ def test_down_referred_patient_is_followed_up(county: County) -> None:
 def test_the_overview_counts_the_patients_to_accept_that_the_follow_ups_page_lists(county: County) -> None:
     """One list for both pages: a down-referral a hospital's HIS POSTs itself has no CarePlan, yet its
     patient is to be accepted, so the follow-ups page lists it (to accept, no follow-ups to record)."""
-    from referral_service.services import resources
-    from referral_service.services.actors import actor_for
-
-    _discharged_home(county)
-    woman = county.patients["woman"]
-    body = {
-        "resourceType": "ServiceRequest",
-        "status": "active",
-        "intent": "order",
-        "priority": "routine",
-        "code": {"coding": [{"system": codes.REFERRAL_TYPE_SYSTEM, "code": "down-referral"}]},
-        "subject": {"reference": f"Patient/{woman}"},
-        "requester": {"reference": f"Organization/{HOSPITAL}"},
-        "performer": [{"reference": f"Organization/{CLINIC}"}],
-        "authoredOn": "2026-11-12T10:00:00+08:00",
-    }
-    with database.unit_of_work() as db:
-        his = actor_for(db, name="county-his", kind="client", organization_id=HOSPITAL)
-        resources.create(db, his, "ServiceRequest", body)
+    discharged_home(county, county.patients["elder"])
+    _his_referral(
+        county.patients["woman"], "down-referral", his="county-his", sender=HOSPITAL, receiver=CLINIC,
+        priority="routine", authored="2026-11-12T10:00:00+08:00",
+    )
     client = county.client("clinic")
     home = client.get("/clinic").get_data(as_text=True)
     assert "2 down-referred patients to accept." in home

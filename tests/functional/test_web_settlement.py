@@ -18,11 +18,11 @@ from tests.functional.test_web_support import (
     County,
     build_county,
     confirm_referral_of,
+    discharged_home,
     field_errors,
     record_visit,
     registration_form,
     resident,
-    waiting_task,
 )
 
 CHARGES = {
@@ -43,15 +43,16 @@ def county(app: Flask) -> County:
     return build_county(app)
 
 
-def _discharged(county: County, patient_id: str, **charges: str) -> tuple[FlaskClient, str]:
-    clinic = county.client("clinic")
-    confirm_referral_of(clinic, record_visit(clinic, patient_id))
-    hospital = county.client("hospital")
-    task = waiting_task(hospital)
-    stay = hospital.post(f"/hospital/referrals/{task}/admit").headers["Location"].split("/")[-2]
-    data = {"disposition": "home", "diagnosis": "I63.9", **charges}
-    assert hospital.post(f"/hospital/admissions/{stay}/discharge", data=data).status_code == 302
-    return hospital, stay
+def _uninsured(county: County) -> str:
+    """A patient registered without basic medical insurance: the settlement service refuses their claims."""
+    form = registration_form(
+        given_name="无保",
+        resident_id=resident(date(1962, 2, 2), "female", 61),
+        birth_date="1962-02-02",
+        coverage_basic=None,
+    )
+    response = county.client("clinic").post("/clinic/patients/new", data=form)
+    return str(response.headers["Location"].rsplit("/", 1)[-1])
 
 
 def _settlements(claim_type: str = "inpatient") -> int:
@@ -64,7 +65,7 @@ def _settlements(claim_type: str = "inpatient") -> int:
 
 
 def test_preview_then_confirm_then_slip(county: County) -> None:
-    hospital, stay = _discharged(county, county.patients["elder"], **CHARGES)
+    hospital, stay = discharged_home(county, county.patients["elder"], **CHARGES)
     claim = stored("Claim", f"claim-{stay}")
     assert claim["referral"]["reference"].startswith("ServiceRequest/ref-up-")
     assert 'id="to-settlement"' in hospital.get(f"/hospital/discharges/{stay}").get_data(as_text=True)
@@ -89,7 +90,7 @@ def test_preview_then_confirm_then_slip(county: County) -> None:
 
 
 def test_reversal_needs_a_reason_and_allows_settling_again(county: County) -> None:
-    hospital, stay = _discharged(county, county.patients["elder"], **CHARGES)
+    hospital, stay = discharged_home(county, county.patients["elder"], **CHARGES)
     hospital.post(f"/hospital/settlements/{stay}/confirm")
     missing = hospital.post(f"/hospital/settlements/{stay}/reverse", data={"reason": " "})
     assert missing.status_code == 422
@@ -106,15 +107,7 @@ def test_reversal_needs_a_reason_and_allows_settling_again(county: County) -> No
 
 
 def test_no_insurance_means_no_settlement(county: County) -> None:
-    clinic = county.client("clinic")
-    form = registration_form(
-        given_name="无保",
-        resident_id=resident(date(1962, 2, 2), "female", 61),
-        birth_date="1962-02-02",
-        coverage_basic=None,
-    )
-    patient = clinic.post("/clinic/patients/new", data=form).headers["Location"].rsplit("/", 1)[-1]
-    hospital, stay = _discharged(county, patient, **CHARGES)
+    hospital, stay = discharged_home(county, _uninsured(county), **CHARGES)
     page = hospital.get(f"/hospital/settlements/{stay}").get_data(as_text=True)
     assert "The stay cannot be settled:" in page
     assert "The patient has no active basic medical insurance on that date." in page
@@ -123,13 +116,13 @@ def test_no_insurance_means_no_settlement(county: County) -> None:
 
 
 def test_without_charges_there_is_nothing_to_settle(county: County) -> None:
-    hospital, stay = _discharged(county, county.patients["elder"])
+    hospital, stay = discharged_home(county, county.patients["elder"])
     assert "nothing to settle" in hospital.get(f"/hospital/discharges/{stay}").get_data(as_text=True)
     assert hospital.get(f"/hospital/settlements/{stay}").status_code == 404
 
 
 def test_settlement_pages_belong_to_the_hospital(county: County) -> None:
-    _, stay = _discharged(county, county.patients["elder"], **CHARGES)
+    _, stay = discharged_home(county, county.patients["elder"], **CHARGES)
     for role in ("clinic", "insurer", "monitor", "admin"):
         client = county.client(role)
         assert client.get(f"/hospital/settlements/{stay}").status_code == 403, role
@@ -248,14 +241,7 @@ def test_a_visit_settlement_belongs_to_its_clinic(county: County) -> None:
 
 def test_a_visit_without_insurance_is_saved_unsettled_and_says_why_in_chinese(county: County) -> None:
     clinic = county.client("clinic", lang="zh")
-    form = registration_form(
-        given_name="无保",
-        resident_id=resident(date(1962, 2, 2), "female", 61),
-        birth_date="1962-02-02",
-        coverage_basic=None,
-    )
-    patient = clinic.post("/clinic/patients/new", data=form).headers["Location"].rsplit("/", 1)[-1]
-    visit = _visit(clinic, patient, ("血常规", "A", "35.50"))
+    visit = _visit(clinic, _uninsured(county), ("血常规", "A", "35.50"))
     assert _ledger() == []
     assert "本次就诊费用尚未结算。" in clinic.get(f"/clinic/visits/{visit}").get_data(as_text=True)
     page = clinic.get(f"/clinic/visits/{visit}/settlement").get_data(as_text=True)
@@ -265,33 +251,14 @@ def test_a_visit_without_insurance_is_saved_unsettled_and_says_why_in_chinese(co
 
 
 def test_the_hospitals_refusal_is_in_chinese(county: County) -> None:
-    clinic = county.client("clinic")
-    form = registration_form(
-        given_name="无保",
-        resident_id=resident(date(1962, 2, 2), "female", 61),
-        birth_date="1962-02-02",
-        coverage_basic=None,
-    )
-    patient = clinic.post("/clinic/patients/new", data=form).headers["Location"].rsplit("/", 1)[-1]
-    _, stay = _discharged(county, patient, **CHARGES)
+    _, stay = discharged_home(county, _uninsured(county), **CHARGES)
     page = county.client("hospital", lang="zh").get(f"/hospital/settlements/{stay}").get_data(as_text=True)
     assert "无法结算：" in page and "该日期患者没有有效的基本医疗保险。" in page
     assert "Coverage" not in page and "no active basic" not in page
 
 
-def _uninsured(county: County) -> str:
-    form = registration_form(
-        given_name="无保",
-        resident_id=resident(date(1962, 2, 2), "female", 61),
-        birth_date="1962-02-02",
-        coverage_basic=None,
-    )
-    response = county.client("clinic").post("/clinic/patients/new", data=form)
-    return str(response.headers["Location"].rsplit("/", 1)[-1])
-
-
 def test_a_refused_confirm_at_the_discharge_desk_says_why_in_chinese(county: County) -> None:
-    _, stay = _discharged(county, _uninsured(county), **CHARGES)
+    _, stay = discharged_home(county, _uninsured(county), **CHARGES)
     response = county.client("hospital", lang="zh").post(f"/hospital/settlements/{stay}/confirm")
     page = response.get_data(as_text=True)
     assert response.status_code == 422
@@ -346,7 +313,7 @@ def test_a_reversal_lists_the_later_settlements_computed_on_the_old_totals(count
 
 
 def test_the_discharge_desk_lists_later_settlements_it_cannot_open(county: County) -> None:
-    hospital, stay = _discharged(county, county.patients["elder"], **CHARGES)
+    hospital, stay = discharged_home(county, county.patients["elder"], **CHARGES)
     assert hospital.post(f"/hospital/settlements/{stay}/confirm").status_code == 302
     later = _visit(county.client("clinic"), county.patients["elder"], ("换药", "A", "50"))
     done = hospital.post(f"/hospital/settlements/{stay}/reverse", data={"reason": "费用录入错误"})

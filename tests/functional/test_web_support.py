@@ -213,6 +213,19 @@ def waiting_task(client: FlaskClient) -> str:
     return found.group(1)
 
 
+def discharged_home(county: County, patient_id: str, **charges: str) -> tuple[FlaskClient, str]:
+    """A first visit referred up, admitted and discharged home with I63.9 (the rules refer the patient
+    back down) and the given charge fields; returns (the hospital's client, the stay's Encounter id)."""
+    clinic = county.client("clinic")
+    confirm_referral_of(clinic, record_visit(clinic, patient_id))
+    hospital = county.client("hospital")
+    task = waiting_task(hospital)
+    stay = hospital.post(f"/hospital/referrals/{task}/admit").headers["Location"].split("/")[-2]
+    data = {"disposition": "home", "diagnosis": "I63.9", **charges}
+    assert hospital.post(f"/hospital/admissions/{stay}/discharge", data=data).status_code == 302
+    return hospital, stay
+
+
 def field_errors(html: str) -> dict[str, str]:
     """Error messages beside fields: {input id: message}."""
     return {
