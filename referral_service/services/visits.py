@@ -25,7 +25,7 @@ from ..domain.actor import Actor
 from ..domain.base import new_id
 from ..domain.errors import Conflict, DomainError, Forbidden, NotFound, Unprocessable
 from ..domain.fhir_store import ReferenceIndex, StoredResource
-from ..domain.ledger import Settlement
+from ..domain.ledger import FUNDS, Settlement
 from ..domain.registry import Coverage, Organization, Patient
 from ..fhir import codes
 from ..fhir.search import parse_search
@@ -1472,18 +1472,6 @@ def patient_referrals(session: Session, actor: Actor, patient_id: str) -> list[R
 
 # ------------------------------------------------------------------------------ one-stop settlement
 
-COMPONENTS = (
-    "total",
-    "eligible",
-    "basic-deductible",
-    "basic-insurance",
-    "critical-illness",
-    "medical-assistance",
-    "poverty-safety-net",
-    "class-b-self-pay",
-    "out-of-list",
-    "patient-pay",
-)
 CLAIM_PREFIX = "claim-"  # the Claim of a web visit or stay is claim-{Encounter id}
 
 
@@ -1551,13 +1539,7 @@ class SettlementView:
     @property
     def funds_pay(self) -> Decimal:
         """What the funds pay together (the patient pays the rest)."""
-        return sum(
-            (
-                self.component(c)
-                for c in ("basic-insurance", "critical-illness", "medical-assistance", "poverty-safety-net")
-            ),
-            Decimal("0.00"),
-        )
+        return sum((self.component(c) for c in FUNDS), Decimal("0.00"))
 
     @property
     def outpatient(self) -> bool:
@@ -1672,9 +1654,7 @@ def _to_review(session: Session, actor: Actor, reversed_row: Settlement) -> list
                 settled_at=r.settled_at.astimezone(SHANGHAI) if r.settled_at else None,
                 total=Decimal(r.total).quantize(Decimal("0.01")),
                 funds_pay=sum(
-                    (Decimal(r.amount_of(fund)) for fund in ("basic-insurance", "critical-illness",
-                                                             "medical-assistance", "poverty-safety-net")),
-                    Decimal("0.00"),
+                    (Decimal(r.amount_of(fund)) for fund in FUNDS), Decimal("0.00")
                 ).quantize(Decimal("0.01")),
                 patient_pay=Decimal(r.patient_pay).quantize(Decimal("0.01")),
                 encounter_id=encounter_id,
