@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import re
+import types
+import typing
+from functools import cache
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -106,6 +111,132 @@ def embedded_resource_problems(resource_type: str, body: dict[str, Any]) -> list
     return found
 
 
+# JSON shape of an element, as FHIR's JSON format fixes it: fhir.resources (pydantic, lax) takes
+# "true" and 1 for a boolean, "2" for an integer and null or [] for an absent element, and the store
+# would keep and serve them as sent, which is not FHIR JSON.
+_JSON_KINDS: dict[type, str] = {bool: "boolean", int: "integer", decimal.Decimal: "decimal"}
+_STRING_BASES = (str, bytes, datetime.date, datetime.datetime, datetime.time)
+
+
+def _kind_of(annotation: Any) -> tuple[str, bool, Any]:
+    """(kind, repeats, model class) of a field: kind is boolean, integer, decimal, string, element,
+    resource, or '' (not checked)."""
+    repeats = False
+    while True:
+        origin = typing.get_origin(annotation)
+        args = typing.get_args(annotation)
+        if origin is typing.Annotated:
+            annotation = args[0]
+        elif origin in (typing.Union, types.UnionType):
+            rest = [a for a in args if a is not type(None)]
+            if len(rest) != 1:
+                return "", repeats, None
+            annotation = rest[0]
+        elif origin is list:
+            repeats = True
+            annotation = args[0]
+        else:
+            break
+    if annotation in _JSON_KINDS:
+        return _JSON_KINDS[annotation], repeats, None
+    if isinstance(annotation, type) and issubclass(annotation, _STRING_BASES):
+        return "string", repeats, None
+    name = getattr(annotation, "__name__", "")
+    if name == "ResourceType":
+        return "resource", repeats, None
+    if name.endswith("Type"):
+        try:
+            return "element", repeats, get_fhir_model_class(name[: -len("Type")])
+        except (KeyError, ValueError):
+            return "", repeats, None
+    return "", repeats, None
+
+
+@cache
+def _fields_of(model: type) -> dict[str, tuple[str, bool, Any]]:
+    fields = getattr(model, "model_fields", {})
+    return {
+        (f.alias or name): _kind_of(f.annotation) for name, f in fields.items() if name != "fhir_comments"
+    }
+
+
+def _model_of(resource_type: Any) -> type | None:
+    if not isinstance(resource_type, str):
+        return None
+    try:
+        return get_fhir_model_class(resource_type)
+    except (KeyError, ValueError):
+        return None
+
+
+def _value_problem(kind: str, value: Any) -> str | None:
+    if kind == "boolean":
+        return None if isinstance(value, bool) else "a boolean must be JSON true or false"
+    if kind == "integer":
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        return None if whole else "an integer must be a JSON number without a fraction or exponent"
+    if kind == "decimal":
+        ok = isinstance(value, int | float | decimal.Decimal) and not isinstance(value, bool)
+        return None if ok else "a decimal must be a JSON number"
+    if kind == "string":
+        return None if isinstance(value, str) else "this element must be a JSON string"
+    if kind in ("element", "resource"):
+        if not isinstance(value, dict):
+            return None  # fhir.resources names the wrong type
+        return None if value else "an element must not be an empty object"
+    return None
+
+
+def json_shape_problems(resource_type: str, body: dict[str, Any]) -> list[Problem]:
+    """FHIR JSON rules fhir.resources lets through: no null values, no empty arrays or objects, and
+    booleans, integers, decimals and strings as their JSON types (http://hl7.org/fhir/R4/json.html)."""
+    found: list[Problem] = []
+
+    def problem(path: str, message: str) -> None:
+        found.append(Problem(f"{path}: {message}", expression=path, code="structure"))
+
+    def visit(node: dict[str, Any], model: type | None, path: str) -> None:
+        if model is None:
+            return
+        fields = _fields_of(model)
+        for key, value in node.items():
+            if key == "resourceType":
+                continue
+            where = f"{path}.{key}"
+            if value is None:
+                problem(where, "null is not allowed in FHIR JSON (leave the element out)")
+                continue
+            kind, repeats, child = fields.get(key, ("", False, None))
+            if isinstance(value, list):
+                if not value:
+                    problem(where, "an array must not be empty in FHIR JSON (leave the element out)")
+                    continue
+                if not repeats:
+                    continue  # fhir.resources names the wrong cardinality
+                # null stands for a missing value only in an array paired with its _element array
+                paired = key.startswith("_") or f"_{key}" in node
+                for index, item in enumerate(value):
+                    check(item, kind, child, f"{where}[{index}]", nullable=paired)
+            elif kind:
+                check(value, kind, child, where, nullable=False)
+
+    def check(value: Any, kind: str, child: Any, where: str, *, nullable: bool) -> None:
+        if value is None:
+            if not nullable:
+                problem(where, "null is not allowed in FHIR JSON")
+            return
+        message = _value_problem(kind, value)
+        if message:
+            problem(where, message)
+        elif isinstance(value, dict) and kind == "element":
+            visit(value, child, where)
+        elif isinstance(value, dict) and kind == "resource":
+            visit(value, _model_of(value.get("resourceType")), where)
+
+    visit(body, _model_of(resource_type), resource_type)
+    return found
+
+
 def structure_problems(resource_type: str, body: dict[str, Any]) -> list[Problem]:
     """Problems fhir.resources finds (types, cardinality, unknown elements, formats)."""
     if "contained" in body:
@@ -150,7 +281,11 @@ def check_resource(resource_type: str, body: dict[str, Any], *, url_id: str | No
             f"the body id {body.get('id')!r} differs from the URL id {url_id!r}",
             [Problem("id differs from the URL", expression=f"{resource_type}.id", code="invalid")],
         )
-    structural = control_character_problems(body, resource_type) or structure_problems(resource_type, body)
+    structural = (
+        control_character_problems(body, resource_type)
+        or structure_problems(resource_type, body)
+        or json_shape_problems(resource_type, body)
+    )
     if structural:
         raise BadRequest(f"{resource_type} is not a valid FHIR R4 resource", structural)
     found = profile_problems(body)

@@ -726,7 +726,8 @@ def _patient_name(resource: Mapping[str, Any] | None) -> str:
         return ""
     names = resource.get("name") or [{}]
     first = names[0]
-    return str(first.get("text") or (first.get("family") or "") + "".join(first.get("given") or []))
+    given = "".join(g for g in first.get("given") or [] if isinstance(g, str))
+    return str(first.get("text") or (first.get("family") or "") + given)
 
 
 def patient_name(resource: Mapping[str, Any] | None) -> str:

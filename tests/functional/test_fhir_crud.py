@@ -399,6 +399,47 @@ def test_lone_surrogates_and_control_escapes_are_400_naming_the_element(
     assert _stored_patients() == 0
 
 
+EXT = "http://x.example/e"
+
+
+@pytest.mark.parametrize(
+    ("element", "value", "where"),
+    [
+        ("gender", None, "Patient.gender"),  # FHIR JSON has no null: leave the element out
+        ("telecom", [], "Patient.telecom"),  # nor empty arrays
+        ("active", "true", "Patient.active"),  # a boolean is JSON true or false
+        ("active", 1, "Patient.active"),
+        ("multipleBirthInteger", "2", "Patient.multipleBirthInteger"),  # an integer is a JSON number
+        ("multipleBirthInteger", 2.5, "Patient.multipleBirthInteger"),
+        ("birthDate", 1990, "Patient.birthDate"),  # a date is a JSON string
+        ("contact", [{}], "Patient.contact[0]"),  # no empty objects
+        ("extension", [{"url": EXT, "valueBoolean": "false"}], "Patient.extension[0].valueBoolean"),
+    ],
+)
+def test_values_that_are_not_fhir_json_are_400_naming_the_element(
+    his: Fhir, element: str, value: Any, where: str
+) -> None:
+    """fhir.resources (lax) takes "true" for a boolean and null for an absent element; the store
+    would serve them back as sent, which no FHIR client can read."""
+    body = patient(PID_1) | {element: value}
+    response = his.post("Patient", body)
+    assert response.status_code == 400, response.json
+    assert response.json["resourceType"] == "OperationOutcome"
+    assert [i["expression"] for i in response.json["issue"]] == [[where]]
+    assert _stored_patients() == 0
+
+
+def test_null_in_a_primitive_array_paired_with_its_extensions_is_fhir_json(his: Fhir) -> None:
+    """A null given name whose extension says why (FHIR json.html#primitive): kept, not a 500."""
+    body = patient(PID_1)
+    extension = {"extension": [{"url": EXT, "valueString": "x"}]}
+    body["name"] = [{"family": "王", "given": [None, "芳"], "_given": [extension, None]}]
+    created = his.post("Patient", body)
+    assert created.status_code == 201, created.json
+    assert his.get(f"Patient/{created.json['id']}").json["name"] == body["name"]
+    assert his.get("Patient?name=王芳").json["total"] == 1
+
+
 def test_surrogate_pairs_tabs_and_escaped_backslashes_are_kept(his: Fhir) -> None:
     text = json.dumps(patient(PID_1), ensure_ascii=True)  # every non-ASCII character as \uXXXX
     text = text.replace(r'"\u82b3"', r'"\u82b3\ud83d\ude00\t\\u0000"', 1)

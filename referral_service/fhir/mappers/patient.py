@@ -27,7 +27,7 @@ def _name(resource: dict[str, Any]) -> tuple[str, str]:
     names = resource.get("name") or []
     official = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
     family = official.get("family") or ""
-    given = "".join(official.get("given") or [])
+    given = "".join(g for g in official.get("given") or [] if isinstance(g, str))  # null: an extension
     if not family and not given and official.get("text"):
         text = official["text"]
         family, given = text[:1], text[1:]

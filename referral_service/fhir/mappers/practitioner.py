@@ -21,7 +21,8 @@ def practitioner_to_domain(session: Session, resource: dict[str, Any], actor: Ac
     session.add(row)
     name = (resource.get("name") or [{}])[0]
     row.family_name = (name.get("family") or (name.get("text") or "")[:1])[:50]
-    row.given_name = ("".join(name.get("given") or []) or (name.get("text") or "")[1:])[:50]
+    given = "".join(g for g in name.get("given") or [] if isinstance(g, str))  # null: an extension
+    row.given_name = (given or (name.get("text") or "")[1:])[:50]
     row.gender = resource.get("gender")
     licenses = [i.get("value") for i in resource.get("identifier") or [] if i.get("system") == LICENSE_SYSTEM]
     row.license_number = clip(licenses[0], 64) if licenses else None
