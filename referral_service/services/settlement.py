@@ -37,7 +37,7 @@ from ..fhir import codes, jsonio
 from ..fhir.mappers import settlement as shapes
 from ..fhir.search_params import SHANGHAI, parse_date_range
 from ..fhir.store import ResourceStore, instant, kept_rows, lock_digest, now_ms
-from ..fhir.validation import structure_problems
+from ..fhir.validation import json_shape_problems, structure_problems
 from ..settlement import (
     ClaimInput,
     ClaimRefused,
@@ -558,7 +558,7 @@ def _validate_claim(claim: dict[str, Any]) -> None:
             f"$submit takes a Claim, not {claim.get('resourceType')!r}",
             [Problem("resourceType must be Claim", expression="resourceType", code="structure")],
         )
-    problems = structure_problems("Claim", claim)
+    problems = structure_problems("Claim", claim) or json_shape_problems("Claim", claim)
     if problems:
         raise BadRequest("the Claim is not a valid FHIR R4 Claim", problems)
 

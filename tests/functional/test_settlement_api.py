@@ -175,6 +175,8 @@ def test_unreferred_out_of_county_penalty_and_no_safety_net(county: County) -> N
         (lambda c: c["type"]["coding"][0].update(code="pharmacy"), 422, "institutional"),
         (lambda c: c["billablePeriod"].pop("end"), 422, "billablePeriod.end"),
         (lambda c: c.pop("status"), 400, "status"),
+        (lambda c: c["item"][0]["net"].update(value="1000.00"), 400, "a decimal must be a JSON number"),
+        (lambda c: c.update(referral=None), 400, "null is not allowed"),
         (lambda c: c.update(provider={"reference": "Organization/th-01"}), 403, "own organisation"),
         (lambda c: c["identifier"][0].update(value="v" * 201), 422, "at most 200 characters"),
     ],
