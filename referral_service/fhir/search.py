@@ -231,8 +231,10 @@ def parse_search(
         elif name == "_summary":
             if raw == "count":
                 query.summary_count = True
-            elif raw not in ("false",):
-                raise _bad(f"_summary={raw!r} is not supported (count or false)", "_summary")
+            elif raw not in ("false", "true", "text", "data"):
+                raise _bad(f"_summary={raw!r} is not supported (count, true, text, data, false)", "_summary")
+            # true, text and data: whole resources, as a read gives them (FHIR lets a server return
+            # more than the summary asked for; it only tags what it cuts, and we cut nothing)
             query.raw.append((key, raw))
         elif name == "_total":
             if raw not in ("none", "estimate", "accurate"):
