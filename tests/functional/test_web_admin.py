@@ -176,3 +176,20 @@ def test_admin_forms_need_the_csrf_token(county: County, database_urls: dict[str
     assert client.post("/login", data={"username": "admin", "password": PASSWORD,
                                        "csrf_token": token}).status_code == 302
     assert client.post("/admin/users", data={"username": "sneaky"}).status_code == 400
+
+
+@SQLITE_ONLY
+def test_organisations_and_audit_log_speak_chinese(county: County) -> None:
+    """Facility levels, organisation kinds, audit interactions, agent kinds and outcomes are shown
+    in the user's language, not as the codes stored."""
+    county.client("clinic").get(f"/clinic/patients/{county.patients['elder']}")
+    admin = county.client("admin", lang="zh")
+    organisations = admin.get("/admin/organisations").get_data(as_text=True)
+    table = organisations.split('id="organisations"', 1)[1]
+    assert "机构名称" in table and "姓名" not in table
+    assert "乡村振兴局" in table and ">poverty-office<" not in table
+    assert "乡镇卫生院" in table and ">township<" not in table
+    audit = admin.get("/admin/audit?agent=clinic").get_data(as_text=True).split('id="audit"', 1)[1]
+    assert "登录 (E)" in audit and "login (E)" not in audit
+    assert "(员工用户)" in audit and "(user)" not in audit
+    assert "成功" in audit
