@@ -15,6 +15,7 @@ from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from marshmallow import ValidationError, fields, pre_load, validates_schema
@@ -808,7 +809,7 @@ def _diagnoses(conditions: Iterable[Mapping[str, Any]]) -> list[Diagnosis]:
 def _search(session: Session, actor: Actor, resource_type: str, args: list[tuple[str, str]]) -> list[Stored]:
     """Matches and included resources of a search, as the actor may see them (audited; no total)."""
     query = parse_search(resource_type, [*args, ("_total", "none")], 200, 500)
-    page = service.search(session, actor, query, query_text=str(args))
+    page = service.search(session, actor, query, query_text=urlencode(args))  # as the API records it
     return [*page.matches, *page.included]
 
 

@@ -193,3 +193,17 @@ def test_organisations_and_audit_log_speak_chinese(county: County) -> None:
     assert "登录 (E)" in audit and "login (E)" not in audit
     assert "(员工用户)" in audit and "(user)" not in audit
     assert "成功" in audit
+
+
+@SQLITE_ONLY
+def test_searches_of_the_web_pages_are_audited_as_query_strings(county: County) -> None:
+    """The audit row of a page's search holds its parameters as the API's do (a=b&c=d), not a
+    Python list; AuditEvent.entity.query serves it."""
+    from referral_service.domain.registry import AuditRecord
+
+    assert county.client("hospital").get("/hospital").status_code == 200
+    with database.session() as s:
+        queries = list(s.scalars(select(AuditRecord.query).where(
+            AuditRecord.agent_name == "hospital", AuditRecord.interaction == "search")))
+    assert queries
+    assert all(q and "=" in q and not q.startswith("[") for q in queries), queries
