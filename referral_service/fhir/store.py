@@ -50,7 +50,7 @@ from ..domain.fhir_store import (
 )
 from ..domain.registry import AuditRecord, Patient
 from . import jsonio, store_pg
-from .driver import driver_rows
+from .driver import DRIVER_DIALECTS, driver_rows, text_dialect
 from .resources import RESOURCES, ResourceDef
 from .search import Clause, Include, SearchQuery, encode_cursor
 from .search_params import MAX_INSTANT, MIN_INSTANT, IndexRows, extract, normalise
@@ -114,14 +114,26 @@ SERVED = (
 )
 
 
-# Write statements built once (the values come as parameters).
-_INSERT_RESOURCE = insert(StoredResource).returning(StoredResource.pk)
-_INSERT_VERSION = insert(ResourceVersion)
+def _insert(model: Any, *names: str) -> Any:
+    """INSERT of the named columns, each value a bound parameter of the column's name."""
+    return insert(model).values({name: bindparam(name) for name in names})
+
+
+# Write statements of the generic path (SQLite), built once and run as kept statements (`kept_rows`,
+# `kept_many`): the values come as parameters.
+_INSERT_RESOURCE = _insert(
+    StoredResource, "res_type", "res_id", "version_id", "last_updated", "deleted", "content", "owner_org_id",
+    "patient_id",
+).returning(StoredResource.pk)
+_INSERT_VERSION = _insert(
+    ResourceVersion, "resource_pk", "version_id", "res_type", "last_updated", "method", "deleted", "content"
+)
+_INDEX_COLUMNS = ("resource_pk", "res_type", "param")
 _INSERT_INDEX = {
-    "token": insert(TokenIndex),
-    "string": insert(StringIndex),
-    "date": insert(DateIndex),
-    "reference": insert(ReferenceIndex),
+    "token": _insert(TokenIndex, *_INDEX_COLUMNS, "system", "code"),
+    "string": _insert(StringIndex, *_INDEX_COLUMNS, "value", "exact"),
+    "date": _insert(DateIndex, *_INDEX_COLUMNS, "low", "high"),
+    "reference": _insert(ReferenceIndex, *_INDEX_COLUMNS, "target_type", "target_id"),
 }
 
 
@@ -145,7 +157,7 @@ def _stored(row: Any) -> Stored:
 
 
 class _Plain(NamedTuple):
-    """A statement compiled once for PostgreSQL: its SQL text, the values it carries itself, and the
+    """A statement compiled once for the driver: its SQL text, the values it carries itself, and the
     conversions some values need on the way in and out (the column types' bind and result
     processors, such as UTCDateTime's)."""
 
@@ -156,18 +168,19 @@ class _Plain(NamedTuple):
     row: type[tuple[Any, ...]]
 
 
-# Hot statements (a read, a search page, a count) are built once per shape and kept; on PostgreSQL
-# they are also compiled once and sent as SQL text. Executing the statement object would make
-# SQLAlchemy derive and hash its cache key every time: a fifth of a search's CPU, for nothing.
-# Keyed by id() with the statement itself kept alive beside it, so an id is never reused.
-_PLAIN: dict[int, tuple[Any, _Plain | None]] = {}
+# Hot statements (a read, a search page, a count, SQLite's writes) are built once per shape and kept;
+# they are also compiled once per dialect and sent as SQL text to the driver (psycopg, sqlite3).
+# Executing the statement object would make SQLAlchemy derive and hash its cache key every time: a
+# fifth of a search's CPU, for nothing (on SQLite, a fifth of an Encounter create's).
+# Keyed by id() and dialect, with the statement itself kept alive beside it, so an id is never reused.
+_PLAIN: dict[tuple[int, str], tuple[Any, _Plain | None]] = {}
 _PLAIN_MAX = 512
 
 
 def _plain(stmt: Any, dialect: Dialect) -> _Plain | None:
     """The statement compiled, unless it renders values into its text or answers a column whose
     conversion depends on the type the server reports (numeric, for one); then None: run as usual."""
-    compiled = stmt.compile(dialect=dialect)
+    compiled = stmt.compile(dialect=text_dialect(dialect))
     if compiled.literal_execute_params or compiled.post_compile_params:
         return None
     columns = compiled._result_columns
@@ -182,22 +195,42 @@ def _plain(stmt: Any, dialect: Dialect) -> _Plain | None:
                   results, row)
 
 
-def kept_rows(connection: Connection, stmt: Any, params: dict[str, Any]) -> Sequence[Any]:
-    """The rows of a kept statement (see `_PLAIN`) run with the request's values; columns by name."""
-    if connection.dialect.name != "postgresql":
-        return connection.execute(stmt, params).all()
-    entry = _PLAIN.get(id(stmt))
+def _kept(connection: Connection, stmt: Any) -> _Plain | None:
+    """The statement compiled for the connection's driver (kept), or None: run it through SQLAlchemy."""
+    dialect = connection.dialect
+    if dialect.name not in DRIVER_DIALECTS:
+        return None
+    key = (id(stmt), dialect.name)
+    entry = _PLAIN.get(key)
     if entry is None or entry[0] is not stmt:
         if len(_PLAIN) >= _PLAIN_MAX:
             _PLAIN.clear()
-        entry = _PLAIN[id(stmt)] = (stmt, _plain(stmt, connection.dialect))
-    plain = entry[1]
-    if plain is None:
-        return connection.execute(stmt, params).all()
+        entry = _PLAIN[key] = (stmt, _plain(stmt, dialect))
+    return entry[1]
+
+
+def _bound(plain: _Plain, params: dict[str, Any]) -> dict[str, Any]:
     values = {**plain.carried, **params}
     for name, process in plain.bind_processors:
         values[name] = process(values[name])
-    rows = driver_rows(connection, plain.sql, values)
+    return values
+
+
+def kept_many(connection: Connection, stmt: Any, rows: list[dict[str, Any]]) -> None:
+    """A kept write statement (see `_PLAIN`) run once per row of values (executemany)."""
+    plain = _kept(connection, stmt)
+    if plain is None:
+        connection.execute(stmt, rows)
+        return
+    driver_rows(connection, plain.sql, [_bound(plain, row) for row in rows])
+
+
+def kept_rows(connection: Connection, stmt: Any, params: dict[str, Any]) -> Sequence[Any]:
+    """The rows of a kept statement (see `_PLAIN`) run with the request's values; columns by name."""
+    plain = _kept(connection, stmt)
+    if plain is None:
+        return connection.execute(stmt, params).all()
+    rows = driver_rows(connection, plain.sql, _bound(plain, params))
     if not plain.result_processors:
         return [plain.row(*r) for r in rows]
     out = []
@@ -501,7 +534,8 @@ class ResourceStore:
     def _write_version(self, connection: Connection, v: store_pg.Version) -> None:
         """The generic write: resource, history row, then one INSERT per index table."""
         if v.pk is None:
-            pk = connection.execute(
+            ((pk,),) = kept_rows(
+                connection,
                 _INSERT_RESOURCE,
                 {
                     "res_type": v.res_type,
@@ -513,7 +547,7 @@ class ResourceStore:
                     "owner_org_id": v.owner_org_id,
                     "patient_id": v.patient_id,
                 },
-            ).scalar_one()
+            )
         else:
             pk = v.pk
             connection.execute(
@@ -525,7 +559,8 @@ class ResourceStore:
                 )
             )
             self._drop_indexes(pk)
-        connection.execute(
+        kept_rows(
+            connection,
             _INSERT_VERSION,
             {
                 "resource_pk": pk,
@@ -608,22 +643,26 @@ class ResourceStore:
         connection = self._sql()
         base = {"resource_pk": pk, "res_type": res_type}
         if rows.tokens:
-            connection.execute(
+            kept_many(
+                connection,
                 _INSERT_INDEX["token"],
                 [{**base, "param": p, "system": s, "code": c} for p, s, c in rows.tokens],
             )
         if rows.strings:
-            connection.execute(
+            kept_many(
+                connection,
                 _INSERT_INDEX["string"],
                 [{**base, "param": p, "value": v, "exact": e} for p, v, e in rows.strings],
             )
         if rows.dates:
-            connection.execute(
+            kept_many(
+                connection,
                 _INSERT_INDEX["date"],
                 [{**base, "param": p, "low": lo, "high": hi} for p, lo, hi in rows.dates],
             )
         if rows.references:
-            connection.execute(
+            kept_many(
+                connection,
                 _INSERT_INDEX["reference"],
                 [{**base, "param": p, "target_type": t, "target_id": i} for p, t, i in rows.references],
             )
@@ -1107,12 +1146,17 @@ def _patient_seen_sql() -> str:
     return str(_patient_seen_condition().compile(dialect=postgresql.psycopg.dialect()))
 
 
+@lru_cache(maxsize=1)
+def _patient_seen_statement() -> Select[tuple[bool]]:
+    return select(_patient_seen_condition().label("seen"))
+
+
 def patient_seen(connection: Connection, actor: Actor, patient_id: str) -> bool:
     """Whether the actor may see the patient (its catchment, or a patient it treated or received)."""
     if actor.sees_everything:
         return True
-    return bool(connection.execute(select(_patient_seen_condition()),
-                                   _patient_seen_values(actor, patient_id)).scalar())
+    ((seen,),) = kept_rows(connection, _patient_seen_statement(), _patient_seen_values(actor, patient_id))
+    return bool(seen)
 
 
 def _policy(shape: PolicyShape, org: Any, district: Any) -> ColumnElement[bool]:

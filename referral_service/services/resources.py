@@ -22,7 +22,7 @@ from ..fhir.mappers.patient import RESIDENT_ID_SYSTEM
 from ..fhir.resources import RESOURCES, ResourceDef
 from ..fhir.search import Include, SearchQuery, parse_search
 from ..fhir.search_params import IndexRows, extract
-from ..fhir.store import ResourceStore, SearchPage, Stored, missing_references, read_current
+from ..fhir.store import ResourceStore, SearchPage, Stored, kept_rows, missing_references, read_current
 from ..fhir.validation import check_resource
 
 # Only the county platform (and admins) may write these.
@@ -136,7 +136,7 @@ def _existing(session: Session, wanted: set[tuple[str, str]]) -> set[tuple[str, 
     if connection.dialect.name == "sqlite":
         return {
             (t, i) for t, i in wanted
-            if connection.execute(_ONE_EXISTING, {"res_type": t, "res_id": i}).first() is not None
+            if kept_rows(connection, _ONE_EXISTING, {"res_type": t, "res_id": i})
         }
     pairs = sorted(wanted)
     values = {"types": [t for t, _ in pairs], "ids": [i for _, i in pairs]}

@@ -469,8 +469,9 @@ def test_a_write_carries_its_audit_row_and_access_link_in_one_statement(
 def test_kept_statements_run_as_compiled_text_with_their_column_types(
     backend: str, platform: Fhir
 ) -> None:
-    """PostgreSQL: a read or search statement is compiled once and sent as text, yet its rows are
-    the ones SQLAlchemy would give (times UTC-aware through UTCDateTime, values bound the same)."""
+    """A read or search statement is compiled once and sent as text to the driver (psycopg or
+    sqlite3), yet its rows are the ones SQLAlchemy would give (times UTC-aware through UTCDateTime,
+    values bound the same)."""
     fhir = platform
     pid = fhir.post("Patient", patient(None, family="宋", given="一")).json["id"]
     reader = Actor(name="his", kind="client", organization_id="org-1")
@@ -484,9 +485,9 @@ def test_kept_statements_run_as_compiled_text_with_their_column_types(
     assert [tuple(r) for r in fast] == [tuple(r) for r in usual] == [tuple(r) for r in again]
     assert [r.res_id for r in fast] == [pid]
     assert fast[0].last_updated.utcoffset() is not None and fast[0].last_updated.tzinfo is UTC
-    if backend == "postgresql":
-        kept = store._PLAIN[id(stmt)]
-        assert kept[0] is stmt and kept[1] is not None and "%(v0)s" in kept[1].sql
+    kept = store._PLAIN[(id(stmt), backend)]
+    placeholder = "%(v0)s" if backend == "postgresql" else ":v0"
+    assert kept[0] is stmt and kept[1] is not None and placeholder in kept[1].sql
     answer = fhir.get(f"Patient/{pid}")
     assert answer.status_code == 200 and answer.headers["Last-Modified"].endswith("GMT")
     # A money column's conversion depends on the type the server reports: that statement runs as
@@ -494,8 +495,7 @@ def test_kept_statements_run_as_compiled_text_with_their_column_types(
     money = select(Settlement.total, Settlement.id).where(Settlement.id == bindparam("sid"))
     with database.unit_of_work(read_only=True) as session:
         assert list(store.kept_rows(session.connection(), money, {"sid": "none"})) == []
-    if backend == "postgresql":
-        assert store._PLAIN[id(money)][1] is None
+    assert store._PLAIN[(id(money), backend)][1] is None
 
 
 def test_several_versions_written_together_read_back_as_if_written_one_by_one(
@@ -598,10 +598,9 @@ def test_fixed_statements_of_reads_writes_and_reference_checks_skip_sqlalchemy_e
     backend: str, platform: Fhir, client: FlaskClient, make_api_client: Callable[..., tuple[str, str]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """PostgreSQL: a create (its reference check, its one write statement), a read and a search go
-    to the driver's cursor; SQLAlchemy's execution of SQL text is never called."""
-    if backend != "postgresql":
-        pytest.skip("the driver path is PostgreSQL's")
+    """A create (its reference check and its writes: on PostgreSQL one statement, on SQLite the
+    resource, its history row and its index rows), a read and a search go to the driver's cursor;
+    SQLAlchemy's execution of SQL text is never called."""
     county = Fhir(client, token_for(client, *make_api_client("county-platform", "system/*.cruds",
                                                              "qs-health-commission")))
     assert county.put("Organization/org-t", organization("org-t")).status_code == 201
@@ -609,10 +608,22 @@ def test_fixed_statements_of_reads_writes_and_reference_checks_skip_sqlalchemy_e
     assert platform.get(f"Patient/{pid}").status_code == 200  # (both pools have connected)
     from sqlalchemy.engine import Connection
 
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("went through SQLAlchemy's execution")
+    run_text = Connection.exec_driver_sql
+
+    def refuse(connection: Connection, statement: str, *args: Any, **kwargs: Any) -> Any:
+        if statement == "BEGIN IMMEDIATE":  # (SQLite in memory: how a write transaction begins)
+            return run_text(connection, statement, *args, **kwargs)
+        raise AssertionError(f"went through SQLAlchemy's execution: {statement}")
+
+    through_core: list[str] = []
+    run_core = Connection.execute
+
+    def record(connection: Connection, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        through_core.append(str(statement).split("(")[0].strip())
+        return run_core(connection, statement, *args, **kwargs)
 
     monkeypatch.setattr(Connection, "exec_driver_sql", refuse)
+    monkeypatch.setattr(Connection, "execute", record)
     encounter = {
         "resourceType": "Encounter", "status": "in-progress",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
@@ -623,6 +634,7 @@ def test_fixed_statements_of_reads_writes_and_reference_checks_skip_sqlalchemy_e
     assert platform.get(f"Encounter/{created.json['id']}").json["subject"]["reference"] == f"Patient/{pid}"
     found = platform.get(f"Encounter?subject=Patient/{pid}").json
     assert [e["resource"]["id"] for e in found["entry"]] == [created.json["id"]]
+    assert not [s for s in through_core if "fhir_" in s], through_core
 
 
 def test_the_token_s_client_check_reads_without_taking_the_writer_lock(
