@@ -114,6 +114,20 @@ SERVED = (
 )
 
 
+# The current row of a resource by type and id, and the same locked (`ResourceStore.current`).
+_CURRENT = select(StoredResource).where(
+    StoredResource.res_type == bindparam("res_type"), StoredResource.res_id == bindparam("res_id")
+)
+_CURRENT_FOR_UPDATE = _CURRENT.with_for_update()
+
+# The content of a live resource by type and id (`ResourceStore.load`).
+_LOAD = select(StoredResource.content).where(
+    StoredResource.res_type == bindparam("res_type"),
+    StoredResource.res_id == bindparam("res_id"),
+    StoredResource.deleted.is_(False),
+)
+
+
 def _insert(model: Any, *names: str) -> Any:
     """INSERT of the named columns, each value a bound parameter of the column's name."""
     return insert(model).values({name: bindparam(name) for name in names})
@@ -291,27 +305,22 @@ class ResourceStore:
             self.session.flush()
         return self.session.connection()
 
+    def connection(self) -> Connection:
+        """The session's connection for a use case's own kept statements (`kept_rows`), pending ORM
+        changes flushed first."""
+        return self._sql()
+
     # ----------------------------------------------------------------- reads
 
     def current(self, res_type: str, res_id: str, *, for_update: bool = False) -> StoredResource | None:
         """The current row (deleted or not), optionally locked for the rest of the transaction."""
-        stmt = select(StoredResource).where(
-            StoredResource.res_type == res_type, StoredResource.res_id == res_id
-        )
-        if for_update:
-            stmt = stmt.with_for_update()
-        return self.session.scalars(stmt).first()
+        stmt = _CURRENT_FOR_UPDATE if for_update else _CURRENT
+        return self.session.scalars(stmt, {"res_type": res_type, "res_id": res_id}).first()
 
     def load(self, res_type: str, res_id: str) -> dict[str, Any] | None:
         """The current JSON of a live resource, for use cases (no access check: callers decide)."""
-        raw = self._sql().execute(
-            select(StoredResource.content).where(
-                StoredResource.res_type == res_type,
-                StoredResource.res_id == res_id,
-                StoredResource.deleted.is_(False),
-            )
-        ).scalar_one_or_none()
-        return dict(jsonio.loads(raw)) if raw is not None else None
+        rows = kept_rows(self._sql(), _LOAD, {"res_type": res_type, "res_id": res_id})
+        return dict(jsonio.loads(rows[0].content)) if rows else None
 
     def read(
         self, res_type: str, res_id: str, actor: Actor, *, audit: dict[str, Any] | None = None

@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from ..domain.errors import NotFound, Problem, Unprocessable
@@ -15,7 +15,7 @@ from ..domain.fhir_store import ReferenceIndex, StoredResource
 from ..domain.registry import Organization
 from ..fhir import codes, jsonio
 from ..fhir.search_params import MIN_INSTANT, SHANGHAI, parse_date_range
-from ..fhir.store import ResourceStore
+from ..fhir.store import ResourceStore, kept_rows
 from ..rules import Facts, age_on, icd10_category
 
 _VITALS = {
@@ -47,21 +47,26 @@ def _load(session: Session, res_type: str, res_id: str) -> dict[str, Any]:
     return found
 
 
+# Live resources of a type whose reference parameter names a target (a kept statement).
+_REFERENCING = (
+    select(StoredResource.content)
+    .join(ReferenceIndex, ReferenceIndex.resource_pk == StoredResource.pk)
+    .where(
+        ReferenceIndex.res_type == bindparam("res_type"),
+        ReferenceIndex.param == bindparam("param"),
+        ReferenceIndex.target_type == bindparam("target_type"),
+        ReferenceIndex.target_id == bindparam("target_id"),
+        StoredResource.deleted.is_(False),
+    )
+)
+
+
 def _referencing(
     session: Session, res_type: str, param: str, target: str, target_id: str
 ) -> list[dict[str, Any]]:
-    rows = session.execute(
-        select(StoredResource.content)
-        .join(ReferenceIndex, ReferenceIndex.resource_pk == StoredResource.pk)
-        .where(
-            ReferenceIndex.res_type == res_type,
-            ReferenceIndex.param == param,
-            ReferenceIndex.target_type == target,
-            ReferenceIndex.target_id == target_id,
-            StoredResource.deleted.is_(False),
-        )
-    ).scalars()
-    return [dict(jsonio.loads(r)) for r in rows]
+    rows = kept_rows(ResourceStore(session).connection(), _REFERENCING, {
+        "res_type": res_type, "param": param, "target_type": target, "target_id": target_id})
+    return [dict(jsonio.loads(r.content)) for r in rows]
 
 
 def ref_id(value: Any) -> str | None:
