@@ -45,6 +45,15 @@ def token() -> Response:
     basic = auth is not None and auth.type == "basic"
     if basic and auth is not None:
         client_id, secret = auth.username or "", auth.password or ""
+        # RFC 6749 2.3: a client MUST NOT use more than one authentication method in a request. A
+        # form client_id naming the Basic client is only an identification (section 3.2.1); a form
+        # secret, or another client_id, is a second method, and neither is silently given way to.
+        form_id = form.get("client_id")
+        if "client_secret" in form or (form_id is not None and form_id != client_id):
+            return _oauth_error(
+                400, "invalid_request",
+                "the client authenticated with HTTP Basic and with form fields; use one method only",
+            )
     else:
         client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
     if not client_id or not secret:

@@ -144,3 +144,39 @@ def test_token_endpoint_is_rate_limited(client: FlaskClient, his: tuple[str, str
 
 def test_get_is_not_allowed(client: FlaskClient) -> None:
     assert client.get("/oauth/token").status_code == 405
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"client_id": "other-his", "client_secret": "other-secret"},  # another client in the form
+        {"client_id": "county-his", "client_secret": "s3cret-value"},  # the same one, twice over
+        {"client_secret": "s3cret-value"},  # a second secret
+        {"client_id": "other-his"},  # another client id
+    ],
+)
+def test_basic_and_form_credentials_together_are_400_invalid_request(
+    client: FlaskClient, his: tuple[str, str], make_api_client: Callable[..., tuple[str, str]],
+    form: dict[str, str],
+) -> None:
+    """RFC 6749 2.3: one authentication method per request; Basic no longer silently wins."""
+    make_api_client("other-his", "system/Patient.rs", "org-other", secret="other-secret")
+    response = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials", **form}, headers=basic(*his)
+    )
+    assert response.status_code == 400, response.json
+    assert response.json["error"] == "invalid_request"
+    assert "one method" in response.json["error_description"]
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "access_token" not in response.json
+
+
+def test_basic_with_the_same_client_id_in_the_form_is_accepted(
+    client: FlaskClient, his: tuple[str, str]
+) -> None:
+    """A form client_id naming the Basic client (and no form secret) identifies, it does not authenticate."""
+    response = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials", "client_id": his[0]}, headers=basic(*his)
+    )
+    assert response.status_code == 200, response.json
+    assert response.json["organization"] == "Organization/org-county"
