@@ -8,8 +8,9 @@ parts the route uses, in the same order (token and scope: `guard.principal_for`;
 organisation: `actors.actor_for`; the read and its audit row: `resources.read_on_connection`; the
 headers: `responses.version_headers`; metrics and the access log: `observability.RequestLog`).
 
-It answers only successes. Anything else (no token, a refused scope, 404, 410, a database error)
-is handed to the Flask app unchanged, which answers it as every other request: nothing was written,
+It answers only successes: 200, and 304 for an If-None-Match naming the version read. Anything else
+(no token, a refused scope, 404, 410, an Accept without JSON, a database error) is handed to the
+Flask app unchanged, which answers it as every other request: nothing was written,
 as the audit row rides in the statement that found the resource. Routing is the app's own URL map, so
 a route that specialises the generic read (AuditEvent, the conformance resources) keeps its handler.
 Set `FHIR_FAST_READS = False` to send every request through Flask.
@@ -31,7 +32,7 @@ from ..observability import REQUEST_ID_HEADER, RequestLog, request_id_from
 from ..services import resources as service
 from ..services.actors import actor_for
 from .guard import principal_for
-from .responses import FHIR_JSON, version_headers
+from .responses import FHIR_JSON, accepts_json, none_match, version_headers
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -56,20 +57,21 @@ class FastReads:
         if environ.get("REQUEST_METHOD") == "GET" and not environ.get("QUERY_STRING"):
             answer = self._read(environ)
             if answer is not None:
-                headers, body = answer
-                start_response("200 OK", headers)
+                status, headers, body = answer
+                start_response(status, headers)
                 return [body]
         return self.next(environ, start_response)
 
-    def _read(self, environ: WSGIEnvironment) -> tuple[list[tuple[str, str]], bytes] | None:
-        """The headers and body of a successful read, or None to let the app answer."""
+    def _read(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes] | None:
+        """The status, headers and body of a successful read (200, or 304 for an If-None-Match naming
+        the current version, as the app's route answers it), or None to let the app answer."""
         started = time.perf_counter()
         path = environ.get("PATH_INFO", "")
         root, _, rest = path.partition("/fhir/")
         resource_type, _, res_id = rest.partition("/")
         if (root or resource_type not in self.types or not is_fhir_id(res_id)
-                or not database.has_read_pool):
-            return None
+                or not database.has_read_pool or not accepts_json(environ.get("HTTP_ACCEPT", ""))):
+            return None  # (an Accept without JSON: the app's 406)
         request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID", ""))
         try:
             principal = principal_for(environ.get("HTTP_AUTHORIZATION", ""), self.app.config)
@@ -86,13 +88,18 @@ class FastReads:
             log.warning("a plain read failed before the app; the app answers it", exc_info=True,
                         extra={"request_id": request_id})
             return None
-        body = stored.content
-        headers = [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body))),
-                   *version_headers(stored).items(), (REQUEST_ID_HEADER, request_id)]
-        self.requests.finished(endpoint=self.rule, method="GET", path=path, status=200,
+        if none_match(environ.get("HTTP_IF_NONE_MATCH"), stored.etag):
+            # As Werkzeug sends the app's 304: no body and no representation headers, but the ETag.
+            status, body = 304, b""
+            headers = [("ETag", stored.etag), (REQUEST_ID_HEADER, request_id)]
+        else:
+            status, body = 200, stored.content
+            headers = [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body))),
+                       *version_headers(stored).items(), (REQUEST_ID_HEADER, request_id)]
+        self.requests.finished(endpoint=self.rule, method="GET", path=path, status=status,
                                elapsed=time.perf_counter() - started, request_id=request_id,
                                client=principal.client_id)
-        return headers, body
+        return ("200 OK" if status == 200 else "304 Not Modified"), headers, body
 
 
 def _read_routes(app: Flask) -> tuple[frozenset[str], str]:

@@ -9,7 +9,12 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import (
+    MethodNotAllowed,
+    NotAcceptable,
+    RequestEntityTooLarge,
+    UnsupportedMediaType,
+)
 
 from ..domain.actor import Actor
 from ..domain.base import int_key
@@ -22,11 +27,18 @@ from ..fhir.resources import RESOURCES, is_fhir_id
 from ..fhir.search import parse_search
 from ..fhir.store import ResourceStore, Stored
 from ..fhir.validation import check_resource, require_update_id
-from ..services import audit_events, bundles
+from ..services import audit_events, bundles, history
 from ..services import resources as service
 from ..services.actors import actor_for
 from .guard import current_principal, require
-from .responses import fhir_response, http_date, version_headers
+from .responses import (
+    accepts_json,
+    fhir_response,
+    format_is_json,
+    http_date,
+    none_match,
+    version_headers,
+)
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 csrf.exempt(bp)
@@ -37,7 +49,7 @@ T = TypeVar("T")
 
 @bp.before_request
 def _check_body() -> None:
-    """413 before parsing; 415 for a body that is not FHIR JSON."""
+    """413 before parsing; 415 for a body that is not FHIR JSON; 406 when the caller takes no JSON."""
     req = request._get_current_object()  # type: ignore[attr-defined]  # (once, not per attribute)
     length = req.content_length
     if length is not None and length > current_app.config["MAX_CONTENT_LENGTH"]:
@@ -49,9 +61,15 @@ def _check_body() -> None:
             raise UnsupportedMediaType(
                 f"Content-Type {mimetype or '(none)'} is not supported; send application/fhir+json"
             )
+    # The answer's format (FHIR http.html#mime-type): JSON only, so XML, Turtle and others are 406.
     fmt = req.args.get("_format")
-    if fmt and fmt not in ("json", "application/json", "application/fhir+json"):
-        raise UnsupportedMediaType(f"_format={fmt} is not supported; this server speaks JSON")
+    if fmt is not None and not format_is_json(fmt):
+        raise NotAcceptable(f"_format={fmt} is not supported; this server answers in JSON only "
+                            "(_format=json or application/fhir+json)")
+    accept = req.headers.get("Accept")
+    if fmt is None and accept and not accepts_json(accept):
+        raise NotAcceptable(f"Accept: {accept[:200]} names no format this server answers in; it answers "
+                            "in JSON only (application/fhir+json or application/json)")
 
 
 @bp.before_request
@@ -276,7 +294,7 @@ def read(resource_type: str, res_id: str) -> Response:
         "r",
         lambda s, a: service.read(s, a, resource_type, res_id, request_id=g.get("request_id")),
     )
-    return fhir_response(stored.content, 200, _headers(stored))
+    return _read_answer(stored)
 
 
 @bp.get("/<resource_type>/<res_id>/_history/<vid>")
@@ -293,7 +311,17 @@ def vread(resource_type: str, res_id: str, vid: str) -> Response:
             s, a, resource_type, res_id, version_id=version, request_id=g.get("request_id")
         ),
     )
-    return fhir_response(stored.content, 200, _headers(stored))
+    return _read_answer(stored)
+
+
+def _read_answer(stored: Stored) -> Response:
+    """200 with the resource; 304 Not Modified, with the ETag and no body, when If-None-Match names
+    the version served or is `*` (RFC 9110 13.1.2, FHIR http.html#cread). Access was checked and the
+    read audited as for a 200: the caller learns the version it already holds is current."""
+    headers = _headers(stored)
+    if none_match(request.headers.get("If-None-Match"), stored.etag):
+        return Response(status=304, headers=headers)
+    return fhir_response(stored.content, 200, headers)
 
 
 @bp.put("/<resource_type>/<res_id>")
@@ -350,13 +378,20 @@ def _history(resource_type: str, res_id: str | None) -> Response:
     cursor = bundle_json.parse_history_cursor(request.args.get("_cursor"))
 
     def work(session: Session, actor: Actor) -> bytes:
+        total: int | None = None
         if res_id is not None:
             with suppress(Gone):  # a deleted resource keeps its history, its deletion first
                 service.read(session, actor, resource_type, res_id)  # 404 when unknown or hidden
+            # One resource's versions are few and share its visibility: their count is exact and cheap.
+            total = history.instance_total(session, resource_type, res_id, since=since)
         page, nxt = ResourceStore(session).history(
             resource_type, res_id, actor, count=count, since=since, before=cursor
         ) if count else ([], None)  # _count=0: no entries
-        return bundle_json.history_bundle(base_url(), request.path, dict(request.args), page, nxt)
+        if total is None and cursor is None and nxt is None and count:
+            total = len(page)  # a type's whole history on its first page: exact without counting
+        return bundle_json.history_bundle(
+            base_url(), request.path, dict(request.args), page, nxt, total=total
+        )
 
     return fhir_response(with_actor(resource_type, "r", work))
 

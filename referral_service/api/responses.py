@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from flask import Response, request
@@ -11,6 +12,10 @@ from ..fhir import jsonio
 from ..fhir.store import Stored
 
 FHIR_JSON = "application/fhir+json"
+# What an Accept header or _format may name for our answers (FHIR http.html#mime-type; the last is
+# DSTU2's name, still sent by some clients), besides the wildcards and _format's short `json`.
+JSON_TYPES = frozenset({FHIR_JSON, "application/json", "application/json+fhir"})
+_ANY_JSON = JSON_TYPES | {"*/*", "application/*"}
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -23,6 +28,43 @@ def http_date(moment: datetime) -> str:
     t = moment.astimezone(UTC)
     return (f"{_DAYS[t.weekday()]}, {t.day:02d} {_MONTHS[t.month - 1]} {t.year:04d} "
             f"{t.hour:02d}:{t.minute:02d}:{t.second:02d} GMT")
+
+
+@lru_cache(maxsize=256)
+def accepts_json(accept: str) -> bool:
+    """Whether an Accept header admits a JSON answer (RFC 9110 12.5.1): no header, or a media range
+    `*/*`, `application/*` or a JSON type with q above 0; parameters such as `fhirVersion=4.0` or
+    `charset` do not matter. False for XML (`application/fhir+xml`) and others alone: 406."""
+    if not accept.strip():
+        return True
+    for element in accept.split(","):
+        media, *params = (part.strip() for part in element.split(";"))
+        if media.lower() not in _ANY_JSON:
+            continue
+        weight = next((p[2:].strip() for p in params if p[:2].lower() == "q="), "1")
+        try:
+            if float(weight) > 0:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def format_is_json(fmt: str) -> bool:
+    """Whether a `_format` value names JSON (`json`, or a JSON type; a `+` decoded to a space counts)."""
+    media = fmt.split(";")[0].strip().replace(" ", "+").lower()
+    return media == "json" or media in JSON_TYPES
+
+
+def none_match(header: str | None, etag: str) -> bool:
+    """Whether If-None-Match (RFC 9110 13.1.2) holds for a read whose current ETag is `etag`: `*`, or
+    a list naming that version (weak comparison: `W/"2"` and `"2"` are the same version)."""
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    tag = etag.removeprefix("W/")
+    return any(candidate.strip().removeprefix("W/") == tag for candidate in header.split(","))
 
 
 def version_headers(stored: Stored) -> dict[str, str]:

@@ -115,9 +115,16 @@ def parse_history_cursor(value: str | None) -> tuple[datetime, int, int] | None:
 
 
 def history_bundle(
-    base: str, path: str, args: dict[str, str], page: list[Stored], nxt: tuple[datetime, int, int] | None
+    base: str,
+    path: str,
+    args: dict[str, str],
+    page: list[Stored],
+    nxt: tuple[datetime, int, int] | None,
+    *,
+    total: int | None = None,
 ) -> bytes:
-    """A history Bundle, newest first, with a next link when there is more."""
+    """A history Bundle, newest first, with a next link when there is more, and `total` (the number
+    of versions on every page together) when the caller knows it exactly."""
     args = {k: v for k, v in args.items() if k != "_cursor"}
     server = base.rsplit("/fhir", 1)[0]
     self_url = server + path + (f"?{urlencode(args)}" if args else "")
@@ -149,6 +156,7 @@ def history_bundle(
         b'{"resourceType":"Bundle","type":"history","timestamp":"',
         _now().encode(),
         b'"',
+        b"" if total is None else b',"total":' + str(total).encode(),
         b',"link":[' + b",".join(links) + b"]",
     ]
     if entries:

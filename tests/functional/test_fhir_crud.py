@@ -532,3 +532,107 @@ def test_condition_codes_must_look_like_icd10(his: Fhir, code: str, status: int)
     assert response.status_code == status, response.json
     if status == 422:
         assert response.json["issue"][0]["expression"] == ["Condition.code.coding[0].code"]
+
+
+def test_history_bundles_carry_total(his: Fhir) -> None:
+    """Instance history always says how many versions it has (all pages together), as HAPI does; a
+    type's history says it when its first page holds everything (exact without counting)."""
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    body = his.get(f"Patient/{pid}").json
+    for phone in ("13800000001", "13800000002"):
+        body = his.put(f"Patient/{pid}", body | {"telecom": [{"system": "phone", "value": phone}]}).json
+    whole = his.get(f"Patient/{pid}/_history")
+    assert whole.json["total"] == 3 and len(whole.json["entry"]) == 3
+    paged = his.get(f"Patient/{pid}/_history?_count=1")
+    assert paged.json["total"] == 3 and len(paged.json["entry"]) == 1
+    second = his.client.get(next(link["url"] for link in paged.json["link"] if link["relation"] == "next"),
+                            headers=his._headers())
+    assert second.json["total"] == 3 and len(second.json["entry"]) == 1
+    assert his.get(f"Patient/{pid}/_history?_count=0").json["total"] == 3
+    since = whole.json["entry"][0]["response"]["lastModified"]
+    assert his.get(f"Patient/{pid}/_history?_since={since}").json["total"] == 1
+    assert his.delete(f"Patient/{pid}").status_code == 204
+    assert his.get(f"Patient/{pid}/_history").json["total"] == 4  # the deletion is a version too
+    keys = list(his.get(f"Patient/{pid}/_history").json)
+    assert keys.index("total") < keys.index("link") < keys.index("entry")  # FHIR's element order
+
+    assert his.get("Patient/_history").json["total"] == 4
+    assert "total" not in his.get("Patient/_history?_count=2").json  # more pages: not counted
+
+
+def test_if_none_match_on_read_and_vread_answers_304(his: Fhir) -> None:
+    """RFC 9110 13.1.2 / FHIR http.html#cread: a client's cached version is current: 304 with the
+    ETag and no body (on PostgreSQL the plain read is answered before Flask: the same answer)."""
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    for path in (f"Patient/{pid}", f"Patient/{pid}/_history/1"):
+        for header in ('W/"1"', '"1"', "*", 'W/"7", W/"1"'):
+            cached = his.get(path, headers={"If-None-Match": header})
+            assert cached.status_code == 304, (path, header)
+            assert cached.data == b"", (path, header)
+            assert cached.headers["ETag"] == 'W/"1"', (path, header)
+            assert "Content-Type" not in cached.headers, (path, header)
+        assert his.get(path, headers={"If-None-Match": 'W/"2"'}).status_code == 200, path
+    body = his.get(f"Patient/{pid}").json
+    assert his.put(f"Patient/{pid}", body | {"gender": "female"}).status_code == 200
+    changed = his.get(f"Patient/{pid}", headers={"If-None-Match": 'W/"1"'})
+    assert changed.status_code == 200 and changed.headers["ETag"] == 'W/"2"'
+    assert changed.json["meta"]["versionId"] == "2"
+    assert his.get(f"Patient/{pid}", headers={"If-None-Match": 'W/"2"'}).status_code == 304
+    assert his.get(f"Patient/{pid}/_history/1", headers={"If-None-Match": 'W/"1"'}).status_code == 304
+    # Errors stay errors: an unknown id is 404, a deleted one 410, whatever the client holds.
+    assert his.get("Patient/not-there", headers={"If-None-Match": "*"}).status_code == 404
+    assert his.delete(f"Patient/{pid}").status_code == 204
+    gone = his.get(f"Patient/{pid}", headers={"If-None-Match": 'W/"2"'})
+    assert gone.status_code == 410 and gone.json["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize(
+    ("accept", "query"),
+    [
+        ("application/xml", ""),
+        ("application/fhir+xml", ""),
+        ("application/fhir+xml;q=1.0, application/xml;q=0.9", ""),
+        ("application/json;q=0, application/fhir+xml", ""),
+        ("text/html", ""),
+        (FHIR, "_format=xml"),
+        (FHIR, "_format=application/fhir%2Bxml"),
+        ("application/xml", "_format=text/turtle"),
+    ],
+)
+def test_formats_other_than_json_are_406(his: Fhir, accept: str, query: str) -> None:
+    """FHIR http.html#mime-type: an answer format the server does not speak is 406, as an
+    OperationOutcome in JSON (not a JSON answer the client did not ask for)."""
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    for path in (f"Patient/{pid}", "Patient", f"Patient/{pid}/_history", "metadata"):
+        url = f"{path}?{query}" if query else path
+        response = his.get(url, headers={"Accept": accept})
+        assert response.status_code == 406, (url, accept)
+        assert response.mimetype == FHIR
+        assert response.json["resourceType"] == "OperationOutcome"
+        assert response.json["issue"][0]["code"] == "not-supported"
+        assert "JSON" in response.json["issue"][0]["diagnostics"]
+    new = patient(PID_2, gender="male", birth="1985-05-05")
+    refused = his.post(f"Patient?{query}" if query else "Patient", new, headers={"Accept": accept})
+    assert refused.status_code == 406  # refused before anything is stored
+    assert his.get(f"Patient?identifier={RESIDENT_ID}|{PID_2}").json["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        None, "", "*/*", "application/json", FHIR, "application/json+fhir", "application/*",
+        "application/fhir+json; fhirVersion=4.0", "application/json; charset=utf-8",
+        "application/fhir+xml;q=1, application/fhir+json;q=0.5",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    ],
+)
+def test_json_answers_whenever_the_caller_takes_json(his: Fhir, accept: str | None) -> None:
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    headers = {"Authorization": f"Bearer {his.token}"} | ({} if accept is None else {"Accept": accept})
+    for path in (f"Patient/{pid}", "Patient", "metadata", f"Patient/{pid}?_format=json",
+                 f"Patient/{pid}?_format=application/fhir%2Bjson", f"Patient/{pid}?_format=application/json"):
+        response = his.client.get(f"/fhir/{path}", headers=headers)
+        assert response.status_code == 200, (path, accept, response.json)
+        assert response.mimetype == FHIR
+    # _format wins over Accept (FHIR http.html#mime-type)
+    assert his.get(f"Patient/{pid}?_format=json", headers={"Accept": "application/xml"}).status_code == 200

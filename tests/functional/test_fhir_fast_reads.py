@@ -121,6 +121,32 @@ def test_every_plain_read_answers_as_the_route_does(
         assert fast_routed == sent
 
 
+def test_conditional_reads_and_accept_answer_as_the_route_does(
+    backend: str, app: Flask, client: FlaskClient, records: dict[str, str], routed: list[tuple[str, str]]
+) -> None:
+    """If-None-Match naming the current version is a 304 on the fast path too (ETag, no body, no
+    content type), exactly as the route's; an Accept without JSON goes to the app for its 406."""
+    mine, clinic = f"/fhir/Patient/{records['mine']}", records["clinic"]
+    requests = [
+        (mine, {"If-None-Match": 'W/"1"'}),
+        (mine, {"If-None-Match": "*"}),
+        (mine, {"If-None-Match": 'W/"2"'}),
+        (mine, {"Accept": "application/fhir+xml"}),
+        (mine, {"Accept": "application/fhir+json; fhirVersion=4.0"}),
+        (f"/fhir/Patient/{records['gone']}", {"If-None-Match": "*"}),
+    ]
+    fast = [_answer(_read(client, path, clinic, **headers)) for path, headers in requests]
+    fast_routed = list(routed)
+    plain = make_app(database.engine.url.render_as_string(hide_password=False), FHIR_FAST_READS=False)
+    slow = [_answer(_read(plain.test_client(), path, clinic, **headers)) for path, headers in requests]
+    for (path, headers), one, other in zip(requests, fast, slow, strict=True):
+        assert one == other, (path, headers)
+    assert [status for status, _, _ in fast] == [304, 304, 200, 406, 200, 410]
+    assert fast[0][2] == b"" and "Content-Type" not in fast[0][1] and fast[0][1]["ETag"] == 'W/"1"'
+    answered_first = 4 if backend == "postgresql" else 0  # the 304s, the 200s: no request entered Flask
+    assert len(fast_routed) == len(requests) - answered_first
+
+
 def test_a_fast_read_is_counted_logged_and_keeps_the_callers_request_id(
     backend: str, app: Flask, client: FlaskClient, records: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
