@@ -24,7 +24,7 @@ from ..fhir import bundle_json, conformance, jsonio
 from ..fhir.capability import capability_statement
 from ..fhir.outcome import operation_outcome
 from ..fhir.resources import RESOURCES, is_fhir_id
-from ..fhir.search import parse_search
+from ..fhir.search import is_empty_condition, parse_search
 from ..fhir.store import ResourceStore, Stored
 from ..fhir.validation import check_resource, require_update_id
 from ..services import audit_events, bundles, history
@@ -443,6 +443,11 @@ def _search(resource_type: str, args: list[tuple[str, str]], query_text: str) ->
 def create(resource_type: str) -> Response:
     """create, or conditional create with If-None-Exist."""
     _known_type(resource_type)
+    condition = request.headers.get("If-None-Exist")
+    if condition is not None and is_empty_condition(condition):
+        message = ("If-None-Exist names no search criteria (it would match every resource): send a "
+                   "query such as identifier=system|value, or no header")
+        raise BadRequest(message, [Problem(message, expression="If-None-Exist", code="invalid")])
     body = read_json_body()
     result = with_actor(
         resource_type,
@@ -452,7 +457,7 @@ def create(resource_type: str) -> Response:
             a,
             resource_type,
             body,
-            if_none_exist=request.headers.get("If-None-Exist"),
+            if_none_exist=condition,
             request_id=g.get("request_id"),
         ),
     )

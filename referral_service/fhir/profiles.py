@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from functools import cache
 from pathlib import Path
 from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo
 
 from referral_service.domain import resident_id
 from referral_service.fhir import codes
@@ -495,6 +496,31 @@ def _resident_id_valid(patient: JsonDict, expr: str) -> Iterator[Finding]:
                     f"The birth date in the resident identity number ({encoded}) does not "
                     f"fall in birthDate ({patient['birthDate']}).",
                 )
+
+
+_SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+@_checker("rs-pat-4")
+def _birth_date_not_in_the_future(patient: JsonDict, expr: str) -> Iterator[Finding]:
+    """Refuse a birthDate after today in Asia/Shanghai, as the web registration form does; a partial
+    date (YYYY, YYYY-MM) is refused when it starts after today."""
+    value = patient.get("birthDate")
+    if not isinstance(value, str):
+        return
+    partial = _PARTIAL_DATE.match(value)
+    if partial:
+        year, month = partial.groups()
+        born = _as_date(f"{year}-{month or '01'}-01")
+    else:
+        born = _as_date(value)
+    today = datetime.now(_SHANGHAI).date()
+    if born is not None and born > today:
+        yield (
+            "business-rule",
+            f"{expr}.birthDate",
+            f"birthDate ({value}) is after today ({today.isoformat()}, Asia/Shanghai).",
+        )
 
 
 def _district_findings(resource: JsonDict, expr: str, what: str) -> Iterator[Finding]:

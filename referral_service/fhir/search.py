@@ -186,6 +186,13 @@ def _parse_reference_value(value: str, modifier: str | None, param: SearchParam)
     return None, value
 
 
+def is_empty_condition(query: str) -> bool:
+    """Whether a conditional create's query (If-None-Exist, a Bundle entry's ifNoneExist) names no
+    criteria: empty, or only `?` and `&`. As a search it would match every resource of the type, so
+    it is refused (400) rather than read as "no condition" or "any resource" (HAPI refuses it too)."""
+    return not query.strip().lstrip("?").strip("&").strip()
+
+
 def parse_search(
     resource_type: str, args: list[tuple[str, str]], default_count: int, max_count: int
 ) -> SearchQuery:
@@ -211,6 +218,11 @@ def parse_search(
             query.sort = (keys[0].lstrip("-"), keys[0].startswith("-"))
             query.raw.append((key, raw))
         elif name in ("_include", "_revinclude"):
+            if modifier not in ("", "iterate"):
+                raise _bad(f"{key} is not supported (the modifier :iterate is the only one known)", name)
+            if raw.strip() == "*" or raw.split(":")[1:2] == ["*"]:
+                raise _bad(f"{key}={raw!r} is not supported: wildcard includes are not; name each "
+                           "reference as Type:parameter[:TargetType]", name)
             parts = raw.split(":")
             if len(parts) not in (2, 3) or parts[0] not in RESOURCES:
                 raise _bad(f"{name}={raw!r}: expected Type:parameter[:TargetType]", name)
@@ -222,6 +234,10 @@ def parse_search(
                 raise _bad(f"{name}={raw!r}: {parts[0]} has no reference parameter {parts[1]!r}", name)
             inc = Include(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
             if name == "_include":
+                if parts[0] != resource_type and modifier == "iterate":
+                    raise _bad(f"_include:iterate={raw!r} is not supported: includes are followed one "
+                               f"level, from the {resource_type} resources found only "
+                               f"(_include={resource_type}:...)", name)
                 if parts[0] != resource_type:
                     raise _bad(f"_include={raw!r} must start with {resource_type}", name)
                 query.includes.append(inc)

@@ -260,6 +260,37 @@ def structure_problems(resource_type: str, body: dict[str, Any]) -> list[Problem
     return []
 
 
+# A relative literal reference (FHIR references.html#literal): Type/id, or Type/id/_history/vid.
+_RELATIVE_REFERENCE = re.compile(r"[A-Za-z]+/[^/\s]+(?:/_history/[^/\s]+)?")
+_NOT_RELATIVE = ("#", "urn:", "http://", "https://")
+
+
+def reference_problems(node: Any, path: str) -> list[Problem]:
+    """Relative references that name no resource, such as "Organization/" or "Patient" (a type
+    without an id), each named by its element: 422, as a reference to a resource that does not exist
+    is. Contained (#x), urn: and absolute references, and conditional ones (Type?query), are left alone.
+    """
+    found: list[Problem] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                if not (value.startswith(_NOT_RELATIVE) or "?" in value
+                        or _RELATIVE_REFERENCE.fullmatch(value)):
+                    where = f"{path}.reference"
+                    found.append(Problem(
+                        f"{where}: {value[:80]!r} is not a valid reference (Type/id: the id is missing "
+                        "or the form is wrong)",
+                        expression=where, code="value",
+                    ))
+            elif isinstance(value, dict | list):
+                found += reference_problems(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            if isinstance(value, dict | list):
+                found += reference_problems(value, f"{path}[{index}]")
+    return found
+
+
 def profile_problems(body: dict[str, Any]) -> list[Problem]:
     """Problems our profiles find (bindings, identity numbers, plausibility, organisation rules)."""
     return [
@@ -288,7 +319,7 @@ def check_resource(resource_type: str, body: dict[str, Any], *, url_id: str | No
     )
     if structural:
         raise BadRequest(f"{resource_type} is not a valid FHIR R4 resource", structural)
-    found = profile_problems(body)
+    found = profile_problems(body) + reference_problems(body, resource_type)
     errors = [p for p in found if p.severity in ("error", "fatal")]
     if errors:
         raise Unprocessable(f"{resource_type} breaks a profile or business rule", errors)

@@ -27,7 +27,7 @@ from ..fhir import jsonio
 from ..fhir.bundle_json import searchset
 from ..fhir.outcome import operation_outcome
 from ..fhir.resources import RESOURCES, is_fhir_id
-from ..fhir.search import parse_search
+from ..fhir.search import is_empty_condition, parse_search
 from ..fhir.store import Stored, instant
 from ..fhir.validation import require_update_id
 from . import resources as service
@@ -104,6 +104,9 @@ def _parse_entry(index: int, raw: Any, base: str) -> _Entry:
     for name, value in (("fullUrl", full_url), ("ifNoneExist", if_none_exist), ("ifMatch", if_match)):
         if value is not None and not isinstance(value, str):
             raise _entry_error(index, f"{name} must be a string", name, "structure")
+    if if_none_exist is not None and is_empty_condition(if_none_exist):
+        message = "request.ifNoneExist names no search criteria (it would match every resource)"
+        raise _entry_error(index, message, "request.ifNoneExist", "invalid")
     try:
         res_type, res_id, version_id, query = _split_url(url, base, method)
     except DomainError as exc:

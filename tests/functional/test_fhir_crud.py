@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from flask.testing import FlaskClient
@@ -636,3 +638,73 @@ def test_json_answers_whenever_the_caller_takes_json(his: Fhir, accept: str | No
         assert response.mimetype == FHIR
     # _format wins over Accept (FHIR http.html#mime-type)
     assert his.get(f"Patient/{pid}?_format=json", headers={"Accept": "application/xml"}).status_code == 200
+
+
+@pytest.mark.parametrize("condition", ["", "?", " ", "?&", "&&"])
+def test_an_empty_if_none_exist_is_400_and_creates_nothing(his: Fhir, condition: str) -> None:
+    """An If-None-Exist with no criteria would match every Patient (or be read as no condition):
+    refused, as HAPI does, over HTTP and as a Bundle entry's ifNoneExist."""
+    first = his.post("Patient", patient(PID_1))
+    assert first.status_code == 201
+    second = patient(PID_2, gender="male", birth="1985-05-05")
+    response = his.post("Patient", second, headers={"If-None-Exist": condition})
+    assert response.status_code == 400, response.json
+    assert response.json["resourceType"] == "OperationOutcome"
+    assert response.json["issue"][0]["expression"] == ["If-None-Exist"]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "fullUrl": "urn:uuid:0c6b1c4e-8a0c-4f5e-9d3e-2a3c1b5e7f90", "resource": second,
+        "request": {"method": "POST", "url": "Patient", "ifNoneExist": condition},
+    }]}
+    answer = his.post("", bundle)
+    assert answer.status_code == 400, answer.json
+    assert his.get(f"Patient?identifier={RESIDENT_ID}|{PID_2}").json["total"] == 0
+
+
+@pytest.mark.parametrize("reference", ["Organization/", "Organization", "Organization//th-01",
+                                       "Organization/th-01/extra", "/Organization/th-01"])
+def test_a_reference_without_an_id_is_422_naming_the_element(his: Fhir, reference: str) -> None:
+    """As a reference to a resource that does not exist is (422), on create, update and $validate."""
+    body = patient(PID_1) | {"managingOrganization": {"reference": reference}}
+    created = his.post("Patient", body)
+    assert created.status_code == 422, created.json
+    issue = created.json["issue"][0]
+    assert issue["expression"] == ["Patient.managingOrganization.reference"]
+    assert "not a valid reference" in issue["diagnostics"]
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    nested = his.get(f"Patient/{pid}").json | {"generalPractitioner": [{"reference": "Organization/th-01"},
+                                                                      {"reference": reference}]}
+    updated = his.put(f"Patient/{pid}", nested)
+    assert updated.status_code == 422, updated.json
+    assert updated.json["issue"][0]["expression"] == ["Patient.generalPractitioner[1].reference"]
+    checked = his.post("Patient/$validate", body).json
+    assert any("not a valid reference" in i["diagnostics"] for i in checked["issue"])
+
+
+def test_well_formed_references_keep_working(his: Fhir) -> None:
+    body = patient(PID_1) | {"managingOrganization": {"reference": "Organization/th-01"},
+                             "generalPractitioner": [{"reference": "Organization/th-01/_history/1"},
+                                                     {"reference": "http://other.example/fhir/Practitioner/x"},
+                                                     {"display": "王医生"}]}
+    assert his.post("Patient", body).status_code == 201
+
+
+@pytest.mark.parametrize("birth", ["2999-01-01", "2999", "2999-06", "tomorrow"])
+def test_a_birth_date_after_today_is_422_naming_patient_birthdate(his: Fhir, birth: str) -> None:
+    """The web registration form's rule, over the API: not after today in Asia/Shanghai."""
+    if birth == "tomorrow":
+        birth = (datetime.now(ZoneInfo("Asia/Shanghai")).date() + timedelta(days=1)).isoformat()
+    response = his.post("Patient", patient(None, birth=birth))
+    assert response.status_code == 422, response.json
+    assert response.json["issue"][0]["expression"] == ["Patient.birthDate"]
+    assert "after today" in response.json["issue"][0]["diagnostics"]
+    pid = his.post("Patient", patient(None)).json["id"]
+    changed = his.put(f"Patient/{pid}", his.get(f"Patient/{pid}").json | {"birthDate": birth})
+    assert changed.status_code == 422, changed.json
+    assert his.get(f"Patient/{pid}").json["birthDate"] == "1990-03-07"
+
+
+def test_a_birth_date_of_today_is_accepted(his: Fhir) -> None:
+    shanghai = datetime.now(ZoneInfo("Asia/Shanghai")).date()
+    today = his.post("Patient", patient(None, birth=shanghai.isoformat()))
+    assert today.status_code == 201, today.json
+    assert his.post("Patient", patient(None, birth=str(shanghai.year))).status_code == 201

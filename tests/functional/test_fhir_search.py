@@ -13,6 +13,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from referral_service.domain.resident_id import generate
+from referral_service.fhir.codes import ICD10_SYSTEM
 from tests.functional.fhir_helpers import RESIDENT_ID, Fhir, organization, patient, token_for
 
 V3 = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -226,9 +227,13 @@ def test_date_parameters(platform: Fhir, world: World) -> None:
 
 def test_dates_at_the_ends_of_the_calendar_are_stored(platform: Fhir) -> None:
     early = _created(platform.post("Patient", patient(None, birth="0001-01-01")))
-    late = _created(platform.post("Patient", patient(None, birth="9999-12-31")))
     assert ids_of(platform.get("Patient?birthdate=lt1000")) == {early["id"]}
-    assert ids_of(platform.get("Patient?birthdate=gt5000")) == {late["id"]}
+    # (a birthDate after today is refused: the late end is a Condition's recordedDate)
+    late = _created(platform.post("Condition", {
+        "resourceType": "Condition", "subject": {"reference": f"Patient/{early['id']}"},
+        "code": {"coding": [{"system": ICD10_SYSTEM, "code": "J18.9"}]}, "recordedDate": "9999-12-31",
+    }))
+    assert ids_of(platform.get("Condition?recorded-date=gt5000")) == {late["id"]}
 
 
 # -------------------------------------------------------------------------------------- reference
@@ -391,6 +396,24 @@ def test_include_and_revinclude(platform: Fhir, world: World) -> None:
     assert_400(platform.get("Encounter?_include=Encounter:status"))
     assert_400(platform.get("Encounter?_include=Patient:general-practitioner"))
     assert_400(platform.get("Patient?_revinclude=Encounter"))
+
+
+def test_wildcard_and_iterating_includes_are_400_saying_unsupported(platform: Fhir, world: World) -> None:
+    """_include=* and _include:iterate across types are not supported: 400 saying so, and the
+    CapabilityStatement claims neither; :iterate from the searched type is followed one level."""
+    for query in ("Encounter?_include=*", "Encounter?_include=Encounter:*",
+                  "ServiceRequest?_include:iterate=Encounter:subject",
+                  "Encounter?_include:recurse=Encounter:subject",
+                  "Patient?_revinclude=*"):
+        response = platform.get(query)
+        assert_400(response)
+        assert "not supported" in response.json["issue"][0]["diagnostics"], query
+    same_type = platform.get("Encounter?status=finished&_include:iterate=Encounter:subject")
+    assert ids_of(same_type, "include") == world.ids("fang")
+    capability = platform.get("metadata").json
+    for resource in capability["rest"][0]["resource"]:
+        for claimed in resource.get("searchInclude", []) + resource.get("searchRevInclude", []):
+            assert "*" not in claimed and claimed.count(":") == 1, (resource["type"], claimed)
 
 
 def test_revinclude_over_its_limit_says_so(
