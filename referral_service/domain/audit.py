@@ -12,11 +12,11 @@ from typing import Any
 from sqlalchemy import BindParameter, bindparam, event, insert
 from sqlalchemy.orm import Session, SessionTransaction
 
+from .kept import kept_many
 from .registry import AuditRecord
 
 _PENDING = "pending_audit_rows"
 _MARKS = "audit_rows_at_savepoint"
-_INSERT = insert(AuditRecord)
 
 # The columns of one row as named parameters (`audit_<column>`), for statements that write their own
 # audit row: on PostgreSQL a read or a search carries it as a data-modifying CTE (one round trip).
@@ -24,6 +24,11 @@ AUDIT_COLUMNS = tuple(c.name for c in AuditRecord.__table__.columns if c.name !=
 AUDIT_BINDS: dict[str, BindParameter[Any]] = {
     name: bindparam(f"audit_{name}", type_=AuditRecord.__table__.c[name].type) for name in AUDIT_COLUMNS
 }
+
+# The queued rows' INSERT (a kept statement: one executemany at commit), each column by its name.
+_INSERT = insert(AuditRecord).values(
+    {name: bindparam(name, type_=AuditRecord.__table__.c[name].type) for name in AUDIT_COLUMNS}
+)
 
 
 def audit_params(row: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +50,7 @@ def pending_audit_rows(session: Session) -> list[dict[str, Any]]:
 def _write_pending(session: Session) -> None:
     rows = session.info.pop(_PENDING, None)
     if rows:
-        session.connection().execute(_INSERT, rows)
+        kept_many(session.connection(), _INSERT, rows)
 
 
 @event.listens_for(Session, "after_transaction_create")

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from collections import namedtuple
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Integer,
-    Numeric,
     Select,
     and_,
     bindparam,
@@ -31,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.types import NullType
 
@@ -48,9 +46,9 @@ from ..domain.fhir_store import (
     StringIndex,
     TokenIndex,
 )
+from ..domain.kept import driver_rows, kept_many, kept_rows
 from ..domain.registry import AuditRecord, Patient
 from . import jsonio, store_pg
-from .driver import DRIVER_DIALECTS, driver_rows, text_dialect
 from .resources import RESOURCES, ResourceDef
 from .search import Clause, Include, SearchQuery, encode_cursor
 from .search_params import MAX_INSTANT, MIN_INSTANT, IndexRows, extract, normalise
@@ -151,9 +149,10 @@ _INSERT_INDEX = {
 }
 
 
+_ACCESS_VALUES = {name: bindparam(name) for name in ("patient_id", "org_id", "reason")}
 _GRANT_ACCESS = {
-    "postgresql": pg_insert(PatientAccess).on_conflict_do_nothing(),
-    "sqlite": sqlite_insert(PatientAccess).on_conflict_do_nothing(),
+    "postgresql": pg_insert(PatientAccess).values(_ACCESS_VALUES).on_conflict_do_nothing(),
+    "sqlite": sqlite_insert(PatientAccess).values(_ACCESS_VALUES).on_conflict_do_nothing(),
 }
 
 
@@ -168,92 +167,6 @@ def _forget_granted(session: Session, *_: Any) -> None:
 
 def _stored(row: Any) -> Stored:
     return Stored(row.res_type, row.res_id, row.version_id, row.last_updated, row.content, row.deleted)
-
-
-class _Plain(NamedTuple):
-    """A statement compiled once for the driver: its SQL text, the values it carries itself, and the
-    conversions some values need on the way in and out (the column types' bind and result
-    processors, such as UTCDateTime's)."""
-
-    sql: str
-    carried: dict[str, Any]
-    bind_processors: tuple[tuple[str, Callable[[Any], Any]], ...]
-    result_processors: tuple[tuple[int, Callable[[Any], Any]], ...]
-    row: type[tuple[Any, ...]]
-
-
-# Hot statements (a read, a search page, a count, SQLite's writes) are built once per shape and kept;
-# they are also compiled once per dialect and sent as SQL text to the driver (psycopg, sqlite3).
-# Executing the statement object would make SQLAlchemy derive and hash its cache key every time: a
-# fifth of a search's CPU, for nothing (on SQLite, a fifth of an Encounter create's).
-# Keyed by id() and dialect, with the statement itself kept alive beside it, so an id is never reused.
-_PLAIN: dict[tuple[int, str], tuple[Any, _Plain | None]] = {}
-_PLAIN_MAX = 512
-
-
-def _plain(stmt: Any, dialect: Dialect) -> _Plain | None:
-    """The statement compiled, unless it renders values into its text or answers a column whose
-    conversion depends on the type the server reports (numeric, for one); then None: run as usual."""
-    compiled = stmt.compile(dialect=text_dialect(dialect))
-    if compiled.literal_execute_params or compiled.post_compile_params:
-        return None
-    columns = compiled._result_columns
-    if any(isinstance(getattr(c.type, "impl_instance", c.type), Numeric) for c in columns):
-        return None
-    results = tuple(
-        (i, process) for i, column in enumerate(columns)
-        if (process := column.type._cached_result_processor(dialect, None)) is not None
-    )
-    row = namedtuple("Row", [column.keyname for column in columns], rename=True)  # type: ignore[misc]
-    return _Plain(str(compiled), dict(compiled.params), tuple(compiled._bind_processors.items()),
-                  results, row)
-
-
-def _kept(connection: Connection, stmt: Any) -> _Plain | None:
-    """The statement compiled for the connection's driver (kept), or None: run it through SQLAlchemy."""
-    dialect = connection.dialect
-    if dialect.name not in DRIVER_DIALECTS:
-        return None
-    key = (id(stmt), dialect.name)
-    entry = _PLAIN.get(key)
-    if entry is None or entry[0] is not stmt:
-        if len(_PLAIN) >= _PLAIN_MAX:
-            _PLAIN.clear()
-        entry = _PLAIN[key] = (stmt, _plain(stmt, dialect))
-    return entry[1]
-
-
-def _bound(plain: _Plain, params: dict[str, Any]) -> dict[str, Any]:
-    values = {**plain.carried, **params}
-    for name, process in plain.bind_processors:
-        values[name] = process(values[name])
-    return values
-
-
-def kept_many(connection: Connection, stmt: Any, rows: list[dict[str, Any]]) -> None:
-    """A kept write statement (see `_PLAIN`) run once per row of values (executemany)."""
-    plain = _kept(connection, stmt)
-    if plain is None:
-        connection.execute(stmt, rows)
-        return
-    driver_rows(connection, plain.sql, [_bound(plain, row) for row in rows])
-
-
-def kept_rows(connection: Connection, stmt: Any, params: dict[str, Any]) -> Sequence[Any]:
-    """The rows of a kept statement (see `_PLAIN`) run with the request's values; columns by name."""
-    plain = _kept(connection, stmt)
-    if plain is None:
-        return connection.execute(stmt, params).all()
-    rows = driver_rows(connection, plain.sql, _bound(plain, params))
-    if not plain.result_processors:
-        return [plain.row(*r) for r in rows]
-    out = []
-    for r in rows:
-        fields = list(r)
-        for i, process in plain.result_processors:
-            fields[i] = process(fields[i])
-        out.append(plain.row(*fields))
-    return out
 
 
 def audits_inline(connection: Connection) -> bool:
@@ -619,7 +532,7 @@ class ResourceStore:
         statement = _GRANT_ACCESS.get(connection.dialect.name)
         values = {"patient_id": patient_id, "org_id": org_id, "reason": reason}
         if statement is not None:
-            connection.execute(statement, values)
+            kept_rows(connection, statement, values)
         elif self.session.get(PatientAccess, (patient_id, org_id)) is None:
             self.session.add(PatientAccess(**values))
             self.session.flush()

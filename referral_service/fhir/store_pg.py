@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from sqlalchemy.engine import Connection
 
 from ..domain.audit import AUDIT_COLUMNS, audit_params
-from .driver import driver_rows
+from ..domain.kept import driver_rows
 from .search_params import IndexRows
 
 # In the fragments of one resource, "@" stands for its suffix: "" when the statement writes one

@@ -20,9 +20,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.schema import Table
 
+from ..domain.kept import Compiled, bound, compiled, kept_rows
 from ..domain.ledger import ZERO, EpisodeDeductible, Payable, Settlement, YearAccumulator
-from ..fhir.driver import Compiled, bound, compiled
-from ..fhir.store import kept_rows
 
 
 def _table(model: Any) -> Table:

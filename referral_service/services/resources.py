@@ -15,14 +15,14 @@ from ..domain.audit import queue_audit_row
 from ..domain.base import new_id, utcnow
 from ..domain.errors import Conflict, Forbidden, Gone, NotFound, PreconditionFailed, Problem
 from ..domain.fhir_store import StoredResource
+from ..domain.kept import driver_rows, kept_rows
 from ..fhir import jsonio
-from ..fhir.driver import driver_rows
 from ..fhir.mappers import DOMAIN_STATEMENTS, ON_DELETE, TO_DOMAIN
 from ..fhir.mappers.patient import RESIDENT_ID_SYSTEM
 from ..fhir.resources import RESOURCES, ResourceDef
 from ..fhir.search import Include, SearchQuery, parse_search
 from ..fhir.search_params import IndexRows, extract
-from ..fhir.store import ResourceStore, SearchPage, Stored, kept_rows, missing_references, read_current
+from ..fhir.store import ResourceStore, SearchPage, Stored, missing_references, read_current
 from ..fhir.validation import check_resource
 
 # Only the county platform (and admins) may write these.

@@ -31,12 +31,13 @@ from ..domain.actor import SYSTEM, Actor
 from ..domain.base import new_id, utcnow
 from ..domain.errors import BadRequest, Conflict, Forbidden, NotFound, Problem, Unprocessable
 from ..domain.fhir_store import ReferenceIndex, StoredResource
+from ..domain.kept import kept_rows
 from ..domain.ledger import FUNDS, EpisodeDeductible, Payable, Settlement, YearAccumulator
 from ..domain.registry import Coverage, Organization, Patient, PovertyRegistration
 from ..fhir import codes, jsonio
 from ..fhir.mappers import settlement as shapes
 from ..fhir.search_params import SHANGHAI, parse_date_range
-from ..fhir.store import ResourceStore, instant, kept_rows, lock_digest, now_ms
+from ..fhir.store import ResourceStore, instant, lock_digest, now_ms
 from ..fhir.validation import json_shape_problems, structure_problems
 from ..settlement import (
     ClaimInput,

@@ -12,10 +12,11 @@ from sqlalchemy.orm import Session
 
 from ..domain.errors import NotFound, Problem, Unprocessable
 from ..domain.fhir_store import ReferenceIndex, StoredResource
+from ..domain.kept import kept_rows
 from ..domain.registry import Organization
 from ..fhir import codes, jsonio
 from ..fhir.search_params import MIN_INSTANT, SHANGHAI, parse_date_range
-from ..fhir.store import ResourceStore, kept_rows
+from ..fhir.store import ResourceStore
 from ..rules import Facts, age_on, icd10_category
 
 _VITALS = {

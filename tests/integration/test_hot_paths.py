@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from referral_service.domain import db as db_module
-from referral_service.domain import resident_id
+from referral_service.domain import kept, resident_id
 from referral_service.domain.actor import SYSTEM, Actor
 from referral_service.domain.audit import pending_audit_rows
 from referral_service.domain.errors import Unauthorized
@@ -479,23 +479,23 @@ def test_kept_statements_run_as_compiled_text_with_their_column_types(
     stmt, params = store._search_statement("page", query, reader)
     with database.unit_of_work(read_only=True) as session:
         connection = session.connection()
-        fast = store.kept_rows(connection, stmt, params)
+        fast = kept.kept_rows(connection, stmt, params)
         usual = connection.execute(stmt, params).all()
-        again = store.kept_rows(connection, stmt, params)
+        again = kept.kept_rows(connection, stmt, params)
     assert [tuple(r) for r in fast] == [tuple(r) for r in usual] == [tuple(r) for r in again]
     assert [r.res_id for r in fast] == [pid]
     assert fast[0].last_updated.utcoffset() is not None and fast[0].last_updated.tzinfo is UTC
-    kept = store._PLAIN[(id(stmt), backend)]
+    entry = kept._PLAIN[(id(stmt), backend)]
     placeholder = "%(v0)s" if backend == "postgresql" else ":v0"
-    assert kept[0] is stmt and kept[1] is not None and placeholder in kept[1].sql
+    assert entry[0] is stmt and entry[1] is not None and placeholder in entry[1].sql
     answer = fhir.get(f"Patient/{pid}")
     assert answer.status_code == 200 and answer.headers["Last-Modified"].endswith("GMT")
     # A money column's conversion depends on the type the server reports: that statement runs as
     # usual (and still answers exact decimals).
     money = select(Settlement.total, Settlement.id).where(Settlement.id == bindparam("sid"))
     with database.unit_of_work(read_only=True) as session:
-        assert list(store.kept_rows(session.connection(), money, {"sid": "none"})) == []
-    assert store._PLAIN[(id(money), backend)][1] is None
+        assert list(kept.kept_rows(session.connection(), money, {"sid": "none"})) == []
+    assert kept._PLAIN[(id(money), backend)][1] is None
 
 
 def test_several_versions_written_together_read_back_as_if_written_one_by_one(
@@ -579,19 +579,19 @@ def test_kept_statements_use_the_driver_cursor_and_still_report_a_lost_connectio
         backend_pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
         with monkeypatch.context() as patched:
             patched.setattr(type(connection), "exec_driver_sql", refuse)
-            assert [r.res_id for r in store.kept_rows(connection, stmt, params)] == [pid]
+            assert [r.res_id for r in kept.kept_rows(connection, stmt, params)] == [pid]
         url = connection.engine.url
         with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname=url.database,
                              autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (backend_pid,))
         time.sleep(0.05)
         with pytest.raises(DBAPIError) as lost:
-            store.kept_rows(connection, stmt, params)
+            kept.kept_rows(connection, stmt, params)
         assert lost.value.connection_invalidated
     with database.unit_of_work(read_only=True) as session:
         connection = session.connection()
         assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != backend_pid
-        assert [r.res_id for r in store.kept_rows(connection, stmt, params)] == [pid]
+        assert [r.res_id for r in kept.kept_rows(connection, stmt, params)] == [pid]
 
 
 def test_fixed_statements_of_reads_writes_and_reference_checks_skip_sqlalchemy_execution(

@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 from ...domain import resident_id
 from ...domain.actor import Actor
 from ...domain.errors import Conflict, Problem
+from ...domain.kept import Compiled, bound, compiled
 from ...domain.registry import Patient, PovertyRegistration
 from ..codes import BASE
-from ..driver import Compiled, bound, compiled
 from .common import clip, fhir_date, identifier_value, ref_id
 
 RESIDENT_ID_SYSTEM = f"{BASE}/sid/resident-id"
