@@ -149,7 +149,7 @@ _INSERT_INDEX = {
 }
 
 
-_ACCESS_VALUES = {name: bindparam(name) for name in ("patient_id", "org_id", "reason")}
+_ACCESS_VALUES: dict[str, Any] = {name: bindparam(name) for name in ("patient_id", "org_id", "reason")}
 _GRANT_ACCESS = {
     "postgresql": pg_insert(PatientAccess).values(_ACCESS_VALUES).on_conflict_do_nothing(),
     "sqlite": sqlite_insert(PatientAccess).values(_ACCESS_VALUES).on_conflict_do_nothing(),

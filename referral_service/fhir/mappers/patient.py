@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from ...domain import resident_id
 from ...domain.actor import Actor
 from ...domain.errors import Conflict, Problem
-from ...domain.kept import Compiled, bound, compiled
+from ...domain.kept import Compiled, bound, compiled, kept_many, kept_rows
 from ...domain.registry import Patient, PovertyRegistration
 from ..codes import BASE
 from .common import clip, fhir_date, identifier_value, ref_id
@@ -46,9 +46,16 @@ _REGISTRY_COLUMNS = (
 )  # fmt: skip
 
 
+def _columns(table: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """Each named column's value as a bound parameter of its name (and type)."""
+    return {name: bindparam(name, type_=table.c[name].type) for name in names}
+
+
 def _upsert(dialect_insert: Any) -> Any:
     """Insert the row, or update every registry column of an existing one (its creator stays)."""
-    stmt = dialect_insert(Patient)
+    stmt = dialect_insert(Patient).values(
+        _columns(Patient.__table__, ("id", "created_by_org_id", *_REGISTRY_COLUMNS))
+    )
     return stmt.on_conflict_do_update(
         index_elements=[Patient.id], set_={c: getattr(stmt.excluded, c) for c in _REGISTRY_COLUMNS}
     )
@@ -56,7 +63,9 @@ def _upsert(dialect_insert: Any) -> Any:
 
 _UPSERT = {"postgresql": _upsert(pg_insert), "sqlite": _upsert(sqlite_insert)}
 _DROP_REGISTRATIONS = delete(PovertyRegistration).where(PovertyRegistration.patient_id == bindparam("pid"))
-_ADD_REGISTRATION = insert(PovertyRegistration)
+_ADD_REGISTRATION = insert(PovertyRegistration).values(
+    _columns(PovertyRegistration.__table__, ("patient_id", "start", "end"))
+)
 
 
 def _registry_columns(resource: dict[str, Any], number: str | None) -> dict[str, Any]:
@@ -93,7 +102,7 @@ def _registry_plan(
     connection = session.connection()
     registered = True  # unless the look-up below shows there is no row (and so no registrations) yet
     if number:
-        known = set(connection.execute(_KNOWN, {"number": number, "pid": pid}).scalars())
+        known = {row.id for row in kept_rows(connection, _KNOWN, {"number": number, "pid": pid})}
         registered = pid in known
         other = next(iter(known - {pid}), None)
         if other is not None:
@@ -130,11 +139,11 @@ def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_creat
     identity number."""
     row, registered, registrations = _registry_plan(session, resource, actor)
     connection = session.connection()
-    connection.execute(_UPSERT[connection.dialect.name], row)
+    kept_rows(connection, _UPSERT[connection.dialect.name], row)
     if registered:  # a new row has none to replace (they reference it)
-        connection.execute(_DROP_REGISTRATIONS, {"pid": row["id"]})
+        kept_rows(connection, _DROP_REGISTRATIONS, {"pid": row["id"]})
     if registrations:
-        connection.execute(_ADD_REGISTRATION, registrations)
+        kept_many(connection, _ADD_REGISTRATION, registrations)
     _forget_loaded(session, row["id"])
 
 
