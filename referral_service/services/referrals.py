@@ -336,13 +336,25 @@ def _org_of(actor: Actor) -> str | None:
 def _check_referral_change(
     session: Session, actor: Actor, new: dict[str, Any], previous: dict[str, Any] | None
 ) -> None:
-    """Only the requester changes a proposal; overriding (revoke, other target or urgency) needs a reason."""
-    if previous is None or _org_of(actor) is None:
+    """Only the requester changes a proposal, confirms it (draft -> active) or overrides it (revoke, other
+    target or urgency), and an override needs a reason; a revoked referral stays revoked."""
+    if previous is None:
+        return
+    if previous.get("status") == "revoked" and new.get("status") != "revoked":
+        raise Conflict(
+            "a revoked referral cannot be sent again; make a new one",
+            [Problem("ServiceRequest.status cannot leave revoked", expression="ServiceRequest.status",
+                     code="business-rule")],
+        )
+    if _org_of(actor) is None:
         return
     requester = ref_id(previous.get("requester"))
     performers = {ref_id(p) for p in previous.get("performer") or []}
     if actor.organization_id != requester and actor.organization_id not in performers:
         raise Forbidden("only the referring or receiving organisation may change this referral")
+    confirming = previous.get("status") == "draft" and new.get("status") == "active"
+    if confirming and actor.organization_id != requester:
+        raise Forbidden("only the referring organisation confirms its proposed referral")
     changed_target = {ref_id(p) for p in new.get("performer") or []} != performers
     overriding = (
         new.get("status") == "revoked" or changed_target or new.get("priority") != previous.get("priority")
@@ -425,18 +437,58 @@ def _sync_priority(
     return _load(session, "Task", str(body["id"])) or body
 
 
+def _follow_referral(session: Session, actor: Actor, sr: dict[str, Any]) -> None:
+    """A down-referral's follow-up plan (CarePlan cp-<referral>) follows the referral.
+
+    Proposed `draft` with it at discharge; `active` when the referral is confirmed (sent), `revoked`
+    with its scheduled visits `cancelled` when the referral is revoked; a referral re-targeted to
+    another clinic takes its plan there (author and performers). Written as `actor`'s update.
+    """
+    plan = _load(session, "CarePlan", f"cp-{sr['id']}")
+    if plan is None or plan.get("status") not in ("draft", "active"):
+        return
+    body = dict(plan)
+    performer = ref_id((sr.get("performer") or [None])[0])
+    if performer and ref_id(plan.get("author")) != performer:
+        body["author"] = shapes.ref("Organization", performer)
+        body["activity"] = [
+            a | {"detail": (a.get("detail") or {}) | {"performer": [shapes.ref("Organization", performer)]}}
+            for a in plan.get("activity") or []
+        ]
+    status = sr.get("status")
+    if status == "active" and plan.get("status") == "draft":
+        body["status"] = "active"
+    elif status == "revoked":
+        body["status"] = "revoked"
+        body["activity"] = [
+            a | {"detail": (a.get("detail") or {}) | {"status": "cancelled"}}
+            if (a.get("detail") or {}).get("status") == "scheduled"
+            else a
+            for a in body.get("activity") or []
+        ]
+    if _same(plan, body, ()):
+        return
+    service.update(session, _on_behalf(actor), "CarePlan", str(body["id"]), body, hooks=False)
+
+
 def _referral_written(session: Session, actor: Actor, stored: Stored, result: service.WriteResult) -> None:
     """Confirming (draft -> active) sends the Task; revoking cancels it; a new target gets a new Task;
-    a new urgency (ServiceRequest.priority) becomes the open Task's priority."""
+    a new urgency (ServiceRequest.priority) becomes the open Task's priority. A down-referral's
+    follow-up plan is activated, revoked or re-addressed with it (`_follow_referral`)."""
     sr = stored.as_dict()
     previous = result.previous or {}
     sr_id = str(sr["id"])
     kind = _code(sr, codes.REFERRAL_TYPE_SYSTEM)
     task_ = _active_task(session, sr_id)
     performer = ref_id((sr.get("performer") or [None])[0])
-    if sr.get("status") == "revoked" and task_ is not None:
-        _move_task(session, actor, task_, "cancelled", reason=_override_reason(sr, previous))
+    if sr.get("status") == "revoked":
+        if task_ is not None:
+            _move_task(session, actor, task_, "cancelled", reason=_override_reason(sr, previous))
+        if kind == "down-referral":
+            _follow_referral(session, actor, sr)
         return
+    if kind == "down-referral":
+        _follow_referral(session, actor, sr)
     priority = sr.get("priority")
     if (
         task_ is not None
@@ -718,7 +770,13 @@ def _no_clinic(decision: Decision) -> Decision:
 
 
 def discharge(session: Session, actor: Actor, encounter_id: str) -> Decision:
-    """At the end of a stay: complete the up-referral, run the down-referral rules, plan follow-ups."""
+    """At the end of a stay: complete the up-referral, run the down-referral rules, propose follow-ups.
+
+    A down-referral the rules choose is proposed, as an up-referral is at triage (DESIGN sections 2
+    and 9): a `draft` ServiceRequest, its `draft` Task owned by the township clinic and a `draft`
+    CarePlan with the follow-ups. The hospital confirms it (ServiceRequest `active`: the Task is
+    `requested`, the CarePlan `active`) or overrides it with a reason (see `_referral_written`).
+    """
     ctx = load_visit(session, encounter_id)
     up = _basis(session, ctx.encounter, "up-referral")
     if up is not None:
@@ -742,7 +800,7 @@ def discharge(session: Session, actor: Actor, encounter_id: str) -> Decision:
             sr = shapes.service_request(
                 sr_id,
                 kind="down-referral",
-                status="active",
+                status="draft",
                 priority="routine",
                 patient_id=patient_id,
                 encounter_id=encounter_id,
@@ -760,7 +818,7 @@ def discharge(session: Session, actor: Actor, encounter_id: str) -> Decision:
                     session,
                     shapes.task(
                         task_id,
-                        status="requested",
+                        status="draft",
                         sr_id=sr_id,
                         patient_id=patient_id,
                         owner_id=clinic.id,
@@ -780,6 +838,7 @@ def discharge(session: Session, actor: Actor, encounter_id: str) -> Decision:
                         start=start,
                         days=list(decision.followup_days) or [7, 30, 90],
                         when=when,
+                        status="draft",
                     ),
                 )
                 ResourceStore(session).grant_access(patient_id, clinic.id, "referred")
@@ -812,10 +871,11 @@ def discharge(session: Session, actor: Actor, encounter_id: str) -> Decision:
 
 
 def _record_follow_up(session: Session, actor: Actor, enc: dict[str, Any]) -> None:
-    """A finished visit based on a down-referral completes the next scheduled CarePlan activity."""
+    """A finished visit based on a confirmed (active) down-referral completes the next scheduled CarePlan
+    activity."""
     sr = _basis(session, enc, "down-referral")
-    if sr is None:
-        return
+    if sr is None or sr.get("status") != "active":
+        return  # a proposal not yet confirmed (draft), or a revoked one, has no follow-ups to record
     record_follow_up(session, actor, f"cp-{sr['id']}", str(enc["id"]))
 
 

@@ -291,6 +291,15 @@ class OverrideSchema(FormSchema):
             raise invalid("target_id", "Choose another hospital or urgency.")
 
 
+class DownReferralOverrideSchema(OverrideSchema):
+    """The hospital overrides its proposed down-referral: none, or another township clinic; with a reason."""
+
+    @validates_schema(skip_on_field_errors=False)
+    def _change_needs_something(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("action") == "change" and not data.get("target_id"):
+            raise invalid("target_id", "Choose another clinic.")
+
+
 class FollowUpSchema(FormSchema):
     """A follow-up visit of a down-referred patient (康复随访)."""
 
@@ -1019,12 +1028,28 @@ def referral_targets(session: Session, actor: Actor) -> list[Organization]:
     )
 
 
+def down_referral_targets(session: Session, actor: Actor) -> list[Organization]:
+    """Township clinics a hospital may down-refer to: the county's own first, then those outside it."""
+    district = (actor.district or "").strip()
+    clinics = session.scalars(
+        select(Organization)
+        .where(Organization.facility_level == "township", Organization.active.is_(True))
+        .order_by(Organization.id)
+    )
+    return sorted(clinics, key=lambda o: ((o.district or "").strip() != district, o.id))
+
+
 def override(session: Session, actor: Actor, sr_id: str, data: Mapping[str, Any]) -> None:
-    """Override the proposal with a reason (no referral, or another hospital or urgency)."""
-    values: dict[str, Any] = OverrideSchema().load(data)
+    """Override the proposal with a reason: no referral, or another hospital or urgency (a down-referral:
+    another township clinic)."""
     referral = _own_referral(session, actor, sr_id)
+    down = referral.kind == "down-referral"
+    values: dict[str, Any] = (DownReferralOverrideSchema() if down else OverrideSchema()).load(data)
     target = values.get("target_id") or None
-    if target is not None and target not in {o.id for o in referral_targets(session, actor)}:
+    targets = down_referral_targets(session, actor) if down else referral_targets(session, actor)
+    if target is not None and target not in {o.id for o in targets}:
+        if down:
+            raise invalid("target_id", "Choose a clinic from the list.")
         raise invalid("target_id", "Choose a hospital from the list.")
     if (
         values["action"] == "change"
@@ -1035,6 +1060,8 @@ def override(session: Session, actor: Actor, sr_id: str, data: Mapping[str, Any]
             referral.priority,
         )
     ):
+        if down:
+            raise invalid("target_id", "Choose another clinic.")
         raise invalid("target_id", "Choose another hospital or urgency.")
     if referral.status not in ("draft", "active"):
         raise Conflict(f"ServiceRequest/{sr_id} is {referral.status}: it can no longer be changed")
@@ -1091,10 +1118,18 @@ def _referral_list(session: Session, actor: Actor, args: list[tuple[str, str]]) 
 
 
 def clinic_referrals(session: Session, actor: Actor) -> tuple[list[ReferralView], list[ReferralView]]:
-    """The clinic's up-referrals (newest first) and the down-referrals it received."""
+    """The clinic's up-referrals (newest first) and the down-referrals it received.
+
+    A down-referral the hospital has only proposed (draft) is not the clinic's yet: it is received
+    once the hospital confirms (sends) it.
+    """
     org = f"Organization/{actor.organization_id}"
     up = _referral_list(session, actor, [("requester", org), ("code", "up-referral")])
-    down = _referral_list(session, actor, [("performer", org), ("code", "down-referral")])
+    down = [
+        r
+        for r in _referral_list(session, actor, [("performer", org), ("code", "down-referral")])
+        if r.status != "draft"
+    ]
     return up, down
 
 

@@ -114,14 +114,62 @@ def discharge_form(encounter_id: str) -> ResponseReturnValue:
     return redirect(url_for("web.discharge_result", encounter_id=encounter_id))
 
 
-@bp.get("/hospital/discharges/<encounter_id>")
-@role_required("hospital")
-def discharge_result(encounter_id: str) -> ResponseReturnValue:
-    """The down-referral decision at discharge (康复回家) with the follow-up plan."""
+def _discharged_page(
+    encounter_id: str, override_form: FormState | None = None, status: int = 200
+) -> ResponseReturnValue:
     with work() as (db, actor):
         charged = visits.has_charges(db, actor, encounter_id)
         decision = visits.visit_decision(db, actor, encounter_id)
-    return render_template("web/hospital/discharged.html", decision=decision, charged=charged)
+        targets = visits.down_referral_targets(db, actor) if decision.referral else []
+    return render_template(
+        "web/hospital/discharged.html",
+        decision=decision,
+        charged=charged,
+        targets=targets,
+        form=override_form or FormState(),
+    ), status
+
+
+@bp.get("/hospital/discharges/<encounter_id>")
+@role_required("hospital")
+def discharge_result(encounter_id: str) -> ResponseReturnValue:
+    """The down-referral decision at discharge (康复回家): the rules that fired and why, the proposed
+    township clinic and follow-up plan, to confirm or override with a reason."""
+    return _discharged_page(encounter_id)
+
+
+@bp.post("/hospital/down-referrals/<sr_id>/confirm")
+@role_required("hospital")
+def down_referral_confirm(sr_id: str) -> ResponseReturnValue:
+    """Confirm the proposed down-referral: it is sent to the township clinic, its follow-ups planned."""
+    with work() as (db, actor):
+        visits.confirm(db, actor, sr_id)
+        encounter_id = visits.visit_of_referral(db, actor, sr_id)
+    flash(_("The down-referral is confirmed and sent to the township clinic."), "success")
+    return redirect(url_for("web.discharge_result", encounter_id=encounter_id))
+
+
+@bp.post("/hospital/down-referrals/<sr_id>/override")
+@role_required("hospital")
+def down_referral_override(sr_id: str) -> ResponseReturnValue:
+    """Override the proposed down-referral with a reason: none, or another township clinic."""
+    payload, values = text_fields(request.form, ("action", "reason", "target_id"))
+    form = FormState(values=values)
+    with work() as (db, actor):
+        encounter_id = visits.visit_of_referral(db, actor, sr_id)
+    try:
+        with work() as (db, actor):
+            visits.override(db, actor, sr_id, payload)
+    except ValidationError as exc:
+        form.fail(exc.messages)
+        return _discharged_page(encounter_id, form, 422)
+    flash(
+        _("The down-referral is withdrawn.")
+        if payload.get("action") == "no-referral"
+        else _("The down-referral is changed and sent to the township clinic."),
+        "success",
+    )
+    return redirect(url_for("web.discharge_result", encounter_id=encounter_id))
 
 
 DISCHARGE_DESK = settlement_pages.Desk(

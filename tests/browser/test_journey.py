@@ -1,10 +1,10 @@
 """The referral journey across roles in real Chromium, with screenshots under docs/screenshots/.
 
 Clinic registers a patient and records a visit with low SpO2 -> sees the emergency referral decision ->
-confirms -> the county hospital accepts, admits, discharges and settles -> the down-referral appears at
-the clinic, which records the first follow-up -> the insurance office exports the month and sees totals
-matching the settlements -> after the poverty scan, the poverty-alleviation office sees the household's alert
-on its dashboard and resolves it.
+confirms -> the county hospital accepts, admits, discharges, confirms the proposed down-referral and
+settles -> the down-referral appears at the clinic, which records the first follow-up -> the insurance
+office exports the month and sees totals matching the settlements -> after the poverty scan, the
+poverty-alleviation office sees the household's alert on its dashboard and resolves it.
 """
 
 from __future__ import annotations
@@ -223,9 +223,15 @@ def test_referral_journey_across_roles(live_county: str) -> None:
             page.fill("#charges-1-amount", "320")
             shot(page, "12-discharge")
             page.click("button[type=submit].primary")
+            # The decision at discharge: the rules propose the down-referral, the hospital confirms it.
             expect(page.locator(".decision .outcome")).to_contain_text("下转乡镇卫生院")
+            expect(page.locator(".rules")).to_contain_text("down-referral-dx")
             expect(page.locator(".referral .target")).to_have_text("城关镇卫生院")
+            expect(page.locator(".referral-status")).to_contain_text("尚未确认")
             expect(page.locator(".referral ol li")).to_have_count(3)
+            page.click("#confirm-down-referral")
+            expect(page.locator(".flash-success")).to_contain_text("下转已确认")
+            expect(page.locator(".referral-status")).to_contain_text("待基层接收")
             shot(page, "13-down-referral")
 
             # One-stop settlement at the discharge desk: preview with its trace, confirm, the A4 slip.

@@ -131,12 +131,18 @@ def test_full_journey(county: dict[str, Fhir]) -> None:
     assert hospital.put(f"Encounter/{imp['id']}", discharged).status_code == 200
     assert hospital.get(f"Task/{task['id']}").json["status"] == "completed"
     assert hospital.get(f"ServiceRequest/{sr_id}").json["status"] == "completed"
+    # The rules propose the down-referral (DESIGN section 9): draft ServiceRequest, Task and CarePlan.
     down = _one(clinic, "ServiceRequest?code=down-referral&performer=Organization/th-01")
+    assert down["status"] == "draft"
     assert down["basedOn"][0]["reference"] == f"ServiceRequest/{sr_id}"
     assert down["requester"]["reference"] == "Organization/hosp"
-    down_task = _one(clinic, "Task?owner=Organization/th-01&status=requested")
-    assert down_task["focus"]["reference"] == f"ServiceRequest/{down['id']}"
+    gr = hospital.get(f"GuidanceResponse/gr-{imp['id']}").json
+    assert gr["result"]["reference"] == f"ServiceRequest/{down['id']}"
+    assert [c["coding"][0]["code"] for c in gr["reasonCode"]] == ["down-referral-dx"]
+    down_task = _one(clinic, f"Task?focus=ServiceRequest/{down['id']}")
+    assert (down_task["status"], down_task["owner"]["reference"]) == ("draft", "Organization/th-01")
     plan = _one(clinic, f"CarePlan?patient=Patient/{pid}")
+    assert plan["status"] == "draft"
     assert [a["detail"]["scheduledPeriod"]["start"] for a in plan["activity"]] == [
         "2026-11-19",
         "2026-12-12",
@@ -147,6 +153,11 @@ def test_full_journey(county: dict[str, Fhir]) -> None:
         f"ServiceRequest/{sr_id}",
         f"ServiceRequest/{down['id']}",
     ]
+
+    # The hospital confirms: the down-referral is sent, its follow-ups planned.
+    assert hospital.put(f"ServiceRequest/{down['id']}", down | {"status": "active"}).status_code == 200
+    assert _one(clinic, "Task?owner=Organization/th-01&status=requested")["id"] == down_task["id"]
+    assert clinic.get(f"CarePlan/{plan['id']}").json["status"] == "active"
 
     # The first follow-up visit at the clinic completes the first activity.
     follow = {
@@ -164,6 +175,104 @@ def test_full_journey(county: dict[str, Fhir]) -> None:
     # the clinic that follows the patient up has them: the down-referral's Task is under way
     assert clinic.get(f"Task/{down_task['id']}").json["status"] == "in-progress"
     assert every_stored_version_validates() > 20
+
+
+def _missed_plans() -> list[str]:
+    """The CarePlans whose follow-ups the monitoring counts as missed on 2027-06-01 (all of them are due)."""
+    from datetime import date
+
+    from referral_service.extensions import database
+    from referral_service.services import indicators
+
+    with database.unit_of_work() as db:
+        return [m.care_plan_id for m in indicators.missed_follow_ups(db, date(2027, 6, 1))]
+
+
+def _down_referral(county: dict[str, Fhir]) -> tuple[str, dict[str, Any]]:
+    """A patient of th-01 admitted directly and discharged home with a stroke: (patient id, the proposed
+    down-referral)."""
+    platform, hospital = county["platform"], county["county-his"]
+    pid = platform.post("Patient", patient(RESIDENT_SAMPLE, gp="th-01")).json["id"]
+    stay = _stay(hospital, pid)
+    return pid, hospital.get(f"ServiceRequest/ref-down-{stay['id']}").json
+
+
+def test_a_down_referral_is_proposed_at_discharge_and_sent_when_the_hospital_confirms_it(
+    county: dict[str, Fhir],
+) -> None:
+    """Finishing the IMP Encounter proposes (draft ServiceRequest, Task, CarePlan); a PUT of the
+    ServiceRequest `active` by the hospital sends it: Task requested, CarePlan active."""
+    clinic, hospital = county["township-his"], county["county-his"]
+    pid, down = _down_referral(county)
+    sr_id = down["id"]
+    assert (down["status"], down["performer"][0]["reference"]) == ("draft", "Organization/th-01")
+    task = _one(hospital, f"Task?focus=ServiceRequest/{sr_id}")
+    assert (task["status"], task["owner"]["reference"]) == ("draft", "Organization/th-01")
+    plan = hospital.get(f"CarePlan/cp-{sr_id}").json
+    assert plan["status"] == "draft" and len(plan["activity"]) == 3
+    assert _one(hospital, f"EpisodeOfCare?patient=Patient/{pid}")["status"] == "active"
+    assert clinic.get("Task?owner=Organization/th-01&status=requested&_summary=count").json["total"] == 0
+
+    # The clinic cannot send the hospital's proposal, and a visit on it records no follow-up yet.
+    assert clinic.put(f"ServiceRequest/{sr_id}", down | {"status": "active"}).status_code == 403
+    early = {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"system": V3_ACT_CODE_SYSTEM, "code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "serviceProvider": {"reference": "Organization/th-01"},
+        "basedOn": [{"reference": f"ServiceRequest/{sr_id}"}],
+        "period": {"start": "2026-11-13T09:00:00+08:00", "end": "2026-11-13T09:20:00+08:00"},
+    }
+    assert clinic.post("Encounter", early).status_code == 201
+    assert hospital.get(f"CarePlan/cp-{sr_id}").json["meta"]["versionId"] == plan["meta"]["versionId"]
+
+    # Monitoring of missed follow-ups ignores the proposal: they are no one's follow-ups yet.
+    assert f"cp-{sr_id}" not in _missed_plans()
+
+    confirmed = hospital.put(f"ServiceRequest/{sr_id}", down | {"status": "active"})
+    assert confirmed.status_code == 200, confirmed.json
+    assert f"cp-{sr_id}" in _missed_plans()
+    task = hospital.get(f"Task/{task['id']}").json
+    assert (task["status"], task["owner"]["reference"]) == ("requested", "Organization/th-01")
+    plan = hospital.get(f"CarePlan/cp-{sr_id}").json
+    assert plan["status"] == "active"
+    assert [a["detail"]["status"] for a in plan["activity"]] == ["scheduled"] * 3
+
+    # Sent: a recorded follow-up puts the Task under way and completes the first visit.
+    follow = early | {"period": {"start": "2026-11-19T09:00:00+08:00", "end": "2026-11-19T09:20:00+08:00"}}
+    assert clinic.post("Encounter", follow).status_code == 201
+    plan = clinic.get(f"CarePlan/cp-{sr_id}").json
+    assert [a["detail"]["status"] for a in plan["activity"]] == ["completed", "scheduled", "scheduled"]
+    assert clinic.get(f"Task/{task['id']}").json["status"] == "in-progress"
+    assert every_stored_version_validates() > 10
+
+
+def test_revoking_a_proposed_down_referral_needs_a_reason_and_cancels_task_and_plan(
+    county: dict[str, Fhir],
+) -> None:
+    hospital = county["county-his"]
+    _pid, down = _down_referral(county)
+    sr_id = down["id"]
+    refused = hospital.put(f"ServiceRequest/{sr_id}", down | {"status": "revoked"})
+    assert refused.status_code == 422
+    assert hospital.get(f"ServiceRequest/{sr_id}").json["meta"]["versionId"] == down["meta"]["versionId"]
+    revoked = hospital.put(
+        f"ServiceRequest/{sr_id}",
+        down | {"status": "revoked", "note": [*down.get("note", []), {"text": "患者转往外地康复"}]},
+    )
+    assert revoked.status_code == 200, revoked.json
+    task = _one(hospital, f"Task?focus=ServiceRequest/{sr_id}")
+    assert (task["status"], task["statusReason"]["text"]) == ("cancelled", "患者转往外地康复")
+    plan = hospital.get(f"CarePlan/cp-{sr_id}").json
+    assert plan["status"] == "revoked"
+    assert [a["detail"]["status"] for a in plan["activity"]] == ["cancelled"] * 3
+    # A revoked proposal can no longer be sent.
+    current = hospital.get(f"ServiceRequest/{sr_id}").json
+    assert hospital.put(f"ServiceRequest/{sr_id}", current | {"status": "active"}).status_code == 409
+    assert hospital.get(f"CarePlan/cp-{sr_id}").json["status"] == "revoked"
+    assert _one(hospital, f"Task?focus=ServiceRequest/{sr_id}")["status"] == "cancelled"
+    assert every_stored_version_validates() > 5
 
 
 def test_re_evaluating_a_visit_creates_no_duplicates(county: dict[str, Fhir]) -> None:

@@ -12,6 +12,7 @@ from tests.functional.test_web_support import (
     ROLES,
     County,
     build_county,
+    confirm_down_referral_of,
     confirm_referral_of,
     record_visit,
     waiting_task,
@@ -50,6 +51,7 @@ def journey(county: County) -> Journey:
         data={"disposition": "home", "diagnosis": "I63.9", **charges},
     )
     assert done.status_code == 302, done.get_data(as_text=True)
+    confirm_down_referral_of(hospital, stay)
     assert hospital.post(f"/hospital/settlements/{stay}/confirm").status_code == 302
     follow = clinic.get("/clinic/follow-ups").get_data(as_text=True)
     care_plan = re.search(r"/clinic/follow-ups/([^\"]+)\"", follow)

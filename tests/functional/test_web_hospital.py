@@ -17,9 +17,11 @@ from tests.functional.test_web_support import (
     CALM,
     CLINIC,
     HOSPITAL,
+    OTHER_CLINIC,
     County,
     build_county,
     confirm_referral_of,
+    discharged_home,
     field_errors,
     record_visit,
     registration_form,
@@ -96,13 +98,20 @@ def test_accept_then_admit_then_discharge_home_refers_down(county: County) -> No
         },
     )
     assert done.status_code == 302, field_errors(done.get_data(as_text=True))
+    # The hospital lands on the decision: the rules that fired and why, the proposal to confirm.
+    assert done.headers["Location"] == f"/hospital/discharges/{stay}"
     result = hospital.get(done.headers["Location"]).get_data(as_text=True)
     assert "Down-referral to the township clinic" in result and "城关镇卫生院" in result
+    assert "down-referral-dx" in result and "Proposed down-referral" in result
+    assert "proposed, not yet confirmed" in result
     assert result.count("scheduled") == 3
+    assert f"/hospital/down-referrals/ref-down-{stay}/confirm" in result
     assert stored("Task", task)["status"] == "completed"
     assert stored("ServiceRequest", sr_id)["status"] == "completed"
     down = stored("ServiceRequest", f"ref-down-{stay}")
-    assert down["basedOn"] == [{"reference": f"ServiceRequest/{sr_id}"}] and down["status"] == "active"
+    assert down["basedOn"] == [{"reference": f"ServiceRequest/{sr_id}"}] and down["status"] == "draft"
+    assert stored("Task", f"task-ref-down-{stay}")["status"] == "draft"
+    assert stored("CarePlan", f"cp-ref-down-{stay}")["status"] == "draft"
     finished = stored("Encounter", stay)
     assert finished["status"] == "finished"
     assert finished["hospitalization"]["dischargeDisposition"]["coding"][0]["code"] == "home"
@@ -119,6 +128,118 @@ def test_accept_then_admit_then_discharge_home_refers_down(county: County) -> No
         f"/hospital/admissions/{stay}/discharge", data={"disposition": "home", "diagnosis": "I63.9"}
     )
     assert again.status_code == 409
+
+
+def _down_rows(client_page: str) -> str:
+    """The rows of the clinic's down-referral table."""
+    return client_page.split('id="down-referrals"', 1)[1].split("</table>", 1)[0]
+
+
+def test_the_hospital_confirms_the_down_referral_and_then_the_clinic_sees_it(county: County) -> None:
+    """DESIGN section 9: the rules propose (draft ServiceRequest, Task and CarePlan); the hospital's
+    confirm sends it (active, Task requested, CarePlan active); only then is it the clinic's."""
+    hospital, stay = discharged_home(county, county.patients["elder"], confirm=False)
+    sr_id = f"ref-down-{stay}"
+    clinic = county.client("clinic")
+    follow_ups = clinic.get("/clinic/follow-ups").get_data(as_text=True)
+    assert "王建国" not in follow_ups
+    assert "down-referred patients to accept" not in clinic.get("/clinic").get_data(as_text=True)
+    assert "王建国" not in _down_rows(clinic.get("/clinic/referrals").get_data(as_text=True))
+    # The clinic cannot confirm the hospital's proposal (its web form confirms the clinic's own only).
+    assert clinic.post(f"/clinic/referrals/{sr_id}/confirm").status_code == 403
+    assert stored("ServiceRequest", sr_id)["status"] == "draft"
+
+    zh = county.client("hospital", lang="zh").get(f"/hospital/discharges/{stay}").get_data(as_text=True)
+    assert "建议下转" in zh and "确认并发送下转" in zh and "down-referral-dx" in zh
+    confirmed = hospital.post(f"/hospital/down-referrals/{sr_id}/confirm")
+    assert confirmed.status_code == 302 and confirmed.headers["Location"] == f"/hospital/discharges/{stay}"
+    page = hospital.get(confirmed.headers["Location"]).get_data(as_text=True)
+    assert "The down-referral is confirmed and sent to the township clinic." in page
+    assert "sent" in page and "waiting for the clinic" in page
+    assert f"/hospital/down-referrals/{sr_id}/confirm" not in page
+    assert stored("ServiceRequest", sr_id)["status"] == "active"
+    assert stored("Task", f"task-{sr_id}")["status"] == "requested"
+    plan = stored("CarePlan", f"cp-{sr_id}")
+    assert plan["status"] == "active"
+    assert [a["detail"]["status"] for a in plan["activity"]] == ["scheduled"] * 3
+    assert hospital.post(f"/hospital/down-referrals/{sr_id}/confirm").status_code == 409  # once
+
+    follow_ups = clinic.get("/clinic/follow-ups").get_data(as_text=True)
+    assert "王建国" in follow_ups and "0 / 3" in follow_ups
+    assert "1 down-referred patients to accept." in clinic.get("/clinic").get_data(as_text=True)
+    assert "waiting for the clinic" in _down_rows(clinic.get("/clinic/referrals").get_data(as_text=True))
+
+
+def test_overriding_a_down_referral_needs_a_reason_and_revokes_it(county: County) -> None:
+    hospital, stay = discharged_home(county, county.patients["elder"], confirm=False)
+    sr_id = f"ref-down-{stay}"
+    page = hospital.get(f"/hospital/discharges/{stay}").get_data(as_text=True)
+    assert f"/hospital/down-referrals/{sr_id}/override" in page
+    missing = hospital.post(f"/hospital/down-referrals/{sr_id}/override", data={"action": "no-referral"})
+    assert missing.status_code == 422
+    html = missing.get_data(as_text=True)
+    assert field_errors(html)["reason"] == "This field is required."
+    assert '<details class="override" open>' in html and "down-referral-dx" in html
+    assert stored("ServiceRequest", sr_id)["status"] == "draft"
+
+    done = hospital.post(
+        f"/hospital/down-referrals/{sr_id}/override",
+        data={"action": "no-referral", "reason": "患者转往上级医院继续康复"},
+    )
+    assert done.status_code == 302
+    page = hospital.get(done.headers["Location"]).get_data(as_text=True)
+    assert "The down-referral is withdrawn." in page and "患者转往上级医院继续康复" in page
+    assert "withdrawn" in page
+    assert stored("ServiceRequest", sr_id)["status"] == "revoked"
+    task = stored("Task", f"task-{sr_id}")
+    assert (task["status"], task["statusReason"]["text"]) == ("cancelled", "患者转往上级医院继续康复")
+    plan = stored("CarePlan", f"cp-{sr_id}")
+    assert plan["status"] == "revoked"
+    assert [a["detail"]["status"] for a in plan["activity"]] == ["cancelled"] * 3
+    clinic = county.client("clinic")
+    assert "王建国" not in clinic.get("/clinic/follow-ups").get_data(as_text=True)
+    assert hospital.post(f"/hospital/down-referrals/{sr_id}/confirm").status_code == 409
+
+
+def test_a_down_referral_overridden_to_another_clinic_goes_there_with_its_plan(county: County) -> None:
+    hospital, stay = discharged_home(county, county.patients["elder"], confirm=False)
+    sr_id = f"ref-down-{stay}"
+    no_target = hospital.post(
+        f"/hospital/down-referrals/{sr_id}/override", data={"action": "change", "reason": "离家近"}
+    )
+    assert no_target.status_code == 422
+    assert field_errors(no_target.get_data(as_text=True))["target_id"] == "Choose another clinic."
+    not_a_clinic = hospital.post(
+        f"/hospital/down-referrals/{sr_id}/override",
+        data={"action": "change", "target_id": HOSPITAL, "reason": "离家近"},
+    )
+    assert not_a_clinic.status_code == 422
+    assert field_errors(not_a_clinic.get_data(as_text=True))["target_id"] == "Choose a clinic from the list."
+    no_reason = hospital.post(
+        f"/hospital/down-referrals/{sr_id}/override", data={"action": "change", "target_id": OTHER_CLINIC}
+    )
+    assert no_reason.status_code == 422
+    assert stored("ServiceRequest", sr_id)["status"] == "draft"
+
+    moved = hospital.post(
+        f"/hospital/down-referrals/{sr_id}/override",
+        data={"action": "change", "target_id": OTHER_CLINIC, "reason": "患者住在新集乡"},
+    )
+    assert moved.status_code == 302
+    sr = stored("ServiceRequest", sr_id)
+    assert sr["status"] == "active" and sr["performer"] == [{"reference": f"Organization/{OTHER_CLINIC}"}]
+    assert stored("Task", f"task-{sr_id}")["status"] == "cancelled"
+    new_task = stored("Task", f"task-{sr_id}-2")
+    assert new_task["status"] == "requested"
+    assert new_task["owner"] == {"reference": f"Organization/{OTHER_CLINIC}"}
+    plan = stored("CarePlan", f"cp-{sr_id}")
+    assert plan["status"] == "active" and plan["author"] == {"reference": f"Organization/{OTHER_CLINIC}"}
+    assert {a["detail"]["performer"][0]["reference"] for a in plan["activity"]} == {
+        f"Organization/{OTHER_CLINIC}"
+    }
+    assert "王建国" not in county.client("clinic").get("/clinic/follow-ups").get_data(as_text=True)
+    other = county.client("clinic2").get("/clinic/follow-ups").get_data(as_text=True)
+    assert "王建国" in other and "0 / 3" in other
 
 
 def test_discharge_without_a_down_referral_diagnosis(county: County) -> None:

@@ -213,9 +213,21 @@ def waiting_task(client: FlaskClient) -> str:
     return found.group(1)
 
 
-def discharged_home(county: County, patient_id: str, **charges: str) -> tuple[FlaskClient, str]:
-    """A first visit referred up, admitted and discharged home with I63.9 (the rules refer the patient
-    back down) and the given charge fields; returns (the hospital's client, the stay's Encounter id)."""
+def confirm_down_referral_of(client: FlaskClient, stay_id: str) -> str:
+    """Confirm the down-referral proposed on the discharge's decision page; returns the ServiceRequest id."""
+    page = client.get(f"/hospital/discharges/{stay_id}").get_data(as_text=True)
+    sr_id = re.search(r"/hospital/down-referrals/([^/]+)/confirm", page)
+    assert sr_id, page
+    assert client.post(f"/hospital/down-referrals/{sr_id.group(1)}/confirm").status_code == 302
+    return sr_id.group(1)
+
+
+def discharged_home(
+    county: County, patient_id: str, *, confirm: bool = True, **charges: str
+) -> tuple[FlaskClient, str]:
+    """A first visit referred up, admitted and discharged home with I63.9 (the rules propose to refer the
+    patient back down; `confirm`: the hospital confirms that down-referral) and the given charge fields;
+    returns (the hospital's client, the stay's Encounter id)."""
     clinic = county.client("clinic")
     confirm_referral_of(clinic, record_visit(clinic, patient_id))
     hospital = county.client("hospital")
@@ -223,6 +235,8 @@ def discharged_home(county: County, patient_id: str, **charges: str) -> tuple[Fl
     stay = hospital.post(f"/hospital/referrals/{task}/admit").headers["Location"].split("/")[-2]
     data = {"disposition": "home", "diagnosis": "I63.9", **charges}
     assert hospital.post(f"/hospital/admissions/{stay}/discharge", data=data).status_code == 302
+    if confirm:
+        confirm_down_referral_of(hospital, stay)
     return hospital, stay
 
 

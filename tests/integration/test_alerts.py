@@ -404,6 +404,27 @@ def test_referral_timeout_scan_follows_the_tasks(app: Flask) -> None:
     ]
 
 
+def test_missed_follow_up_scan_ignores_a_draft_plan_until_it_is_confirmed(app: Flask) -> None:
+    """A CarePlan proposed with an unconfirmed down-referral (draft) raises nothing; once the hospital
+    confirms the referral (the plan is active) its missed follow-up is flagged."""
+    f.org("c1", level="township")
+    f.patient("p1")
+    visits = [("2024-06-07", "scheduled"), ("2024-07-20", "scheduled")]
+    f.care_plan("cp-draft", "c1", "p1", visits, status="draft")
+    with database.unit_of_work() as session:
+        first = alerts.scan_missed_follow_ups(session, AS_OF)
+    assert (first.found, first.raised) == (0, 0)
+    with database.unit_of_work() as session:
+        assert session.scalar(select(Alert.id).where(Alert.subject_id == "cp-draft")) is None
+    f.care_plan("cp-draft", "c1", "p1", visits, status="active")
+    with database.unit_of_work() as session:
+        confirmed = alerts.scan_missed_follow_ups(session, AS_OF)
+    assert (confirmed.found, confirmed.raised) == (1, 1)
+    with database.unit_of_work() as session:
+        alert = session.get(Alert, alert_id("cp-draft", "missed-follow-up"))
+        assert alert is not None and alert.figures["missed_dates"] == ["2024-06-07"]
+
+
 def test_missed_follow_up_scan(app: Flask) -> None:
     f.org("c1", level="township")
     f.patient("p1")

@@ -417,6 +417,10 @@ def _care_plans() -> None:
     f.care_plan("cp2", "c1", "p2", [("2024-03-10", "scheduled"), ("2024-04-07", "scheduled")])
     f.care_plan("cp3", "c2", "p3", [("2024-03-01", "scheduled")], status="completed")
     f.care_plan("cp4", "c2", "p3", [("2024-03-30", "scheduled"), ("2024-03-31", "scheduled")])
+    # Proposed with a down-referral the hospital has not confirmed (draft), or withdrawn with it
+    # (revoked): no clinic's follow-ups, so neither due nor missed.
+    f.care_plan("cp5", "c1", "p1", [("2024-03-05", "scheduled"), ("2024-03-20", "scheduled")], status="draft")
+    f.care_plan("cp6", "c2", "p2", [("2024-03-06", "cancelled")], status="revoked")
 
 
 def test_follow_ups_due_in_the_period(app: Flask) -> None:
@@ -446,6 +450,7 @@ def test_missed_follow_ups_by_care_plan(app: Flask, thresholds_file: Path) -> No
         ("cp2", (date(2024, 3, 10),)),
         ("cp4", (date(2024, 3, 30), date(2024, 3, 31))),
     ]
+    assert "cp5" not in {m.care_plan_id for m in later}  # draft: not confirmed yet
     thresholds_file.write_text("[follow_ups]\ngrace_days = 1\n")
     indicators.configure(thresholds_file)
     with database.unit_of_work() as session:

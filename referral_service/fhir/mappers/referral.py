@@ -199,14 +199,18 @@ def care_plan(
     start: date,
     days: list[int],
     when: str,
+    status: str = "active",
 ) -> dict[str, Any]:
-    """Follow-up visits at the township clinic after discharge (康复回家)."""
+    """Follow-up visits at the township clinic after discharge (康复回家).
+
+    Proposed with its down-referral as `draft`; `active` once the hospital confirms the referral.
+    """
     return {
         "resourceType": "CarePlan",
         "id": cp_id,
         "identifier": [{"system": f"{codes.BASE}/sid/care-plan", "value": cp_id}],
         "basedOn": [ref("ServiceRequest", sr_id)],
-        "status": "active",
+        "status": status,
         "intent": "plan",
         "category": [
             {
