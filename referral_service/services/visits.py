@@ -1153,15 +1153,18 @@ class Admission:
 
 @dataclass(frozen=True)
 class Inbox:
-    """A hospital's referral inbox: waiting (urgent first, oldest first), accepted, and admitted."""
+    """A hospital's referral inbox: waiting (urgent first, oldest first), accepted, admitted, and the
+    down-referrals proposed at its discharges that it has not confirmed or overridden yet."""
 
     waiting: list[ReferralView]
     accepted: list[ReferralView]
     admitted: list[Admission]
+    to_confirm: list[ReferralView] = field(default_factory=list)  # its proposed down-referrals (draft)
 
 
 def hospital_inbox(session: Session, actor: Actor) -> Inbox:
-    """Up-referrals sent to the actor's hospital that are still open, and its admitted patients."""
+    """Up-referrals sent to the actor's hospital that are still open, its admitted patients, and the
+    down-referrals it proposed at discharge and has yet to confirm or override."""
     org = f"Organization/{actor.organization_id}"
     referrals_in = [
         r
@@ -1198,7 +1201,10 @@ def hospital_inbox(session: Session, actor: Actor) -> Inbox:
         )
         for eid, enc in found.get("Encounter", {}).items()
     ]
-    return Inbox(waiting, accepted, admitted)
+    to_confirm = _referral_list(
+        session, actor, [("requester", org), ("code", "down-referral"), ("status", "draft")]
+    )
+    return Inbox(waiting, accepted, admitted, sorted(to_confirm, key=lambda r: (r.patient_name, r.id)))
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,10 @@ def test_the_hospital_confirms_the_down_referral_and_then_the_clinic_sees_it(cou
 
     zh = county.client("hospital", lang="zh").get(f"/hospital/discharges/{stay}").get_data(as_text=True)
     assert "建议下转" in zh and "确认并发送下转" in zh and "down-referral-dx" in zh
+    # The hospital's inbox keeps the proposal in view until it is decided.
+    inbox = hospital.get("/hospital").get_data(as_text=True)
+    to_confirm = inbox.split('id="down-to-confirm"', 1)[1].split("</ul>", 1)[0]
+    assert f'href="/hospital/discharges/{stay}">王建国</a>' in to_confirm and "城关镇卫生院" in to_confirm
     confirmed = hospital.post(f"/hospital/down-referrals/{sr_id}/confirm")
     assert confirmed.status_code == 302 and confirmed.headers["Location"] == f"/hospital/discharges/{stay}"
     page = hospital.get(confirmed.headers["Location"]).get_data(as_text=True)
@@ -163,6 +167,7 @@ def test_the_hospital_confirms_the_down_referral_and_then_the_clinic_sees_it(cou
     assert plan["status"] == "active"
     assert [a["detail"]["status"] for a in plan["activity"]] == ["scheduled"] * 3
     assert hospital.post(f"/hospital/down-referrals/{sr_id}/confirm").status_code == 409  # once
+    assert 'id="down-to-confirm"' not in hospital.get("/hospital").get_data(as_text=True)
 
     follow_ups = clinic.get("/clinic/follow-ups").get_data(as_text=True)
     assert "王建国" in follow_ups and "0 / 3" in follow_ups
