@@ -31,6 +31,7 @@ def http_date(moment: datetime) -> str:
 
 
 @lru_cache(maxsize=256)
+@lru_cache(maxsize=512)  # (clients send the same few headers: parse each once)
 def accepts_json(accept: str) -> bool:
     """Whether an Accept header admits a JSON answer (RFC 9110 12.5.1): no header, or a media range
     `*/*`, `application/*` or a JSON type with q above 0; parameters such as `fhirVersion=4.0` or
