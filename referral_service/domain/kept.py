@@ -19,10 +19,11 @@ from sqlalchemy.engine import Connection, Dialect
 
 
 def driver_rows(
-    connection: Connection, sql: str, values: dict[str, Any] | list[dict[str, Any]]
+    connection: Connection, sql: str, values: dict[str, Any] | list[dict[str, Any]], *, fetch: bool = True
 ) -> Sequence[Any]:
-    """The rows of SQL text, from the driver's cursor on the connection (in its transaction); none for
-    a statement that answers no rows. A list of values runs the statement once per item (executemany).
+    """The rows of SQL text, from the driver's cursor on the connection (in its transaction); none when
+    not `fetch` (a statement that answers no rows). A list of values runs the statement once per item
+    (executemany).
 
     SQLAlchemy's execution would also describe the result's columns and build its result object: a
     tenth of a read's CPU, for rows that are only read by position. Errors still go through
@@ -41,7 +42,7 @@ def driver_rows(
             cursor.executemany(sql, values)
         else:
             cursor.execute(sql, values)
-        return cursor.fetchall() if cursor.description is not None else []
+        return cursor.fetchall() if fetch else []
     except Exception as exc:
         connection._handle_dbapi_exception(exc, sql, values, cursor, None)
         raise  # (not reached: the handler raises SQLAlchemy's wrapped error)
@@ -96,6 +97,7 @@ class _Plain(NamedTuple):
     bind_processors: tuple[tuple[str, Callable[[Any], Any]], ...]
     result_processors: tuple[tuple[int, Callable[[Any], Any]], ...]
     row: type[tuple[Any, ...]]
+    returns_rows: bool  # (a SELECT, or a write with RETURNING)
 
 
 # Hot statements (a read, a search page, a count, SQLite's writes) are built once per shape and kept;
@@ -122,7 +124,7 @@ def _plain(stmt: Any, dialect: Dialect) -> _Plain | None:
     )
     row = namedtuple("Row", [column.keyname for column in columns], rename=True)  # type: ignore[misc]
     return _Plain(str(compiled), dict(compiled.params), tuple(compiled._bind_processors.items()),
-                  results, row)
+                  results, row, bool(columns))
 
 
 def _kept(connection: Connection, stmt: Any) -> _Plain | None:
@@ -152,7 +154,7 @@ def kept_many(connection: Connection, stmt: Any, rows: list[dict[str, Any]]) -> 
     if plain is None:
         connection.execute(stmt, rows)
         return
-    driver_rows(connection, plain.sql, [_bound(plain, row) for row in rows])
+    driver_rows(connection, plain.sql, [_bound(plain, row) for row in rows], fetch=False)
 
 
 def kept_rows(connection: Connection, stmt: Any, params: dict[str, Any]) -> Sequence[Any]:
@@ -160,7 +162,7 @@ def kept_rows(connection: Connection, stmt: Any, params: dict[str, Any]) -> Sequ
     plain = _kept(connection, stmt)
     if plain is None:
         return connection.execute(stmt, params).all()
-    rows = driver_rows(connection, plain.sql, _bound(plain, params))
+    rows = driver_rows(connection, plain.sql, _bound(plain, params), fetch=plain.returns_rows)
     if not plain.result_processors:
         return [plain.row(*r) for r in rows]
     out = []
