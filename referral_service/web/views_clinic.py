@@ -9,7 +9,7 @@ from marshmallow import ValidationError
 
 from ..domain.errors import NotFound
 from ..services import registration, visits
-from . import settlement_pages
+from . import decision_pages, settlement_pages
 from .auth import role_required, work
 from .blueprint import bp
 from .forms import FormState, charge_rows, checkboxes, code_list, text_fields, with_blank_rows
@@ -234,34 +234,20 @@ def visit_settlement_slip(encounter_id: str) -> ResponseReturnValue:
 @role_required("clinic")
 def referral_confirm(sr_id: str) -> ResponseReturnValue:
     """Confirm the proposed referral: it is sent to the hospital."""
-    with work() as (db, actor):
-        visits.confirm(db, actor, sr_id)
-        encounter_id = visits.visit_of_referral(db, actor, sr_id)
-    flash(_("The referral is confirmed and sent to the hospital."), "success")
-    return redirect(url_for("web.visit_decision", encounter_id=encounter_id))
+    return decision_pages.confirm(sr_id, _("The referral is confirmed and sent to the hospital."),
+                                  "web.visit_decision")
 
 
 @bp.post("/clinic/referrals/<sr_id>/override")
 @role_required("clinic")
 def referral_override(sr_id: str) -> ResponseReturnValue:
     """Override the proposal with a reason."""
-    payload, values = text_fields(request.form, ("action", "reason", "target_id", "priority"))
-    form = FormState(values=values)
-    with work() as (db, actor):
-        encounter_id = visits.visit_of_referral(db, actor, sr_id)
-    try:
-        with work() as (db, actor):
-            visits.override(db, actor, sr_id, payload)
-    except ValidationError as exc:
-        form.fail(exc.messages)
-        return _decision_page(encounter_id, form, 422)
-    flash(
-        _("The referral is withdrawn.")
-        if payload.get("action") == "no-referral"
+    return decision_pages.override(
+        sr_id, ("action", "reason", "target_id", "priority"), _decision_page,
+        lambda withdrawn: _("The referral is withdrawn.") if withdrawn
         else _("The referral is changed and sent."),
-        "success",
+        "web.visit_decision",
     )
-    return redirect(url_for("web.visit_decision", encounter_id=encounter_id))
 
 
 @bp.get("/clinic/referrals")

@@ -8,7 +8,7 @@ from flask_babel import gettext as _
 from marshmallow import ValidationError
 
 from ..services import visits
-from . import settlement_pages
+from . import decision_pages, settlement_pages
 from .auth import role_required, work
 from .blueprint import bp
 from .forms import FormState, charge_rows, code_list, text_fields, with_blank_rows
@@ -142,34 +142,21 @@ def discharge_result(encounter_id: str) -> ResponseReturnValue:
 @role_required("hospital")
 def down_referral_confirm(sr_id: str) -> ResponseReturnValue:
     """Confirm the proposed down-referral: it is sent to the township clinic, its follow-ups planned."""
-    with work() as (db, actor):
-        visits.confirm(db, actor, sr_id)
-        encounter_id = visits.visit_of_referral(db, actor, sr_id)
-    flash(_("The down-referral is confirmed and sent to the township clinic."), "success")
-    return redirect(url_for("web.discharge_result", encounter_id=encounter_id))
+    return decision_pages.confirm(
+        sr_id, _("The down-referral is confirmed and sent to the township clinic."), "web.discharge_result"
+    )
 
 
 @bp.post("/hospital/down-referrals/<sr_id>/override")
 @role_required("hospital")
 def down_referral_override(sr_id: str) -> ResponseReturnValue:
     """Override the proposed down-referral with a reason: none, or another township clinic."""
-    payload, values = text_fields(request.form, ("action", "reason", "target_id"))
-    form = FormState(values=values)
-    with work() as (db, actor):
-        encounter_id = visits.visit_of_referral(db, actor, sr_id)
-    try:
-        with work() as (db, actor):
-            visits.override(db, actor, sr_id, payload)
-    except ValidationError as exc:
-        form.fail(exc.messages)
-        return _discharged_page(encounter_id, form, 422)
-    flash(
-        _("The down-referral is withdrawn.")
-        if payload.get("action") == "no-referral"
+    return decision_pages.override(
+        sr_id, ("action", "reason", "target_id"), _discharged_page,
+        lambda withdrawn: _("The down-referral is withdrawn.") if withdrawn
         else _("The down-referral is changed and sent to the township clinic."),
-        "success",
+        "web.discharge_result",
     )
-    return redirect(url_for("web.discharge_result", encounter_id=encounter_id))
 
 
 DISCHARGE_DESK = settlement_pages.Desk(
