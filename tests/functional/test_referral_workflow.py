@@ -160,21 +160,25 @@ def test_full_journey(county: dict[str, Fhir]) -> None:
     assert clinic.get(f"CarePlan/{plan['id']}").json["status"] == "active"
 
     # The first follow-up visit at the clinic completes the first activity.
-    follow = {
-        "resourceType": "Encounter",
-        "status": "finished",
-        "class": {"system": V3_ACT_CODE_SYSTEM, "code": "AMB"},
-        "subject": {"reference": f"Patient/{pid}"},
-        "serviceProvider": {"reference": "Organization/th-01"},
-        "basedOn": [{"reference": f"ServiceRequest/{down['id']}"}],
-        "period": {"start": "2026-11-19T09:00:00+08:00", "end": "2026-11-19T09:20:00+08:00"},
-    }
-    assert clinic.post("Encounter", follow).status_code == 201
+    assert clinic.post("Encounter", _follow_up_visit(pid, down["id"], "2026-11-19")).status_code == 201
     plan = clinic.get(f"CarePlan/{plan['id']}").json
     assert [a["detail"]["status"] for a in plan["activity"]] == ["completed", "scheduled", "scheduled"]
     # the clinic that follows the patient up has them: the down-referral's Task is under way
     assert clinic.get(f"Task/{down_task['id']}").json["status"] == "in-progress"
     assert every_stored_version_validates() > 20
+
+
+def _follow_up_visit(pid: str, sr_id: str, day: str) -> dict[str, Any]:
+    """A finished visit at th-01 on `day` (09:00-09:20 in Asia/Shanghai) `basedOn` the down-referral."""
+    return {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"system": V3_ACT_CODE_SYSTEM, "code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "serviceProvider": {"reference": "Organization/th-01"},
+        "basedOn": [{"reference": f"ServiceRequest/{sr_id}"}],
+        "period": {"start": f"{day}T09:00:00+08:00", "end": f"{day}T09:20:00+08:00"},
+    }
 
 
 def _missed_plans() -> list[str]:
@@ -215,16 +219,7 @@ def test_a_down_referral_is_proposed_at_discharge_and_sent_when_the_hospital_con
 
     # The clinic cannot send the hospital's proposal, and a visit on it records no follow-up yet.
     assert clinic.put(f"ServiceRequest/{sr_id}", down | {"status": "active"}).status_code == 403
-    early = {
-        "resourceType": "Encounter",
-        "status": "finished",
-        "class": {"system": V3_ACT_CODE_SYSTEM, "code": "AMB"},
-        "subject": {"reference": f"Patient/{pid}"},
-        "serviceProvider": {"reference": "Organization/th-01"},
-        "basedOn": [{"reference": f"ServiceRequest/{sr_id}"}],
-        "period": {"start": "2026-11-13T09:00:00+08:00", "end": "2026-11-13T09:20:00+08:00"},
-    }
-    assert clinic.post("Encounter", early).status_code == 201
+    assert clinic.post("Encounter", _follow_up_visit(pid, sr_id, "2026-11-13")).status_code == 201
     assert hospital.get(f"CarePlan/cp-{sr_id}").json["meta"]["versionId"] == plan["meta"]["versionId"]
 
     # Monitoring of missed follow-ups ignores the proposal: they are no one's follow-ups yet.
@@ -240,8 +235,7 @@ def test_a_down_referral_is_proposed_at_discharge_and_sent_when_the_hospital_con
     assert [a["detail"]["status"] for a in plan["activity"]] == ["scheduled"] * 3
 
     # Sent: a recorded follow-up puts the Task under way and completes the first visit.
-    follow = early | {"period": {"start": "2026-11-19T09:00:00+08:00", "end": "2026-11-19T09:20:00+08:00"}}
-    assert clinic.post("Encounter", follow).status_code == 201
+    assert clinic.post("Encounter", _follow_up_visit(pid, sr_id, "2026-11-19")).status_code == 201
     plan = clinic.get(f"CarePlan/cp-{sr_id}").json
     assert [a["detail"]["status"] for a in plan["activity"]] == ["completed", "scheduled", "scheduled"]
     assert clinic.get(f"Task/{task['id']}").json["status"] == "in-progress"
