@@ -299,19 +299,20 @@ def profile_problems(body: dict[str, Any]) -> list[Problem]:
     ]
 
 
-def check_resource(resource_type: str, body: dict[str, Any], *, url_id: str | None = None) -> list[Problem]:
-    """Validate a resource for a write: 400 for structure, 422 for profile errors; warnings returned."""
+def _check_type(resource_type: str, body: dict[str, Any]) -> None:
     kind = body.get("resourceType")
     if kind != resource_type:
         raise BadRequest(
             f"the body is a {kind or 'resource without resourceType'}, not a {resource_type}",
             [Problem(f"resourceType must be {resource_type}", expression="resourceType", code="structure")],
         )
-    if url_id is not None and body.get("id") not in (None, url_id):
-        raise BadRequest(
-            f"the body id {body.get('id')!r} differs from the URL id {url_id!r}",
-            [Problem("id differs from the URL", expression=f"{resource_type}.id", code="invalid")],
-        )
+
+
+def check_structure(resource_type: str, body: dict[str, Any]) -> None:
+    """400 unless the body is a structurally valid FHIR R4 resource of the type: the costly part of
+    `check_resource`, which needs no database (a transaction Bundle runs it for every entry before it
+    takes any lock)."""
+    _check_type(resource_type, body)
     structural = (
         control_character_problems(body, resource_type)
         or structure_problems(resource_type, body)
@@ -319,6 +320,23 @@ def check_resource(resource_type: str, body: dict[str, Any], *, url_id: str | No
     )
     if structural:
         raise BadRequest(f"{resource_type} is not a valid FHIR R4 resource", structural)
+
+
+def check_resource(
+    resource_type: str, body: dict[str, Any], *, url_id: str | None = None, structure_checked: bool = False
+) -> list[Problem]:
+    """Validate a resource for a write: 400 for structure, 422 for profile errors; warnings returned.
+
+    `structure_checked`: `check_structure` has passed on this body already (the rest is checked here).
+    """
+    _check_type(resource_type, body)
+    if url_id is not None and body.get("id") not in (None, url_id):
+        raise BadRequest(
+            f"the body id {body.get('id')!r} differs from the URL id {url_id!r}",
+            [Problem("id differs from the URL", expression=f"{resource_type}.id", code="invalid")],
+        )
+    if not structure_checked:
+        check_structure(resource_type, body)
     found = profile_problems(body) + reference_problems(body, resource_type)
     errors = [p for p in found if p.severity in ("error", "fatal")]
     if errors:

@@ -55,6 +55,7 @@ class _Entry:
     # Bundle has this resource type (nothing else in the transaction can create a match meanwhile).
     matches: list[str] | None = None
     version_id: int | None = None  # a GET of Type/id/_history/vid (vread)
+    structure_checked: bool = False  # `service.check_write` passed before the transaction began
 
     @property
     def label(self) -> str:
@@ -226,6 +227,7 @@ def _run_entry(
             hooks=False,
             assigned_id=assigned,
             known_refs=known,
+            structure_checked=entry.structure_checked,
         )
         if assigned and result.stored.res_id != assigned:
             # Another entry of this transaction created what this one's ifNoneExist matches: the
@@ -244,7 +246,7 @@ def _run_entry(
         require_update_id(res_type, entry.resource, res_id)
         result = service.update(
             session, actor, res_type, res_id, entry.resource, if_match=entry.if_match, hooks=False,
-            known_refs=known,
+            known_refs=known, structure_checked=entry.structure_checked,
         )
         written.append(result)
         return _entry_response(201 if result.created else 200, result.stored, base)
@@ -406,6 +408,13 @@ def _transaction(
     """All entries in one unit of work, in the FHIR order: DELETE, POST, PUT, GET (then the hooks)."""
     responses: dict[int, dict[str, Any]] = {}
     written: list[service.WriteResult] = []
+    for e in entries:  # (validation needs no database: none of it runs under the transaction's locks)
+        if e.method in ("POST", "PUT") and e.resource is not None and authorise(e.res_type, e.permission):
+            try:
+                service.check_write(actor, e.res_type, e.resource)
+            except DomainError as exc:
+                raise _named(exc, e.label) from None
+            e.structure_checked = True
     with database.unit_of_work() as session:
         for e in entries:
             if e.method == "DELETE":

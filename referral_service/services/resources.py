@@ -23,7 +23,7 @@ from ..fhir.resources import RESOURCES, ResourceDef
 from ..fhir.search import Include, SearchQuery, parse_search
 from ..fhir.search_params import IndexRows, extract
 from ..fhir.store import ResourceStore, SearchPage, Stored, missing_references, read_current
-from ..fhir.validation import check_resource
+from ..fhir.validation import check_resource, check_structure
 
 # Only the county platform (and admins) may write these.
 PLATFORM_ONLY_WRITES = frozenset({"Organization"})
@@ -168,6 +168,14 @@ def _references_checked_by_the_write(session: Session, resource_type: str | None
     return session.get_bind().dialect.name == "postgresql" and resource_type not in DOMAIN_STATEMENTS
 
 
+def check_write(actor: Actor, resource_type: str, body: dict[str, Any]) -> None:
+    """What a write checks before it needs the database: may the actor write the type (403), is the
+    body a structurally valid resource of it (400). A transaction Bundle runs it for each entry before
+    its unit of work, so that the costliest validation holds no lock (SQLite's write lock, above all)."""
+    _check_write_allowed(actor, resource_type)
+    check_structure(resource_type, body)
+
+
 def _check_write_allowed(actor: Actor, resource_type: str) -> None:
     if resource_type in PLATFORM_ONLY_WRITES and not actor.sees_everything:
         raise Forbidden(f"only the county platform may create or update {resource_type} resources")
@@ -288,14 +296,16 @@ def create(
     hooks: bool = True,
     assigned_id: str | None = None,
     known_refs: frozenset[tuple[str, str]] = frozenset(),
+    structure_checked: bool = False,
 ) -> WriteResult:
     """Create a resource (server-assigned id); with If-None-Exist, return the one match instead.
 
     `if_none_exist_matches`: the matches of If-None-Exist already found in this transaction under
     its lock (`conditional_matches`), when nothing since can have created another.
+    `structure_checked`: `check_write` has passed on this body.
     """
     _check_write_allowed(actor, resource_type)
-    warnings = check_resource(resource_type, body)
+    warnings = check_resource(resource_type, body, structure_checked=structure_checked)
     if if_none_exist:
         ids = (
             if_none_exist_matches if if_none_exist_matches is not None
@@ -351,6 +361,7 @@ def update(
     known_refs: frozenset[tuple[str, str]] = frozenset(),
     validate: bool = True,
     seen_absent: bool = False,
+    structure_checked: bool = False,
 ) -> WriteResult:
     """Replace a resource (creating it with the client's id when new); stale If-Match -> 412.
 
@@ -358,9 +369,13 @@ def update(
     builders are checked against the structure and the profiles by the tests, not on every write.
     `seen_absent`: the caller has just found no such resource in this transaction, so the look-up
     starts under the lock that update-as-create takes anyway (one statement fewer).
+    `structure_checked`: `check_write` has passed on this body.
     """
     _check_write_allowed(actor, resource_type)
-    warnings = check_resource(resource_type, body, url_id=res_id) if validate else []
+    warnings = (
+        check_resource(resource_type, body, url_id=res_id, structure_checked=structure_checked)
+        if validate else []
+    )
     store = ResourceStore(session)
     existing = None if seen_absent else store.current(resource_type, res_id, for_update=True)
     if existing is None:

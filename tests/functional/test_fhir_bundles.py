@@ -301,6 +301,29 @@ def test_failed_transaction_stores_nothing(platform: Fhir) -> None:
     assert counts()["all"] == before["all"] + 3  # the deleted Patient keeps its row (a deletion version)
 
 
+def test_a_transaction_with_a_malformed_entry_is_refused_before_it_touches_the_database(
+    platform: Fhir,
+) -> None:
+    """Every entry's structure is checked before the transaction begins: a malformed last entry is
+    400 naming it, and no statement was sent for the entries before it (no conditional-create look-up
+    or lock, no write; on SQLite the write lock is never taken)."""
+    pat = urn(1)
+    entries = [
+        post(pat, patient(PID_2, gender="male", birth="1985-05-05"),
+             ifNoneExist=f"identifier={RESIDENT_ID}|{PID_2}"),
+        post(urn(2), encounter(pat)),
+        {"resource": {"resourceType": "Observation", "status": 7}, "request": {"method": "POST",
+                                                                             "url": "Observation"}},
+    ]
+    platform.get("Patient?_count=1")  # (the token's client state is cached by a first request)
+    with statements_sent() as sent:
+        response = platform.post("", bundle("transaction", *entries))
+    assert response.status_code == 400, response.json
+    assert any("Bundle.entry[2]" in issue["diagnostics"] for issue in response.json["issue"])
+    touched = [s for s in sent if "fhir_" in s or "BEGIN" in s.upper() or "advisory" in s]
+    assert touched == [], touched
+
+
 def test_transaction_conditional_create_maps_to_the_existing_resource(platform: Fhir) -> None:
     """The match is looked up once (under its lock) when the Bundle has no other entry of that type."""
     existing = platform.post("Patient", patient(PID_1)).json
