@@ -189,13 +189,19 @@ def build_county(app: Flask) -> County:
     return County(app, patients)
 
 
+def _confirm_on(client: FlaskClient, page_url: str, referrals: str) -> str:
+    """Press the confirm button of the referral proposed on a decision page (its form posts to
+    `{referrals}/<id>/confirm`); returns the ServiceRequest id."""
+    page = client.get(page_url).get_data(as_text=True)
+    sr_id = re.search(rf"{referrals}/([^/]+)/confirm", page)
+    assert sr_id, page
+    assert client.post(f"{referrals}/{sr_id.group(1)}/confirm").status_code == 302
+    return sr_id.group(1)
+
+
 def confirm_referral_of(client: FlaskClient, encounter_id: str) -> str:
     """Confirm the proposed referral shown on the decision page; returns the ServiceRequest id."""
-    page = client.get(f"/clinic/visits/{encounter_id}").get_data(as_text=True)
-    sr_id = re.search(r"/clinic/referrals/([^/]+)/confirm", page)
-    assert sr_id, page
-    assert client.post(f"/clinic/referrals/{sr_id.group(1)}/confirm").status_code == 302
-    return sr_id.group(1)
+    return _confirm_on(client, f"/clinic/visits/{encounter_id}", "/clinic/referrals")
 
 
 def record_visit(client: FlaskClient, patient_id: str, **overrides: Any) -> str:
@@ -215,11 +221,7 @@ def waiting_task(client: FlaskClient) -> str:
 
 def confirm_down_referral_of(client: FlaskClient, stay_id: str) -> str:
     """Confirm the down-referral proposed on the discharge's decision page; returns the ServiceRequest id."""
-    page = client.get(f"/hospital/discharges/{stay_id}").get_data(as_text=True)
-    sr_id = re.search(r"/hospital/down-referrals/([^/]+)/confirm", page)
-    assert sr_id, page
-    assert client.post(f"/hospital/down-referrals/{sr_id.group(1)}/confirm").status_code == 302
-    return sr_id.group(1)
+    return _confirm_on(client, f"/hospital/discharges/{stay_id}", "/hospital/down-referrals")
 
 
 def discharged_home(
