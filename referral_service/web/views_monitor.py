@@ -18,7 +18,7 @@ from ..domain.ledger import Settlement
 from ..domain.monitoring import ALERT_STATUSES, Alert
 from ..services import alerts, indicators
 from ..services.indicators import Dialect, day_start, local_today, months_before
-from . import charts
+from . import charts, formatting
 from .auth import language, role_required, work
 from .blueprint import bp
 from .forms import FormState
@@ -42,7 +42,60 @@ FIGURE_LABELS = {
     "per_capita_after": _l("Income per person after spending (yuan)"),
     "poverty_line": _l("Poverty line per person (yuan)"),
     "window_months": _l("Window (months)"),
+    # payment delays, unsettled discharges, referral timeouts, missed follow-ups
+    "fund": _l("Fund"),
+    "overdue_days": _l("Payment limit (days)"),
+    "overdue": _l("Overdue"),
+    "overdue_amount": _l("Overdue amount"),
+    "unpaid": _l("Unpaid"),
+    "outstanding": _l("Outstanding"),
+    "by_age": _l("Unpaid by age (days since settlement)"),
+    "oldest_since": _l("Oldest unpaid since"),
+    "oldest_days": _l("Oldest unpaid (days)"),
+    "discharge_date": _l("Discharged"),
+    "days": _l("Days since discharge"),
+    "priority": _l("Urgency"),
+    "status": _l("Status"),
+    "requested_at": _l("Sent"),
+    "waited_hours": _l("Waited (hours)"),
+    "limit_hours": _l("Limit (hours)"),
+    "missed_dates": _l("Follow-ups missed"),
+    "days_overdue": _l("Days overdue"),
 }
+MONEY_FIGURES = frozenset(("overdue_amount", "unpaid", "outstanding"))
+DAY_FIGURES = frozenset(("oldest_since", "discharge_date"))
+
+
+def _figure_text(key: str, value: Any) -> str:
+    """One figure of an alert as the office reads it (money in yuan, days and times in Asia/Shanghai)."""
+    if value is None or value == "" or value == []:
+        return "—"
+    if key in MONEY_FIGURES:
+        return formatting.money(value)
+    if key in DAY_FIGURES:
+        return formatting.day(date.fromisoformat(str(value)))
+    if key == "missed_dates":
+        return "、".join(formatting.day(date.fromisoformat(str(d))) for d in value)
+    if key == "by_age" and isinstance(value, dict):
+        return "; ".join(f"{band}: {formatting.money(amount)}" for band, amount in value.items())
+    if key == "requested_at":
+        return formatting.when(iso(str(value).replace("Z", "+00:00")))
+    if key == "fund":
+        return formatting.component_label(str(value))
+    if key == "priority":
+        return formatting.label("priority", value)
+    if key == "status":
+        return formatting.label("task_status", value)
+    if isinstance(value, bool):
+        return _("yes") if value else _("no")
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def figure_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) of each figure behind an alert; a figure with no label keeps its key."""
+    return [(str(FIGURE_LABELS.get(key, key)), _figure_text(key, value)) for key, value in figures.items()]
 
 
 def iso(value: str | None) -> datetime | None:
@@ -179,7 +232,8 @@ def _alert_page(alert_id: int, form: FormState | None = None, status: int = 200)
         alert = alerts.get_alert(db, actor, alert_id)
     return render_template(
         "web/monitor/alert.html", alert=alert, form=form or FormState(), reason_text=reason_text,
-        status_labels=STATUS_LABELS, figure_labels=FIGURE_LABELS, iso=iso, event_labels=EVENT_LABELS,
+        status_labels=STATUS_LABELS, figure_rows=figure_rows(alert["figures"]), iso=iso,
+        event_labels=EVENT_LABELS,
     ), status
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,38 @@ def test_an_alert_number_too_large_for_its_column_is_unknown(county: County) -> 
     assert client.post(f"/monitor/alerts/{big}/acknowledge").status_code == 404
     assert client.get(f"/monitor/alerts?before={big}").status_code == 200  # read as "from the newest"
     assert client.get(f"/monitor/alerts/{_alert_id('return-to-poverty-watch')}").status_code == 200
+
+
+def test_the_figures_of_payment_and_referral_alerts_are_labelled_and_formatted(county: County) -> None:
+    """Not only the poverty alerts: every reason's figures in words, money in yuan, times in Shanghai."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    with database.unit_of_work() as db:
+        alerts.reconcile(db, "payment-delays", alerts.PAYMENT_REASONS, [
+            alerts.Finding("payment-overdue", "Organization", HOSPITAL, {
+                "fund": "basic-insurance", "overdue_days": 30, "overdue": True,
+                "overdue_amount": Decimal("1234.5"), "unpaid": Decimal("2000.00"),
+                "outstanding": Decimal("2000.00"),
+                "by_age": {"0-30": Decimal("765.50"), ">90": Decimal("1234.50")},
+                "oldest_since": date(2026, 1, 5), "oldest_days": 95}, scope="basic-insurance",
+                organization_id=HOSPITAL, district="青山县", township="城关镇"),
+        ], as_of=date(2026, 4, 10))
+        alerts.reconcile(db, "referral-timeouts", ("referral-timeout",), [
+            alerts.Finding("referral-timeout", "Task", "task-late", {
+                "priority": "urgent", "status": "requested",
+                "requested_at": datetime(2026, 4, 9, 18, 30, tzinfo=UTC), "waited_hours": 5.5,
+                "limit_hours": 2}, district="青山县", township="城关镇"),
+        ], as_of=datetime(2026, 4, 10, 0, 0, tzinfo=UTC))
+    client = county.client("monitor", lang="zh")
+    for reason, shown in (
+        ("payment-overdue", ("基本医保", "¥1,234.50", "¥765.50", "2026年1月5日", "95")),
+        ("referral-timeout", ("紧急", "2026-04-10 02:30", "5.5", "2")),
+    ):
+        html = client.get(f"/monitor/alerts/{_alert_id(reason)}").get_data(as_text=True)
+        figures = unescape(html.split('id="figures"', 1)[1].split("</dl>", 1)[0])
+        for raw in ("overdue_amount", "by_age", "oldest_since", "requested_at", "waited_hours", "limit_hours",
+                    "basic-insurance", "{", "T18:30"):
+            assert raw not in figures, (reason, raw, figures)
+        for text in shown:
+            assert text in figures, (reason, text, figures)
