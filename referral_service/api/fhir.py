@@ -56,8 +56,15 @@ def _check_body() -> None:
         raise RequestEntityTooLarge()
     if length and req.method in ("POST", "PUT", "PATCH"):
         mimetype = req.mimetype
-        form_search = req.path.endswith("/_search") and mimetype == "application/x-www-form-urlencoded"
-        if mimetype not in FHIR_MIME_TYPES and not form_search:
+        if req.method == "POST" and req.path.endswith("/_search"):
+            # A search's parameters come as a form (FHIR http.html#search): a JSON body would be
+            # ignored, and the search would run without the criteria it holds.
+            if mimetype != "application/x-www-form-urlencoded":
+                raise UnsupportedMediaType(
+                    f"Content-Type {mimetype or '(none)'} is not supported by _search; send the "
+                    "parameters as application/x-www-form-urlencoded"
+                )
+        elif mimetype not in FHIR_MIME_TYPES:
             raise UnsupportedMediaType(
                 f"Content-Type {mimetype or '(none)'} is not supported; send application/fhir+json"
             )

@@ -471,6 +471,22 @@ def test_summary_total_and_post_search(platform: Fhir, world: World) -> None:
     assert_400(bad)
 
 
+def test_post_search_takes_its_parameters_as_a_form_only(platform: Fhir, world: World) -> None:
+    """A JSON body was ignored: the search ran without the criteria it held and answered every patient."""
+    for body, mimetype in (('{"family": "王"}', "application/fhir+json"), ("family=王", "text/plain")):
+        response = platform.client.post(
+            "/fhir/Patient/_search", data=body.encode(), content_type=mimetype,
+            headers={"Authorization": f"Bearer {platform.token}"},
+        )
+        assert response.status_code == 415, response.json
+        assert response.json["resourceType"] == "OperationOutcome"
+        assert "x-www-form-urlencoded" in response.json["issue"][0]["diagnostics"]
+    bare = platform.client.post(  # no body at all: the query string's parameters
+        "/fhir/Patient/_search?family=王", headers={"Authorization": f"Bearer {platform.token}"}
+    )
+    assert ids_of(bare) == world.ids("ming") | world.ids("fang")
+
+
 BAD_QUERIES = [
     "Patient?colour=blue",
     "Patient?name:fuzzy=wang",
