@@ -237,6 +237,79 @@ def json_shape_problems(resource_type: str, body: dict[str, Any]) -> list[Proble
     return found
 
 
+@cache
+def _reference_targets(model: type) -> dict[str, tuple[str, ...]]:
+    """Reference elements of a model (by JSON name) -> the resource types they may point at (empty:
+    any type), from the element definitions fhir.resources carries (`enum_reference_types`)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for name, f in getattr(model, "model_fields", {}).items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        targets = extra.get("enum_reference_types")
+        if isinstance(targets, list):
+            found[f.alias or name] = () if "Resource" in targets else tuple(str(t) for t in targets)
+    return found
+
+
+# The type named by a relative literal reference (Type/id, Type/id/_history/v) or a conditional one
+# (Type?query): FHIR references.html#literal.
+_REFERENCE_TYPE = re.compile(r"([A-Za-z][A-Za-z0-9]*)[/?]")
+
+
+def _target_problems(node: dict[str, Any], allowed: tuple[str, ...], path: str) -> list[Problem]:
+    found: list[Problem] = []
+
+    def problem(where: str, message: str) -> None:
+        found.append(Problem(f"{where}: {message}", expression=where, code="structure"))
+
+    reference, declared = node.get("reference"), node.get("type")
+    named = None
+    if isinstance(reference, str) and not reference.startswith(_NOT_RELATIVE):
+        m = _REFERENCE_TYPE.match(reference)
+        named = m.group(1) if m else None
+    shown = " or ".join(allowed)
+    for where, kind in ((f"{path}.reference", named), (f"{path}.type", declared)):
+        if not isinstance(kind, str):
+            continue
+        if not _known_resource_type(kind):
+            problem(where, f"{kind[:80]!r} is not a FHIR R4 resource type")
+        elif allowed and kind not in allowed:
+            problem(where, f"{path.split('.', 1)[-1]} may reference {shown}, not {kind}")
+    if isinstance(named, str) and isinstance(declared, str) and named != declared and not found:
+        problem(f"{path}.type", f"type {declared} differs from the type of the reference ({named})")
+    return found
+
+
+def reference_target_problems(resource_type: str, body: dict[str, Any]) -> list[Problem]:
+    """References to a type their element does not allow (Encounter.subject to an Organization), to
+    no FHIR resource type at all ("Foo/1", "patient/1"), or whose `type` differs from the reference's:
+    structure errors, as a value of the wrong data type is (the element's definition fixes them)."""
+    found: list[Problem] = []
+
+    def visit(node: dict[str, Any], model: type | None, path: str) -> None:
+        if model is None:
+            return
+        targets, fields = _reference_targets(model), _fields_of(model)
+        for key, value in node.items():
+            allowed = targets.get(key)
+            kind, _, child = fields.get(key, ("", False, None))
+            if allowed is None and kind not in ("element", "resource"):
+                continue
+            items = enumerate(value) if isinstance(value, list) else ((None, value),)
+            for index, item in items:
+                if not isinstance(item, dict):
+                    continue
+                where = f"{path}.{key}" if index is None else f"{path}.{key}[{index}]"
+                if allowed is not None:
+                    found.extend(_target_problems(item, allowed, where))
+                if kind == "element":
+                    visit(item, child, where)
+                elif kind == "resource":
+                    visit(item, _model_of(item.get("resourceType")), where)
+
+    visit(body, _model_of(resource_type), resource_type)
+    return found
+
+
 def structure_problems(resource_type: str, body: dict[str, Any]) -> list[Problem]:
     """Problems fhir.resources finds (types, cardinality, unknown elements, formats)."""
     if "contained" in body:
@@ -263,19 +336,30 @@ def structure_problems(resource_type: str, body: dict[str, Any]) -> list[Problem
 # A relative literal reference (FHIR references.html#literal): Type/id, or Type/id/_history/vid.
 _RELATIVE_REFERENCE = re.compile(r"[A-Za-z]+/[^/\s]+(?:/_history/[^/\s]+)?")
 _NOT_RELATIVE = ("#", "urn:", "http://", "https://")
+# What a Bundle rewrites to Type/id before it stores an entry (the fullUrl of another entry).
+_BUNDLE_LOCAL = ("urn:uuid:", "urn:oid:")
 
 
 def reference_problems(node: Any, path: str) -> list[Problem]:
     """Relative references that name no resource, such as "Organization/" or "Patient" (a type
     without an id), each named by its element: 422, as a reference to a resource that does not exist
-    is. Contained (#x), urn: and absolute references, and conditional ones (Type?query), are left alone.
+    is; so is a urn:uuid or urn:oid reference (a Bundle entry's fullUrl, rewritten by the Bundle before
+    the entry is stored: left in a resource it names nothing). Contained (#x), other urn: and absolute
+    references, and conditional ones (Type?query, resolved by the write), are left alone.
     """
     found: list[Problem] = []
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
-                if not (value.startswith(_NOT_RELATIVE) or "?" in value
-                        or _RELATIVE_REFERENCE.fullmatch(value)):
+                if value.startswith(_BUNDLE_LOCAL):
+                    where = f"{path}.reference"
+                    found.append(Problem(
+                        f"{where}: {value[:80]!r} names a Bundle entry (its fullUrl) and resolves to "
+                        "nothing outside a transaction or batch Bundle; give Type/id",
+                        expression=where, code="not-found",
+                    ))
+                elif not (value.startswith(_NOT_RELATIVE) or "?" in value
+                          or _RELATIVE_REFERENCE.fullmatch(value)):
                     where = f"{path}.reference"
                     found.append(Problem(
                         f"{where}: {value[:80]!r} is not a valid reference (Type/id: the id is missing "
@@ -317,6 +401,7 @@ def check_structure(resource_type: str, body: dict[str, Any]) -> None:
         control_character_problems(body, resource_type)
         or structure_problems(resource_type, body)
         or json_shape_problems(resource_type, body)
+        or reference_target_problems(resource_type, body)
     )
     if structural:
         raise BadRequest(f"{resource_type} is not a valid FHIR R4 resource", structural)

@@ -13,14 +13,23 @@ from sqlalchemy.orm import Session
 from ..domain.actor import SYSTEM, Actor
 from ..domain.audit import queue_audit_row
 from ..domain.base import new_id, utcnow
-from ..domain.errors import Conflict, Forbidden, Gone, NotFound, PreconditionFailed, Problem
+from ..domain.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Gone,
+    NotFound,
+    PreconditionFailed,
+    Problem,
+    Unprocessable,
+)
 from ..domain.fhir_store import StoredResource
 from ..domain.kept import driver_rows, kept_rows
 from ..fhir import jsonio
 from ..fhir.mappers import DOMAIN_STATEMENTS, ON_DELETE, TO_DOMAIN
 from ..fhir.mappers.patient import RESIDENT_ID_SYSTEM
 from ..fhir.resources import RESOURCES, ResourceDef
-from ..fhir.search import Include, SearchQuery, parse_search
+from ..fhir.search import Include, SearchQuery, is_empty_condition, parse_search
 from ..fhir.search_params import IndexRows, extract
 from ..fhir.store import ResourceStore, SearchPage, Stored, missing_references, read_current
 from ..fhir.validation import check_resource, check_structure
@@ -284,6 +293,43 @@ def conditional_matches(session: Session, resource_type: str, if_none_exist: str
     return store.find_ids(query, SYSTEM, limit=2)
 
 
+def resolve_conditional_references(session: Session, actor: Actor, resource_type: str, node: Any,
+                                   path: str | None = None) -> None:
+    """Replace each conditional reference (`Patient?identifier=system|value`) by the `Type/id` of its one
+    match among what the writer may see (FHIR http.html#trules, as HAPI does on any write): 422 when
+    nothing matches (a reference to nothing, as a dangling `Type/id` is), 412 when several do, 400
+    for criteria that are no valid search. Stored as sent, they pointed at nothing and were not indexed.
+    """
+    path = path or resource_type
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            resolve_conditional_references(session, actor, resource_type, item, f"{path}[{index}]")
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        where = f"{path}.{key}"
+        if key != "reference" or not isinstance(value, str):
+            if isinstance(value, dict | list):
+                resolve_conditional_references(session, actor, resource_type, value, where)
+            continue
+        target, mark, criteria = value.partition("?")
+        if not mark or target not in RESOURCES or "/" in target:
+            continue
+        if is_empty_condition(criteria):
+            message = f"{where}: {value[:80]!r} names no search criteria"
+            raise BadRequest(message, [Problem(message, expression=where, code="invalid")])
+        query = parse_search(target, parse_qsl(criteria, keep_blank_values=True), 2, 2)
+        ids = ResourceStore(session).find_ids(query, actor, limit=2)
+        if not ids:
+            message = f"{where}: {value[:200]} matches no {target}"
+            raise Unprocessable(message, [Problem(message, expression=where, code="not-found")])
+        if len(ids) > 1:
+            message = f"{where}: {value[:200]} matches more than one {target}"
+            raise PreconditionFailed(message, [Problem(message, expression=where, code="multiple-matches")])
+        node[key] = f"{target}/{ids[0]}"
+
+
 def create(
     session: Session,
     actor: Actor,
@@ -306,6 +352,7 @@ def create(
     """
     _check_write_allowed(actor, resource_type)
     warnings = check_resource(resource_type, body, structure_checked=structure_checked)
+    resolve_conditional_references(session, actor, resource_type, body)
     if if_none_exist:
         ids = (
             if_none_exist_matches if if_none_exist_matches is not None
@@ -376,6 +423,8 @@ def update(
         check_resource(resource_type, body, url_id=res_id, structure_checked=structure_checked)
         if validate else []
     )
+    if validate:
+        resolve_conditional_references(session, actor, resource_type, body)
     store = ResourceStore(session)
     existing = None if seen_absent else store.current(resource_type, res_id, for_update=True)
     if existing is None:
@@ -388,7 +437,9 @@ def update(
     if if_match is not None:
         expected = if_match.strip().removeprefix("W/").strip('"')
         current = str(existing.version_id) if existing is not None else None
-        if current != expected:
+        # RFC 9110 13.1.1: `*` holds for any current version (a deleted resource has none).
+        any_version = expected == "*" and existing is not None and not existing.deleted
+        if current != expected and not any_version:
             shown = "none" if current is None else f'W/"{current}"'
             raise PreconditionFailed(f"If-Match {if_match} does not match the current version ({shown})")
     body = {**body, "id": res_id}

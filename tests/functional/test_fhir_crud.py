@@ -230,6 +230,20 @@ def test_validate_reports_every_problem(his: Fhir) -> None:
     assert ok.json["issue"][0]["severity"] == "information"
 
 
+def test_if_match_star_updates_any_current_version(his: Fhir) -> None:
+    """RFC 9110 13.1.1: `If-Match: *` holds when the resource has a current version (it was 412)."""
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    body = his.get(f"Patient/{pid}").json | {"gender": "female"}
+    updated = his.put(f"Patient/{pid}", body, headers={"If-Match": "*"})
+    assert updated.status_code == 200, updated.json
+    assert updated.json["meta"]["versionId"] == "2"
+    absent = his.put("Patient/not-yet", patient(None) | {"id": "not-yet"}, headers={"If-Match": "*"})
+    assert absent.status_code == 412, absent.json
+    assert his.get("Patient/not-yet").status_code == 404
+    assert his.delete(f"Patient/{pid}").status_code == 204
+    assert his.put(f"Patient/{pid}", body, headers={"If-Match": "*"}).status_code == 412
+
+
 def test_reference_to_unknown_patient_is_422(his: Fhir) -> None:
     enc = {
         "resourceType": "Encounter",
@@ -686,6 +700,79 @@ def test_well_formed_references_keep_working(his: Fhir) -> None:
                                                      {"reference": "http://other.example/fhir/Practitioner/x"},
                                                      {"display": "王医生"}]}
     assert his.post("Patient", body).status_code == 201
+
+
+def _encounter(subject: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Encounter", "status": "in-progress",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": subject, "serviceProvider": {"reference": "Organization/th-01"}}
+
+
+@pytest.mark.parametrize(("subject", "element"), [
+    ({"reference": "Organization/th-01"}, "Encounter.subject.reference"),  # Patient or Group only
+    ({"reference": "Foo/1"}, "Encounter.subject.reference"),
+    ({"reference": "patient/{pid}"}, "Encounter.subject.reference"),
+    ({"reference": "Patient/{pid}", "type": "Group"}, "Encounter.subject.type"),
+    ({"reference": "Organization?identifier=x|y"}, "Encounter.subject.reference"),
+])
+def test_a_reference_to_a_type_its_element_does_not_allow_is_400(
+    his: Fhir, subject: dict[str, str], element: str
+) -> None:
+    """The element's definition names the types it may reference (Encounter.subject: Patient, Group);
+    an Encounter whose subject was an Organization was stored (201), as was one of "Foo/1"."""
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    subject = {k: v.format(pid=pid) for k, v in subject.items()}
+    created = his.post("Encounter", _encounter(subject))
+    assert created.status_code == 400, created.json
+    assert created.json["issue"][0]["expression"] == [element]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": _encounter(subject), "request": {"method": "POST", "url": "Encounter"}}]}
+    assert his.post("", bundle).status_code == 400
+    assert his.get("Encounter").json["total"] == 0
+    checked = his.post("Encounter/$validate", _encounter(subject)).json
+    assert checked["issue"][0]["expression"] == [element]
+    allowed = his.post("Encounter", _encounter({"reference": f"Patient/{pid}", "type": "Patient"}))
+    assert allowed.status_code == 201, allowed.json
+
+
+@pytest.mark.parametrize("reference", ["urn:uuid:0c6b1c4e-8a0c-4f5e-9d3e-2a3c1b5e7f90", "urn:oid:1.2.3.4"])
+def test_a_bundle_local_reference_outside_a_bundle_is_422(his: Fhir, reference: str) -> None:
+    """A urn:uuid names another entry of a Bundle; outside one it was stored as sent (201), naming nothing."""
+    created = his.post("Encounter", _encounter({"reference": reference}))
+    assert created.status_code == 422, created.json
+    assert created.json["issue"][0]["expression"] == ["Encounter.subject.reference"]
+    assert his.get("Encounter").json["total"] == 0
+
+
+def test_a_conditional_reference_is_resolved_to_its_one_match(his: Fhir) -> None:
+    """FHIR's conditional reference (Type?criteria), as HAPI resolves it on a write: the one match's
+    Type/id is stored and indexed; no match is 422 (a reference to nothing), several 412. It was
+    stored as sent, pointing at nothing, whether or not anything matched."""
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    by_identifier = {"reference": f"Patient?identifier={RESIDENT_ID}|{PID_1}"}
+    created = his.post("Encounter", _encounter(by_identifier))
+    assert created.status_code == 201, created.json
+    assert created.json["subject"] == {"reference": f"Patient/{pid}"}
+    assert his.get(f"Encounter?subject=Patient/{pid}").json["total"] == 1
+    eid = created.json["id"]
+    updated = his.put(f"Encounter/{eid}", _encounter(by_identifier) | {"id": eid, "status": "finished"})
+    assert updated.status_code == 200, updated.json
+    assert updated.json["subject"] == {"reference": f"Patient/{pid}"}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": _encounter(by_identifier), "request": {"method": "POST", "url": "Encounter"}}]}
+    answered = his.post("", bundle)
+    assert answered.status_code == 200, answered.json
+    assert answered.json["entry"][0]["resource"]["subject"] == {"reference": f"Patient/{pid}"}
+
+    nothing = his.post("Encounter", _encounter({"reference": f"Patient?identifier={RESIDENT_ID}|{PID_2}"}))
+    assert nothing.status_code == 422, nothing.json
+    assert nothing.json["issue"][0]["expression"] == ["Encounter.subject.reference"]
+    assert his.post("Patient", patient(None, family="李")).status_code == 201
+    assert his.post("Patient", patient(None, family="李")).status_code == 201
+    several = his.post("Encounter", _encounter({"reference": "Patient?family=李"}))
+    assert several.status_code == 412, several.json
+    assert his.post("Encounter", _encounter({"reference": "Patient?colour=blue"})).status_code == 400
+    assert his.get("Encounter").json["total"] == 2
 
 
 @pytest.mark.parametrize("birth", ["2999-01-01", "2999", "2999-06", "tomorrow"])
