@@ -103,6 +103,12 @@ LABELS: dict[str, dict[str, Any]] = {
     },
     "follow_up": {"scheduled": _l("scheduled"), "completed": _l("done"), "cancelled": _l("cancelled")},
     "coverage": {"basic": _l("basic medical insurance")},
+    "coverage_status": {
+        "active": _l("in force"),
+        "cancelled": _l("cancelled"),
+        "draft": _l("draft"),
+        "entered-in-error": _l("entered in error"),
+    },
     "role": {
         "clinic": _l("clinic"),
         "hospital": _l("county hospital"),

@@ -129,6 +129,16 @@ def test_registration_creates_patient_household_coverage_and_poverty_registratio
     assert groups and groups[0]["extension"][0]["valueMoney"] == {"value": 9600.0, "currency": "CNY"}
 
 
+def test_the_patient_page_names_the_insurance_status_in_chinese(county: County) -> None:
+    client = county.client("clinic", lang="zh")
+    response = client.post("/clinic/patients/new", data=registration_form(
+        given_name="小兰", resident_id=resident(date(1991, 6, 2), "female", 23), birth_date="1991-06-02"))
+    assert response.status_code == 302
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    insurance = page.split("<h2>医疗保险</h2>", 1)[1].split("</section>", 1)[0]
+    assert "基本医疗保险 · 有效 · 起" in insurance and "active" not in insurance  # no member number: no gap
+
+
 def test_joining_an_existing_household(county: County) -> None:
     client = county.client("clinic")
     page = client.get(f"/clinic/patients/{county.patients['woman']}").get_data(as_text=True)
