@@ -489,6 +489,23 @@ def test_override_needs_a_reason(county: County) -> None:
     assert stored("ServiceRequest", sr_id)["status"] == "draft"
 
 
+def test_every_link_of_the_error_summary_leads_to_a_field(county: County) -> None:
+    """The radio group included: its link lands on the first choice, which says it is in error."""
+    client = county.client("clinic")
+    encounter_id = record_visit(client, county.patients["elder"])
+    response = client.post(f"/clinic/referrals/ref-up-{encounter_id}/override", data={"reason": ""})
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    summary = html.split('id="error-summary"', 1)[1].split("</div>", 1)[0]
+    targets = re.findall(r'href="#([^"]+)"', summary)
+    assert "action" in targets and "reason" in targets
+    for target in targets:
+        assert re.search(rf'<(input|select|textarea)[^>]* id="{target}"', html), target
+    first = re.search(r'<input [^>]*id="action"[^>]*>', html)
+    assert first is not None
+    assert 'aria-invalid="true"' in first.group(0) and 'aria-describedby="action-error"' in first.group(0)
+
+
 def test_override_to_treat_here(county: County) -> None:
     client = county.client("clinic")
     encounter_id = record_visit(client, county.patients["elder"])
