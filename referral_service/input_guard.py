@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 from flask import request
 from werkzeug.routing import IntegerConverter, Map
@@ -29,10 +30,22 @@ def reject_control_characters() -> None:
         for key, value in req.args.items(multi=True):
             if _CONTROL.search(key) or _CONTROL.search(value):
                 _refuse(f"the query parameter {_printable(key)!r}")
+    if req.mimetype == _FORMS[0]:
+        _require_utf8_form(req.get_data(cache=True))  # (cached: the form is parsed from it next)
     if req.mimetype in _FORMS:
         for key, value in req.form.items(multi=True):
             if _CONTROL.search(key) or _CONTROL.search(value):
                 _refuse(f"the form field {_printable(key)!r}")
+
+
+def _require_utf8_form(raw: bytes) -> None:
+    """400 for a form body whose bytes, or percent-escapes, are not UTF-8. Werkzeug drops the whole
+    form then (every field: a FHIR POST _search ran without any criteria and answered everything)."""
+    try:
+        parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        message = "the form body is not valid UTF-8 (its bytes or its %-escapes)"
+        raise BadRequest(message, [Problem(message, code="structure")]) from None
 
 
 def _printable(text: str) -> str:

@@ -472,7 +472,8 @@ def test_summary_total_and_post_search(platform: Fhir, world: World) -> None:
 
 
 def test_post_search_takes_its_parameters_as_a_form_only(platform: Fhir, world: World) -> None:
-    """A JSON body was ignored: the search ran without the criteria it held and answered every patient."""
+    """A JSON body was ignored: the search ran without the criteria it held and answered every patient;
+    so did a form that is not UTF-8."""
     for body, mimetype in (('{"family": "王"}', "application/fhir+json"), ("family=王", "text/plain")):
         response = platform.client.post(
             "/fhir/Patient/_search", data=body.encode(), content_type=mimetype,
@@ -481,6 +482,15 @@ def test_post_search_takes_its_parameters_as_a_form_only(platform: Fhir, world: 
         assert response.status_code == 415, response.json
         assert response.json["resourceType"] == "OperationOutcome"
         assert "x-www-form-urlencoded" in response.json["issue"][0]["diagnostics"]
+    for body in (b"family=\xe7\x8e&gender=male", b"family=%E7%8E&gender=male"):  # not UTF-8
+        # Werkzeug dropped the whole form: the search ran without criteria and answered every patient.
+        broken = platform.client.post(
+            "/fhir/Patient/_search", data=body, content_type="application/x-www-form-urlencoded",
+            headers={"Authorization": f"Bearer {platform.token}"},
+        )
+        assert broken.status_code == 400, broken.json
+        assert broken.json["resourceType"] == "OperationOutcome"
+        assert "UTF-8" in broken.json["issue"][0]["diagnostics"]
     bare = platform.client.post(  # no body at all: the query string's parameters
         "/fhir/Patient/_search?family=王", headers={"Authorization": f"Bearer {platform.token}"}
     )
