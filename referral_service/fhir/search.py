@@ -170,6 +170,15 @@ def _parse_token_value(value: str) -> tuple[str | None, str | None]:
     return system, code or None
 
 
+def _token_values(value: str) -> tuple[tuple[str | None, str | None], ...]:
+    """The (system, code) alternatives a token value searches for: a resident identity number with a
+    lower-case x and no system also finds the stored upper-case one (as `system|value` does)."""
+    parsed = _parse_token_value(value)
+    if parsed[0] is None and len(value) == 18 and value.endswith("x") and value[:17].isdigit():
+        return parsed, (codes.RESIDENT_ID_SYSTEM, resident_id.normalise(value))
+    return (parsed,)
+
+
 def _parse_reference_value(value: str, modifier: str | None, param: SearchParam) -> tuple[str | None, str]:
     if modifier and modifier[0].isupper():
         return modifier, value.rsplit("/", 1)[-1]
@@ -298,7 +307,7 @@ def _parse_clause(rdef: ResourceDef, name: str, modifier: str | None, raw: str) 
     if param.type == "token":
         if modifier not in (None, "not"):
             raise _bad(f"modifier :{modifier} is not supported on token parameter {name}", name)
-        return Clause(param, modifier, tuple(_parse_token_value(v) for v in values))
+        return Clause(param, modifier, tuple(t for v in values for t in _token_values(v)))
     if param.type == "date":
         if modifier:
             raise _bad(f"modifier :{modifier} is not supported on date parameter {name}", name)

@@ -141,6 +141,19 @@ def test_token_parameters(platform: Fhir, world: World) -> None:
 # ----------------------------------------------------------------------------------------- string
 
 
+def test_a_lower_case_x_finds_the_resident_identity_number_with_or_without_its_system(
+    platform: Fhir, world: World
+) -> None:
+    """Stored upper-case; `system|...x` found it, a bare `...x` found nothing."""
+    number = next(n for n in (_pid("1990-03-07", "female", k) for k in range(400)) if n.endswith("X"))
+    pid = _created(platform.post("Patient", patient(number[:17] + "x")))["id"]
+    for query in (f"identifier={RESIDENT_ID}|{number[:17]}x", f"identifier={number[:17]}x",
+                  f"identifier={number}", f"identifier={number[:17]}x,MRN-0042"):
+        assert pid in ids_of(platform.get(f"Patient?{query}")), query
+    assert ids_of(platform.get(f"Patient?identifier=|{number[:17]}x")) == set()  # no system: not ours
+    assert pid not in ids_of(platform.get(f"Patient?identifier:not={number[:17]}x"))
+
+
 def test_string_parameters(platform: Fhir, world: World) -> None:
     assert ids_of(platform.get("Patient?name=王芳")) == world.ids("fang")
     assert ids_of(platform.get("Patient?family=王")) == world.ids("fang", "ming")
