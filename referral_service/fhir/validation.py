@@ -237,6 +237,13 @@ def json_shape_problems(resource_type: str, body: dict[str, Any]) -> list[Proble
     return found
 
 
+# Targets the interface contract adds to R4's: DESIGN sections 4 and 9 make the referral decision's
+# `GuidanceResponse.result` the proposed ServiceRequest (R4 lists CarePlan and RequestGroup only).
+CONTRACT_REFERENCE_TARGETS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("GuidanceResponse", "result"): ("ServiceRequest",),
+}
+
+
 @cache
 def _reference_targets(model: type) -> dict[str, tuple[str, ...]]:
     """Reference elements of a model (by JSON name) -> the resource types they may point at (empty:
@@ -247,6 +254,9 @@ def _reference_targets(model: type) -> dict[str, tuple[str, ...]]:
         targets = extra.get("enum_reference_types")
         if isinstance(targets, list):
             found[f.alias or name] = () if "Resource" in targets else tuple(str(t) for t in targets)
+    for (owner, element), extra_targets in CONTRACT_REFERENCE_TARGETS.items():
+        if model.__name__ == owner and found.get(element):
+            found[element] = (*found[element], *extra_targets)
     return found
 
 

@@ -209,7 +209,8 @@ def care_plan(
         "resourceType": "CarePlan",
         "id": cp_id,
         "identifier": [{"system": f"{codes.BASE}/sid/care-plan", "value": cp_id}],
-        "basedOn": [ref("ServiceRequest", sr_id)],
+        # The down-referral it follows. Not `basedOn`, which R4 lets point at a CarePlan only.
+        "supportingInfo": [ref("ServiceRequest", sr_id)],
         "status": status,
         "intent": "plan",
         "category": [
