@@ -447,7 +447,7 @@ def _follow_referral(session: Session, actor: Actor, sr: dict[str, Any]) -> None
     plan = _load(session, "CarePlan", f"cp-{sr['id']}")
     if plan is None or plan.get("status") not in ("draft", "active"):
         return
-    body = dict(plan)
+    body = _r4_plan(plan)
     performer = ref_id((sr.get("performer") or [None])[0])
     if performer and ref_id(plan.get("author")) != performer:
         body["author"] = shapes.ref("Organization", performer)
@@ -469,6 +469,16 @@ def _follow_referral(session: Session, actor: Actor, sr: dict[str, Any]) -> None
     if _same(plan, body, ()):
         return
     service.update(session, _on_behalf(actor), "CarePlan", str(body["id"]), body, hooks=False)
+
+
+def _r4_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """A follow-up plan as written now: plans stored before it named their down-referral in
+    `basedOn` (R4 allows a CarePlan only there) and name it in `supportingInfo` once rewritten."""
+    body = dict(plan)
+    referrals = body.pop("basedOn", None) or []
+    if referrals:
+        body["supportingInfo"] = [*referrals, *(body.get("supportingInfo") or [])]
+    return body
 
 
 def _referral_written(session: Session, actor: Actor, stored: Stored, result: service.WriteResult) -> None:
@@ -522,8 +532,7 @@ def _referral_written(session: Session, actor: Actor, stored: Stored, result: se
         _move_task(session, actor, task_, "requested")
     if performer:
         ResourceStore(session).grant_access(patient_id, performer, "referred")
-    if kind == "up-referral" and previous.get("status") != "active":
-        _open_episode(session, sr)
+    _join_episode(session, sr, organization_id=requester)
 
 
 def _episode_root(session: Session, sr: dict[str, Any]) -> dict[str, Any]:
@@ -540,22 +549,33 @@ def _episode_root(session: Session, sr: dict[str, Any]) -> dict[str, Any]:
         current = loaded
 
 
-def _open_episode(session: Session, sr: dict[str, Any]) -> None:
+def _join_episode(
+    session: Session, sr: dict[str, Any], *, organization_id: str, start: str | None = None
+) -> None:
+    """The referral joins its episode (DESIGN 5): a root referral (no `basedOn` referral) opens one,
+    `eoc-<root>`; every referral `basedOn` one of it, up or down, sent by the rules or posted by a
+    HIS, is added to its `referralRequest` in the order they come."""
     root = _episode_root(session, sr)
     eoc_id = f"eoc-{root['id']}"
-    if _load(session, "EpisodeOfCare", eoc_id) is not None:
+    eoc = _load(session, "EpisodeOfCare", eoc_id)
+    if eoc is None:
+        _put(
+            session,
+            shapes.episode_of_care(
+                eoc_id,
+                patient_id=ref_id(sr.get("subject")) or "",
+                organization_id=organization_id,
+                referrals=list(dict.fromkeys([str(root["id"]), str(sr["id"])])),
+                start=str(root.get("authoredOn") or start or _now()),
+                status="active",
+            ),
+        )
         return
-    _put(
-        session,
-        shapes.episode_of_care(
-            eoc_id,
-            patient_id=ref_id(sr.get("subject")) or "",
-            organization_id=ref_id(sr.get("requester")) or "",
-            referrals=[str(root["id"])],
-            start=str(root.get("authoredOn") or _now()),
-            status="active",
-        ),
-    )
+    if str(sr["id"]) not in [ref_id(r) for r in eoc.get("referralRequest") or []]:
+        eoc["referralRequest"] = [
+            *(eoc.get("referralRequest") or []), shapes.ref("ServiceRequest", str(sr["id"]))
+        ]
+        _put(session, eoc)
 
 
 def _check_task_move(
@@ -842,30 +862,7 @@ def discharge(session: Session, actor: Actor, encounter_id: str) -> Decision:
                     ),
                 )
                 ResourceStore(session).grant_access(patient_id, clinic.id, "referred")
-                root = _episode_root(session, sr)
-                eoc_id = f"eoc-{root['id']}"
-                eoc = _load(session, "EpisodeOfCare", eoc_id)
-                refs = [r for r in ([str(up["id"])] if up else [])] + [sr_id]
-                if eoc is None:
-                    _put(
-                        session,
-                        shapes.episode_of_care(
-                            eoc_id,
-                            patient_id=patient_id,
-                            organization_id=clinic.id,
-                            referrals=refs,
-                            start=str(root.get("authoredOn") or when),
-                            status="active",
-                        ),
-                    )
-                else:
-                    have = [ref_id(r) for r in eoc.get("referralRequest") or []]
-                    if sr_id not in have:
-                        eoc["referralRequest"] = [
-                            *(eoc.get("referralRequest") or []),
-                            shapes.ref("ServiceRequest", sr_id),
-                        ]
-                        _put(session, eoc)
+                _join_episode(session, sr, organization_id=clinic.id, start=when)
     _put_guidance(session, decision, patient_id, encounter_id, when=when, result_id=result_id)
     return decision
 
@@ -901,7 +898,7 @@ def record_follow_up(session: Session, actor: Actor, care_plan_id: str, encounte
         plan["status"] = "completed"
     # A clinic that records a follow-up has the patient: its Task is accepted and under way (so the
     # timeout indicator no longer counts it as waiting), and done with the last follow-up.
-    sr_id = ref_id((plan.get("basedOn") or [None])[0]) or ""
+    sr_id = care_plan_id.removeprefix("cp-")
     task_ = _active_task(session, sr_id)
     if task_ is not None:
         steps = ("accepted", "in-progress") + (("completed",) if remaining == 0 else ())

@@ -13,6 +13,7 @@ from referral_service.fhir.codes import (
     CAPABILITY_SYSTEM,
     DISCHARGE_DISPOSITION_SYSTEM,
     ICD10_SYSTEM,
+    REFERRAL_TYPE_SYSTEM,
     V3_ACT_CODE_SYSTEM,
 )
 from tests.functional.fhir_helpers import (
@@ -266,6 +267,50 @@ def test_revoking_a_proposed_down_referral_needs_a_reason_and_cancels_task_and_p
     assert hospital.put(f"ServiceRequest/{sr_id}", current | {"status": "active"}).status_code == 409
     assert hospital.get(f"CarePlan/cp-{sr_id}").json["status"] == "revoked"
     assert _one(hospital, f"Task?focus=ServiceRequest/{sr_id}")["status"] == "cancelled"
+    assert every_stored_version_validates() > 5
+
+
+def _posted_referral(his: Fhir, pid: str, kind: str, requester: str, performer: str, *,
+                     based_on: str | None = None) -> str:
+    """A referral a HIS made itself and posts already `active` (DESIGN 9); returns its id."""
+    body: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "code": {"coding": [{"system": REFERRAL_TYPE_SYSTEM, "code": kind}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "requester": {"reference": f"Organization/{requester}"},
+        "performer": [{"reference": f"Organization/{performer}"}],
+        "authoredOn": "2026-11-02",
+    }
+    if based_on:
+        body["basedOn"] = [{"reference": f"ServiceRequest/{based_on}"}]
+    response = his.post("ServiceRequest", body)
+    assert response.status_code == 201, response.json
+    return str(response.json["id"])
+
+
+def test_referrals_a_his_posts_along_a_based_on_chain_join_the_episode_of_its_root(
+    county: dict[str, Fhir],
+) -> None:
+    """DESIGN 2 and 5: a root referral opens an episode and every referral `basedOn` one of it belongs
+    to that episode, so the EpisodeOfCare lists the whole chain, in the order it was sent: here a
+    clinic's up-referral, the county hospital's onward referral and the down-referral home."""
+    platform, clinic, hospital = county["platform"], county["township-his"], county["county-his"]
+    pid = platform.post("Patient", patient(RESIDENT_SAMPLE, gp="th-01")).json["id"]
+    up = _posted_referral(clinic, pid, "up-referral", "th-01", "hosp")
+    onward = _posted_referral(hospital, pid, "up-referral", "hosp", "mch", based_on=up)
+    home = _posted_referral(county["mch-his"], pid, "down-referral", "mch", "th-01", based_on=onward)
+    episode = _one(clinic, f"EpisodeOfCare?patient=Patient/{pid}")
+    assert episode["id"] == f"eoc-{up}"
+    assert [r["reference"] for r in episode["referralRequest"]] == [
+        f"ServiceRequest/{up}", f"ServiceRequest/{onward}", f"ServiceRequest/{home}"
+    ]
+    # a down-referral with no earlier referral opens an episode of its own
+    other = platform.post("Patient", patient("620421199003070080", gp="th-01")).json["id"]
+    alone = _posted_referral(hospital, other, "down-referral", "hosp", "th-01")
+    episode = _one(clinic, f"EpisodeOfCare?patient=Patient/{other}")
+    assert [r["reference"] for r in episode["referralRequest"]] == [f"ServiceRequest/{alone}"]
     assert every_stored_version_validates() > 5
 
 
