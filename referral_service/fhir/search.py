@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 from ..domain import resident_id
 from ..domain.errors import BadRequest, Problem
@@ -195,11 +196,28 @@ def _parse_reference_value(value: str, modifier: str | None, param: SearchParam)
     return None, value
 
 
+def _split_condition(query: str) -> tuple[str, str]:
+    """(what precedes the criteria, the criteria) of a conditional create's query: `identifier=s|v`,
+    `?identifier=s|v`, or, as HAPI takes them too, `Patient?identifier=s|v` and a full URL to it."""
+    head, mark, rest = query.strip().partition("?")
+    return (head, rest) if mark and "=" not in head else ("", query.strip())
+
+
 def is_empty_condition(query: str) -> bool:
     """Whether a conditional create's query (If-None-Exist, a Bundle entry's ifNoneExist) names no
-    criteria: empty, or only `?` and `&`. As a search it would match every resource of the type, so
-    it is refused (400) rather than read as "no condition" or "any resource" (HAPI refuses it too)."""
-    return not query.strip().lstrip("?").strip("&").strip()
+    criteria: empty, or only `?` and `&` (after any `Type?`). As a search it would match every
+    resource of the type, so it is refused (400) rather than read as "no condition" or "any
+    resource" (HAPI refuses it too)."""
+    return not _split_condition(query)[1].strip("&").strip()
+
+
+def condition_criteria(resource_type: str, query: str) -> list[tuple[str, str]]:
+    """The search parameters of a conditional create's query; 400 when it names another type."""
+    head, criteria = _split_condition(query)
+    named = head.rstrip("/").rsplit("/", 1)[-1]
+    if head and named != resource_type:
+        raise _bad(f"the condition {query[:200]!r} searches {named}, not {resource_type}", "If-None-Exist")
+    return parse_qsl(criteria, keep_blank_values=True)
 
 
 def parse_search(

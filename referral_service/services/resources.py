@@ -29,7 +29,13 @@ from ..fhir import jsonio
 from ..fhir.mappers import DOMAIN_STATEMENTS, ON_DELETE, TO_DOMAIN
 from ..fhir.mappers.patient import RESIDENT_ID_SYSTEM
 from ..fhir.resources import RESOURCES, ResourceDef
-from ..fhir.search import Include, SearchQuery, is_empty_condition, parse_search
+from ..fhir.search import (
+    Include,
+    SearchQuery,
+    condition_criteria,
+    is_empty_condition,
+    parse_search,
+)
 from ..fhir.search_params import IndexRows, extract
 from ..fhir.store import ResourceStore, SearchPage, Stored, missing_references, read_current
 from ..fhir.validation import check_resource, check_structure
@@ -286,7 +292,7 @@ def conditional_matches(session: Session, resource_type: str, if_none_exist: str
     the others find the winner. Matching ignores visibility: a duplicate must never be created
     because a match is hidden from the caller.
     """
-    args = parse_qsl(if_none_exist.lstrip("?"), keep_blank_values=True)
+    args = condition_criteria(resource_type, if_none_exist)
     query = parse_search(resource_type, args, 2, 2)
     store = ResourceStore(session)
     store.lock_key(f"{resource_type}?{sorted(args)}")

@@ -119,6 +119,27 @@ def test_conditional_create_returns_the_existing_one(his: Fhir) -> None:
     assert again.json["id"] == first.json["id"]
 
 
+@pytest.mark.parametrize("prefix", ["Patient?", "http://localhost/fhir/Patient?", "/Patient?"])
+def test_a_condition_may_name_its_type_as_hapi_takes_it(his: Fhir, prefix: str) -> None:
+    """`If-None-Exist: Patient?identifier=...` (and a URL ending so) was 400 "unknown search parameter
+    'Patient?identifier'"; HAPI reads the criteria after the `?`. Another type is 400, naming it."""
+    first = his.post("Patient", patient(PID_1)).json["id"]
+    condition = f"{prefix}identifier={RESIDENT_ID}|{PID_1}"
+    again = his.post("Patient", patient(PID_1), headers={"If-None-Exist": condition})
+    assert again.status_code == 200, again.json
+    assert again.json["id"] == first
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": patient(PID_1), "request": {"method": "POST", "url": "Patient", "ifNoneExist": condition}}]}
+    answered = his.post("", bundle)
+    assert answered.status_code == 200, answered.json
+    assert answered.json["entry"][0]["resource"]["id"] == first
+    other = his.post("Patient", patient(None), headers={"If-None-Exist": "Encounter?identifier=x|y"})
+    assert other.status_code == 400, other.json
+    assert "Encounter" in other.json["issue"][0]["diagnostics"]
+    assert his.post("Patient", patient(None), headers={"If-None-Exist": "Patient?"}).status_code == 400
+    assert his.get("Patient").json["total"] == 1
+
+
 def test_duplicate_resident_id_is_409(his: Fhir) -> None:
     assert his.post("Patient", patient(PID_1)).status_code == 201
     dup = his.post("Patient", patient(PID_1))
