@@ -355,3 +355,54 @@ def test_referral_journey_across_roles(live_county: str) -> None:
             expect(page.locator("#resolution")).to_contain_text("纳入医疗救助")
         finally:
             browser.close()
+
+
+def test_errors_mark_only_their_field_and_admin_tables_keep_their_columns(live_county: str) -> None:
+    """A charge row in error leaves the other rows' class selects alone; the API clients' and audit log's
+    long codes wrap so that names and short columns keep a readable width at 1024 px."""
+    from playwright.sync_api import expect, sync_playwright
+    from sqlalchemy import select
+
+    from referral_service.domain.registry import Patient
+
+    base = live_county
+    with database.session() as db:
+        mine = select(Patient.id).where(Patient.general_practitioner_id == "qs-th-01")
+        patient_id = db.scalar(mine.limit(1))
+    assert patient_id is not None
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport=DESKTOP, locale="zh-CN", timezone_id="Asia/Shanghai")
+            context.set_default_timeout(10_000)
+            page = context.new_page()
+            for user in ("clinic", "admin"):
+                page.goto(f"{base}/login")
+                page.fill("#username", user)
+                page.fill("#password", DEMO_PASSWORD)
+                page.click("button[type=submit].primary")
+                if user == "clinic":
+                    page.goto(f"{base}/clinic/patients/{patient_id}/visit")
+                    page.fill("#complaint", "头晕")
+                    page.fill("#diagnosis-0", "R42")
+                    page.fill("#charges-0-description", "血常规")
+                    page.fill("#charges-0-amount", "12.345")
+                    page.click("button[type=submit].primary")
+                    expect(page.locator("#charges-0-amount-error")).to_be_visible()
+                    border = "getComputedStyle(document.querySelector('%s')).borderTopWidth"
+                    assert page.evaluate(border % "#charges-0-amount") == "2px"
+                    assert page.evaluate(border % "#charges-1-charge_class") == "1px"
+                    assert page.evaluate(border % "#charges-0-charge_class") == "1px"
+                    page.click("form[action='/logout'] button")
+                    continue
+                page.goto(f"{base}/admin/clients")
+                for cell in page.locator("#clients tbody td.name").all():
+                    assert cell.bounding_box()["width"] >= 90, cell.inner_text()  # type: ignore[index]
+                page.goto(f"{base}/admin/audit")
+                wrap = page.locator("#audit").locator("xpath=..")
+                assert wrap.evaluate("e => e.scrollWidth <= e.clientWidth"), "the audit log scrolls sideways"
+                lines = "e => { const r = document.createRange(); r.selectNodeContents(e); " \
+                        "return r.getClientRects().length; }"
+                assert page.locator("#audit tbody td").first.evaluate(lines) == 1, "the time wraps"
+        finally:
+            browser.close()
