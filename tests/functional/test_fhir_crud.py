@@ -128,8 +128,9 @@ def test_a_condition_may_name_its_type_as_hapi_takes_it(his: Fhir, prefix: str) 
     again = his.post("Patient", patient(PID_1), headers={"If-None-Exist": condition})
     assert again.status_code == 200, again.json
     assert again.json["id"] == first
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{
-        "resource": patient(PID_1), "request": {"method": "POST", "url": "Patient", "ifNoneExist": condition}}]}
+    request = {"method": "POST", "url": "Patient", "ifNoneExist": condition}
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"resource": patient(PID_1), "request": request}]}
     answered = his.post("", bundle)
     assert answered.status_code == 200, answered.json
     assert answered.json["entry"][0]["resource"]["id"] == first
