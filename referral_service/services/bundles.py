@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from sqlalchemy.exc import IntegrityError
@@ -32,6 +32,7 @@ from ..fhir.store import Stored, instant
 from ..fhir.validation import require_update_id
 from . import resources as service
 
+T = TypeVar("T")
 METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 URN_PREFIX = "urn:uuid:"
@@ -334,22 +335,28 @@ def _write_order(writes: list[_Entry]) -> list[_Entry]:
     """
     by_target = {f"{e.res_type}/{e.resource['id']}": e for e in writes if e.resource and e.resource.get("id")}
     by_target.update({f"{e.res_type}/{e.res_id}": e for e in writes if e.method == "PUT" and e.res_id})
-    out: list[_Entry] = []
-    state: dict[int, str] = {}
+    ordered = sorted(writes, key=lambda e: (METHOD_ORDER[e.method], e.index))
+    return referenced_first(ordered, by_target, lambda e: e.resource)
 
-    def visit(e: _Entry) -> None:
-        if state.get(e.index):
-            return  # done, or on the current path (a cycle)
-        state[e.index] = "visiting"
-        for ref in _references(e.resource):
-            dep = by_target.get(ref)
-            if dep is not None and dep is not e:
+
+def referenced_first(items: list[T], targets: dict[str, T], resource_of: Callable[[T], Any]) -> list[T]:
+    """`items` in their order, except that one another item references (a `Type/id` of `targets`)
+    goes before it; in a cycle of references the order given decides."""
+    out: list[T] = []
+    seen: set[int] = set()  # done, or on the current path (a cycle)
+
+    def visit(item: T) -> None:
+        if id(item) in seen:
+            return
+        seen.add(id(item))
+        for ref in _references(resource_of(item)):
+            dep = targets.get(ref)
+            if dep is not None and dep is not item:
                 visit(dep)
-        state[e.index] = "done"
-        out.append(e)
+        out.append(item)
 
-    for e in sorted(writes, key=lambda e: (METHOD_ORDER[e.method], e.index)):
-        visit(e)
+    for item in items:
+        visit(item)
     return out
 
 

@@ -1167,7 +1167,7 @@ __all__ = [
 
 def submit_bundle(session: Session, actor: Actor, bundle: dict[str, Any]) -> SubmitResult:
     """$submit with a Bundle: store what the Claim references (same rules as the API), then settle."""
-    from .bundles import _rewrite
+    from .bundles import _rewrite, referenced_first
     from .resources import create, update
 
     entries = [
@@ -1188,8 +1188,11 @@ def submit_bundle(session: Session, actor: Actor, bundle: dict[str, Any]) -> Sub
         if e.get("fullUrl"):
             ids[str(e["fullUrl"])] = f"{kind}/{rid}"
     known = frozenset((v.split("/", 1)[0], v.split("/", 1)[1]) for v in ids.values())
-    for e in others:
-        resource = _rewrite(e["resource"], ids)
+    rewritten = [_rewrite(e["resource"], ids) for e in others]
+    # In any order they come, as in a transaction: what another entry references is stored first
+    # (a Coverage's Patient before it).
+    targets = {f"{r.get('resourceType')}/{r['id']}": r for r in rewritten}
+    for resource in referenced_first(rewritten, targets, lambda r: r):
         kind = str(resource.get("resourceType"))
         if _load(session, kind, str(resource["id"])) is None:
             create(session, actor, kind, resource, assigned_id=str(resource["id"]), known_refs=known)

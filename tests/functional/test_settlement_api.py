@@ -221,7 +221,12 @@ def test_referral_checks(county: County) -> None:
         assert response.status_code == 422, ref
 
 
-def test_submit_bundle_with_what_the_claim_references(county: County) -> None:
+@pytest.mark.parametrize(
+    "order", [(0, 1, 2), (2, 1, 0)], ids=["patient-coverage-claim", "claim-coverage-patient"]
+)
+def test_submit_bundle_with_what_the_claim_references(county: County, order: tuple[int, ...]) -> None:
+    """The entries may come in any order, as in a transaction: a Coverage before the Patient it
+    covers is stored after it."""
     from tests.functional.settlement_helpers import POVERTY_URL  # noqa: F401
 
     _, _ = county.patient()
@@ -262,6 +267,7 @@ def test_submit_bundle_with_what_the_claim_references(county: County) -> None:
     }
     bundle["entry"][2]["resource"]["patient"] = {"reference": "urn:uuid:p1"}
     bundle["entry"][2]["resource"]["insurance"][0]["coverage"] = {"reference": "urn:uuid:c1"}
+    bundle["entry"] = [bundle["entry"][i] for i in order]
     response = county.his["hosp"].post("Claim/$submit", bundle)
     assert response.status_code == 200, response.json
     assert components(response.json)["basic-insurance"] == D("400.00")  # outpatient county 50%
