@@ -1029,21 +1029,20 @@ class ReversalResult:
 
 def reverse_settlement(session: Session, actor: Actor, claim_id: str, reason: str) -> ReversalResult:
     """冲销: remove a settlement from every accumulator; keep both records; list later ones for review."""
-    if not reason or not reason.strip():
-        raise _refuse("a reversal needs a reason", "Parameters.parameter[reason]", "required")
     settlement = session.scalars(
         select(Settlement).where(Settlement.claim_id == claim_id, Settlement.status == "active")
     ).first()
-    if settlement is None:
-        if session.scalars(select(Settlement.id).where(Settlement.claim_id == claim_id)).first() is not None:
-            raise Conflict(f"Claim/{claim_id} has no active settlement (already reversed)")
+    # Who may reverse is checked first (403), then the reason (422), then whether there is still a
+    # settlement to reverse (409): a client that may not reverse the claim learns nothing more.
+    settled = settlement or session.scalars(select(Settlement).where(Settlement.claim_id == claim_id)).first()
+    if settled is None:
         raise NotFound(f"Claim/{claim_id} has no settlement")
-    if (
-        not actor.sees_everything
-        and actor.organization_id not in (settlement.provider_id,)
-        and not actor.is_insurer
-    ):
+    if not actor.sees_everything and actor.organization_id != settled.provider_id and not actor.is_insurer:
         raise Forbidden("only the hospital that settled the claim or the insurance office may reverse it")
+    if not reason or not reason.strip():
+        raise _refuse("a reversal needs a reason", "Parameters.parameter[reason]", "required")
+    if settlement is None:
+        raise Conflict(f"Claim/{claim_id} has no active settlement (already reversed)")
     acc = _lock_accumulator(session, settlement.patient_id, settlement.accumulator_year)
     session.refresh(settlement, with_for_update=True)
     if settlement.status != "active":

@@ -132,6 +132,22 @@ def test_reversal_restores_accumulators_and_lists_later_settlements(county: Coun
     assert every_stored_version_validates() > 6  # Claims, ClaimResponses (and reversed), EOBs
 
 
+def test_a_client_that_may_not_reverse_a_claim_gets_403_whatever_the_claims_state(county: County) -> None:
+    """Who may reverse is checked before what is wrong with the request or the settlement: another
+    provider's client gets 403, not 422 for a missing reason nor 409 for a reversal already made."""
+    pid, cov = county.patient()
+    hosp, clinic = county.his["hosp"], county.his["th-01"]  # th-01 sees the patient (its GP), not its claim
+    settled = hosp.post("Claim/$submit", claim(pid, cov, "hosp", [("1000.00", "A")]))
+    claim_id = settled.json["request"]["reference"].split("/")[1]
+    reason = {"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": "重复结算"}]}
+    assert clinic.post(f"Claim/{claim_id}/$reverse", {"resourceType": "Parameters"}).status_code == 403
+    assert clinic.post(f"Claim/{claim_id}/$reverse", reason).status_code == 403
+    assert hosp.post(f"Claim/{claim_id}/$reverse", reason).status_code == 200
+    assert clinic.post(f"Claim/{claim_id}/$reverse", reason).status_code == 403
+    assert hosp.post(f"Claim/{claim_id}/$reverse", reason).status_code == 409
+    assert clinic.post("Claim/no-such-claim/$reverse", reason).status_code == 404
+
+
 def test_up_referral_pays_only_the_deductible_difference(county: County) -> None:
     pid, cov = county.patient()
     up = county.referral(pid, performer="th-01", requester="vc-01")
