@@ -212,6 +212,16 @@ def news2_value(parameter: str, value: str | None) -> str:
     return f"{value} {_('/min') if unit == '/min' else unit}".strip()
 
 
+def versioned(value: Any) -> tuple[str, str]:
+    """(name, version) of a rule set canonical `id|version` or a policy `id version` ('' when none)."""
+    text = str(value or "")
+    for separator in ("|", " "):
+        if separator in text:
+            name, version = text.rsplit(separator, 1)
+            return name, version
+    return text, ""
+
+
 def component_label(code: str, lang: str | None = None) -> str:
     """The name of a settlement component (from our CodeSystem) in the language."""
     zh = (lang or auth.language()).startswith("zh")
@@ -233,3 +243,4 @@ def init_app(app: Flask) -> None:
     app.add_template_global(generate_csrf, "csrf_token")
     app.add_template_global(forms.anchor, "anchor")
     app.add_template_global(component_label, "component_label")
+    app.add_template_global(versioned, "versioned")

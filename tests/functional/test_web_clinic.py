@@ -324,6 +324,7 @@ def test_first_visit_with_low_spo2_proposes_an_emergency_referral(county: County
     assert "88 %" in page and "Total 9; highest single parameter 3." in page
     assert '<dd class="target">青山县人民医院</dd>' in page
     assert "Confirm and send the referral" in page
+    assert re.search(r"Rule set up-referral-[a-z]+, version [0-9.]+</p>", page)  # not "id|version"
     # Stored as the API stores it, with the same rules run.
     encounter = stored("Encounter", encounter_id)
     assert encounter["class"] == {"system": codes.V3_ACT_CODE_SYSTEM, "code": "AMB"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from decimal import Decimal
 
@@ -84,6 +85,8 @@ def test_preview_then_confirm_then_slip(county: County) -> None:
     )  # Chinese on an English screen
     assert "基本医保支付" in slip and "¥7,440.00" in slip and "个人自付" in slip and "¥3,060.00" in slip
     assert "620425********" in slip  # the identity number is masked on paper
+    assert re.search(r"<dt>Policy</dt><dd>[a-z0-9-]+, version [0-9.]+</dd>", settled)  # not "qingshan-2018 1"
+    assert re.search(r"结算政策：[a-z0-9-]+（版本 [0-9.]+）", slip)
     # Settling twice changes nothing (the claim is idempotent).
     assert hospital.post(f"/hospital/settlements/{stay}/confirm").status_code == 302
     assert _settlements() == 1
