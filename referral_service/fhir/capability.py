@@ -33,18 +33,20 @@ def _resource_entry(type_name: str) -> dict[str, Any]:
         "type": type_name,
         "interaction": [{"code": code} for code in rdef.interactions],
         "versioning": "versioned",
-        "readHistory": True,
+        "readHistory": "vread" in rdef.interactions,
         "updateCreate": "update" in rdef.interactions,
         "conditionalCreate": "create" in rdef.interactions,
         "conditionalRead": "not-supported",
         "conditionalUpdate": False,
         "conditionalDelete": "not-supported",
-        "searchInclude": [f"{type_name}:{p.name}" for p in rdef.params if p.type == "reference"],
-        "searchRevInclude": sorted(
+        "searchInclude": [
+            f"{type_name}:{p.name}" for p in rdef.params if p.type == "reference" and not rdef.audit_log
+        ],
+        "searchRevInclude": [] if rdef.audit_log else sorted(
             f"{other.type}:{p.name}"
             for other in RESOURCES.values()
             for p in other.params
-            if p.type == "reference" and (not p.targets or type_name in p.targets)
+            if p.type == "reference" and (not p.targets or type_name in p.targets) and not other.audit_log
         ),
         "searchParam": [
             {"name": "_id", "type": "token"},

@@ -30,6 +30,9 @@ class ResourceDef:
     # (the hospital a payment batch pays).
     party_params: tuple[str, ...] = ()
     operations: tuple[str, ...] = field(default_factory=tuple)
+    # Served from the audit log (services/audit_events.py), not the resource store: read and search by
+    # its own parameters only (no _include, _revinclude, vread or history).
+    audit_log: bool = False
 
     @cached_property
     def by_name(self) -> dict[str, P]:
@@ -264,13 +267,13 @@ RESOURCES: dict[str, ResourceDef] = {
             financial=True,
             party_params=("requestor",),
         ),
-        ResourceDef(
+        ResourceDef(  # the parameters services/audit_events.py searches the log by
             "AuditEvent",
             (P("date", "date", ("recorded",)), P("agent-name", "string", ("agent.name",)),
-             P("entity", "reference", ("entity.what",)), P("action", "token", ("action",)),
-             P("outcome", "token", ("outcome",)), P("patient", "reference", ("entity.what",), ("Patient",)),
-             P("type", "token", ("type",)), P("subtype", "token", ("subtype",))),
-            interactions=READ_ONLY,
+             P("patient", "reference", ("entity.what",), ("Patient",)),
+             P("entity-type", "token", ("entity.type",)), P("action", "token", ("action",))),
+            interactions=("read", "search-type"),
+            audit_log=True,
         ),
     ]
 }

@@ -256,6 +256,9 @@ def parse_search(
             if len(parts) == 3 and parts[2] not in RESOURCES:
                 raise _bad(f"{name}={raw!r}: {parts[2]!r} is not a resource type", name)
             source = RESOURCES[parts[0]]
+            if source.audit_log:
+                raise _bad(f"{name}={raw!r} is not supported: AuditEvents are served from the audit log, "
+                           "by their own search only", name)
             p = source.by_name.get(parts[1])
             if p is None or p.type != "reference":
                 raise _bad(f"{name}={raw!r}: {parts[0]} has no reference parameter {parts[1]!r}", name)

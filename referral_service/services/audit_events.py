@@ -14,8 +14,9 @@ from ..domain.registry import AuditRecord
 from ..fhir.mappers.audit_event import from_domain
 from ..fhir.search_params import parse_date_range
 
-SEARCHABLE = ("date", "agent-name", "patient", "entity-type", "action", "_count", "_cursor", "_format",
-              "_pretty", "_id", "_sort", "_total")
+# As the CapabilityStatement lists them (fhir/resources.py: AuditEvent); _lastUpdated is the date.
+SEARCHABLE = ("date", "_lastUpdated", "agent-name", "patient", "entity-type", "action", "_count", "_cursor",
+              "_format", "_pretty", "_id", "_sort", "_total", "_summary")
 # _sort: newest first unless asked for the oldest first (the log's order is its id's order).
 _SORTS = {"-date": False, "-_lastUpdated": False, "date": True, "_lastUpdated": True}
 
@@ -45,6 +46,11 @@ def search_audit_events(
             if value not in ("none", "estimate", "accurate"):
                 raise BadRequest("_total must be none, estimate or accurate")
             want_total = value == "accurate"
+        elif key == "_summary":
+            if value not in ("count", "false"):
+                raise BadRequest(f"_summary={value!r} is not supported for AuditEvent (count or false)")
+            if value == "count":
+                want_total, count = True, 0
     if not actor.sees_everything:
         return [], None, 0 if want_total else None
     stmt = select(AuditRecord)
@@ -52,7 +58,7 @@ def search_audit_events(
         name = key.split(":")[0]
         if name not in SEARCHABLE:
             raise BadRequest(f"unknown search parameter {name!r} for AuditEvent")
-        if name == "date":
+        if name in ("date", "_lastUpdated"):
             prefix = value[:2] if value[:2] in ("gt", "ge", "lt", "le", "eq") else "eq"
             try:
                 low, high = parse_date_range(value[2:] if prefix != "eq" or value.startswith("eq") else value)

@@ -48,3 +48,28 @@ def test_patient_reads_and_writes_are_audited(
     assert "total" not in platform.get("AuditEvent?agent-name=township-his").json
     assert platform.get("AuditEvent?_sort=agent-name").status_code == 400
     assert platform.get("AuditEvent?_total=lots").status_code == 400
+
+
+def test_the_capability_statement_lists_what_the_audit_log_search_answers(
+    client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
+) -> None:
+    """It listed entity, outcome, type, subtype, _lastUpdated, _include, _revinclude (also from every
+    other type: AuditEvent:patient, AuditEvent:entity), vread and history: each was 400 or 404."""
+    cid, secret = make_api_client("county-platform", "system/*.cruds", "qs-health-commission")
+    platform = Fhir(client, token_for(client, cid, secret))
+    pid = platform.post("Patient", patient("620421199003070021")).json["id"]
+    platform.get(f"Patient/{pid}")
+    resources = {r["type"]: r for r in client.get("/fhir/metadata").json["rest"][0]["resource"]}
+    audit = resources["AuditEvent"]
+    values = {"date": "ge2000-01-01", "_lastUpdated": "ge2000-01-01", "agent-name": "county-platform",
+              "patient": f"Patient/{pid}", "entity-type": "Patient", "action": "R", "_id": "1"}
+    for param in audit["searchParam"]:
+        answer = platform.get(f"AuditEvent?{param['name']}={values[param['name']]}")
+        assert answer.status_code == 200, (param, answer.json)
+    assert platform.get("AuditEvent?_lastUpdated=ge2000-01-01").json["entry"]
+    assert [i["code"] for i in audit["interaction"]] == ["read", "search-type"]
+    assert audit["searchInclude"] == [] and audit["searchRevInclude"] == []
+    assert not [r for r in resources["Patient"]["searchRevInclude"] if r.startswith("AuditEvent:")]
+    assert platform.get(f"Patient?_id={pid}&_revinclude=AuditEvent:patient").status_code == 400
+    counted = platform.get(f"AuditEvent?patient={pid}&_summary=count").json
+    assert counted["total"] == 2 and "entry" not in counted
