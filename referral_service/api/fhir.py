@@ -505,4 +505,16 @@ def transaction() -> Response:
             session, name=principal.client_id, kind="client", organization_id=principal.organization_id
         )
     response_bundle, status = bundles.process(body, principal.may, actor, base_url(), database)
+    if "return=minimal" in request.headers.get("Prefer", ""):
+        _without_written_resources(body, response_bundle)
     return fhir_response(response_bundle, status)
+
+
+def _without_written_resources(asked: dict[str, Any], answer: dict[str, Any]) -> None:
+    """`Prefer: return=minimal` (FHIR http.html#ops): the entries of writes answer their status,
+    location and ETag, not the resource stored (a read or search entry keeps what it asked for)."""
+    requests = asked.get("entry") if isinstance(asked.get("entry"), list) else []
+    for entry, raw in zip(answer.get("entry") or [], requests, strict=False):
+        req = raw.get("request") if isinstance(raw, dict) else None  # (a batch answers malformed ones)
+        if isinstance(req, dict) and req.get("method") in ("POST", "PUT"):
+            entry.pop("resource", None)

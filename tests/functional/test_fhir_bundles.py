@@ -584,3 +584,22 @@ def test_transaction_acting_twice_on_one_resource_is_400(platform: Fhir) -> None
     same_url = platform.post("", bundle("transaction", *twins))
     assert same_url.status_code == 400, same_url.json
     assert counts() == before
+
+
+def test_prefer_return_minimal_answers_writes_without_their_resources(platform: Fhir) -> None:
+    """As a single create does (201, no body): the entries of writes carry status, location and ETag
+    only; a read entry keeps its resource. The resources were returned whatever Prefer said."""
+    pid = platform.post("Patient", patient(PID_1)).json["id"]
+    for kind in ("transaction", "batch"):
+        bundle = {"resourceType": "Bundle", "type": kind, "entry": [
+            {"resource": patient(None), "request": {"method": "POST", "url": "Patient"}},
+            {"request": {"method": "GET", "url": f"Patient/{pid}"}},
+            {"request": "not a request"},
+        ][: 3 if kind == "batch" else 2]}
+        answer = platform.post("", bundle, headers={"Prefer": "return=minimal"})
+        assert answer.status_code == 200, answer.json
+        written, read = answer.json["entry"][:2]
+        assert "resource" not in written and written["response"]["status"].startswith("201")
+        assert written["response"]["location"].startswith("Patient/") and written["response"]["etag"]
+        assert read["resource"]["id"] == pid
+        assert "resource" in platform.post("", bundle).json["entry"][0]
