@@ -513,8 +513,9 @@ def transaction() -> Response:
 def _without_written_resources(asked: dict[str, Any], answer: dict[str, Any]) -> None:
     """`Prefer: return=minimal` (FHIR http.html#ops): the entries of writes answer their status,
     location and ETag, not the resource stored (a read or search entry keeps what it asked for)."""
-    requests = asked.get("entry") if isinstance(asked.get("entry"), list) else []
-    for entry, raw in zip(answer.get("entry") or [], requests, strict=False):
+    requests = asked.get("entry")
+    for entry, raw in zip(answer.get("entry") or [], requests if isinstance(requests, list) else [],
+                          strict=False):
         req = raw.get("request") if isinstance(raw, dict) else None  # (a batch answers malformed ones)
         if isinstance(req, dict) and req.get("method") in ("POST", "PUT"):
             entry.pop("resource", None)
