@@ -69,6 +69,7 @@ class _Rules:
 
 
 _rules = _Rules()
+REFERRAL_KINDS = ("up-referral", "down-referral")  # codes of {base}/CodeSystem/referral-type
 
 
 def configure(rules_dir: Path) -> None:
@@ -333,11 +334,32 @@ def _org_of(actor: Actor) -> str | None:
     return None if actor.sees_everything else actor.organization_id
 
 
+def _check_parties(sr: dict[str, Any]) -> None:
+    """An active up- or down-referral names the Organization that refers (`requester`) and the one it
+    goes to (`performer`, the first): its Task is requested by the one and owned by the other (422
+    naming the element otherwise; a draft may lack them until it is sent)."""
+    if sr.get("status") != "active" or _code(sr, codes.REFERRAL_TYPE_SYSTEM) not in REFERRAL_KINDS:
+        return
+    first_performer = (sr.get("performer") or [None])[0]
+    for element, value in (("requester", sr.get("requester")), ("performer", first_performer)):
+        reference = value.get("reference") if isinstance(value, dict) else None
+        if not isinstance(reference, str) or not reference.startswith("Organization/"):
+            where = f"ServiceRequest.{element}"
+            role = "referring" if element == "requester" else "target"
+            raise Unprocessable(
+                f"{where} must name the {role} Organization of an active referral",
+                [Problem(f"{where} must be a reference to the {role} Organization (Organization/id)",
+                         expression=where, code="required")],
+            )
+
+
 def _check_referral_change(
     session: Session, actor: Actor, new: dict[str, Any], previous: dict[str, Any] | None
 ) -> None:
     """Only the requester changes a proposal, confirms it (draft -> active) or overrides it (revoke, other
-    target or urgency), and an override needs a reason; a revoked referral stays revoked."""
+    target or urgency), and an override needs a reason; a revoked referral stays revoked. A referral
+    sent (`active`) names its referring and target organisations (`_check_parties`)."""
+    _check_parties(new)
     if previous is None:
         return
     if previous.get("status") == "revoked" and new.get("status") != "revoked":
@@ -507,7 +529,7 @@ def _referral_written(session: Session, actor: Actor, stored: Stored, result: se
         and ref_id(task_.get("owner")) == performer
     ):
         task_ = _sync_priority(session, actor, task_, str(priority))
-    if sr.get("status") != "active" or kind not in ("up-referral", "down-referral"):
+    if sr.get("status") != "active" or kind not in REFERRAL_KINDS:
         return
     patient_id = ref_id(sr.get("subject")) or ""
     requester = ref_id(sr.get("requester")) or ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -312,6 +313,44 @@ def test_referrals_a_his_posts_along_a_based_on_chain_join_the_episode_of_its_ro
     episode = _one(clinic, f"EpisodeOfCare?patient=Patient/{other}")
     assert [r["reference"] for r in episode["referralRequest"]] == [f"ServiceRequest/{alone}"]
     assert every_stored_version_validates() > 5
+
+
+@pytest.mark.parametrize(
+    ("change", "element"),
+    [
+        ({"performer": None}, "ServiceRequest.performer"),
+        ({"performer": [{"display": "县医院"}]}, "ServiceRequest.performer"),
+        ({"performer": [{"reference": "Patient/{pid}"}]}, "ServiceRequest.performer"),
+        ({"requester": None}, "ServiceRequest.requester"),
+        ({"requester": {"reference": "Patient/{pid}"}}, "ServiceRequest.requester"),
+    ],
+)
+def test_an_active_referral_needs_its_referring_and_target_organisations(
+    county: dict[str, Fhir], change: dict[str, Any], element: str
+) -> None:
+    """The Task that carries a referral is owned by its target and requested by the referrer, both
+    Organizations: an active referral without them is 422 naming the ServiceRequest's element (not
+    the Task the service would have built), and nothing is stored."""
+    platform, clinic = county["platform"], county["township-his"]
+    pid = platform.post("Patient", patient(RESIDENT_SAMPLE, gp="th-01")).json["id"]
+    sr_id = _posted_referral(clinic, pid, "up-referral", "th-01", "hosp")
+    body = clinic.get(f"ServiceRequest/{sr_id}").json
+    del body["id"], body["meta"]
+    for key, value in change.items():
+        if value is None:
+            body.pop(key)
+        else:
+            body[key] = json.loads(json.dumps(value).replace("{pid}", pid))
+    response = clinic.post("ServiceRequest", body)
+    assert response.status_code == 422, response.json
+    assert response.json["issue"][0]["expression"] == [element]
+    assert clinic.get(f"ServiceRequest?patient=Patient/{pid}&_summary=count").json["total"] == 1
+    # a draft may lack them until it is sent
+    draft = clinic.post("ServiceRequest", body | {"status": "draft"})
+    assert draft.status_code == 201, draft.json
+    sent = clinic.put(f"ServiceRequest/{draft.json['id']}", draft.json | {"status": "active"})
+    assert sent.status_code in (403, 422), sent.json  # 403: no requester names the clinic as its author
+    assert clinic.get(f"Task?focus=ServiceRequest/{draft.json['id']}&_summary=count").json["total"] == 0
 
 
 def test_re_evaluating_a_visit_creates_no_duplicates(county: dict[str, Fhir]) -> None:
