@@ -625,7 +625,12 @@ def _check_task_move(
     if org is None or org == requester:
         allowed |= requester_moves
     if wanted not in allowed:
-        nxt = ", ".join(sorted(allowed)) or "none (final state)"
+        nxt = ", ".join(sorted(allowed)) or (
+            "none (final state)" if old in FINAL_TASK_STATES
+            else f"none for Organization/{org} (the requester sends a draft Task by confirming its "
+            "ServiceRequest)" if old == "draft"
+            else f"none for Organization/{org}"
+        )
         raise Conflict(
             f"Task cannot move from {old} to {wanted}; allowed next states: {nxt}",
             [

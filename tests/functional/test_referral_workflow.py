@@ -409,6 +409,13 @@ def test_forbidden_task_moves_change_nothing(county: dict[str, Fhir]) -> None:
     clinic, hospital = county["township-his"], county["county-his"]
     _, _, gr = _first_visit(county)
     sr_id = gr["result"]["reference"].split("/")[1]
+    draft = _one(hospital, f"Task?focus=ServiceRequest/{sr_id}")
+    early = hospital.put(f"Task/{draft['id']}", draft | {"status": "accepted"})  # not sent yet
+    assert early.status_code == 409
+    assert early.json["issue"][0]["diagnostics"] == (
+        "Task cannot move from draft to accepted; allowed next states: none for Organization/hosp "
+        "(the requester sends a draft Task by confirming its ServiceRequest)"
+    )
     clinic.put(f"ServiceRequest/{sr_id}", clinic.get(f"ServiceRequest/{sr_id}").json | {"status": "active"})
     task = _one(hospital, "Task?owner=Organization/hosp&status=requested")
     not_owner = clinic.put(f"Task/{task['id']}", task | {"status": "accepted"})
