@@ -350,18 +350,35 @@ _NOT_RELATIVE = ("#", "urn:", "http://", "https://")
 _BUNDLE_LOCAL = ("urn:uuid:", "urn:oid:")
 
 
-def reference_problems(node: Any, path: str) -> list[Problem]:
+def _contained_ids(resource: dict[str, Any]) -> frozenset[str]:
+    contained = resource.get("contained")
+    items = contained if isinstance(contained, list) else []
+    return frozenset(str(c["id"]) for c in items if isinstance(c, dict) and isinstance(c.get("id"), str))
+
+
+def reference_problems(node: Any, path: str, contained: frozenset[str] | None = None) -> list[Problem]:
     """Relative references that name no resource, such as "Organization/" or "Patient" (a type
     without an id), each named by its element: 422, as a reference to a resource that does not exist
     is; so is a urn:uuid or urn:oid reference (a Bundle entry's fullUrl, rewritten by the Bundle before
-    the entry is stored: left in a resource it names nothing). Contained (#x), other urn: and absolute
-    references, and conditional ones (Type?query, resolved by the write), are left alone.
+    the entry is stored: left in a resource it names nothing), and a local reference (#x) to no
+    resource the root resource contains (FHIR invariant ref-1; "#" alone is the root itself). Other
+    urn: and absolute references, and conditional ones (Type?query, resolved by the write), are left
+    alone.
     """
+    if contained is None:
+        contained = _contained_ids(node) if isinstance(node, dict) else frozenset()
     found: list[Problem] = []
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
-                if value.startswith(_BUNDLE_LOCAL):
+                if value.startswith("#") and value != "#" and value[1:] not in contained:
+                    where = f"{path}.reference"
+                    found.append(Problem(
+                        f"{where}: {value[:80]!r} names no contained resource (ref-1: a local reference "
+                        "needs a resource of that id in contained)",
+                        expression=where, code="invariant",
+                    ))
+                elif value.startswith(_BUNDLE_LOCAL):
                     where = f"{path}.reference"
                     found.append(Problem(
                         f"{where}: {value[:80]!r} names a Bundle entry (its fullUrl) and resolves to "
@@ -377,11 +394,11 @@ def reference_problems(node: Any, path: str) -> list[Problem]:
                         expression=where, code="value",
                     ))
             elif isinstance(value, dict | list):
-                found += reference_problems(value, f"{path}.{key}")
+                found += reference_problems(value, f"{path}.{key}", contained)
     elif isinstance(node, list):
         for index, value in enumerate(node):
             if isinstance(value, dict | list):
-                found += reference_problems(value, f"{path}[{index}]")
+                found += reference_problems(value, f"{path}[{index}]", contained)
     return found
 
 

@@ -766,6 +766,16 @@ def test_a_bundle_local_reference_outside_a_bundle_is_422(his: Fhir, reference: 
     assert his.get("Encounter").json["total"] == 0
 
 
+def test_a_local_reference_needs_the_contained_resource_it_names(his: Fhir) -> None:
+    """FHIR invariant ref-1: `#p1` with nothing contained of id p1 was stored (201)."""
+    created = his.post("Encounter", _encounter({"reference": "#p1"}))
+    assert created.status_code == 422, created.json
+    assert created.json["issue"][0]["expression"] == ["Encounter.subject.reference"]
+    contained = {"resourceType": "Patient", "id": "p1", "name": [{"family": "王"}]}
+    body = _encounter({"reference": "#p1"}) | {"contained": [contained]}
+    assert his.post("Encounter", body).status_code == 201
+
+
 def test_a_conditional_reference_is_resolved_to_its_one_match(his: Fhir) -> None:
     """FHIR's conditional reference (Type?criteria), as HAPI resolves it on a write: the one match's
     Type/id is stored and indexed; no match is 422 (a reference to nothing), several 412. It was
