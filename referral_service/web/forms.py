@@ -90,6 +90,7 @@ class FormState:
 
     values: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # filled as the fields render, for the summary
 
     def value(self, name: str, default: Any = "") -> Any:
         """What was typed (or the default)."""
@@ -108,6 +109,11 @@ class FormState:
     def invalid(self) -> bool:
         """True when there is any error."""
         return bool(self.errors)
+
+    def labelled(self, name: str, label: Any) -> str:
+        """Remember the label a field was rendered with (the error summary names it); renders nothing."""
+        self.labels.setdefault(name, str(label))
+        return ""
 
     def summary(self) -> list[tuple[str, str]]:
         """(field, message) of every error, for the summary at the top of the form."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from html import unescape
 from typing import Any
 
 import orjson
@@ -448,6 +449,33 @@ def test_visit_errors_are_shown_beside_the_field(
     for code in form["diagnosis"]:
         assert not code.strip() or f'value="{code}"' in html
     assert stored_of("Encounter") == []  # nothing stored on a validation error
+
+
+def _summary_links(html: str) -> dict[str, str]:
+    summary = html.split('id="error-summary"', 1)[1].split("</div>", 1)[0]
+    return {m.group(1): unescape(m.group(2)) for m in re.finditer(r'<a href="#([^"]+)">(.*?)</a>', summary)}
+
+
+def test_the_error_summary_says_which_field_each_message_is_about(county: County) -> None:
+    """Two "This field is required." in a row say nothing; each names its field, in the user's language."""
+    response = county.client("clinic", lang="zh").post(
+        f"/clinic/patients/{county.patients['elder']}/visit",
+        data=visit_form(**{"complaint": "", "spo2": "abc", "diagnosis": ["J18.9", "pneumonia"],
+                           "charges-0-description": ""}),
+    )
+    assert response.status_code == 422
+    assert _summary_links(response.get_data(as_text=True)) == {
+        "complaint": "主诉：此项为必填项。",
+        "spo2": "血氧饱和度：请填写数字。",
+        "diagnosis-1": "诊断 2：不是有效的 ICD-10 编码（一个字母加两位数字，可带小数点和细分码）。",
+        "charges-0-description": "项目 1：此项为必填项。",
+    }
+    client = county.client("clinic")
+    encounter_id = record_visit(client, county.patients["elder"])
+    override = client.post(f"/clinic/referrals/ref-up-{encounter_id}/override", data={"reason": ""})
+    assert _summary_links(override.get_data(as_text=True)) == {
+        "action": "What instead: This field is required.", "reason": "Reason: This field is required.",
+    }
 
 
 def test_a_name_from_the_list_is_accepted_as_diagnosis(county: County) -> None:
