@@ -128,8 +128,8 @@ class Facts:
     visits with that category in the look-back window (DESIGN section 4, rule repeat-visits).
     """
 
-    age_years: int
-    age_months: int  # completed months in total, e.g. 27 for 2 years 3 months
+    age_years: int | None  # None: no birth date, so no age rule applies
+    age_months: int | None  # completed months in total, e.g. 27 for 2 years 3 months
     sex: str = "unknown"
     pregnant: bool = False
     facility_level: str = "township"
@@ -154,8 +154,8 @@ class Facts:
         problems: list[str] = []
         for name in ("age_years", "age_months"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                problems.append(f"{name} must be a non-negative int, got {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                problems.append(f"{name} must be a non-negative int or None, got {value!r}")
         if self.sex not in SEXES:
             problems.append(f"sex must be one of {sorted(SEXES)}, got {self.sex!r}")
         if not isinstance(self.pregnant, bool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -74,6 +75,24 @@ def ref_id(value: Any) -> str | None:
     """The id part of a literal reference."""
     if isinstance(value, dict) and isinstance(value.get("reference"), str):
         return value["reference"].rstrip("/").split("/")[-1]
+    return None
+
+
+def birth_days(birth: Any) -> tuple[date, date] | None:
+    """The first and last day a FHIR `date` (YYYY, YYYY-MM or YYYY-MM-DD) may be; None if it is none."""
+    if not isinstance(birth, str):
+        return None
+    try:
+        if len(birth) >= 10:
+            day = date.fromisoformat(birth[:10])
+            return day, day
+        if len(birth) == 7:
+            first = date.fromisoformat(f"{birth}-01")
+            return first, date(first.year, first.month, calendar.monthrange(first.year, first.month)[1])
+        if len(birth) == 4:
+            return date(int(birth), 1, 1), date(int(birth), 12, 31)
+    except ValueError:
+        return None
     return None
 
 
@@ -199,13 +218,15 @@ def facts_of(ctx: VisitContext) -> Facts:
                 pregnant = codes.SNOMED_PREGNANT in answer
     visit_day = ctx.start.astimezone(SHANGHAI).date()
     birth = ctx.patient.get("birthDate")
-    born = date.fromisoformat(birth[:10]) if birth and len(birth) >= 10 else None
-    if born is not None and visit_day < born:  # no age to decide on: the visit or the birth date is wrong
+    born = birth_days(birth)
+    if born is not None and visit_day < born[0]:  # no age to decide on: the visit or the birth date is wrong
         message = (f"Encounter.period.start ({visit_day.isoformat()}) is before the patient's birthDate "
-                   f"({born.isoformat()})")
+                   f"({birth})")
         raise Unprocessable(message, [Problem(message, expression="Encounter.period.start",
                                               code="business-rule")])
-    years, months = age_on(born, visit_day) if born is not None else (0, 0)
+    # The youngest the patient can be (a birthDate of a year or a month: its last day, or the visit's
+    # day if that comes first); no birthDate: age unknown, so no age rule applies.
+    years, months = age_on(min(born[1], visit_day), visit_day) if born is not None else (None, None)
     categories = _categories(ctx.conditions)
     repeat = {cat: sum(1 for _, cats in ctx.earlier_visits if cat in cats) for cat in sorted(categories)}
     disposition = None

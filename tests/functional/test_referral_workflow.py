@@ -448,6 +448,45 @@ def test_treat_here_when_nothing_matches(county: dict[str, Fhir]) -> None:
     assert clinic.get(f"ServiceRequest?patient=Patient/{pid}&_summary=count").json["total"] == 0
 
 
+@pytest.mark.parametrize(
+    ("birth", "rules"),
+    [
+        (None, ["default"]),  # no age: the age rules cannot apply (DESIGN 4: a missing value is false)
+        ("1940", ["elderly-watch"]),  # 85 or 86 on 2026-11-02, never an infant
+        ("1946-11", ["default"]),  # 79 until some day of November 1946's anniversary: not yet certainly 80
+        ("1946-10", ["elderly-watch"]),
+        ("2026-09", ["infant-fever"]),  # one or two months old
+    ],
+)
+def test_the_age_rules_read_a_partial_or_missing_birth_date_as_what_it_certainly_says(
+    county: dict[str, Fhir], birth: str | None, rules: list[str]
+) -> None:
+    """A Patient.birthDate of a year or a month, or none, was read as age 0: an adult with a fever
+    was sent urgently to paediatrics by infant-fever. The age is now counted from the last day the
+    birthDate allows (the youngest the patient can be), and a missing one leaves the age unknown."""
+    platform, clinic = county["platform"], county["township-his"]
+    person = patient(None, gp="th-01")
+    if birth is None:
+        del person["birthDate"]
+    else:
+        person["birthDate"] = birth
+    pid = platform.post("Patient", person).json["id"]
+    bundle = visit_bundle("th-01", spo2=97, diagnoses=("J06.9",))
+    urn = bundle["entry"].pop(0)["fullUrl"]
+    bundle = json.loads(json.dumps(bundle).replace(urn, f"Patient/{pid}"))
+    calm = {"9279-1": 21, "8867-4": 91, "8310-5": 38.5}  # NEWS2 2 + 1 + 1, with a fever
+    for e in bundle["entry"]:
+        code = (e["resource"].get("code") or {}).get("coding", [{}])[0].get("code")
+        if code in calm:
+            e["resource"]["valueQuantity"]["value"] = calm[code]
+        if code == "85354-9":
+            e["resource"]["component"][0]["valueQuantity"]["value"] = 125
+    response = clinic.post("", bundle)
+    assert response.status_code == 200, response.json
+    gr = _one(clinic, f"GuidanceResponse?subject=Patient/{pid}")
+    assert [c["coding"][0]["code"] for c in gr["reasonCode"]] == rules
+
+
 def _stay(
     hospital: Fhir,
     pid: str,
