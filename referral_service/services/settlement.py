@@ -622,6 +622,11 @@ def submit_claim(session: Session, actor: Actor, claim: dict[str, Any]) -> Submi
         raise bad_discharge
     _check_period(claim, discharge)
     region = (parties.district or "").strip()
+    if not region:  # DESIGN 5: the policy is that of the patient's insured region
+        raise _refuse(
+            "the patient has no insured region (Patient.address[0].district), so no settlement policy "
+            "applies", "Claim.patient", "business-rule",
+        )
     try:
         policy = policies().in_force(region, discharge)
     except NoPolicyError as exc:

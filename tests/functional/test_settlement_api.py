@@ -219,6 +219,19 @@ def test_no_active_coverage_on_discharge_is_422(county: County) -> None:
     assert "Coverage" in response.json["issue"][0]["diagnostics"]
 
 
+def test_a_patient_without_an_insured_region_is_422_naming_it(county: County) -> None:
+    pid, cov = county.patient()
+    person = county.platform.get(f"Patient/{pid}").json
+    moved = county.platform.put(f"Patient/{pid}", person | {"address": [{"city": "云州市"}]})
+    assert moved.status_code == 200, moved.json
+    response = county.his["hosp"].post("Claim/$submit", claim(pid, cov, "hosp", [("1000.00", "A")]))
+    assert response.status_code == 422, response.json
+    assert response.json["issue"][0]["expression"] == ["Claim.patient"]
+    assert "Patient.address[0].district" in response.json["issue"][0]["diagnostics"]
+    with database.session() as s:
+        assert s.scalars(select(Settlement)).all() == []
+
+
 def test_village_inpatient_is_refused(county: County) -> None:
     pid, cov = county.patient()
     response = county.platform.post("Claim/$submit", claim(pid, cov, "vc-01", [("100.00", "A")]))
