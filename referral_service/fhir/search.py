@@ -38,6 +38,12 @@ MAX_PK = 2**63 - 1
 _CURSOR_SALT = b"referral-service search cursor v1"
 
 
+def sorts_by(rdef: ResourceDef, key: str) -> bool:
+    """Whether a search of the type may be sorted by the key: _id, _lastUpdated or a date parameter."""
+    param = rdef.by_name.get(key)
+    return key in SORTABLE or (param is not None and param.type == "date")
+
+
 @dataclass(frozen=True)
 class Clause:
     """One search parameter occurrence: values are OR-ed, occurrences AND-ed."""
@@ -121,7 +127,7 @@ def _search_cursor(data: dict[str, Any], sort: tuple[str, bool]) -> dict[str, An
         valid = value is None
     elif valid and key == "_id":
         valid = isinstance(value, str) and 0 < len(value) <= 64
-    elif valid and key == "_lastUpdated":
+    elif valid:  # _lastUpdated or a date parameter (`sorts_by`): an instant
         try:
             value = datetime.fromisoformat(value) if isinstance(value, str) else None
         except ValueError:
@@ -240,8 +246,9 @@ def parse_search(
         elif name == "_sort":
             keys = [k.strip() for k in raw.split(",")]
             for k in keys:
-                if k.lstrip("-") not in SORTABLE:
-                    raise _bad(f"_sort by {k!r} is not supported (use _id or _lastUpdated)", "_sort")
+                if not sorts_by(rdef, k.lstrip("-")):
+                    raise _bad(f"_sort by {k!r} is not supported (use _id, _lastUpdated or a date "
+                               f"parameter of {rdef.type})", "_sort")
             query.sort = (keys[0].lstrip("-"), keys[0].startswith("-"))
             query.raw.append((key, raw))
         elif name in ("_include", "_revinclude"):

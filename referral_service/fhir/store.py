@@ -35,7 +35,7 @@ from sqlalchemy.types import NullType
 
 from ..domain.actor import Actor
 from ..domain.audit import AUDIT_BINDS, AUDIT_COLUMNS, audit_params, queue_audit_row
-from ..domain.base import new_id
+from ..domain.base import UTCDateTime, new_id
 from ..domain.errors import Gone, NotFound, Problem, Unprocessable
 from ..domain.fhir_store import (
     DateIndex,
@@ -616,7 +616,7 @@ class ResourceStore:
         if len(rows) > query.count:
             last = page_rows[-1]
             value: str | None = None
-            if key == "_lastUpdated":
+            if isinstance(last.sort_value, datetime):  # _lastUpdated, a date parameter
                 value = last.sort_value.isoformat()
             elif key == "_id":
                 value = last.sort_value
@@ -771,6 +771,24 @@ _SORT_COLUMNS: dict[str, Any] = {
 }
 
 
+# Where a resource without a value of the date parameter sorted by goes: last, either way.
+_NO_DATE_ASCENDING = datetime(9999, 12, 31, tzinfo=UTC)  # after MAX_INSTANT (an open end)
+_NO_DATE_DESCENDING = datetime(1, 1, 1, tzinfo=UTC)  # before MIN_INSTANT (an open start)
+
+
+def _date_sort(res_type: str, param: str, desc: bool) -> Any:
+    """The sort key of a date parameter (FHIR search.html#_sort): ascending, the earliest instant a
+    resource's values cover; descending, the latest; a resource without one last (`sort_missing`)."""
+    bound = func.max(DateIndex.high) if desc else func.min(DateIndex.low)
+    found = (
+        select(bound)
+        .where(DateIndex.resource_pk == StoredResource.pk, DateIndex.res_type == res_type,
+               DateIndex.param == param)
+        .scalar_subquery()
+    )
+    return func.coalesce(found, bindparam("sort_missing", type_=UTCDateTime()))
+
+
 def _search_statement(
     kind: str, query: SearchQuery, actor: Actor, *, audited: bool = False
 ) -> tuple[Any, dict[str, Any]]:
@@ -791,6 +809,8 @@ def _search_statement(
     if paged:
         assert query.cursor is not None
         params.update(cursor_pk=query.cursor["pk"], cursor_value=query.cursor["v"])
+    if kind == "page" and key_name not in _SORT_COLUMNS:
+        params["sort_missing"] = _NO_DATE_DESCENDING if desc else _NO_DATE_ASCENDING
     stmt = _SEARCH_STATEMENTS.get(cache_key)
     if stmt is not None:
         return stmt, params
@@ -807,7 +827,9 @@ def _search_statement(
     elif kind == "ids":
         stmt = select(StoredResource.res_id).where(*where).limit(bindparam("row_limit", type_=Integer))
     else:
-        sort_col = _SORT_COLUMNS[key_name]
+        sort_col = _SORT_COLUMNS.get(key_name)
+        if sort_col is None:
+            sort_col = _date_sort(rdef.type, key_name, desc)
         if paged:
             where.append(_after_cursor(sort_col, key_name, desc))
         order = [sort_col.desc() if desc else sort_col.asc()]

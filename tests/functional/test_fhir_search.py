@@ -372,6 +372,25 @@ def test_sort(platform: Fhir, world: World) -> None:
     assert_400(platform.get("Patient?_sort=shoe-size"))
 
 
+def test_sort_by_a_date_parameter_pages_with_missing_values_last(platform: Fhir, world: World) -> None:
+    """DESIGN lists _sort among the search features; a date parameter (birthdate, Encounter date...)
+    was 400 "use _id or _lastUpdated". Ascending by the earliest instant, descending by the latest,
+    a resource without one last either way; next links keep the order."""
+    ming, fang, na, jose = (world.ming["id"], world.fang["id"], world.na["id"], world.jose["id"])
+    for sort, expected in (("birthdate", [ming, fang, na, jose]), ("-birthdate", [na, fang, ming, jose])):
+        assert ordered_ids(platform.get(f"Patient?_sort={sort}")) == expected, sort
+        seen: list[str] = []
+        url: str | None = f"Patient?_sort={sort}&_count=1"
+        while url:
+            page = platform.get(url) if not seen else platform.client.get(url, headers=platform._headers())
+            seen += ordered_ids(page)
+            url = next((lk["url"] for lk in page.json["link"] if lk["relation"] == "next"), None)
+        assert seen == expected, sort
+    assert ordered_ids(platform.get("Encounter?_sort=-date")) == [world.enc_feb["id"], world.enc_jan["id"]]
+    assert ordered_ids(platform.get("Encounter?_sort=date")) == [world.enc_jan["id"], world.enc_feb["id"]]
+    assert_400(platform.get("Patient?_sort=gender"))  # token and string parameters: not sortable here
+
+
 def test_sorted_paging_visits_each_once(platform: Fhir) -> None:
     ids = _bulk_patients(platform, 23)
     for sort in ("_id", "-_id", "_lastUpdated", "-_lastUpdated", None):
