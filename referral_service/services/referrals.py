@@ -22,7 +22,7 @@ from ..fhir.search_params import SHANGHAI, parse_date_range, shanghai_date
 from ..fhir.store import ResourceStore, Stored, instant, now_ms
 from ..rules import Decision, DefaultRuleSets, MatchedRule, evaluate, load_default_rule_sets
 from . import resources as service
-from .visit_facts import facts_of, load_visit, ref_id
+from .visit_facts import encounter_start, facts_of, load_visit, ref_id
 
 log = logging.getLogger(__name__)
 
@@ -759,10 +759,17 @@ def _admit(session: Session, actor: Actor, enc: dict[str, Any]) -> None:
 def _township_clinic(
     session: Session, patient: dict[str, Any], up: dict[str, Any] | None
 ) -> Organization | None:
-    """The patient's township clinic: the episode's referrer, the GP, or that of the latest visit."""
+    """The patient's township clinic (DESIGN 4): the township clinic that made this episode's
+    up-referral (along the `basedOn` chain from the referral of the stay: a county hospital's onward
+    referral is not made by one), the GP, or that of the latest AMB visit by its start."""
     candidates: list[str | None] = []
-    if up is not None:
-        candidates.append(ref_id(up.get("requester")))
+    referral, seen = up, set()
+    while referral is not None and str(referral["id"]) not in seen:
+        seen.add(str(referral["id"]))
+        if _code(referral, codes.REFERRAL_TYPE_SYSTEM) == "up-referral":
+            candidates.append(ref_id(referral.get("requester")))
+        parent = ref_id((referral.get("basedOn") or [None])[0])
+        referral = _load(session, "ServiceRequest", parent) if parent else None
     candidates += [ref_id(g) for g in patient.get("generalPractitioner") or []]
     for cid in candidates:
         org = session.get(Organization, cid or "")
@@ -777,13 +784,21 @@ def _township_clinic(
         )
         .order_by(StoredResource.last_updated.desc())
     ).scalars()
+    latest: tuple[datetime, Organization] | None = None
     for raw in rows:
         enc = jsonio.loads(raw)
-        if (enc.get("class") or {}).get("code") == "AMB":
-            org = session.get(Organization, ref_id(enc.get("serviceProvider")) or "")
-            if org is not None and org.facility_level == "township":
-                return org
-    return None
+        if (enc.get("class") or {}).get("code") != "AMB":
+            continue
+        org = session.get(Organization, ref_id(enc.get("serviceProvider")) or "")
+        if org is None or org.facility_level != "township":
+            continue
+        try:
+            start = encounter_start(enc)
+        except ValueError:
+            continue
+        if latest is None or start > latest[0]:
+            latest = (start, org)
+    return latest[1] if latest else None
 
 
 def _discharge_day(encounter: dict[str, Any], start: datetime) -> date:

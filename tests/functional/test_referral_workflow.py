@@ -538,6 +538,40 @@ def _decision_outcome(gr: dict[str, Any]) -> str:
     return str(next(e["valueCode"] for e in ext["extension"] if e["url"] == "outcome"))
 
 
+def test_the_down_referral_goes_to_the_township_clinic_that_made_the_episodes_up_referral(
+    county: dict[str, Fhir],
+) -> None:
+    """DESIGN 4: th-02 referred up to the county hospital, which referred on to the MCH hospital;
+    the patient's GP is th-01. Discharged from the MCH hospital, the patient goes home to th-02, the
+    township clinic of the episode's up-referral, not to the GP because the last referral came from
+    the county hospital."""
+    platform = county["platform"]
+    pid = platform.post("Patient", patient(RESIDENT_SAMPLE, gp="th-01")).json["id"]
+    up = _posted_referral(platform, pid, "up-referral", "th-02", "hosp")
+    onward = _posted_referral(county["county-his"], pid, "up-referral", "hosp", "mch", based_on=up)
+    stay = _stay(county["mch-his"], pid, based_on=onward, provider="mch")
+    down = county["mch-his"].get(f"ServiceRequest/ref-down-{stay['id']}").json
+    assert down["performer"] == [{"reference": "Organization/th-02"}]
+
+
+def test_without_a_referrer_or_gp_clinic_the_latest_visit_by_its_date_decides(
+    county: dict[str, Fhir],
+) -> None:
+    """"The township clinic of the patient's latest AMB visit" is the latest by when the visit took
+    place, not by when a HIS sent it: th-02's visit of 1 October, sent after th-01's of 20 October,
+    loses."""
+    platform, hospital = county["platform"], county["county-his"]
+    pid = platform.post("Patient", patient(RESIDENT_SAMPLE)).json["id"]  # no GP
+    for clinic, day in (("th-01", "2026-10-20"), ("th-02", "2026-10-01")):
+        visit = _follow_up_visit(pid, "unused", day)
+        visit["serviceProvider"] = {"reference": f"Organization/{clinic}"}
+        del visit["basedOn"]
+        assert platform.post("Encounter", visit).status_code == 201
+    stay = _stay(hospital, pid)
+    down = hospital.get(f"ServiceRequest/ref-down-{stay['id']}").json
+    assert down["performer"] == [{"reference": "Organization/th-01"}]
+
+
 def test_no_township_clinic_means_no_down_referral_and_the_decision_says_why(
     county: dict[str, Fhir],
 ) -> None:
