@@ -36,6 +36,7 @@ from .responses import (
     fhir_response,
     format_is_json,
     http_date,
+    is_r4,
     none_match,
     version_headers,
 )
@@ -64,9 +65,10 @@ def _check_body() -> None:
                     f"Content-Type {mimetype or '(none)'} is not supported by _search; send the "
                     "parameters as application/x-www-form-urlencoded"
                 )
-        elif mimetype not in FHIR_MIME_TYPES:
+        elif mimetype not in FHIR_MIME_TYPES or not is_r4(req.headers.get("Content-Type", "").split(";")[1:]):
             raise UnsupportedMediaType(
-                f"Content-Type {mimetype or '(none)'} is not supported; send application/fhir+json"
+                f"Content-Type {req.headers.get('Content-Type') or '(none)'} is not supported; send "
+                "application/fhir+json (FHIR R4: no fhirVersion, or fhirVersion=4.0)"
             )
     # The answer's format (FHIR http.html#mime-type): JSON only, so XML, Turtle and others are 406.
     fmt = req.args.get("_format")

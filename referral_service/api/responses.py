@@ -35,12 +35,14 @@ def http_date(moment: datetime) -> str:
 def accepts_json(accept: str) -> bool:
     """Whether an Accept header admits a JSON answer (RFC 9110 12.5.1): no header, or a media range
     `*/*`, `application/*` or a JSON type with q above 0; parameters such as `fhirVersion=4.0` or
-    `charset` do not matter. False for XML (`application/fhir+xml`) and others alone: 406."""
+    `charset` do not matter, but a fhirVersion other than R4's (`fhirVersion=5.0`) is a format this
+    server does not answer in (FHIR http.html#version-parameter). False for XML
+    (`application/fhir+xml`) and others alone: 406."""
     if not accept.strip():
         return True
     for element in accept.split(","):
         media, *params = (part.strip() for part in element.split(";"))
-        if media.lower() not in _ANY_JSON:
+        if media.lower() not in _ANY_JSON or not is_r4(params):
             continue
         weight = next((p[2:].strip() for p in params if p[:2].lower() == "q="), "1")
         try:
@@ -49,6 +51,17 @@ def accepts_json(accept: str) -> bool:
         except ValueError:
             continue
     return False
+
+
+def is_r4(params: list[str]) -> bool:
+    """Whether a media type's parameters name no FHIR version, or R4's (4.0 or 4.0.x)."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "fhirversion":
+            version = value.strip().strip('"')
+            if version != "4.0" and not version.startswith("4.0."):
+                return False
+    return True
 
 
 def format_is_json(fmt: str) -> bool:

@@ -161,6 +161,7 @@ def test_invalid_resident_id_is_422_naming_the_field(his: Fhir) -> None:
         (b"\xff\xfe{}", FHIR, 400),
         (b"[1, 2]", FHIR, 400),
         (b'{"resourceType": "Patient"}', "text/plain", 415),
+        (b'{"resourceType": "Patient"}', f"{FHIR}; fhirVersion=3.0", 415),  # STU3 JSON: not R4's (201)
         (b'{"resourceType": "Observation", "status": "final"}', FHIR, 400),
         (b'{"resourceType": "Patient", "gender": 7}', FHIR, 400),
         (b'{"resourceType": "Patient", "birthDate": "1990-13-45"}', FHIR, 400),
@@ -635,6 +636,8 @@ def test_if_none_match_on_read_and_vread_answers_304(his: Fhir) -> None:
         (FHIR, "_format=xml"),
         (FHIR, "_format=application/fhir%2Bxml"),
         ("application/xml", "_format=text/turtle"),
+        (f"{FHIR}; fhirVersion=5.0", ""),  # a FHIR version other than R4's (it was answered in R4)
+        (f"{FHIR}; fhirVersion=3.0, application/xml", ""),
     ],
 )
 def test_formats_other_than_json_are_406(his: Fhir, accept: str, query: str) -> None:
@@ -659,7 +662,8 @@ def test_formats_other_than_json_are_406(his: Fhir, accept: str, query: str) -> 
     "accept",
     [
         None, "", "*/*", "application/json", FHIR, "application/json+fhir", "application/*",
-        "application/fhir+json; fhirVersion=4.0", "application/json; charset=utf-8",
+        "application/fhir+json; fhirVersion=4.0", "application/fhir+json; fhirVersion=4.0.1",
+        "application/fhir+json; fhirVersion=5.0, application/json", "application/json; charset=utf-8",
         "application/fhir+xml;q=1, application/fhir+json;q=0.5",
         "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
     ],
