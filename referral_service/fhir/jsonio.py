@@ -42,9 +42,15 @@ def _decode(raw: bytes) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
+def _int(text: str) -> int | Decimal:
+    """A JSON integer: an int, or beyond 64 bits (what orjson writes) a Decimal with its digits."""
+    value = int(text)  # ValueError beyond sys.get_int_max_str_digits()
+    return value if -(2**63) <= value < 2**63 else Decimal(text)
+
+
 def _parse(text: str) -> Any:
     try:
-        return json.loads(text, parse_float=Decimal, parse_constant=_no_constants)
+        return json.loads(text, parse_float=Decimal, parse_int=_int, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
         raise JsonError(str(exc)) from None
     except RecursionError:

@@ -487,6 +487,29 @@ def test_the_age_rules_read_a_partial_or_missing_birth_date_as_what_it_certainly
     assert [c["coding"][0]["code"] for c in gr["reasonCode"]] == rules
 
 
+def test_a_vital_sign_beyond_64_bits_is_stored_and_scored_not_a_500(county: dict[str, Fhir]) -> None:
+    """FHIR decimals have no upper bound: a respiration rate written as a 30-digit integer was a 500
+    (the JSON writer takes 64-bit integers only). It is kept with its digits and scores 3."""
+    clinic = county["township-his"]
+    bundle = visit_bundle("th-01", spo2=97, diagnoses=("J06.9",))
+    rate = next(e["resource"] for e in bundle["entry"]
+                if (e["resource"].get("code") or {}).get("coding", [{}])[0].get("code") == "9279-1")
+    huge = "123456789012345678901234567890"
+    raw = json.dumps(bundle).replace(f'"value": {rate["valueQuantity"]["value"]},', f'"value": {huge},', 1)
+    response = clinic.client.post("/fhir", data=raw.encode(), content_type="application/fhir+json",
+                                  headers=clinic._headers())
+    assert response.status_code == 200, response.json
+    pid = response.json["entry"][0]["response"]["location"].split("/")[1]
+    gr = _one(clinic, f"GuidanceResponse?subject=Patient/{pid}")
+    items = [i["part"] for i in gr["contained"][0]["parameter"] if i["name"] == "item"]
+    rr = next({p["name"]: p for p in i} for i in items if i[0]["valueString"] == "respiration_rate")
+    assert (rr["value"]["valueString"], rr["score"]["valueInteger"]) == (huge, 3)
+    stored = clinic.client.get(
+        f"/fhir/Observation?subject=Patient/{pid}&code=9279-1", headers=clinic._headers()
+    ).get_data()
+    assert f'"value":{huge}'.encode() in stored
+
+
 def _stay(
     hospital: Fhir,
     pid: str,
