@@ -22,6 +22,7 @@ from marshmallow import ValidationError, fields, pre_load, validates_schema
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..domain.accounts import ApiClient, User
 from ..domain.actor import Actor
 from ..domain.base import new_id
 from ..domain.errors import Conflict, DomainError, Forbidden, NotFound, Unprocessable
@@ -1742,13 +1743,24 @@ def _settlement_view(
         registered_poor=row.registered_poor,
         referred=row.referred,
         settled_at=row.settled_at.astimezone(SHANGHAI) if row.settled_at and status != "preview" else None,
-        settled_by=row.settled_by,
+        settled_by=_who(session, row.settled_by),
         reversed_at=row.reversed_at.astimezone(SHANGHAI) if row.reversed_at else None,
-        reversed_by=row.reversed_by,
+        reversed_by=_who(session, row.reversed_by),
         reversal_reason=row.reversal_reason,
         claim_type=row.claim_type,
         to_review=list(to_review or []),
     )
+
+
+def _who(session: Session, name: str | None) -> str | None:
+    """How a settlement's clerk is shown and printed: the display name of the web user (or API
+    client) the ledger names by its login, or the login itself when neither is known any more."""
+    if not name:
+        return name
+    shown = session.scalar(select(User.display_name).where(User.username == name))
+    if shown is None:
+        shown = session.scalar(select(ApiClient.name).where(ApiClient.client_id == name))
+    return shown or name
 
 
 def _submission(claim_body: Mapping[str, Any]) -> dict[str, Any]:

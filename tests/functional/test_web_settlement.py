@@ -87,6 +87,7 @@ def test_preview_then_confirm_then_slip(county: County) -> None:
     assert "620425********" in slip  # the identity number is masked on paper
     assert re.search(r"<dt>Policy</dt><dd>[a-z0-9-]+, version [0-9.]+</dd>", settled)  # not "qingshan-2018 1"
     assert re.search(r"结算政策：[a-z0-9-]+（版本 [0-9.]+）", slip)
+    assert "经办人：hospital user" in slip  # the clerk by display name, not by login
     # Settling twice changes nothing (the claim is idempotent).
     assert hospital.post(f"/hospital/settlements/{stay}/confirm").status_code == 302
     assert _settlements() == 1
@@ -102,6 +103,7 @@ def test_reversal_needs_a_reason_and_allows_settling_again(county: County) -> No
     assert done.status_code == 302
     page = hospital.get(f"/hospital/settlements/{stay}").get_data(as_text=True)
     assert "费用录入错误" in page and "Preview: nothing is settled yet" in page
+    assert "by hospital user:" in page  # who reversed it, by display name
     assert hospital.get(f"/hospital/settlements/{stay}/slip").get_data(as_text=True).count("已冲销") == 1
     assert hospital.post(f"/hospital/settlements/{stay}/confirm").status_code == 302
     with database.unit_of_work() as db:
