@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 from flask_login import current_user
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import UnsupportedMediaType
 
 from ..domain.actor import Actor
 from ..domain.base import new_id
@@ -29,7 +30,7 @@ from ..fhir.capability import register_operation
 from ..fhir.outcome import operation_outcome
 from ..services import bulk_export
 from ..services.actors import actor_for
-from .fhir import base_url
+from .fhir import FHIR_MIME_TYPES, base_url, parameters_of, read_json_body
 from .guard import current_principal
 from .responses import fhir_response
 
@@ -208,6 +209,35 @@ def _bulk_settings() -> bulk_export.BulkSettings:
     return bulk_export.BulkSettings.from_settings(current_app.config)
 
 
+# The kick-off parameters this server takes (Bulk Data 2.0; _typeFilter, _elements and the rest: 400).
+KICK_OFF_PARAMETERS = ("_outputFormat", "_type", "_since")
+
+
+def _kick_off_arguments() -> list[tuple[str, str]]:
+    """The kick-off's parameters: a GET's query; a POST's `Parameters` body (Bulk Data: `valueString`,
+    `_since` as `valueInstant`), after its query if it has one."""
+    arguments = list(request.args.items(multi=True))
+    if request.method != "POST":
+        return arguments
+    if request.mimetype not in FHIR_MIME_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type {request.headers.get('Content-Type') or '(none)'} is not supported; "
+            "POST $export takes a Parameters resource as application/fhir+json"
+        )
+    body = read_json_body()
+    if body.get("resourceType") != "Parameters":
+        message = f"POST $export takes a Parameters resource, not {body.get('resourceType')!r}"
+        raise BadRequest(message, [Problem(message, expression="resourceType", code="structure")])
+    for index, entry in enumerate(parameters_of(body)):
+        values = [v for k, v in entry.items() if k.startswith("value")]
+        if len(values) != 1 or not isinstance(values[0], str):
+            path = f"Parameters.parameter[{index}]"
+            message = f"{path} ({entry['name']}) must hold one value (valueString, valueInstant)"
+            raise BadRequest(message, [Problem(message, expression=path, code="structure")])
+        arguments.append((entry["name"], values[0]))
+    return arguments
+
+
 def _kick_off(level: str) -> Response:
     principal = current_principal()
     if "respond-async" not in request.headers.get("Prefer", ""):
@@ -215,14 +245,19 @@ def _kick_off(level: str) -> Response:
     accept = request.headers.get("Accept", "")
     if accept and not any(t in accept for t in ("application/fhir+json", "application/json", "*/*")):
         raise BadRequest("$export answers in application/fhir+json (Accept)")
-    fmt = request.args.get("_outputFormat")
-    if fmt and fmt not in bulk_export.OUTPUT_FORMATS:
-        raise BadRequest(f"_outputFormat {fmt!r} is not supported; use application/fhir+ndjson")
-    unsupported = sorted(k for k in request.args if k not in ("_outputFormat", "_type", "_since"))
+    arguments = _kick_off_arguments()
+    unsupported = sorted({k for k, _ in arguments if k not in KICK_OFF_PARAMETERS})
     if unsupported:
         raise BadRequest(f"$export does not support {', '.join(unsupported)}")
-    types = [t.strip() for t in ",".join(request.args.getlist("_type")).split(",") if t.strip()] or None
-    since = bundle_json.parse_since(request.args.get("_since"))
+    formats = [v for k, v in arguments if k == "_outputFormat"]
+    for fmt in formats:
+        if fmt not in bulk_export.OUTPUT_FORMATS:
+            raise BadRequest(f"_outputFormat {fmt!r} is not supported; use application/fhir+ndjson")
+    types = [t.strip() for k, v in arguments if k == "_type" for t in v.split(",") if t.strip()] or None
+    sinces = [v for k, v in arguments if k == "_since"]
+    if len(sinces) > 1:
+        raise BadRequest("_since is given more than once")
+    since = bundle_json.parse_since(sinces[0] if sinces else None)
     settings = _bulk_settings()
     with database.unit_of_work() as db:
         actor = _actor(db)
@@ -237,13 +272,13 @@ def _kick_off(level: str) -> Response:
     return fhir_response(outcome, 202, {"Content-Location": f"{base_url()}/$export-status/{job_id}"})
 
 
-@bp.get("/fhir/$export")
+@bp.route("/fhir/$export", methods=["GET", "POST"])
 def system_export() -> Response:
     """Kick off a system-level export (async: 202 + Content-Location)."""
     return _kick_off("system")
 
 
-@bp.get("/fhir/Patient/$export")
+@bp.route("/fhir/Patient/$export", methods=["GET", "POST"])
 def patient_export() -> Response:
     """Kick off a Patient-level export (resources of the patients the client may see)."""
     return _kick_off("patient")

@@ -119,12 +119,16 @@ def call(
     url: str,
     token: str | None,
     headers: dict[str, str] | None = None,
+    body: Any = None,
 ) -> TestResponse:
     """A request with the bearer token; the body is read and the response closed (files are streamed)."""
     all_headers = dict(headers or {})
     if token:
         all_headers["Authorization"] = f"Bearer {token}"
-    response = client.open(url, method=method, headers=all_headers)
+    if body is not None:
+        all_headers.setdefault("Content-Type", "application/fhir+json")
+    data = body if body is None or isinstance(body, bytes) else orjson.dumps(body)
+    response = client.open(url, method=method, headers=all_headers, data=data)
     response.get_data()
     response.close()
     return response
@@ -213,6 +217,39 @@ def test_type_since_and_patient_level(client: FlaskClient, token: str) -> None:
     done = wait(client, token, kick_off(client, token, "?_type=Patient", level="Patient/"))
     assert done.json["output"][0]["count"] == 2
     assert "/fhir/Patient/$export" in done.json["request"]
+
+
+def parameters(*pairs: tuple[str, str], kind: str = "valueString") -> dict[str, Any]:
+    return {"resourceType": "Parameters", "parameter": [{"name": n, kind: v} for n, v in pairs]}
+
+
+def test_kick_off_by_post_with_parameters(client: FlaskClient, token: str) -> None:
+    """Bulk Data's POST kick-off: the parameters come as a Parameters resource."""
+    body = parameters(("_type", "Patient"), ("_type", "Coverage"), ("_outputFormat", "ndjson"))
+    response = call(client, "POST", "/fhir/$export", token, KICK_OFF, body)
+    assert response.status_code == 202, response.json
+    done = wait(client, token, path_of(response.headers["Content-Location"]))
+    assert [o["type"] for o in done.json["output"]] == ["Patient", "Coverage"]
+    later = (utcnow() + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    since = call(client, "POST", "/fhir/Patient/$export", token, KICK_OFF,
+                 parameters(("_since", later), kind="valueInstant"))
+    assert since.status_code == 202, since.json
+    assert wait(client, token, path_of(since.headers["Content-Location"])).json["output"] == []
+    refused = {
+        "a Patient body": {"resourceType": "Patient"},
+        "an unknown parameter": parameters(("_typeFilter", "Patient?active=true")),
+        "a parameter without a value": {"resourceType": "Parameters", "parameter": [{"name": "_type"}]},
+        "an unsupported type": parameters(("_type", "Observation")),
+        "two _since": parameters(("_since", later), ("_since", later)),
+        "not JSON": b"{",
+    }
+    for what, sent in refused.items():
+        answer = call(client, "POST", "/fhir/$export", token, KICK_OFF, sent)
+        assert answer.status_code == 400, what
+        assert answer.json["resourceType"] == "OperationOutcome", what
+    plain = KICK_OFF | {"Content-Type": "text/plain"}
+    form = call(client, "POST", "/fhir/$export", token, plain, b"_type=Patient")
+    assert form.status_code == 415 and form.json["resourceType"] == "OperationOutcome"
 
 
 def test_kick_off_errors(
