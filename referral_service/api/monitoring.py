@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from ..domain.actor import Actor
 from ..domain.days import EARLIEST_DAY, LATEST_DAY
-from ..domain.errors import BadRequest, Problem
+from ..domain.errors import BadRequest, NotFound, Problem
 from ..domain.ledger import FUNDS
 from ..domain.monitoring import ALERT_STATUSES
 from ..extensions import csrf, database
@@ -128,7 +128,7 @@ def all_indicators() -> Response:
 def one_indicator(name: str) -> Response:
     """One indicator section (discharge-to-settlement, payment-delays, households, ...)."""
     if name not in indicators.SECTIONS:
-        raise BadRequest(f"unknown indicator section {name!r}; one of {', '.join(indicators.SECTIONS)}")
+        raise NotFound(f"unknown indicator section {name!r}; one of {', '.join(indicators.SECTIONS)}")
     period, filters = _period_and_filters(_parse(IndicatorArgs(), request.args))
     now = datetime.now(UTC)
     data = _as_monitor("s", lambda s, _a: indicators.section(s, name, period, filters, now))

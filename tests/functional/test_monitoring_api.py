@@ -125,7 +125,6 @@ def test_indicators_for_a_period_and_filters(client: FlaskClient, callers: Calle
         ("indicators?fund=lottery", "fund"),
         ("indicators?start=2024-13-01", "start"),
         ("indicators?start=2024-04-01&end=2024-03-01", "start"),
-        ("indicators/unknown", "unknown indicator section"),
         # days near the ends of the calendar: refused, not an OverflowError (500)
         ("indicators?start=0001-01-01&end=2024-03-01", "start"),
         ("indicators?end=0001-01-01", "end"),
@@ -144,6 +143,13 @@ def test_bad_queries_get_400_with_the_reason(
     response = client.get(f"/api/monitoring/{query}", headers=callers.office)
     assert response.status_code == 400
     assert message in response.get_json()["message"]
+
+
+def test_an_unknown_indicator_section_is_not_found(client: FlaskClient, callers: Callers) -> None:
+    response = client.get("/api/monitoring/indicators/unknown", headers=callers.office)
+    assert response.status_code == 404
+    assert "unknown indicator section" in response.get_json()["message"]
+    assert "payment-delays" in response.get_json()["message"]  # it names the sections there are
 
 
 def test_who_may_call(client: FlaskClient, callers: Callers) -> None:
