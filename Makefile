@@ -24,7 +24,7 @@ run: install
 	$(FLASK) seed-demo
 	$(FLASK) scheduler run & scheduler=$$!; \
 	trap 'kill $$scheduler 2>/dev/null; wait $$scheduler' EXIT; \
-	$(BIN)/gunicorn --bind 127.0.0.1:$(PORT) --workers 2 --threads 4 --timeout 120 \
+	$(BIN)/gunicorn --bind 127.0.0.1:$(PORT) --workers 2 --threads 4 --timeout 120 --limit-request-line 8190 \
 		--reuse-port --access-logfile - wsgi:app
 
 ## make test: install and run the whole suite (SQLite, and PostgreSQL when it answers)
