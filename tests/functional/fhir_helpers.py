@@ -16,6 +16,7 @@ from referral_service.fhir.codes import (
     LOINC_SYSTEM,
     OBSERVATION_SYSTEM,
     ORGANIZATION_KIND_SYSTEM,
+    REFERRAL_TYPE_SYSTEM,
     V3_ACT_CODE_SYSTEM,
 )
 
@@ -56,6 +57,26 @@ class Fhir:
 
     def delete(self, path: str) -> TestResponse:
         return self.client.delete(f"/fhir/{path}", headers=self._headers())
+
+
+def active_referral(
+    pid: str, kind: str, requester: str, performer: str, *, based_on: str | None = None,
+    authored: str = "2026-03-01",
+) -> dict[str, Any]:
+    """A referral a HIS made itself and posts already `active` (DESIGN 9)."""
+    body: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "code": {"coding": [{"system": REFERRAL_TYPE_SYSTEM, "code": kind}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "requester": {"reference": f"Organization/{requester}"},
+        "performer": [{"reference": f"Organization/{performer}"}],
+        "authoredOn": authored,
+    }
+    if based_on:
+        body["basedOn"] = [{"reference": f"ServiceRequest/{based_on}"}]
+    return body
 
 
 def organization(

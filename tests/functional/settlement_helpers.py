@@ -11,8 +11,8 @@ from typing import Any
 from flask.testing import FlaskClient
 
 from referral_service.domain import resident_id
-from referral_service.fhir.codes import BASE, CHARGE_CLASS_SYSTEM, COVERAGE_TYPE_SYSTEM, REFERRAL_TYPE_SYSTEM
-from tests.functional.fhir_helpers import Fhir, organization, token_for
+from referral_service.fhir.codes import BASE, CHARGE_CLASS_SYSTEM, COVERAGE_TYPE_SYSTEM
+from tests.functional.fhir_helpers import Fhir, active_referral, organization, token_for
 
 POVERTY_URL = f"{BASE}/StructureDefinition/poverty-registration"
 
@@ -87,18 +87,7 @@ class County:
         authored: str = "2026-03-01",
     ) -> str:
         """An active referral posted by the platform; returns its id."""
-        body: dict[str, Any] = {
-            "resourceType": "ServiceRequest",
-            "status": "active",
-            "intent": "order",
-            "code": {"coding": [{"system": REFERRAL_TYPE_SYSTEM, "code": kind}]},
-            "subject": {"reference": f"Patient/{pid}"},
-            "requester": {"reference": f"Organization/{requester}"},
-            "performer": [{"reference": f"Organization/{performer}"}],
-            "authoredOn": authored,
-        }
-        if based_on:
-            body["basedOn"] = [{"reference": f"ServiceRequest/{based_on}"}]
+        body = active_referral(pid, kind, requester, performer, based_on=based_on, authored=authored)
         response = self.platform.post("ServiceRequest", body)
         assert response.status_code == 201, response.json
         return str(response.json["id"])

@@ -14,12 +14,12 @@ from referral_service.fhir.codes import (
     CAPABILITY_SYSTEM,
     DISCHARGE_DISPOSITION_SYSTEM,
     ICD10_SYSTEM,
-    REFERRAL_TYPE_SYSTEM,
     V3_ACT_CODE_SYSTEM,
 )
 from tests.functional.fhir_helpers import (
     RESIDENT_SAMPLE,
     Fhir,
+    active_referral,
     every_stored_version_validates,
     organization,
     patient,
@@ -274,18 +274,7 @@ def test_revoking_a_proposed_down_referral_needs_a_reason_and_cancels_task_and_p
 def _posted_referral(his: Fhir, pid: str, kind: str, requester: str, performer: str, *,
                      based_on: str | None = None) -> str:
     """A referral a HIS made itself and posts already `active` (DESIGN 9); returns its id."""
-    body: dict[str, Any] = {
-        "resourceType": "ServiceRequest",
-        "status": "active",
-        "intent": "order",
-        "code": {"coding": [{"system": REFERRAL_TYPE_SYSTEM, "code": kind}]},
-        "subject": {"reference": f"Patient/{pid}"},
-        "requester": {"reference": f"Organization/{requester}"},
-        "performer": [{"reference": f"Organization/{performer}"}],
-        "authoredOn": "2026-11-02",
-    }
-    if based_on:
-        body["basedOn"] = [{"reference": f"ServiceRequest/{based_on}"}]
+    body = active_referral(pid, kind, requester, performer, based_on=based_on, authored="2026-11-02")
     response = his.post("ServiceRequest", body)
     assert response.status_code == 201, response.json
     return str(response.json["id"])
