@@ -34,14 +34,28 @@ RESULT_PARAMS = {
     "_containedType",
 }
 SORTABLE = {"_id", "_lastUpdated"}
+SORTABLE_TYPES = {"date", "string", "token", "reference"}
 MAX_PK = 2**63 - 1
+MAX_SORT_KEYS = 5
+SORT_TEXT_MAX = 200  # the longest value a string, token or reference index row holds
 _CURSOR_SALT = b"referral-service search cursor v1"
 
 
-def sorts_by(rdef: ResourceDef, key: str) -> bool:
-    """Whether a search of the type may be sorted by the key: _id, _lastUpdated or a date parameter."""
+def sort_kind(rdef: ResourceDef, key: str) -> str | None:
+    """How a search of the type sorts by `key` (FHIR search.html#_sort): `_pk` (insertion order),
+    `_id`, `instant` (_lastUpdated), or the type of the search parameter (date, string, token,
+    reference); None when it cannot."""
+    if key == "_pk":
+        return "_pk"
+    if key in SORTABLE:
+        return "_id" if key == "_id" else "instant"
     param = rdef.by_name.get(key)
-    return key in SORTABLE or (param is not None and param.type == "date")
+    return param.type if param is not None and param.type in SORTABLE_TYPES else None
+
+
+def sorts_by(rdef: ResourceDef, key: str) -> bool:
+    """Whether a search of the type may be sorted by the key."""
+    return sort_kind(rdef, key) is not None
 
 
 @dataclass(frozen=True)
@@ -69,20 +83,19 @@ class SearchQuery:
     rdef: ResourceDef
     clauses: list[Clause] = field(default_factory=list)
     count: int = 50
-    sort: tuple[str, bool] = ("_pk", False)  # (key, descending)
+    sort: tuple[tuple[str, bool], ...] = (("_pk", False),)  # (key, descending) in order
     includes: list[Include] = field(default_factory=list)
     revincludes: list[Include] = field(default_factory=list)
     summary_count: bool = False
     total: str = "accurate"
-    cursor: dict[str, Any] | None = None  # {"v": sort value (str, datetime or None), "pk": int}
+    cursor: dict[str, Any] | None = None  # {"v": [a value per sort key (str, datetime)], "pk": int}
     raw: list[tuple[str, str]] = field(default_factory=list)  # what to repeat in paging links
     cursor_token: str | None = None  # the _cursor as received (for the page's self link)
 
     @property
     def sort_name(self) -> str:
         """The sort as written in _sort (`_pk` is the default order by insertion)."""
-        key, desc = self.sort
-        return f"-{key}" if desc else key
+        return ",".join(f"-{key}" if desc else key for key, desc in self.sort)
 
 
 def _bad(message: str, expression: str | None = None) -> BadRequest:
@@ -109,33 +122,55 @@ def decode_cursor(token: str) -> dict[str, Any]:
         raise _bad("the paging cursor is not valid", "_cursor") from None
     if not hmac.compare_digest(check.encode("ascii", "replace"), _checksum(payload).encode()):
         raise _bad("the paging cursor is not valid", "_cursor")
+    if base64.urlsafe_b64encode(payload).decode().rstrip("=") != body:
+        # The same payload in another spelling (spare bits of the last character set): not ours.
+        raise _bad("the paging cursor is not valid", "_cursor")
     if not isinstance(data, dict):
         raise _bad("the paging cursor is not valid", "_cursor")
     return data
 
 
-def _search_cursor(data: dict[str, Any], sort: tuple[str, bool]) -> dict[str, Any]:
+def _search_cursor(data: dict[str, Any], query: SearchQuery) -> dict[str, Any]:
     """The typed position of a search cursor; 400 unless it was made for this sort."""
-    key, desc = sort
-    pk, value = data.get("pk"), data.get("v")
-    valid = (
-        data.get("s") == (f"-{key}" if desc else key)
-        and type(pk) is int
-        and 0 <= pk <= MAX_PK
-    )
-    if valid and key == "_pk":
-        valid = value is None
-    elif valid and key == "_id":
-        valid = isinstance(value, str) and 0 < len(value) <= 64
-    elif valid:  # _lastUpdated or a date parameter (`sorts_by`): an instant
-        try:
-            value = datetime.fromisoformat(value) if isinstance(value, str) else None
-        except ValueError:
-            value = None
-        valid = value is not None and value.tzinfo is not None
+    pk, raw = data.get("pk"), data.get("v")
+    values: list[Any] = []
+    valid = data.get("s") == query.sort_name and type(pk) is int and 0 <= pk <= MAX_PK
+    if valid and query.sort == (("_pk", False),):
+        valid = raw is None
+    elif valid:
+        given: list[Any] = raw if isinstance(raw, list) else []
+        valid = len(given) == len(query.sort)
+        for (key, _), value in zip(query.sort, given, strict=True) if valid else ():
+            kind = sort_kind(query.rdef, key)
+            if kind in ("instant", "date"):
+                try:
+                    value = datetime.fromisoformat(value) if isinstance(value, str) else None
+                except ValueError:
+                    value = None
+                valid = valid and value is not None and value.tzinfo is not None
+            else:  # _id, string, token, reference
+                limit = 64 if kind == "_id" else SORT_TEXT_MAX
+                valid = valid and isinstance(value, str) and len(value) <= limit
+            values.append(value)
     if not valid:
         raise _bad("the paging cursor is not valid for this search", "_cursor")
-    return {"v": value, "pk": pk}
+    return {"v": values, "pk": pk}
+
+
+def _parse_sort(rdef: ResourceDef, raw: str) -> tuple[tuple[str, bool], ...]:
+    """`_sort=a,-b`: keys in order, each ascending or (with `-`) descending; 400 for a key that
+    cannot be sorted by, a repeated key, or more than MAX_SORT_KEYS keys."""
+    keys = [k.strip() for k in raw.split(",")]
+    names = [k.removeprefix("-") for k in keys]
+    for k, name in zip(keys, names, strict=True):
+        if name == "_pk" or not sorts_by(rdef, name):
+            raise _bad(f"_sort by {k!r} is not supported (use _id, _lastUpdated or a date, string, "
+                       f"token or reference parameter of {rdef.type})", "_sort")
+    if len(set(names)) != len(names):
+        raise _bad(f"_sort={raw!r} names a parameter twice", "_sort")
+    if len(keys) > MAX_SORT_KEYS:
+        raise _bad(f"_sort takes at most {MAX_SORT_KEYS} keys", "_sort")
+    return tuple((name, k.startswith("-")) for k, name in zip(keys, names, strict=True))
 
 
 def _split_values(raw: str) -> list[str]:
@@ -244,12 +279,7 @@ def parse_search(
             query.count = min(int(digits), max_count) if len(digits) <= 9 else max_count
             query.raw.append((key, raw))
         elif name == "_sort":
-            keys = [k.strip() for k in raw.split(",")]
-            for k in keys:
-                if not sorts_by(rdef, k.lstrip("-")):
-                    raise _bad(f"_sort by {k!r} is not supported (use _id, _lastUpdated or a date "
-                               f"parameter of {rdef.type})", "_sort")
-            query.sort = (keys[0].lstrip("-"), keys[0].startswith("-"))
+            query.sort = _parse_sort(rdef, raw)
             query.raw.append((key, raw))
         elif name in ("_include", "_revinclude"):
             if modifier not in ("", "iterate"):
@@ -303,7 +333,7 @@ def parse_search(
             query.clauses.append(_parse_clause(rdef, name, modifier or None, raw))
             query.raw.append((key, raw))
     if cursor is not None:
-        query.cursor = _search_cursor(cursor, query.sort)
+        query.cursor = _search_cursor(cursor, query)
     return query
 
 

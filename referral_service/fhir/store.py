@@ -13,6 +13,7 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Select,
+    String,
     and_,
     bindparam,
     cast,
@@ -30,7 +31,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import NullType
 
 from ..domain.actor import Actor
@@ -50,7 +53,7 @@ from ..domain.kept import driver_rows, kept_many, kept_rows
 from ..domain.registry import AuditRecord, Patient
 from . import jsonio, store_pg
 from .resources import RESOURCES, ResourceDef
-from .search import Clause, Include, SearchQuery, encode_cursor
+from .search import Clause, Include, SearchQuery, encode_cursor, sort_kind
 from .search_params import MAX_INSTANT, MIN_INSTANT, IndexRows, extract, normalise
 
 
@@ -608,19 +611,16 @@ class ResourceStore:
         extra = audit_params(audit) if inline and audit is not None else None
         if count_only:
             return SearchPage([], [], self._count(query, actor, audit_values=extra) if counts else None, None)
-        key, _ = query.sort
         stmt, params = _search_statement("page", query, actor, audited=extra is not None)
         rows = kept_rows(connection, stmt, {**params, **extra} if extra else params)
         page_rows = rows[: query.count]
         next_cursor = None
         if len(rows) > query.count:
             last = page_rows[-1]
-            value: str | None = None
-            if isinstance(last.sort_value, datetime):  # _lastUpdated, a date parameter
-                value = last.sort_value.isoformat()
-            elif key == "_id":
-                value = last.sort_value
-            next_cursor = encode_cursor({"s": query.sort_name, "v": value, "pk": last.pk})
+            values: list[str] | None = None
+            if query.sort != _INSERTION_ORDER:
+                values = [_cursor_value(getattr(last, f"sort_{i}")) for i in range(len(query.sort))]
+            next_cursor = encode_cursor({"s": query.sort_name, "v": values, "pk": last.pk})
         total = None
         if query.total != "none":
             # A first page that holds every match is its own count; otherwise count in SQL.
@@ -749,15 +749,44 @@ def _ordered(resource: dict[str, Any]) -> dict[str, Any]:
     return head
 
 
-def _after_cursor(sort_col: Any, key: str, desc: bool) -> ColumnElement[bool]:
-    """Rows after the cursor's position in the sort order (ties broken by pk); values as parameters."""
+_INSERTION_ORDER = (("_pk", False),)
+
+
+def _cursor_value(value: Any) -> str:
+    """A sort value as a paging cursor holds it (an instant in ISO 8601, a text as it is)."""
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _after_cursor(sorts: Sequence[tuple[Any, bool]], pk_desc: bool) -> ColumnElement[bool]:
+    """Rows after the cursor's position in the sort order: the sort values compared in order, ties
+    broken by pk (values as parameters `cursor_v{i}` and `cursor_pk`)."""
     pk: Any = bindparam("cursor_pk")
-    value: Any = bindparam("cursor_value")
-    if key == "_pk":
-        return StoredResource.pk < pk if desc else StoredResource.pk > pk
-    if desc:
-        return or_(sort_col < value, and_(sort_col == value, StoredResource.pk < pk))
-    return or_(sort_col > value, and_(sort_col == value, StoredResource.pk > pk))
+    options: list[ColumnElement[bool]] = []
+    equal: list[ColumnElement[bool]] = []
+    for i, (column, desc) in enumerate(sorts):
+        value: Any = bindparam(f"cursor_v{i}")
+        options.append(and_(*equal, column < value if desc else column > value))
+        equal.append(column == value)
+    options.append(and_(*equal, StoredResource.pk < pk if pk_desc else StoredResource.pk > pk))
+    return or_(*options)
+
+
+class binary_text(FunctionElement[str]):
+    """A text compared by its code points, on every database (PostgreSQL: `COLLATE "C"`; SQLite's
+    own comparison already is), so sort order and paging do not depend on the database's locale."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(binary_text)
+def _binary_text(element: binary_text, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(binary_text, "postgresql")
+def _binary_text_pg(element: binary_text, compiler: Any, **kw: Any) -> str:
+    return f'({compiler.process(element.clauses, **kw)}) COLLATE "C"'
 
 
 # Search statements by shape: built once, then run with new values (building SQLAlchemy statements
@@ -771,22 +800,39 @@ _SORT_COLUMNS: dict[str, Any] = {
 }
 
 
-# Where a resource without a value of the date parameter sorted by goes: last, either way.
+# Where a resource without a value of the parameter sorted by goes: last, either way.
 _NO_DATE_ASCENDING = datetime(9999, 12, 31, tzinfo=UTC)  # after MAX_INSTANT (an open end)
 _NO_DATE_DESCENDING = datetime(1, 1, 1, tzinfo=UTC)  # before MIN_INSTANT (an open start)
+_NO_TEXT_ASCENDING = "\U0010ffff"  # after every text (by code point)
+_NO_TEXT_DESCENDING = ""  # before every text
+# The index column a parameter type sorts by: ascending by its least value, descending by its
+# greatest (FHIR search.html#_sort: for a resource with several values, the one that comes first).
+_SORT_INDEX: dict[str, tuple[Any, Any]] = {
+    "string": (StringIndex, StringIndex.value),  # normalised: case and accents ignored
+    "token": (TokenIndex, TokenIndex.code),
+    "reference": (ReferenceIndex, ReferenceIndex.target_id),
+}
 
 
-def _date_sort(res_type: str, param: str, desc: bool) -> Any:
-    """The sort key of a date parameter (FHIR search.html#_sort): ascending, the earliest instant a
-    resource's values cover; descending, the latest; a resource without one last (`sort_missing`)."""
-    bound = func.max(DateIndex.high) if desc else func.min(DateIndex.low)
+def _param_sort(res_type: str, param: str, kind: str, desc: bool, missing: str) -> Any:
+    """The sort key of a search parameter: ascending, the least of a resource's values (a date: the
+    earliest instant its values cover); descending, the greatest; a resource without one last (the
+    value of the parameter `missing`)."""
+    if kind == "date":
+        table: Any = DateIndex
+        bound = func.max(DateIndex.high) if desc else func.min(DateIndex.low)
+        missing_value: Any = bindparam(missing, type_=UTCDateTime())
+    else:
+        table, column = _SORT_INDEX[kind]
+        bound = func.max(binary_text(column)) if desc else func.min(binary_text(column))
+        missing_value = bindparam(missing, type_=String())
     found = (
         select(bound)
-        .where(DateIndex.resource_pk == StoredResource.pk, DateIndex.res_type == res_type,
-               DateIndex.param == param)
+        .where(table.resource_pk == StoredResource.pk, table.res_type == res_type, table.param == param)
         .scalar_subquery()
     )
-    return func.coalesce(found, bindparam("sort_missing", type_=UTCDateTime()))
+    key = func.coalesce(found, missing_value)
+    return key if kind == "date" else binary_text(key)
 
 
 def _search_statement(
@@ -798,7 +844,6 @@ def _search_statement(
     """
     rdef = query.rdef
     shape = policy_shape(actor, rdef)
-    key_name, desc = query.sort
     paged = kind == "page" and query.cursor is not None
     cache_key = (
         kind, rdef.type, shape, tuple(_clause_shape(c) for c in query.clauses), query.sort, paged, audited
@@ -808,9 +853,15 @@ def _search_statement(
     params.update(policy_params(actor), page_limit=query.count + 1)
     if paged:
         assert query.cursor is not None
-        params.update(cursor_pk=query.cursor["pk"], cursor_value=query.cursor["v"])
-    if kind == "page" and key_name not in _SORT_COLUMNS:
-        params["sort_missing"] = _NO_DATE_DESCENDING if desc else _NO_DATE_ASCENDING
+        params["cursor_pk"] = query.cursor["pk"]
+        params.update((f"cursor_v{i}", v) for i, v in enumerate(query.cursor["v"]))
+    if kind == "page":
+        for i, (key, desc) in enumerate(query.sort):
+            sort = sort_kind(rdef, key)
+            if sort == "date":
+                params[f"sort_missing_{i}"] = _NO_DATE_DESCENDING if desc else _NO_DATE_ASCENDING
+            elif sort in _SORT_INDEX:
+                params[f"sort_missing_{i}"] = _NO_TEXT_DESCENDING if desc else _NO_TEXT_ASCENDING
     stmt = _SEARCH_STATEMENTS.get(cache_key)
     if stmt is not None:
         return stmt, params
@@ -826,17 +877,28 @@ def _search_statement(
         stmt = select(func.count()).select_from(StoredResource).where(*where)
     elif kind == "ids":
         stmt = select(StoredResource.res_id).where(*where).limit(bindparam("row_limit", type_=Integer))
-    else:
-        sort_col = _SORT_COLUMNS.get(key_name)
-        if sort_col is None:
-            sort_col = _date_sort(rdef.type, key_name, desc)
+    elif query.sort == _INSERTION_ORDER:
         if paged:
-            where.append(_after_cursor(sort_col, key_name, desc))
-        order = [sort_col.desc() if desc else sort_col.asc()]
-        if key_name != "_pk":
-            order.append(StoredResource.pk.desc() if desc else StoredResource.pk.asc())
+            where.append(StoredResource.pk > bindparam("cursor_pk"))
         stmt = (
-            select(StoredResource.pk, *SERVED, sort_col.label("sort_value"))
+            select(StoredResource.pk, *SERVED)
+            .where(*where)
+            .order_by(StoredResource.pk)
+            .limit(bindparam("page_limit", type_=Integer))
+        )
+    else:
+        sorts: list[tuple[Any, bool]] = [
+            (_SORT_COLUMNS[key] if key in _SORT_COLUMNS
+             else _param_sort(rdef.type, key, str(sort_kind(rdef, key)), desc, f"sort_missing_{i}"), desc)
+            for i, (key, desc) in enumerate(query.sort)
+        ]
+        pk_desc = query.sort[0][1]  # ties: in the first key's direction
+        if paged:
+            where.append(_after_cursor(sorts, pk_desc))
+        order = [column.desc() if desc else column.asc() for column, desc in sorts]
+        order.append(StoredResource.pk.desc() if pk_desc else StoredResource.pk.asc())
+        stmt = (
+            select(StoredResource.pk, *SERVED, *[c.label(f"sort_{i}") for i, (c, _) in enumerate(sorts)])
             .where(*where)
             .order_by(*order)
             .limit(bindparam("page_limit", type_=Integer))
