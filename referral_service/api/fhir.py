@@ -26,6 +26,7 @@ from ..fhir.outcome import operation_outcome
 from ..fhir.resources import RESOURCES, is_fhir_id
 from ..fhir.search import is_empty_condition, parse_search
 from ..fhir.store import ResourceStore, Stored
+from ..fhir.subset import Subset, cut, cut_json, parse_subset
 from ..fhir.validation import check_resource, require_update_id
 from ..services import audit_events, bundles, history
 from ..services import resources as service
@@ -203,11 +204,11 @@ def conformance_search_post(resource_type: str) -> Response:
 def _conformance_search(resource_type: str, args: list[tuple[str, str]]) -> Response:
     require(resource_type, "s")
     found = conformance.search(resource_type, args)
-    summary = dict(args).get("_summary")
-    if summary not in (None, "count", "false"):
-        raise BadRequest(f"_summary={summary!r} is not supported (count or false)")
+    subset = parse_subset(args, search=True)
     total = len(found)
-    shown = [] if summary == "count" else found[: _count_arg()]
+    shown = [] if dict(args).get("_summary") == "count" else found[: _count_arg()]
+    if subset is not None:
+        shown = [cut(resource, subset) for resource in shown]
     bundle = bundle_json.searchset_from_dicts(base_url(), resource_type, shown, request.full_path)
     bundle["total"] = total
     return fhir_response(bundle)
@@ -298,12 +299,13 @@ def audit_event_search() -> Response:
 def read(resource_type: str, res_id: str) -> Response:
     """read: the current version, served from the stored JSON."""
     _known_type(resource_type)
+    subset = parse_subset(request.args.items(multi=True), search=False)
     stored = with_actor(
         resource_type,
         "r",
         lambda s, a: service.read(s, a, resource_type, res_id, request_id=g.get("request_id")),
     )
-    return _read_answer(stored)
+    return _read_answer(stored, subset)
 
 
 @bp.get("/<resource_type>/<res_id>/_history/<vid>")
@@ -313,6 +315,7 @@ def vread(resource_type: str, res_id: str, vid: str) -> Response:
     version = int_key(vid)
     if version is None:
         raise NotFound(f"{resource_type}/{res_id}/_history/{vid} is not known")
+    subset = parse_subset(request.args.items(multi=True), search=False)
     stored = with_actor(
         resource_type,
         "r",
@@ -320,17 +323,19 @@ def vread(resource_type: str, res_id: str, vid: str) -> Response:
             s, a, resource_type, res_id, version_id=version, request_id=g.get("request_id")
         ),
     )
-    return _read_answer(stored)
+    return _read_answer(stored, subset)
 
 
-def _read_answer(stored: Stored) -> Response:
-    """200 with the resource; 304 Not Modified, with the ETag and no body, when If-None-Match names
-    the version served or is `*` (RFC 9110 13.1.2, FHIR http.html#cread). Access was checked and the
-    read audited as for a 200: the caller learns the version it already holds is current."""
+def _read_answer(stored: Stored, subset: Subset | None) -> Response:
+    """200 with the resource (`subset`: the part asked for by `_summary` or `_elements`); 304 Not
+    Modified, with the ETag and no body, when If-None-Match names the version served or is `*`
+    (RFC 9110 13.1.2, FHIR http.html#cread). Access was checked and the read audited as for a 200:
+    the caller learns the version it already holds is current."""
     headers = _headers(stored)
     if none_match(request.headers.get("If-None-Match"), stored.etag):
         return Response(status=304, headers=headers)
-    return fhir_response(stored.content, 200, headers)
+    content = stored.content if subset is None else cut_json(stored.content, subset)
+    return fhir_response(content, 200, headers)
 
 
 @bp.put("/<resource_type>/<res_id>")
@@ -385,6 +390,7 @@ def _history(resource_type: str, res_id: str | None) -> Response:
     count = _count_arg()
     since = bundle_json.parse_since(request.args.get("_since"))
     cursor = bundle_json.parse_history_cursor(request.args.get("_cursor"))
+    subset = parse_subset(request.args.items(multi=True), search=False)
 
     def work(session: Session, actor: Actor) -> bytes:
         total: int | None = None
@@ -399,7 +405,7 @@ def _history(resource_type: str, res_id: str | None) -> Response:
         if total is None and cursor is None and nxt is None and count:
             total = len(page)  # a type's whole history on its first page: exact without counting
         return bundle_json.history_bundle(
-            base_url(), request.path, dict(request.args), page, nxt, total=total
+            base_url(), request.path, dict(request.args), page, nxt, total=total, subset=subset
         )
 
     return fhir_response(with_actor(resource_type, "r", work))

@@ -12,6 +12,7 @@ from ..domain.errors import BadRequest
 from .search import SearchQuery, decode_cursor, encode_cursor
 from .search_params import parse_date_range
 from .store import SearchPage, Stored, instant
+from .subset import Subset, cut_json
 
 
 def _now() -> str:
@@ -22,13 +23,17 @@ def _link(relation: str, url: str) -> bytes:
     return orjson.dumps({"relation": relation, "url": url})
 
 
-def _entry(base: str, stored: Stored, mode: str) -> bytes:
+def _entry(base: str, stored: Stored, mode: str, query: SearchQuery) -> bytes:
     full_url = orjson.dumps(f"{base}/{stored.res_type}/{stored.res_id}")
+    content = stored.content
+    if query.subset is not None:
+        included = stored.res_type if mode == "include" else None
+        content = cut_json(content, query.subset, query.rdef.type, included=included)
     return (
         b'{"fullUrl":'
         + full_url
         + b',"resource":'
-        + stored.content
+        + content
         + b',"search":{"mode":"'
         + mode.encode()
         + b'"}}'
@@ -50,8 +55,8 @@ def searchset(base: str, resource_type: str, query: SearchQuery, page: SearchPag
     if page.total is not None:
         parts.append(b',"total":' + str(page.total).encode())
     parts.append(b',"link":[' + b",".join(links) + b"]")
-    entries = [_entry(base, s, "match") for s in page.matches] + [
-        _entry(base, s, "include") for s in page.included
+    entries = [_entry(base, s, "match", query) for s in page.matches] + [
+        _entry(base, s, "include", query) for s in page.included
     ]
     if page.warnings:
         outcome = {
@@ -122,9 +127,11 @@ def history_bundle(
     nxt: tuple[datetime, int, int] | None,
     *,
     total: int | None = None,
+    subset: Subset | None = None,
 ) -> bytes:
     """A history Bundle, newest first, with a next link when there is more, and `total` (the number
-    of versions on every page together) when the caller knows it exactly."""
+    of versions on every page together) when the caller knows it exactly; `subset`: the part of
+    each version asked for (`_summary`, `_elements`)."""
     args = {k: v for k, v in args.items() if k != "_cursor"}
     server = base.rsplit("/fhir", 1)[0]
     self_url = server + path + (f"?{urlencode(args)}" if args else "")
@@ -148,7 +155,8 @@ def history_bundle(
                 "lastModified": instant(s.last_updated),
             }
         )
-        body = b"" if s.deleted else b',"resource":' + s.content
+        content = s.content if subset is None else cut_json(s.content, subset)
+        body = b"" if s.deleted else b',"resource":' + content
         entries.append(
             b'{"fullUrl":' + full_url + body + b',"request":' + request + b',"response":' + response + b"}"
         )

@@ -30,7 +30,7 @@ SEARCH_PARAMS: dict[str, str] = {
     "status": "token",
     "identifier": "token",
 }
-RESULT_PARAMS = frozenset({"_count", "_summary", "_total", "_format", "_pretty"})
+RESULT_PARAMS = frozenset({"_count", "_summary", "_elements", "_total", "_format", "_pretty"})
 _STRING_MODIFIERS = (None, "exact", "contains")
 
 Resource = dict[str, Any]

@@ -17,6 +17,7 @@ from ..domain.errors import BadRequest, Problem
 from . import codes
 from .resources import RESOURCES, ResourceDef
 from .search_params import SearchParam, parse_date_range
+from .subset import Subset, parse_subset
 
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 RESULT_PARAMS = {
@@ -91,6 +92,7 @@ class SearchQuery:
     cursor: dict[str, Any] | None = None  # {"v": [a value per sort key (str, datetime)], "pk": int}
     raw: list[tuple[str, str]] = field(default_factory=list)  # what to repeat in paging links
     cursor_token: str | None = None  # the _cursor as received (for the page's self link)
+    subset: Subset | None = None  # _summary=true|text|data or _elements: parts of each resource
 
     @property
     def sort_name(self) -> str:
@@ -312,12 +314,9 @@ def parse_search(
                 query.revincludes.append(inc)
             query.raw.append((key, raw))
         elif name == "_summary":
-            if raw == "count":
-                query.summary_count = True
-            elif raw not in ("false", "true", "text", "data"):
-                raise _bad(f"_summary={raw!r} is not supported (count, true, text, data, false)", "_summary")
-            # true, text and data: whole resources, as a read gives them (FHIR lets a server return
-            # more than the summary asked for; it only tags what it cuts, and we cut nothing)
+            query.summary_count = raw == "count"  # (true, text, data: `query.subset`)
+            query.raw.append((key, raw))
+        elif name == "_elements":
             query.raw.append((key, raw))
         elif name == "_total":
             if raw not in ("none", "estimate", "accurate"):
@@ -334,6 +333,7 @@ def parse_search(
             query.raw.append((key, raw))
     if cursor is not None:
         query.cursor = _search_cursor(cursor, query)
+    query.subset = parse_subset(args, search=True)
     return query
 
 

@@ -356,6 +356,24 @@ def _contained_ids(resource: dict[str, Any]) -> frozenset[str]:
     return frozenset(str(c["id"]) for c in items if isinstance(c, dict) and isinstance(c.get("id"), str))
 
 
+SUBSETTED_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+
+
+def subsetted_problems(body: dict[str, Any]) -> list[Problem]:
+    """A resource tagged SUBSETTED is a part of one (`_summary`, `_elements`): storing it would lose
+    what was cut, so a write of it is refused (FHIR search.html#summary)."""
+    meta = body.get("meta")
+    tags = meta.get("tag") if isinstance(meta, dict) else None
+    if not isinstance(tags, list) or not any(
+        isinstance(t, dict) and t.get("code") == "SUBSETTED" and t.get("system") == SUBSETTED_SYSTEM
+        for t in tags
+    ):
+        return []
+    message = ("the resource is tagged SUBSETTED: it is a part of a resource (from _summary or "
+               "_elements) and cannot be stored; read the whole resource and send that")
+    return [Problem(message, expression=f"{body.get('resourceType')}.meta.tag", code="business-rule")]
+
+
 def reference_problems(node: Any, path: str, contained: frozenset[str] | None = None) -> list[Problem]:
     """Relative references that name no resource, such as "Organization/" or "Patient" (a type
     without an id), each named by its element: 422, as a reference to a resource that does not exist
@@ -449,7 +467,7 @@ def check_resource(
         )
     if not structure_checked:
         check_structure(resource_type, body)
-    found = profile_problems(body) + reference_problems(body, resource_type)
+    found = profile_problems(body) + reference_problems(body, resource_type) + subsetted_problems(body)
     errors = [p for p in found if p.severity in ("error", "fatal")]
     if errors:
         raise Unprocessable(f"{resource_type} breaks a profile or business rule", errors)

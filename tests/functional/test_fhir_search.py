@@ -517,7 +517,7 @@ def test_summary_total_and_post_search(platform: Fhir, world: World) -> None:
     assert len(no_total.json["entry"]) == 4
     assert platform.get("Patient?_total=accurate").json["total"] == 4
     assert_400(platform.get("Patient?_summary=banana"))
-    for summary in ("true", "text", "data", "false"):  # whole resources, as a read of each gives them
+    for summary in ("true", "text", "data", "false"):  # (what each keeps: test_fhir_subset)
         answered = platform.get(f"Patient?family=王&_summary={summary}")
         assert answered.status_code == 200, answered.json
         assert answered.json["total"] == 2 and len(answered.json["entry"]) == 2
