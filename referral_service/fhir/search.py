@@ -70,11 +70,13 @@ class Clause:
 
 @dataclass(frozen=True)
 class Include:
-    """_include=Source:param[:Target] or _revinclude=Source:param[:Target]."""
+    """_include=Source:param[:Target] or _revinclude=Source:param[:Target]; `iterate` (:iterate):
+    followed from the included resources too, not only from the matches."""
 
     source: str
     param: str
     target: str | None
+    iterate: bool = False
 
 
 @dataclass
@@ -301,16 +303,20 @@ def parse_search(
             p = source.by_name.get(parts[1])
             if p is None or p.type != "reference":
                 raise _bad(f"{name}={raw!r}: {parts[0]} has no reference parameter {parts[1]!r}", name)
-            inc = Include(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+            target = parts[2] if len(parts) == 3 else None
+            if target is not None and p.targets and target not in p.targets:
+                raise _bad(f"{name}={raw!r}: {parts[0]}.{parts[1]} does not refer to {target}", name)
+            inc = Include(parts[0], parts[1], target, iterate=modifier == "iterate")
             if name == "_include":
-                if parts[0] != resource_type and modifier == "iterate":
-                    raise _bad(f"_include:iterate={raw!r} is not supported: includes are followed one "
-                               f"level, from the {resource_type} resources found only "
-                               f"(_include={resource_type}:...)", name)
-                if parts[0] != resource_type:
-                    raise _bad(f"_include={raw!r} must start with {resource_type}", name)
+                if parts[0] != resource_type and not inc.iterate:
+                    raise _bad(f"_include={raw!r} must start with {resource_type} (or use "
+                               f"_include:iterate to follow references of included resources)", name)
                 query.includes.append(inc)
             else:
+                refers_to = (target,) if target else p.targets  # (): any type
+                if not inc.iterate and refers_to and resource_type not in refers_to:
+                    raise _bad(f"_revinclude={raw!r}: {parts[0]}.{parts[1]} does not refer to "
+                               f"{resource_type} (or use _revinclude:iterate)", name)
                 query.revincludes.append(inc)
             query.raw.append((key, raw))
         elif name == "_summary":

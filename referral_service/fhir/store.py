@@ -79,7 +79,8 @@ class Stored:
         return dict(jsonio.loads(self.content))
 
 
-REVINCLUDE_LIMIT = 1000  # resources brought in by one _revinclude of one page
+REVINCLUDE_LIMIT = 1000  # resources brought in by one _revinclude of one page (per round)
+MAX_INCLUDE_ROUNDS = 4  # how deep :iterate follows references from included resources
 
 
 @dataclass
@@ -644,38 +645,86 @@ class ResourceStore:
     def _included(
         self, query: SearchQuery, pks: list[int], matches: list[Stored], actor: Actor, warnings: list[str]
     ) -> list[Stored]:
-        """The resources `_include`d and `_revinclude`d by a page; at most REVINCLUDE_LIMIT per
-        `_revinclude`, with a warning in `warnings` when there were more."""
+        """The resources `_include`d and `_revinclude`d by a page: from the matches, then (for those
+        marked :iterate) from what was included, round after round until nothing new comes in or
+        after MAX_INCLUDE_ROUNDS; at most REVINCLUDE_LIMIT per `_revinclude` and round, with a
+        warning in `warnings` when there were more."""
         if not pks or not (query.includes or query.revincludes):
             return []
         seen = {(m.res_type, m.res_id) for m in matches}
         out: list[Stored] = []
-        for inc in query.includes:
-            targets = [inc.target] if inc.target is not None else list(RESOURCES)
-            refs = self._sql().execute(
-                select(ReferenceIndex.target_type, ReferenceIndex.target_id)
-                .where(
-                    ReferenceIndex.resource_pk.in_(pks),
-                    ReferenceIndex.res_type == query.rdef.type,
-                    ReferenceIndex.param == inc.param,
-                    ReferenceIndex.target_type.in_(targets),
-                )
-                .distinct()
-            ).all()
-            by_type: dict[str, set[str]] = {}
-            for t, i in refs:
-                by_type.setdefault(t, set()).add(i)
-            for t, ids in by_type.items():
-                out += self._fetch(t, ids, actor, seen)
-        for inc in query.revincludes:
+        # The resources the next round follows references from (and to): pk by (type, id).
+        frontier: dict[tuple[str, str], int] = {
+            (m.res_type, m.res_id): pk for m, pk in zip(matches, pks, strict=True)
+        }
+        for round_ in range(MAX_INCLUDE_ROUNDS):
+            found: list[tuple[int, Stored]] = []
+            for inc in query.includes:
+                if inc.iterate or round_ == 0:
+                    found += self._forward(inc, frontier, actor, seen)
+            for inc in query.revincludes:
+                if inc.iterate or round_ == 0:
+                    found += self._reverse(inc, frontier, actor, seen, warnings)
+            out += [stored for _, stored in found]
+            frontier = {(s.res_type, s.res_id): pk for pk, s in found}
+            if not frontier or not any(i.iterate for i in (*query.includes, *query.revincludes)):
+                break
+        else:
+            if frontier:
+                warnings.append(f"_include:iterate and _revinclude:iterate were followed "
+                                f"{MAX_INCLUDE_ROUNDS} levels deep; what lies further was not included")
+        return out
+
+    def _forward(
+        self, inc: Include, frontier: dict[tuple[str, str], int], actor: Actor, seen: set[tuple[str, str]]
+    ) -> list[tuple[int, Stored]]:
+        """What the frontier's resources of `inc.source` refer to by `inc.param` (`_include`)."""
+        pks = [pk for (res_type, _), pk in frontier.items() if res_type == inc.source]
+        if not pks:
+            return []
+        targets = [inc.target] if inc.target is not None else list(RESOURCES)
+        refs = self._sql().execute(
+            select(ReferenceIndex.target_type, ReferenceIndex.target_id)
+            .where(
+                ReferenceIndex.resource_pk.in_(pks),
+                ReferenceIndex.res_type == inc.source,
+                ReferenceIndex.param == inc.param,
+                ReferenceIndex.target_type.in_(targets),
+            )
+            .distinct()
+        ).all()
+        by_type: dict[str, set[str]] = {}
+        for t, i in refs:
+            by_type.setdefault(t, set()).add(i)
+        out: list[tuple[int, Stored]] = []
+        for t, ids in sorted(by_type.items()):
+            out += self._fetch(t, ids, actor, seen)
+        return out
+
+    def _reverse(
+        self,
+        inc: Include,
+        frontier: dict[tuple[str, str], int],
+        actor: Actor,
+        seen: set[tuple[str, str]],
+        warnings: list[str],
+    ) -> list[tuple[int, Stored]]:
+        """The resources of `inc.source` whose `inc.param` refers to one of the frontier's
+        (`_revinclude`), at most REVINCLUDE_LIMIT."""
+        by_type: dict[str, list[str]] = {}
+        for res_type, res_id in frontier:
+            if inc.target is None or res_type == inc.target:
+                by_type.setdefault(res_type, []).append(res_id)
+        out: list[tuple[int, Stored]] = []
+        for target_type, ids in sorted(by_type.items()):
             stmt = (
-                select(*SERVED)
+                select(StoredResource.pk, *SERVED)
                 .join(ReferenceIndex, ReferenceIndex.resource_pk == StoredResource.pk)
                 .where(
                     ReferenceIndex.res_type == inc.source,
                     ReferenceIndex.param == inc.param,
-                    ReferenceIndex.target_type == query.rdef.type,
-                    ReferenceIndex.target_id.in_([m.res_id for m in matches]),
+                    ReferenceIndex.target_type == target_type,
+                    ReferenceIndex.target_id.in_(ids),
                     StoredResource.deleted == false(),
                     visible(actor, RESOURCES[inc.source]),
                 )
@@ -693,11 +742,13 @@ class ResourceStore:
             for row in rows:
                 if (row.res_type, row.res_id) not in seen:
                     seen.add((row.res_type, row.res_id))
-                    out.append(_stored(row))
+                    out.append((row.pk, _stored(row)))
         return out
 
-    def _fetch(self, res_type: str, ids: set[str], actor: Actor, seen: set[tuple[str, str]]) -> list[Stored]:
-        stmt = select(*SERVED).where(
+    def _fetch(
+        self, res_type: str, ids: set[str], actor: Actor, seen: set[tuple[str, str]]
+    ) -> list[tuple[int, Stored]]:
+        stmt = select(StoredResource.pk, *SERVED).where(
             StoredResource.res_type == res_type,
             StoredResource.res_id.in_(ids),
             StoredResource.deleted == false(),
@@ -707,7 +758,7 @@ class ResourceStore:
         for row in self._sql().execute(stmt).all():
             if (row.res_type, row.res_id) not in seen:
                 seen.add((row.res_type, row.res_id))
-                out.append(_stored(row))
+                out.append((row.pk, _stored(row)))
         return out
 
     def find_ids(self, query: SearchQuery, actor: Actor, limit: int = 2) -> list[str]:

@@ -572,7 +572,7 @@ def authorise_includes(query: SearchQuery, may: Callable[[str, str], bool]) -> N
             raise Forbidden(f"the token's scopes do not allow searching {inc.source} (_revinclude)")
     narrowed: list[Include] = []
     for inc in query.includes:
-        declared = [inc.target] if inc.target else list(query.rdef.by_name[inc.param].targets)
+        declared = [inc.target] if inc.target else list(RESOURCES[inc.source].by_name[inc.param].targets)
         for target in declared:
             if not may(target, "r"):
                 raise Forbidden(f"the token's scopes do not allow reading {target} (_include)")

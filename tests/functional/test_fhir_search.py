@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from referral_service.domain.resident_id import generate
 from referral_service.fhir.codes import ICD10_SYSTEM
-from tests.functional.fhir_helpers import RESIDENT_ID, Fhir, organization, patient, token_for
+from tests.functional.fhir_helpers import RESIDENT_ID, Fhir, organization, patient, token_for, vital
 
 V3 = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 LOINC = "http://loinc.org"
@@ -472,22 +472,46 @@ def test_include_and_revinclude(platform: Fhir, world: World) -> None:
     assert_400(platform.get("Patient?_revinclude=Encounter"))
 
 
-def test_wildcard_and_iterating_includes_are_400_saying_unsupported(platform: Fhir, world: World) -> None:
-    """_include=* and _include:iterate across types are not supported: 400 saying so, and the
-    CapabilityStatement claims neither; :iterate from the searched type is followed one level."""
+def test_wildcard_includes_are_400_saying_unsupported(platform: Fhir, world: World) -> None:
+    """_include=* is not supported: 400 saying so, and the CapabilityStatement does not claim it."""
     for query in ("Encounter?_include=*", "Encounter?_include=Encounter:*",
-                  "ServiceRequest?_include:iterate=Encounter:subject",
                   "Encounter?_include:recurse=Encounter:subject",
                   "Patient?_revinclude=*"):
         response = platform.get(query)
         assert_400(response)
         assert "not supported" in response.json["issue"][0]["diagnostics"], query
-    same_type = platform.get("Encounter?status=finished&_include:iterate=Encounter:subject")
-    assert ids_of(same_type, "include") == world.ids("fang")
     capability = platform.get("metadata").json
     for resource in capability["rest"][0]["resource"]:
         for claimed in resource.get("searchInclude", []) + resource.get("searchRevInclude", []):
             assert "*" not in claimed and claimed.count(":") == 1, (resource["type"], claimed)
+
+
+def test_iterating_includes_follow_the_included_resources(platform: Fhir, world: World) -> None:
+    """HAPI follows `_include:iterate` and `_revinclude:iterate` from what was included; we answered
+    400 for :iterate from another type than the one searched, and a `_revinclude` of a reference
+    that cannot point at the searched type silently included nothing (now 400)."""
+    enc_jan, fang = world.enc_jan["id"], world.fang["id"]
+    pulse = platform.post("Observation", vital("8867-4", 72, "/min", f"Encounter/{enc_jan}",
+                                               f"Patient/{fang}"))
+    assert pulse.status_code == 201, pulse.json
+    same_type = platform.get("Encounter?status=finished&_include:iterate=Encounter:subject")
+    assert ids_of(same_type, "include") == world.ids("fang")
+    # Encounter -> its Patient -> her general practitioner (Organization th-01)
+    two_levels = platform.get(
+        "Encounter?status=finished&_include=Encounter:subject&_include:iterate=Patient:general-practitioner")
+    assert ids_of(two_levels, "match") == {enc_jan}
+    assert ids_of(two_levels, "include") == {fang, "th-01"}
+    assert ids_of(platform.get("Encounter?status=finished&_include=Encounter:subject"), "include") == {fang}
+    # Patient <- her Encounters <- their Observations
+    down = platform.get(
+        f"Patient?_id={fang}&_revinclude=Encounter:subject&_revinclude:iterate=Observation:encounter")
+    assert ids_of(down, "include") == {enc_jan, pulse.json["id"]}
+    mixed = platform.get(f"Observation?_id={pulse.json['id']}&_include=Observation:encounter"
+                         "&_revinclude:iterate=Encounter:subject:Patient&_include:iterate=Encounter:subject")
+    assert ids_of(mixed, "include") == {enc_jan, fang}
+    assert_400(platform.get("Patient?_revinclude=Observation:encounter"))  # refers to Encounters only
+    assert_400(platform.get("Patient?_revinclude=Encounter:subject:Group"))
+    assert_400(platform.get("Encounter?_include=Encounter:service-provider:Patient"))
 
 
 def test_revinclude_over_its_limit_says_so(
