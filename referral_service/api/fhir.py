@@ -389,6 +389,7 @@ def type_history(resource_type: str) -> Response:
 def _history(resource_type: str, res_id: str | None) -> Response:
     count = _count_arg()
     since = bundle_json.parse_since(request.args.get("_since"))
+    at = bundle_json.parse_at(request.args.get("_at"))
     cursor = bundle_json.parse_history_cursor(request.args.get("_cursor"))
     subset = parse_subset(request.args.items(multi=True), search=False)
 
@@ -398,9 +399,9 @@ def _history(resource_type: str, res_id: str | None) -> Response:
             with suppress(Gone):  # a deleted resource keeps its history, its deletion first
                 service.read(session, actor, resource_type, res_id)  # 404 when unknown or hidden
             # One resource's versions are few and share its visibility: their count is exact and cheap.
-            total = history.instance_total(session, resource_type, res_id, since=since)
+            total = history.instance_total(session, resource_type, res_id, since=since, at=at)
         page, nxt = ResourceStore(session).history(
-            resource_type, res_id, actor, count=count, since=since, before=cursor
+            resource_type, res_id, actor, count=count, since=since, at=at, before=cursor
         ) if count else ([], None)  # _count=0: no entries
         if total is None and cursor is None and nxt is None and count:
             total = len(page)  # a type's whole history on its first page: exact without counting

@@ -99,6 +99,16 @@ def parse_since(value: str | None) -> datetime | None:
         raise BadRequest(f"_since={value!r} is not a FHIR instant") from None
 
 
+def parse_at(value: str | None) -> tuple[datetime, datetime] | None:
+    """The period of a history's _at (a FHIR date, dateTime or instant, no prefix)."""
+    if not value:
+        return None
+    try:
+        return parse_date_range(value.strip().replace(" ", "+"))
+    except ValueError:
+        raise BadRequest(f"_at={value!r} is not a FHIR date or instant") from None
+
+
 def parse_history_cursor(value: str | None) -> tuple[datetime, int, int] | None:
     """The position after which the next history page starts."""
     if not value:

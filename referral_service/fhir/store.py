@@ -289,9 +289,11 @@ class ResourceStore:
         *,
         count: int,
         since: datetime | None = None,
+        at: tuple[datetime, datetime] | None = None,
         before: tuple[datetime, int, int] | None = None,
     ) -> tuple[list[Stored], tuple[datetime, int, int] | None]:
-        """Versions newest first (instance, type or system level), keyset-paged."""
+        """Versions newest first (instance, type or system level), keyset-paged; `since` and `at`:
+        see `version_window`."""
         stmt = select(
             StoredResource.res_type,
             StoredResource.res_id,
@@ -305,8 +307,7 @@ class ResourceStore:
             stmt = stmt.where(ResourceVersion.res_type == res_type, visible(actor, RESOURCES[res_type]))
         if res_id is not None:
             stmt = stmt.where(StoredResource.res_id == res_id)
-        if since is not None:
-            stmt = stmt.where(ResourceVersion.last_updated >= since)
+        stmt = stmt.where(*version_window(since, at))
         if before is not None:
             ts, pk, vid = before
             stmt = stmt.where(
@@ -773,6 +774,29 @@ class ResourceStore:
         """
         if self.session.get_bind().dialect.name == "postgresql":
             driver_rows(self._sql(), "SELECT pg_advisory_xact_lock(%(k)s)", {"k": lock_digest(key)})
+
+
+def version_window(since: datetime | None, at: tuple[datetime, datetime] | None) -> list[ColumnElement[bool]]:
+    """The conditions on `ResourceVersion` of a history's `_since` (versions written at or after it)
+    and `_at` (versions that were current at some point of the period, FHIR http.html#history: the
+    version began before the period ended, and the next one, if any, began after it started)."""
+    where: list[ColumnElement[bool]] = []
+    if since is not None:
+        where.append(ResourceVersion.last_updated >= since)
+    if at is not None:
+        low, high = at
+        following = aliased(ResourceVersion)
+        replaced_before = (
+            select(following.version_id)
+            .where(
+                following.resource_pk == ResourceVersion.resource_pk,
+                following.version_id == ResourceVersion.version_id + 1,
+                following.last_updated <= low,
+            )
+            .exists()
+        )
+        where += [ResourceVersion.last_updated <= high, not_(replaced_before)]
+    return where
 
 
 def missing_references(resource_type: str, missing: Sequence[Sequence[str]]) -> Unprocessable:

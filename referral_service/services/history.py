@@ -8,11 +8,20 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..domain.fhir_store import ResourceVersion, StoredResource
+from ..fhir.store import version_window
 
 
-def instance_total(session: Session, res_type: str, res_id: str, *, since: datetime | None = None) -> int:
+def instance_total(
+    session: Session,
+    res_type: str,
+    res_id: str,
+    *,
+    since: datetime | None = None,
+    at: tuple[datetime, datetime] | None = None,
+) -> int:
     """The number of versions of `res_type/res_id` (deletions included, as the history lists them),
-    those since `since` only when given: what `GET /fhir/{type}/{id}/_history` has on all its pages.
+    those in the window of `since` and `at` only when given (`version_window`): what
+    `GET /fhir/{type}/{id}/_history` has on all its pages.
 
     The caller has already checked the caller may see the resource: its versions share that. One
     index range of the version table's primary key, so exact and cheap (HAPI gives it too).
@@ -23,6 +32,5 @@ def instance_total(session: Session, res_type: str, res_id: str, *, since: datet
         .join(StoredResource, StoredResource.pk == ResourceVersion.resource_pk)
         .where(StoredResource.res_type == res_type, StoredResource.res_id == res_id)
     )
-    if since is not None:
-        stmt = stmt.where(ResourceVersion.last_updated >= since)
+    stmt = stmt.where(*version_window(since, at))
     return int(session.execute(stmt).scalar_one())

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -597,6 +599,36 @@ def test_history_bundles_carry_total(his: Fhir) -> None:
 
     assert his.get("Patient/_history").json["total"] == 4
     assert "total" not in his.get("Patient/_history?_count=2").json  # more pages: not counted
+
+
+def test_history_at_lists_the_versions_current_in_the_period(his: Fhir) -> None:
+    """FHIR http.html#history `_at`: the versions that were current at some point of the period
+    (it was ignored: every version came back)."""
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    body = his.get(f"Patient/{pid}").json
+    for phone in ("13800000001", "13800000002"):
+        time.sleep(0.02)
+        body = his.put(f"Patient/{pid}", body | {"telecom": [{"system": "phone", "value": phone}]}).json
+    written = {int(e["resource"]["meta"]["versionId"]): datetime.fromisoformat(e["response"]["lastModified"])
+               for e in his.get(f"Patient/{pid}/_history").json["entry"]}
+
+    def versions_at(at: str, path: str = f"Patient/{pid}/_history") -> list[int]:
+        answer = his.get(f"{path}?_at={quote(at)}")
+        assert answer.status_code == 200, answer.json
+        return [int(e["resource"]["meta"]["versionId"]) for e in answer.json.get("entry", [])]
+
+    def instant(moment: datetime) -> str:
+        return moment.isoformat(timespec="milliseconds")
+
+    assert versions_at(instant(written[2])) == [2]  # version 1 ended as version 2 began
+    assert versions_at(instant(written[2] - timedelta(milliseconds=5))) == [1]
+    assert versions_at(instant(written[3] + timedelta(days=1))) == [3]
+    assert versions_at(str(written[1].year)) == [3, 2, 1]
+    assert versions_at(str(written[1].year - 1)) == []
+    assert his.get(f"Patient/{pid}/_history?_at={written[1].year - 1}").json["total"] == 0
+    assert his.get(f"Patient/{pid}/_history?_at={quote(instant(written[2]))}").json["total"] == 1
+    assert versions_at(instant(written[2]), "Patient/_history") == [2]
+    assert his.get(f"Patient/{pid}/_history?_at=yesterday").status_code == 400
 
 
 def test_if_none_match_on_read_and_vread_answers_304(his: Fhir) -> None:
