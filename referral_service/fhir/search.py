@@ -343,7 +343,42 @@ def parse_search(
     return query
 
 
+def _parse_chain(rdef: ResourceDef, name: str, modifier: str | None, raw: str) -> Clause:
+    """A chained parameter (FHIR search.html#chaining): `patient.identifier=...` or
+    `subject:Patient.identifier=...`, one link deep. Its values are (target type, the clause on
+    that type) for each type the reference may point at that has the chained parameter."""
+    if "." in name:
+        ref_name, _, chained = name.partition(".")
+        target, chained_modifier = None, modifier
+    else:
+        assert modifier is not None
+        target, _, rest = modifier.partition(".")
+        ref_name = name
+        chained, _, chained_modifier_text = rest.partition(":")
+        chained_modifier = chained_modifier_text or None
+    expression = f"{name}:{modifier}" if modifier and "." in modifier else name
+    param = rdef.by_name.get(ref_name)
+    if param is None or param.type != "reference":
+        raise _bad(f"{expression}: {rdef.type} has no reference parameter {ref_name!r} to chain from",
+                   expression)
+    if "." in chained or not chained:
+        raise _bad(f"{expression}: chains of one link are supported (reference.parameter)", expression)
+    if target is not None and (target not in RESOURCES or (param.targets and target not in param.targets)):
+        raise _bad(f"{expression}: {rdef.type}.{ref_name} does not refer to {target!r}", expression)
+    candidates = [target] if target else sorted(param.targets or RESOURCES)
+    types = [t for t in candidates if chained in RESOURCES[t].by_name or chained == "_id"]
+    if not types:
+        raise _bad(f"{expression}: no resource {rdef.type}.{ref_name} refers to has a search "
+                   f"parameter {chained!r}", expression)
+    if chained_modifier == "missing":
+        raise _bad(f"{expression}: :missing is not supported in a chain", expression)
+    inner = tuple((t, _parse_clause(RESOURCES[t], chained, chained_modifier, raw)) for t in types)
+    return Clause(param, "chain", inner)
+
+
 def _parse_clause(rdef: ResourceDef, name: str, modifier: str | None, raw: str) -> Clause:
+    if "." in name or (modifier and "." in modifier):
+        return _parse_chain(rdef, name, modifier, raw)
     if name in ("_id", "_lastUpdated") and modifier:
         raise _bad(f"modifier :{modifier} is not supported on {name}", name)
     if name == "_id":

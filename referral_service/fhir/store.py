@@ -1012,6 +1012,8 @@ def _like(value: str, *, anywhere: bool) -> str:
 def _clause_shape(clause: Clause) -> tuple[Any, ...]:
     """What decides the SQL of a clause (its values aside): clauses of one shape share a statement."""
     p, modifier, values = clause.param, clause.modifier, clause.values
+    if modifier == "chain":
+        return (p.name, modifier, tuple((t, _clause_shape(inner)) for t, inner in values))
     if p.name == "_id":
         return (p.name,)
     if modifier == "missing":
@@ -1028,6 +1030,8 @@ def _clause_shape(clause: Clause) -> tuple[Any, ...]:
 def _clause_values(clause: Clause) -> list[Any]:
     """The values `_clause_sql` binds, in its order."""
     p, modifier, values = clause.param, clause.modifier, clause.values
+    if modifier == "chain":
+        return [v for _, inner in values for v in _clause_values(inner)]
     if p.name == "_id":
         return [list(values)]
     if modifier == "missing":
@@ -1057,6 +1061,8 @@ def _clause_values(clause: Clause) -> list[Any]:
 def _clause_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[bool]:
     """The clause as SQL, its values bound through `bind` (in the order of `_clause_values`)."""
     p = clause.param
+    if clause.modifier == "chain":
+        return _chain_sql(res_type, clause, bind)
     if p.name == "_id":
         return StoredResource.res_id.in_(bind(list(clause.values), expanding=True))
     if p.name == "_lastUpdated":
@@ -1113,6 +1119,21 @@ def _clause_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[b
             cond.append(ReferenceIndex.target_type == bind(target_type))
         options.append(and_(*cond))
     return _in_index(ReferenceIndex, res_type, p.name, or_(*options))
+
+
+def _chain_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[bool]:
+    """A chained clause: the resource's reference parameter points at a live resource of one of the
+    target types that matches the chained clause (each target type's clause run as a search of it)."""
+    options = []
+    for target_type, inner in clause.values:
+        targets = (
+            select(StoredResource.res_id)
+            .where(StoredResource.res_type == target_type, StoredResource.deleted == false(),
+                   _clause_sql(target_type, inner, bind))
+            .correlate(None)  # the target's own row, not the row of the resource searched
+        )
+        options.append(and_(ReferenceIndex.target_type == target_type, ReferenceIndex.target_id.in_(targets)))
+    return _in_index(ReferenceIndex, res_type, clause.param.name, or_(*options))
 
 
 def _date_compare(prefix: str, lo: datetime, hi: datetime, low: Any, high: Any) -> ColumnElement[bool]:

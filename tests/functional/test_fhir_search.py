@@ -390,6 +390,34 @@ def test_sort_by_a_date_parameter_pages_with_missing_values_last(platform: Fhir,
     assert ordered_ids(platform.get("Encounter?_sort=date")) == [world.enc_jan["id"], world.enc_feb["id"]]
 
 
+def test_chained_parameters(platform: Fhir, world: World) -> None:
+    """HAPI answers chained searches (FHIR search.html#chaining), which a HIS uses to find a
+    patient's records by the identity number it knows rather than our id: `patient.identifier=`,
+    `subject:Patient.name=`. They were 400 (unknown parameter)."""
+    number = world.fang["identifier"][0]["value"]
+    enc_jan, enc_feb = world.enc_jan["id"], world.enc_feb["id"]
+    assert ids_of(platform.get(f"Encounter?patient.identifier={RESIDENT_ID}|{number}")) == {enc_jan}
+    assert ids_of(platform.get(f"Encounter?subject:Patient.identifier={number}")) == {enc_jan}
+    assert ids_of(platform.get("Encounter?subject.name=王")) == {enc_jan, enc_feb}
+    assert ids_of(platform.get("Encounter?subject:Patient.name:exact=王")) == {enc_jan, enc_feb}
+    assert ids_of(platform.get("Encounter?patient.gender=male")) == {enc_feb}
+    assert ids_of(platform.get("Encounter?patient.birthdate=lt1989")) == {enc_feb}
+    assert ids_of(platform.get(f"Encounter?patient._id={world.fang['id']}")) == {enc_jan}
+    assert ids_of(platform.get("Encounter?service-provider.identifier=nobody")) == set()
+    assert ids_of(platform.get("Encounter?patient.gender=male&status=finished")) == set()
+    assert ids_of(platform.get("Encounter?patient.gender=male,female&_sort=date")) == {enc_jan, enc_feb}
+    paged = _paged_ids(platform, "Encounter?patient.name=王&_sort=date")
+    assert paged == [enc_jan, enc_feb]
+    # a deleted patient's encounters are no longer found through her
+    assert platform.delete(f"Patient/{world.ming['id']}").status_code == 204
+    assert ids_of(platform.get("Encounter?patient.gender=male")) == set()
+    for bad in ("Encounter?status.code=x", "Encounter?patient.shoe-size=9",
+                "Encounter?patient.organization.name=x", "Encounter?service-provider:Patient.name=x",
+                "Encounter?subject:Nonsense.name=x", "Encounter?patient.name:missing=true",
+                "Encounter?patient.=x"):
+        assert_400(platform.get(bad))
+
+
 def _paged_ids(platform: Fhir, url: str) -> list[str]:
     """The match ids of a search read one entry a page, following its next links."""
     seen: list[str] = []
