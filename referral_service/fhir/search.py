@@ -376,7 +376,31 @@ def _parse_chain(rdef: ResourceDef, name: str, modifier: str | None, raw: str) -
     return Clause(param, "chain", inner)
 
 
+def _parse_has(rdef: ResourceDef, modifier: str | None, raw: str) -> Clause:
+    """Reverse chaining (FHIR search.html#has): `_has:Observation:patient:code=8867-4` finds the
+    resources that a live Observation matching `code=8867-4` refers to by its `patient` parameter.
+    One level (no `_has` inside `_has`). Its value: ((source type, reference parameter, the clause
+    on the source type),)."""
+    parts = (modifier or "").split(":")
+    key = ":".join(["_has", *parts])
+    if len(parts) not in (3, 4) or parts[0] not in RESOURCES or "_has" in parts:
+        raise _bad(f"{key}: expected _has:Type:reference:parameter (one level)", "_has")
+    source_type, ref_name, param_name = parts[:3]
+    source = RESOURCES[source_type]
+    if source.audit_log:
+        raise _bad(f"{key}: AuditEvents are searched by their own search only", "_has")
+    ref = source.by_name.get(ref_name)
+    if ref is None or ref.type != "reference" or (ref.targets and rdef.type not in ref.targets):
+        raise _bad(f"{key}: {source_type} has no reference parameter {ref_name!r} to {rdef.type}", "_has")
+    if param_name.startswith("_has") or "." in param_name:
+        raise _bad(f"{key}: one level of _has, without chains, is supported", "_has")
+    inner = _parse_clause(source, param_name, parts[3] if len(parts) == 4 else None, raw)
+    return Clause(SearchParam("_has", "special", ()), "has", ((source_type, ref_name, inner),))
+
+
 def _parse_clause(rdef: ResourceDef, name: str, modifier: str | None, raw: str) -> Clause:
+    if name == "_has":
+        return _parse_has(rdef, modifier, raw)
     if "." in name or (modifier and "." in modifier):
         return _parse_chain(rdef, name, modifier, raw)
     if name in ("_id", "_lastUpdated") and modifier:

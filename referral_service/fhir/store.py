@@ -920,8 +920,12 @@ def _search_statement(
     rdef = query.rdef
     shape = policy_shape(actor, rdef)
     paged = kind == "page" and query.cursor is not None
+    has_shapes = tuple(  # the access policy of each `_has` source type is part of the statement
+        policy_shape(actor, RESOURCES[c.values[0][0]]) for c in query.clauses if c.modifier == "has"
+    )
     cache_key = (
-        kind, rdef.type, shape, tuple(_clause_shape(c) for c in query.clauses), query.sort, paged, audited
+        kind, rdef.type, shape, tuple(_clause_shape(c) for c in query.clauses), query.sort, paged, audited,
+        has_shapes,
     )
     values = [v for c in query.clauses for v in _clause_values(c)]
     params: dict[str, Any] = {f"v{i}": v for i, v in enumerate(values)}
@@ -940,7 +944,7 @@ def _search_statement(
     stmt = _SEARCH_STATEMENTS.get(cache_key)
     if stmt is not None:
         return stmt, params
-    bind = _Binder()
+    bind = _Binder(actor)
     where = [
         StoredResource.res_type == rdef.type,
         StoredResource.deleted == false(),
@@ -994,8 +998,9 @@ def _in_index(table: Any, res_type: str, param: str, condition: ColumnElement[bo
 class _Binder:
     """Names a statement's search values v0, v1, ... in the order `_clause_values` lists them."""
 
-    def __init__(self) -> None:
+    def __init__(self, actor: Actor | None = None) -> None:
         self.values: list[Any] = []
+        self.actor = actor  # whose search (the access policy of `_has` sources)
 
     def __call__(self, value: Any, *, expanding: bool = False) -> Any:
         self.values.append(value)
@@ -1014,6 +1019,8 @@ def _clause_shape(clause: Clause) -> tuple[Any, ...]:
     p, modifier, values = clause.param, clause.modifier, clause.values
     if modifier == "chain":
         return (p.name, modifier, tuple((t, _clause_shape(inner)) for t, inner in values))
+    if modifier == "has":
+        return (p.name, modifier, tuple((t, ref, _clause_shape(inner)) for t, ref, inner in values))
     if p.name == "_id":
         return (p.name,)
     if modifier == "missing":
@@ -1032,6 +1039,8 @@ def _clause_values(clause: Clause) -> list[Any]:
     p, modifier, values = clause.param, clause.modifier, clause.values
     if modifier == "chain":
         return [v for _, inner in values for v in _clause_values(inner)]
+    if modifier == "has":
+        return [v for _, _, inner in values for v in _clause_values(inner)]
     if p.name == "_id":
         return [list(values)]
     if modifier == "missing":
@@ -1063,6 +1072,8 @@ def _clause_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[b
     p = clause.param
     if clause.modifier == "chain":
         return _chain_sql(res_type, clause, bind)
+    if clause.modifier == "has":
+        return _has_sql(res_type, clause, bind)
     if p.name == "_id":
         return StoredResource.res_id.in_(bind(list(clause.values), expanding=True))
     if p.name == "_lastUpdated":
@@ -1134,6 +1145,27 @@ def _chain_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[bo
         )
         options.append(and_(ReferenceIndex.target_type == target_type, ReferenceIndex.target_id.in_(targets)))
     return _in_index(ReferenceIndex, res_type, clause.param.name, or_(*options))
+
+
+def _has_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[bool]:
+    """A `_has` clause: a live resource of the source type that the caller may see, matching the
+    inner clause, refers to this resource by the reference parameter."""
+    ((source_type, ref_name, inner),) = clause.values
+    assert bind.actor is not None
+    policy = _policy(policy_shape(bind.actor, RESOURCES[source_type]), bindparam(_ORG), bindparam(_DISTRICT))
+    sources = (
+        select(StoredResource.pk)
+        .where(StoredResource.res_type == source_type, StoredResource.deleted == false(), policy,
+               _clause_sql(source_type, inner, bind))
+        .correlate(None)  # the source's own row, not the row of the resource searched
+    )
+    referred = select(ReferenceIndex.target_id).where(
+        ReferenceIndex.res_type == source_type,
+        ReferenceIndex.param == ref_name,
+        ReferenceIndex.target_type == res_type,
+        ReferenceIndex.resource_pk.in_(sources),
+    )
+    return StoredResource.res_id.in_(referred)
 
 
 def _date_compare(prefix: str, lo: datetime, hi: datetime, low: Any, high: Any) -> ColumnElement[bool]:

@@ -418,6 +418,29 @@ def test_chained_parameters(platform: Fhir, world: World) -> None:
         assert_400(platform.get(bad))
 
 
+def test_reverse_chaining_with_has(platform: Fhir, world: World) -> None:
+    """`_has` (FHIR search.html#has), as HAPI answers it: the patients some live Encounter or
+    Observation matching a criterion refers to. It was 400 (unknown parameter)."""
+    fang, ming = world.fang["id"], world.ming["id"]
+    pulse = platform.post("Observation", vital("8867-4", 72, "/min", f"Encounter/{world.enc_jan['id']}",
+                                               f"Patient/{fang}"))
+    assert pulse.status_code == 201, pulse.json
+    assert ids_of(platform.get("Patient?_has:Encounter:subject:status=in-progress")) == {ming}
+    assert ids_of(platform.get("Patient?_has:Encounter:patient:status=finished,in-progress")) == {fang, ming}
+    assert ids_of(platform.get(f"Patient?_has:Observation:patient:code={LOINC}|8867-4")) == {fang}
+    assert ids_of(platform.get("Patient?_has:Observation:patient:code=9279-1")) == set()
+    assert ids_of(platform.get("Patient?_has:Encounter:subject:date=ge2024-02-01&gender=female")) == set()
+    assert ids_of(platform.get("Patient?_has:Encounter:subject:status:not=finished")) == {ming}
+    assert ids_of(platform.get("Encounter?_has:Observation:encounter:code=8867-4")) == {world.enc_jan["id"]}
+    assert platform.delete(f"Observation/{pulse.json['id']}").status_code == 204
+    assert ids_of(platform.get("Patient?_has:Observation:patient:code=8867-4")) == set()
+    for bad in ("Patient?_has:Encounter:subject=x", "Patient?_has:Nothing:subject:status=x",
+                "Patient?_has:Encounter:service-provider:status=x", "Patient?_has:Encounter:subject:shoe=x",
+                "Patient?_has:Encounter:subject:_has:Observation:encounter:code=x",
+                "Patient?_has:AuditEvent:patient:action=R"):
+        assert_400(platform.get(bad))
+
+
 def _paged_ids(platform: Fhir, url: str) -> list[str]:
     """The match ids of a search read one entry a page, following its next links."""
     seen: list[str] = []
