@@ -8,7 +8,8 @@ parts the route uses, in the same order (token and scope: `guard.principal_for`;
 organisation: `actors.actor_for`; the read and its audit row: `resources.read_on_connection`; the
 headers: `responses.version_headers`; metrics and the access log: `observability.RequestLog`).
 
-It answers only successes: 200, and 304 for an If-None-Match naming the version read. Anything else
+It answers only successes: 200, and 304 for an If-None-Match naming the version read (or an
+If-Modified-Since at or after it). Anything else
 (no token, a refused scope, 404, 410, an Accept without JSON, a database error) is handed to the
 Flask app unchanged, which answers it as every other request: nothing was written,
 as the audit row rides in the statement that found the resource. Routing is the app's own URL map, so
@@ -32,7 +33,7 @@ from ..observability import REQUEST_ID_HEADER, RequestLog, request_id_from
 from ..services import resources as service
 from ..services.actors import actor_for
 from .guard import principal_for
-from .responses import FHIR_JSON, accepts_json, none_match, version_headers
+from .responses import FHIR_JSON, accepts_json, not_modified, version_headers
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -64,7 +65,8 @@ class FastReads:
 
     def _read(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes] | None:
         """The status, headers and body of a successful read (200, or 304 for an If-None-Match naming
-        the current version, as the app's route answers it), or None to let the app answer."""
+        the current version or an If-Modified-Since not before it, as the app's route answers it), or
+        None to let the app answer."""
         started = time.perf_counter()
         path = environ.get("PATH_INFO", "")
         root, _, rest = path.partition("/fhir/")
@@ -88,7 +90,7 @@ class FastReads:
             log.warning("a plain read failed before the app; the app answers it", exc_info=True,
                         extra={"request_id": request_id})
             return None
-        if none_match(environ.get("HTTP_IF_NONE_MATCH"), stored.etag):
+        if not_modified(environ.get("HTTP_IF_NONE_MATCH"), environ.get("HTTP_IF_MODIFIED_SINCE"), stored):
             # As Werkzeug sends the app's 304: no body and no representation headers, but the ETag.
             status, body = 304, b""
             headers = [("ETag", stored.etag), (REQUEST_ID_HEADER, request_id)]

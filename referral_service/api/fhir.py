@@ -38,7 +38,7 @@ from .responses import (
     format_is_json,
     http_date,
     is_r4,
-    none_match,
+    not_modified,
     version_headers,
 )
 
@@ -328,11 +328,12 @@ def vread(resource_type: str, res_id: str, vid: str) -> Response:
 
 def _read_answer(stored: Stored, subset: Subset | None) -> Response:
     """200 with the resource (`subset`: the part asked for by `_summary` or `_elements`); 304 Not
-    Modified, with the ETag and no body, when If-None-Match names the version served or is `*`
-    (RFC 9110 13.1.2, FHIR http.html#cread). Access was checked and the read audited as for a 200:
-    the caller learns the version it already holds is current."""
+    Modified, with the ETag and no body, when If-None-Match names the version served or is `*`, or
+    (without If-None-Match) If-Modified-Since is not before it (RFC 9110 13.1.2-13.1.3, FHIR
+    http.html#cread). Access was checked and the read audited as for a 200: the caller learns the
+    version it already holds is current."""
     headers = _headers(stored)
-    if none_match(request.headers.get("If-None-Match"), stored.etag):
+    if not_modified(request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since"), stored):
         return Response(status=304, headers=headers)
     content = stored.content if subset is None else cut_json(stored.content, subset)
     return fhir_response(content, 200, headers)

@@ -7,6 +7,7 @@ from functools import lru_cache
 from typing import Any
 
 from flask import Response, request
+from werkzeug.http import parse_date
 
 from ..fhir import jsonio
 from ..fhir.store import Stored
@@ -79,6 +80,16 @@ def none_match(header: str | None, etag: str) -> bool:
         return True
     tag = etag.removeprefix("W/")
     return any(candidate.strip().removeprefix("W/") == tag for candidate in header.split(","))
+
+
+def not_modified(if_none_match: str | None, if_modified_since: str | None, stored: Stored) -> bool:
+    """Whether a read answers 304 (RFC 9110 13.1.2-13.1.3, FHIR http.html#cread): If-None-Match
+    names the version served (`none_match`); without it, If-Modified-Since is a valid HTTP date at or
+    after the version's Last-Modified (which has whole seconds)."""
+    if if_none_match:
+        return none_match(if_none_match, stored.etag)
+    since = parse_date(if_modified_since) if if_modified_since else None
+    return since is not None and stored.last_updated.replace(microsecond=0) <= since
 
 
 def version_headers(stored: Stored) -> dict[str, str]:

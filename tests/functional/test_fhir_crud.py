@@ -657,6 +657,29 @@ def test_if_none_match_on_read_and_vread_answers_304(his: Fhir) -> None:
     assert gone.status_code == 410 and gone.json["resourceType"] == "OperationOutcome"
 
 
+def test_if_modified_since_on_read_answers_304(his: Fhir) -> None:
+    """RFC 9110 13.1.3: If-Modified-Since at or after the version's Last-Modified is 304 (it was
+    ignored: 200 every time); an If-None-Match present decides alone; a date that does not parse
+    is ignored, as HTTP says."""
+    pid = his.post("Patient", patient(PID_1)).json["id"]
+    first = his.get(f"Patient/{pid}")
+    modified = first.headers["Last-Modified"]
+    later = (datetime.strptime(modified, "%a, %d %b %Y %H:%M:%S GMT") + timedelta(hours=1)).strftime(
+        "%a, %d %b %Y %H:%M:%S GMT")
+    earlier = "Mon, 01 Jan 2024 00:00:00 GMT"
+    for path in (f"Patient/{pid}", f"Patient/{pid}/_history/1"):
+        for since in (modified, later):
+            cached = his.get(path, headers={"If-Modified-Since": since})
+            assert cached.status_code == 304, (path, since)
+            assert cached.data == b"" and cached.headers["ETag"] == 'W/"1"'
+        assert his.get(path, headers={"If-Modified-Since": earlier}).status_code == 200
+        assert his.get(path, headers={"If-Modified-Since": "yesterday"}).status_code == 200
+        both = {"If-Modified-Since": later, "If-None-Match": 'W/"9"'}
+        assert his.get(path, headers=both).status_code == 200
+    assert his.get(f"Patient/{pid}?_elements=gender", headers={"If-Modified-Since": later}).status_code == 304
+    assert his.get("Patient/not-there", headers={"If-Modified-Since": later}).status_code == 404
+
+
 @pytest.mark.parametrize(
     ("accept", "query"),
     [
