@@ -341,3 +341,50 @@ def test_fhirpy_create_read_search_paging_and_transaction(fhirpy_client: Any) ->
     assert patient["meta"]["versionId"] == "2"
     again = fhirpy_client.reference("Patient", patient.id).to_resource()
     assert again["telecom"][0]["value"] == "13900000000"
+
+
+def test_fhirpy_query_builder_searches(fhirpy_client: Any) -> None:
+    """What fhirpy's query builder sends, as HAPI answers it: chained and reverse-chained parameters
+    (`subject:Patient.identifier`, `_has:Encounter:subject:status`), several `_sort` keys, `_elements`
+    (fhirpy adds `id,resourceType`), `_include:iterate` and `_revinclude`."""
+    gp = fhirpy_client.resource("Organization", **organization_json("青山县城南卫生院"))
+    gp.save()
+    people = []
+    for i, family in enumerate(("赵", "钱", "赵")):
+        person = fhirpy_client.resource(
+            "Patient", **patient_json(900 + i, family=family)
+            | {"generalPractitioner": [{"reference": f"Organization/{gp.id}"}]})
+        person.save()
+        people.append(person)
+    visit = fhirpy_client.resource("Encounter", **{
+        "resourceType": "Encounter", "status": "finished", "class": {"system": V3_ACT_CODE, "code": "AMB"},
+        "subject": {"reference": f"Patient/{people[1].id}"},
+        "serviceProvider": {"reference": f"Organization/{gp.id}"},
+        "period": {"start": "2026-11-02T09:00:00+08:00", "end": "2026-11-02T09:30:00+08:00"},
+    })
+    visit.save()
+    identifier = f"{PAGING_SYSTEM}|p-901"
+
+    chained = fhirpy_client.resources("Encounter").search(subject__Patient__identifier=identifier).fetch_all()
+    assert [e.id for e in chained] == [visit.id]
+
+    has = fhirpy_client.resources("Patient").has("Encounter", "subject", status="finished").search(
+        general_practitioner=f"Organization/{gp.id}").fetch_all()
+    assert [p.id for p in has] == [people[1].id]
+
+    ordered = (fhirpy_client.resources("Patient").search(general_practitioner=f"Organization/{gp.id}")
+               .sort("family", "-birthdate").fetch_all())
+    zhao = sorted((people[0], people[2]), key=lambda p: str(p["birthDate"]), reverse=True)
+    # by code point 赵 (U+8D75) comes before 钱 (U+94B1); the two 赵 youngest first
+    assert [p.id for p in ordered] == [*(p.id for p in zhao), people[1].id]
+
+    slim = (fhirpy_client.resources("Patient").search(general_practitioner=f"Organization/{gp.id}")
+            .elements("gender").fetch_all())
+    assert all(set(p.serialize()) <= {"resourceType", "id", "meta", "gender"} for p in slim)
+    assert all(any(t["code"] == "SUBSETTED" for t in p["meta"]["tag"]) for p in slim)
+
+    raw = (fhirpy_client.resources("Encounter").search(_id=visit.id).include("Encounter", "subject")
+           .include("Patient", "general-practitioner", iterate=True).fetch_raw())
+    included = {(e["resource"]["resourceType"], e["resource"]["id"])
+                for e in raw["entry"] if e["search"]["mode"] == "include"}
+    assert included == {("Patient", people[1].id), ("Organization", gp.id)}
