@@ -20,7 +20,7 @@ from ..domain.actor import Actor
 from ..domain.base import int_key
 from ..domain.errors import BadRequest, DomainError, Gone, NotFound, Problem
 from ..extensions import csrf, database
-from ..fhir import bundle_json, conformance, jsonio
+from ..fhir import bundle_json, conformance, json_patch, jsonio
 from ..fhir.capability import capability_statement
 from ..fhir.outcome import operation_outcome
 from ..fhir.resources import RESOURCES, is_fhir_id
@@ -66,6 +66,8 @@ def _check_body() -> None:
                     f"Content-Type {mimetype or '(none)'} is not supported by _search; send the "
                     "parameters as application/x-www-form-urlencoded"
                 )
+        elif req.method == "PATCH":
+            _check_patch_type(mimetype)
         elif mimetype not in FHIR_MIME_TYPES or not is_r4(req.headers.get("Content-Type", "").split(";")[1:]):
             raise UnsupportedMediaType(
                 f"Content-Type {req.headers.get('Content-Type') or '(none)'} is not supported; send "
@@ -80,6 +82,27 @@ def _check_body() -> None:
     if fmt is None and accept and not accepts_json(accept):
         raise NotAcceptable(f"Accept: {accept[:200]} names no format this server answers in; it answers "
                             "in JSON only (application/fhir+json or application/json)")
+
+
+# What PATCH bodies of other kinds are called in the 415 (FHIR http.html#patch names all three).
+_OTHER_PATCH_FORMATS = {
+    "application/fhir+json": "FHIRPath Patch (a Parameters resource)",
+    "application/json": "FHIRPath Patch (a Parameters resource)",
+    "application/json+fhir": "FHIRPath Patch (a Parameters resource)",
+    "application/merge-patch+json": "JSON Merge Patch",
+    "application/fhir+xml": "XML Patch",
+    "application/xml-patch+xml": "XML Patch",
+}
+
+
+def _check_patch_type(mimetype: str) -> None:
+    """415 for a PATCH body that is not a JSON Patch, saying which patch format is supported."""
+    if mimetype == json_patch.MEDIA_TYPE:
+        return
+    kind = _OTHER_PATCH_FORMATS.get(mimetype, f"Content-Type {mimetype or '(none)'}")
+    raise UnsupportedMediaType(
+        f"{kind} is not supported for PATCH; send a JSON Patch (RFC 6902) as {json_patch.MEDIA_TYPE}"
+    )
 
 
 @bp.before_request
@@ -112,6 +135,22 @@ def read_json_body() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object (a FHIR resource)")
     return body
+
+
+def read_json_patch() -> list[dict[str, Any]]:
+    """The request body as JSON Patch operations: 415 for another content type (an empty body
+    passes the before-request check), 400 for a body that is not JSON or no array of well-formed
+    operations."""
+    _check_patch_type(request.mimetype)
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise BadRequest("the request body is empty: send a JSON Patch (an array of operations)")
+    try:
+        document = jsonio.loads_body(raw)
+    except jsonio.JsonError as exc:
+        message = f"the body is not valid JSON: {exc}"
+        raise BadRequest(message, [Problem(message, code="structure")]) from None
+    return json_patch.parse_patch(document)
 
 
 def parameters_of(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -183,6 +222,13 @@ def _write_response(result: service.WriteResult) -> Response:
 def metadata() -> Response:
     """The CapabilityStatement (no token needed)."""
     return fhir_response(capability_statement(base_url()))
+
+
+@bp.route("/metadata", methods=["POST", "PUT", "PATCH", "DELETE"])
+def metadata_write() -> Response:
+    """405: without this route the type-level routes (conditional update, delete, patch) would take
+    `metadata` for a resource type and answer 404."""
+    raise MethodNotAllowed(valid_methods=["GET"], description="the CapabilityStatement is read-only")
 
 
 CONFORMANCE = "/<any(StructureDefinition,CodeSystem,ValueSet):resource_type>"
@@ -361,6 +407,22 @@ def update(resource_type: str, res_id: str) -> Response:
     return _write_response(result)
 
 
+@bp.patch("/<resource_type>/<res_id>")
+def patch(resource_type: str, res_id: str) -> Response:
+    """patch (JSON Patch): applied to the current version, stored as an update of it would be."""
+    _known_type(resource_type)
+    operations = read_json_patch()
+    result = with_actor(
+        resource_type,
+        "u",
+        lambda s, a: service.patch(
+            s, a, resource_type, res_id, operations, if_match=request.headers.get("If-Match"),
+            request_id=g.get("request_id"),
+        ),
+    )
+    return _write_response(result)
+
+
 @bp.delete("/<resource_type>/<res_id>")
 def delete(resource_type: str, res_id: str) -> Response:
     """delete: later reads answer 410."""
@@ -481,6 +543,64 @@ def create(resource_type: str) -> Response:
     return _write_response(result)
 
 
+def _url_criteria() -> str:
+    """The search criteria of a conditional update, delete or patch: the query string without the
+    parameters that shape the answer (`_format`, `_pretty`). Whether they name any criteria is
+    checked by the service (400 when not)."""
+    kept = [(k, v) for k, v in request.args.items(multi=True) if k not in ("_format", "_pretty")]
+    return urlencode(kept)
+
+
+@bp.put("/<resource_type>")
+def conditional_update(resource_type: str) -> Response:
+    """conditional update (PUT Type?criteria): the one match is updated, none: created, several: 412."""
+    _known_type(resource_type)
+    criteria = _url_criteria()
+    body = read_json_body()
+    result = with_actor(
+        resource_type,
+        "u",
+        lambda s, a: service.conditional_update(
+            s, a, resource_type, criteria, body, if_match=request.headers.get("If-Match"),
+            request_id=g.get("request_id"),
+        ),
+    )
+    return _write_response(result)
+
+
+@bp.delete("/<resource_type>")
+def conditional_delete(resource_type: str) -> Response:
+    """conditional delete (DELETE Type?criteria), single mode: the one match is deleted; none: 204
+    with nothing deleted; several: 412."""
+    _known_type(resource_type)
+    criteria = _url_criteria()
+    request_id = g.get("request_id")
+    with_actor(
+        resource_type,
+        "d",
+        lambda s, a: service.conditional_delete(s, a, resource_type, criteria, request_id=request_id),
+    )
+    return Response(status=204)
+
+
+@bp.patch("/<resource_type>")
+def conditional_patch(resource_type: str) -> Response:
+    """conditional patch (PATCH Type?criteria): the one match the client sees is patched; none: 404;
+    several: 412 (FHIR http.html#patch, as for conditional update)."""
+    _known_type(resource_type)
+    criteria = _url_criteria()
+    operations = read_json_patch()
+
+    def work(session: Session, actor: Actor) -> service.WriteResult:
+        target = service.visible_match(session, actor, resource_type, criteria)
+        if target is None:
+            raise NotFound(f"no {resource_type} this client sees matches the criteria")
+        return service.patch(session, actor, resource_type, target, operations,
+                             if_match=request.headers.get("If-Match"), request_id=g.get("request_id"))
+
+    return _write_response(with_actor(resource_type, "u", work))
+
+
 @bp.post("/<resource_type>/$validate")
 @bp.post("/<resource_type>/<res_id>/$validate")
 def validate(resource_type: str, res_id: str | None = None) -> Response:
@@ -527,5 +647,5 @@ def _without_written_resources(asked: dict[str, Any], answer: dict[str, Any]) ->
     for entry, raw in zip(answer.get("entry") or [], requests if isinstance(requests, list) else [],
                           strict=False):
         req = raw.get("request") if isinstance(raw, dict) else None  # (a batch answers malformed ones)
-        if isinstance(req, dict) and req.get("method") in ("POST", "PUT"):
+        if isinstance(req, dict) and req.get("method") in ("POST", "PUT", "PATCH"):
             entry.pop("resource", None)

@@ -83,6 +83,13 @@ class PreconditionFailed(DomainError):
     issue_code = "conflict"
 
 
+class UnsupportedMediaType(DomainError):
+    """A body in a format the server does not take (415), e.g. a Bundle entry's FHIRPath Patch."""
+
+    status = 415
+    issue_code = "not-supported"
+
+
 class Unprocessable(DomainError):
     """A business rule or profile refuses the content (422)."""
 

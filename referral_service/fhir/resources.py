@@ -11,8 +11,8 @@ from typing import Any
 from .search_params import SearchParam as P
 
 COMMON = [P("_id", "token", ()), P("_lastUpdated", "date", ())]
-READ_WRITE = ("read", "vread", "update", "history-instance", "history-type", "create", "search-type",
-              "delete")
+READ_WRITE = ("read", "vread", "update", "patch", "history-instance", "history-type", "create",
+              "search-type", "delete")
 READ_ONLY = ("read", "vread", "history-instance", "history-type", "search-type")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,8 +24,9 @@ from ..domain.errors import (
     NotFound,
     PreconditionFailed,
     Problem,
+    UnsupportedMediaType,
 )
-from ..fhir import jsonio
+from ..fhir import json_patch, jsonio
 from ..fhir.bundle_json import searchset
 from ..fhir.outcome import operation_outcome
 from ..fhir.resources import RESOURCES, is_fhir_id
@@ -33,7 +36,7 @@ from ..fhir.validation import require_update_id
 from . import resources as service
 
 T = TypeVar("T")
-METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
+METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 URN_PREFIX = "urn:uuid:"
 
@@ -57,6 +60,16 @@ class _Entry:
     matches: list[str] | None = None
     version_id: int | None = None  # a GET of Type/id/_history/vid (vread)
     structure_checked: bool = False  # `service.check_write` passed before the transaction began
+    patch: list[dict[str, Any]] | None = None  # a PATCH's JSON Patch operations (from its Binary)
+    # A conditional PUT, DELETE or PATCH (`Type?criteria`): the criteria. A transaction resolves a
+    # PUT's and a PATCH's to `res_id` before its writes (`_assign_ids`), a DELETE's as it runs; a
+    # batch entry resolves its own.
+    criteria: str | None = None
+    # A resolved conditional PUT: whether it matched, and whether its match must be looked up again
+    # before it is written (another entry of the transaction writes the same type).
+    matched: bool = False
+    recheck: bool = False
+    fresh_id: bool = False  # its id was made here (no match, none in the body): nothing to look up
 
     @property
     def label(self) -> str:
@@ -68,7 +81,7 @@ class _Entry:
         """The SMART permission the entry needs."""
         if self.method in ("GET", "HEAD"):
             return "r" if self.res_id is not None else "s"
-        return {"DELETE": "d", "POST": "c", "PUT": "u"}[self.method]
+        return {"DELETE": "d", "POST": "c", "PUT": "u", "PATCH": "u"}[self.method]
 
 
 def _named(exc: DomainError, label: str) -> DomainError:
@@ -83,6 +96,39 @@ def _entry_error(index: int, message: str, element: str | None, code: str = "req
     label = f"Bundle.entry[{index}]"
     where = f"{label}.{element}" if element else label
     return BadRequest(f"{label}: {message}", [Problem(f"{label}: {message}", where, code)])
+
+
+def _patch_of(index: int, resource: Any) -> list[dict[str, Any]]:
+    """The JSON Patch of a PATCH entry: FHIR (http.html#transaction) carries it as a Binary whose
+    contentType is application/json-patch+json and whose data is the patch, base64-encoded. 415 for
+    a FHIRPath Patch (Parameters) or another content type, 400 for anything malformed."""
+    label = f"Bundle.entry[{index}]"
+    if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
+        message = (f"{label}: FHIRPath Patch (a Parameters resource) is not supported; send a Binary with "
+                   f"contentType {json_patch.MEDIA_TYPE} holding a JSON Patch (RFC 6902)")
+        raise UnsupportedMediaType(message, [Problem(message, f"{label}.resource", "not-supported")])
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Binary":
+        raise _entry_error(index, f"a PATCH entry needs a Binary resource holding a JSON Patch "
+                           f"({json_patch.MEDIA_TYPE})", "resource")
+    content_type = resource.get("contentType")
+    if not isinstance(content_type, str) or content_type.split(";")[0].strip() != json_patch.MEDIA_TYPE:
+        message = (f"{label}: Binary.contentType {str(content_type)[:80]!r} is not supported for PATCH; "
+                   f"send a JSON Patch as {json_patch.MEDIA_TYPE}")
+        where = f"{label}.resource.contentType"
+        raise UnsupportedMediaType(message, [Problem(message, where, "not-supported")])
+    data = resource.get("data")
+    try:
+        raw = base64.b64decode(data, validate=True) if isinstance(data, str) else b""
+        document = jsonio.loads_body(raw) if raw else None
+    except (binascii.Error, ValueError) as exc:  # (JsonError is a ValueError)
+        raise _entry_error(index, f"Binary.data is not a base64-encoded JSON Patch: {exc}",
+                           "resource.data", "structure") from None
+    if document is None:
+        raise _entry_error(index, "Binary.data must hold the JSON Patch, base64-encoded", "resource.data")
+    try:
+        return json_patch.parse_patch(document)
+    except DomainError as exc:
+        raise _named(exc, label) from None
 
 
 def _parse_entry(index: int, raw: Any, base: str) -> _Entry:
@@ -109,10 +155,12 @@ def _parse_entry(index: int, raw: Any, base: str) -> _Entry:
     if if_none_exist is not None and is_empty_condition(if_none_exist):
         message = "request.ifNoneExist names no search criteria (it would match every resource)"
         raise _entry_error(index, message, "request.ifNoneExist", "invalid")
+    patch = _patch_of(index, resource) if method == "PATCH" else None
     try:
         res_type, res_id, version_id, query = _split_url(url, base, method)
     except DomainError as exc:
         raise _named(exc, f"Bundle.entry[{index}] ({method} {url})") from None
+    criteria = query if method in ("PUT", "DELETE", "PATCH") and res_id is None else None
     if res_id is not None and not is_fhir_id(res_id):
         shown = res_id.encode("unicode_escape").decode("ascii")[:80]
         if method == "PUT":
@@ -122,8 +170,8 @@ def _parse_entry(index: int, raw: Any, base: str) -> _Entry:
                      f"Bundle.entry[{index}] ({method} {url})")
     return _Entry(
         index, method, url, res_type, res_id, query,
-        dict(resource) if isinstance(resource, dict) else None, full_url, if_none_exist, if_match,
-        version_id=version_id,
+        dict(resource) if isinstance(resource, dict) and method != "PATCH" else None, full_url,
+        if_none_exist, if_match, version_id=version_id, patch=patch, criteria=criteria,
     )
 
 
@@ -157,10 +205,15 @@ def _references(node: Any) -> Iterator[str]:
 
 def _check_no_urn_left(entry: _Entry) -> None:
     """A urn:uuid reference that names no entry of the Bundle cannot be resolved (400)."""
-    dangling = sorted({r for r in _references(entry.resource) if r.startswith(URN_PREFIX)})
+    dangling = sorted({r for r in _references(_written(entry)) if r.startswith(URN_PREFIX)})
     if dangling:
         message = f"{entry.label}: {dangling[0]} is not the fullUrl of any entry in this Bundle"
         raise BadRequest(message, [Problem(message, f"Bundle.entry[{entry.index}].resource", "not-found")])
+
+
+def _written(entry: _Entry) -> Any:
+    """What an entry writes and so may reference other entries in: its resource, or its patch."""
+    return entry.resource if entry.resource is not None else entry.patch
 
 
 def _split_url(url: str, base: str = "", method: str = "GET") -> tuple[str, str | None, int | None, str]:
@@ -242,19 +295,38 @@ def _run_entry(
         return _entry_response(201 if result.created else 200, result.stored, base)
     if entry.method == "PUT":
         assert entry.resource is not None
-        if res_id is None:
-            raise BadRequest(f"PUT {entry.url}: conditional update is not supported; give the id")
-        require_update_id(res_type, entry.resource, res_id)
-        result = service.update(
-            session, actor, res_type, res_id, entry.resource, if_match=entry.if_match, hooks=False,
-            known_refs=known, structure_checked=entry.structure_checked,
-        )
+        if res_id is None:  # a batch's conditional update (a transaction's is resolved already)
+            result = service.conditional_update(
+                session, actor, res_type, _criteria(entry), entry.resource, if_match=entry.if_match,
+                hooks=False, structure_checked=entry.structure_checked,
+            )
+        else:
+            if entry.recheck:
+                _recheck_match(session, entry)
+            require_update_id(res_type, entry.resource, res_id)
+            result = service.update(
+                session, actor, res_type, res_id, entry.resource, if_match=entry.if_match, hooks=False,
+                known_refs=known, structure_checked=entry.structure_checked,
+                seen_absent=entry.fresh_id,
+            )
         written.append(result)
         return _entry_response(201 if result.created else 200, result.stored, base)
+    if entry.method == "PATCH":
+        assert entry.patch is not None
+        target = res_id or _patch_target(session, actor, entry)
+        result = service.patch(
+            session, actor, res_type, target, entry.patch, if_match=entry.if_match, hooks=False,
+            known_refs=known,
+        )
+        written.append(result)
+        return _entry_response(200, result.stored, base)
     if entry.method == "DELETE":
-        if res_id is None:
-            raise BadRequest(f"DELETE {entry.url}: conditional delete is not supported")
-        service.delete(session, actor, res_type, res_id)
+        if res_id is None:  # conditional: the one match the client sees, if any (single mode)
+            entry.res_id = service.conditional_delete(
+                session, actor, res_type, _criteria(entry), where=_url_of(entry)
+            )
+        else:
+            service.delete(session, actor, res_type, res_id)
         return {"response": {"status": "204 No Content"}}
     if res_id is not None:
         stored = service.read(session, actor, res_type, res_id, version_id=entry.version_id)
@@ -266,6 +338,37 @@ def _run_entry(
         "resource": jsonio.loads(searchset(base, res_type, search, page)),
         "response": {"status": "200 OK"},
     }
+
+
+def _url_of(entry: _Entry) -> str:
+    return f"Bundle.entry[{entry.index}].request.url"
+
+
+def _criteria(entry: _Entry) -> str:
+    """A conditional entry's criteria (the query of its request.url)."""
+    assert entry.criteria is not None
+    return entry.criteria
+
+
+def _patch_target(session: Session, actor: Actor, entry: _Entry) -> str:
+    """The one resource a conditional PATCH's criteria match among what the client sees (404 none,
+    412 several)."""
+    target = service.visible_match(session, actor, entry.res_type, _criteria(entry), _url_of(entry))
+    if target is None:
+        raise NotFound(f"no {entry.res_type} this client sees matches {entry.url[:200]}")
+    return target
+
+
+def _recheck_match(session: Session, entry: _Entry) -> None:
+    """400 when a conditional PUT's criteria, resolved before the transaction's writes, now match
+    something else: a resource another entry of this transaction wrote (the order would decide)."""
+    now = service.conditional_matches(session, entry.res_type, _criteria(entry))
+    expected = [entry.res_id] if entry.matched else []
+    if now != expected:
+        raise BadRequest(
+            f"request.url now matches {', '.join(f'{entry.res_type}/{i}' for i in now)}, which another "
+            "entry of this transaction writes; a transaction may act on a resource once"
+        )
 
 
 def _run_named(
@@ -288,22 +391,28 @@ def _run_named(
         ) from None
 
 
-def _assign_ids(session: Session, entries: list[_Entry]) -> dict[str, str]:
-    """Full URLs of created (and PUT) entries -> Type/id; a conditional create maps to its match.
+def _assign_ids(
+    session: Session, actor: Actor, entries: list[_Entry], authorise: Authorise
+) -> dict[str, str]:
+    """Full URLs of created (and PUT) entries -> Type/id; a conditional create maps to its match, a
+    conditional update to what it writes (its match, or the id it creates: `_resolve_update`), and
+    a conditional PATCH gets its one match.
 
-    The conditional creates' locks are taken here, in a fixed order, and held until the transaction
-    ends: nobody else can create a match between this look-up and the entry's create.
+    The conditional creates' and updates' locks are taken here (all of them before, when there are
+    several: `_lock_conditions`) and held until the transaction ends: nobody else can create a match
+    between this look-up and the entry's write.
     """
     ids: dict[str, str] = {}
-    for e in entries:
-        if e.method == "PUT" and e.full_url and e.res_id:
-            ids[e.full_url] = f"{e.res_type}/{e.res_id}"
     conditional = sorted(
-        (e for e in entries if e.method == "POST" and e.if_none_exist),
-        key=lambda e: (e.res_type, str(e.if_none_exist)),
+        (e for e in entries
+         if (e.method == "POST" and e.if_none_exist) or (e.method == "PUT" and e.criteria is not None)),
+        key=lambda e: (e.res_type, str(e.if_none_exist or e.criteria)),
     )
     matched: dict[int, str] = {}
     for e in conditional:
+        if e.method == "PUT":
+            _resolve_update(session, actor, e, entries, authorise)
+            continue
         assert e.if_none_exist is not None
         try:
             found = service.conditional_matches(session, e.res_type, e.if_none_exist)
@@ -315,8 +424,20 @@ def _assign_ids(session: Session, entries: list[_Entry]) -> dict[str, str]:
             )
         if found:
             matched[e.index] = found[0]
-        if sum(1 for other in entries if other.res_type == e.res_type) == 1:
+        if _alone_of_its_type(e, entries):
             e.matches = found
+    for e in entries:
+        if e.method == "PATCH" and e.criteria is not None:
+            _authorised(e, authorise)
+            try:
+                e.res_id = _patch_target(session, actor, e)
+            except DomainError as exc:
+                raise _named(exc, e.label) from None
+    if any(e.criteria is not None for e in entries):
+        _check_distinct(entries)  # again, with what the conditional entries resolved to
+    for e in entries:
+        if e.method == "PUT" and e.full_url and e.res_id:
+            ids[e.full_url] = f"{e.res_type}/{e.res_id}"
     for e in entries:
         if e.method != "POST" or e.resource is None:
             continue
@@ -327,6 +448,53 @@ def _assign_ids(session: Session, entries: list[_Entry]) -> dict[str, str]:
     return ids
 
 
+def _lock_conditions(session: Session, entries: list[_Entry]) -> None:
+    """Take the criteria's locks of the conditional entries (ifNoneExist, PUT or DELETE Type?criteria)
+    first, in one order (`service.lock_conditions`), when the transaction would otherwise take them
+    between other locks: entry by entry, a conditional DELETE's before the others', or after a DELETE's
+    row lock, two transactions (or a transaction and a conditional update) could each hold a lock
+    the other waits for. (One condition and no DELETE: it is locked when it is looked up.)"""
+    conditions = [(e.res_type, e.if_none_exist) for e in entries if e.method == "POST" and e.if_none_exist]
+    conditions += [(e.res_type, e.criteria) for e in entries
+                   if e.method in ("PUT", "DELETE") and e.criteria is not None]
+    if len(conditions) > 1 or (conditions and any(e.method == "DELETE" for e in entries)):
+        service.lock_conditions(session, conditions)
+
+
+def _alone_of_its_type(entry: _Entry, entries: list[_Entry]) -> bool:
+    """Whether no other entry of the Bundle has the entry's resource type (so none can write a
+    resource its conditions match)."""
+    return sum(1 for other in entries if other.res_type == entry.res_type) == 1
+
+
+def _authorised(entry: _Entry, authorise: Authorise) -> None:
+    """403 (naming the entry) unless the token's scopes allow the entry: checked before a conditional
+    entry's criteria are looked up, as `_run_entry` checks the others before they run."""
+    if not authorise(entry.res_type, entry.permission):
+        raise _named(Forbidden(f"the token's scopes do not allow {entry.method} on {entry.res_type}"),
+                     entry.label)
+
+
+def _resolve_update(
+    session: Session, actor: Actor, entry: _Entry, entries: list[_Entry], authorise: Authorise
+) -> None:
+    """Give a transaction's conditional PUT the id it writes (`service.conditional_update_target`,
+    under its criteria's lock) before any entry is written: references to its fullUrl then name that
+    id, and two entries acting on one resource are refused (`_check_distinct`)."""
+    assert entry.resource is not None
+    _authorised(entry, authorise)
+    body_id = entry.resource.get("id")
+    try:
+        target, entry.matched = service.conditional_update_target(
+            session, actor, entry.res_type, _criteria(entry), body_id, where=_url_of(entry)
+        )
+    except DomainError as exc:
+        raise _named(exc, entry.label) from None
+    entry.res_id, entry.resource = target, {**entry.resource, "id": target}
+    entry.fresh_id = not entry.matched and body_id is None
+    entry.recheck = not _alone_of_its_type(entry, entries)
+
+
 def _write_order(writes: list[_Entry]) -> list[_Entry]:
     """POSTs then PUTs (the FHIR order), except that an entry another one references goes first.
 
@@ -335,8 +503,9 @@ def _write_order(writes: list[_Entry]) -> list[_Entry]:
     """
     by_target = {f"{e.res_type}/{e.resource['id']}": e for e in writes if e.resource and e.resource.get("id")}
     by_target.update({f"{e.res_type}/{e.res_id}": e for e in writes if e.method == "PUT" and e.res_id})
+    by_target.update({f"{e.res_type}/{e.res_id}": e for e in writes if e.method == "PATCH" and e.res_id})
     ordered = sorted(writes, key=lambda e: (METHOD_ORDER[e.method], e.index))
-    return referenced_first(ordered, by_target, lambda e: e.resource)
+    return referenced_first(ordered, by_target, _written)
 
 
 def referenced_first(items: list[T], targets: dict[str, T], resource_of: Callable[[T], Any]) -> list[T]:
@@ -398,7 +567,7 @@ def _check_distinct(entries: list[_Entry]) -> None:
     seen: dict[str, int] = {}
     for e in entries:
         keys = []
-        if e.method in ("PUT", "DELETE") and e.res_id is not None:
+        if e.method in ("PUT", "DELETE", "PATCH") and e.res_id is not None:
             keys.append(f"{e.res_type}/{e.res_id}")
         if e.method in ("POST", "PUT") and e.full_url:
             keys.append(e.full_url)
@@ -423,13 +592,15 @@ def _transaction(
                 raise _named(exc, e.label) from None
             e.structure_checked = True
     with database.unit_of_work() as session:
+        _lock_conditions(session, entries)
         for e in entries:
             if e.method == "DELETE":
                 responses[e.index] = _run_named(session, actor, e, authorise, base, written)
-        ids = _assign_ids(session, entries)
-        writes = [e for e in entries if e.method in ("POST", "PUT")]
+        ids = _assign_ids(session, actor, entries, authorise)
+        writes = [e for e in entries if e.method in ("POST", "PUT", "PATCH")]
         for e in writes:
             e.resource = _rewrite(e.resource, ids)
+            e.patch = _rewrite(e.patch, ids)
             _check_no_urn_left(e)
         # What this transaction creates may be referenced before it is written (a cycle).
         known = frozenset((t, i) for t, _, i in (v.partition("/") for v in ids.values())) | frozenset(
@@ -465,7 +636,7 @@ def _batch(
         try:
             if e.method == "POST" and e.resource is not None:
                 e.resource.pop("id", None)
-            if e.resource is not None:
+            if _written(e) is not None:
                 _check_no_urn_left(e)
             with database.unit_of_work() as session:
                 responses[e.index] = _run_named(session, actor, e, authorise, base, written)

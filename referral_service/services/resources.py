@@ -16,6 +16,7 @@ from ..domain.base import new_id, utcnow
 from ..domain.errors import (
     BadRequest,
     Conflict,
+    DomainError,
     Forbidden,
     Gone,
     NotFound,
@@ -25,10 +26,10 @@ from ..domain.errors import (
 )
 from ..domain.fhir_store import StoredResource
 from ..domain.kept import driver_rows, kept_rows
-from ..fhir import jsonio
+from ..fhir import json_patch, jsonio
 from ..fhir.mappers import DOMAIN_STATEMENTS, ON_DELETE, TO_DOMAIN
 from ..fhir.mappers.patient import RESIDENT_ID_SYSTEM
-from ..fhir.resources import RESOURCES, ResourceDef
+from ..fhir.resources import RESOURCES, ResourceDef, is_fhir_id
 from ..fhir.search import (
     Include,
     SearchQuery,
@@ -295,8 +296,142 @@ def conditional_matches(session: Session, resource_type: str, if_none_exist: str
     args = condition_criteria(resource_type, if_none_exist)
     query = parse_search(resource_type, args, 2, 2)
     store = ResourceStore(session)
-    store.lock_key(f"{resource_type}?{sorted(args)}")
+    store.lock_key(condition_lock_key(resource_type, args))
     return store.find_ids(query, SYSTEM, limit=2)
+
+
+def lock_conditions(session: Session, conditions: list[tuple[str, str]]) -> None:
+    """Take the locks of several conditions' criteria ((type, criteria) pairs) at once, in one order:
+    a transaction taking them entry by entry could wait for another that takes the same ones in
+    another order while it waits for this one. Criteria that are no condition of their type are
+    left out (their entry is refused when it is looked up)."""
+    keys: set[str] = set()
+    for resource_type, criteria in conditions:
+        try:
+            keys.add(condition_lock_key(resource_type, condition_criteria(resource_type, criteria)))
+        except DomainError:
+            continue
+    store = ResourceStore(session)
+    for key in sorted(keys):
+        store.lock_key(key)
+
+
+def condition_lock_key(resource_type: str, args: list[tuple[str, str]]) -> str:
+    """The advisory lock of a condition's criteria: one for the same criteria in any order, taken by
+    conditional creates, updates and deletes alike."""
+    return f"{resource_type}?{sorted(args)}"
+
+
+def _condition_query(
+    resource_type: str, criteria: str, where: str
+) -> tuple[list[tuple[str, str]], SearchQuery]:
+    """The search of a conditional update's, delete's or patch's criteria: 400 when they name no
+    search parameter (empty, or only result parameters such as `_count`), as for If-None-Exist: as
+    a search they would match every resource of the type. `where`: the element (or `url`) the
+    criteria came from, for the error."""
+    args = [] if is_empty_condition(criteria) else condition_criteria(resource_type, criteria)
+    query = parse_search(resource_type, args, 2, 2)
+    if not query.clauses:
+        message = (f"the conditional request names no search criteria in {where} (it would match every "
+                   f"{resource_type}): send Type?parameter=value, e.g. identifier=system|value")
+        raise BadRequest(message, [Problem(message, expression=where, code="invalid")])
+    return args, query
+
+
+def conditional_update_target(
+    session: Session, actor: Actor, resource_type: str, criteria: str, body_id: Any,
+    *, where: str = "url",
+) -> tuple[str, bool]:
+    """(the id a conditional update writes, whether it matched an existing resource) under the
+    criteria's lock, held until the transaction ends (FHIR http.html#cond-update, as HAPI does it):
+    no match: the body's id, or a new one (the write creates); one match: it, unless the body names
+    another id (400); several: 412.
+
+    The lock is the one a conditional create of the same criteria takes (`conditional_matches`), so
+    concurrent conditional writes of one resource make one. Matching ignores visibility, as a
+    conditional create's does: a match out of the writer's sight is 409 (it exists; the writer may
+    neither see nor change it), never a second resource beside it.
+    """
+    _check_write_allowed(actor, resource_type)
+    if body_id is not None and not (isinstance(body_id, str) and is_fhir_id(body_id)):
+        message = f"{resource_type}.id must be a FHIR id (1-64 of A-Z a-z 0-9 - .)"
+        raise BadRequest(message, [Problem(message, expression=f"{resource_type}.id", code="value")])
+    args, query = _condition_query(resource_type, criteria, where)
+    store = ResourceStore(session)
+    store.lock_key(condition_lock_key(resource_type, args))
+    ids = store.find_ids(query, SYSTEM, limit=2)
+    if len(ids) > 1:
+        raise PreconditionFailed(f"the conditional update's criteria match more than one {resource_type}")
+    if not ids:
+        return (body_id or new_id()), False  # (update-as-create, with the client's id if it gave one)
+    if body_id is not None and body_id != ids[0]:
+        message = (f"the body's id {body_id!r} is not the id of the {resource_type} the criteria match "
+                   f"({ids[0]!r})")
+        raise BadRequest(message, [Problem(message, expression=f"{resource_type}.id", code="invalid")])
+    if not actor.sees_everything and not _sees(store, actor, resource_type, ids[0]):
+        raise Conflict(
+            f"the conditional update's criteria match a {resource_type} this client may not see",
+            [Problem("a matching resource exists", expression=resource_type, code="duplicate")],
+        )
+    return ids[0], True
+
+
+def conditional_update(
+    session: Session,
+    actor: Actor,
+    resource_type: str,
+    criteria: str,
+    body: dict[str, Any],
+    *,
+    if_match: str | None = None,
+    request_id: str | None = None,
+    hooks: bool = True,
+    known_refs: frozenset[tuple[str, str]] = frozenset(),
+    structure_checked: bool = False,
+) -> WriteResult:
+    """PUT Type?criteria: an update of the one match, or a create when nothing matches
+    (`conditional_update_target`); then exactly what `update` does with that id (201 or 200)."""
+    if not structure_checked:
+        check_write(actor, resource_type, body)  # (400 before the criteria's lock is taken)
+    body_id = body.get("id")
+    target, matched = conditional_update_target(session, actor, resource_type, criteria, body_id)
+    return update(
+        session, actor, resource_type, target, {**body, "id": target}, if_match=if_match,
+        request_id=request_id, hooks=hooks, known_refs=known_refs, structure_checked=True,
+        seen_absent=not matched and body_id is None,  # a new id: nothing to look up
+    )
+
+
+def visible_match(session: Session, actor: Actor, resource_type: str, criteria: str, where: str = "url",
+                  *, lock: bool = False) -> str | None:
+    """The id of the one resource the criteria match among what the actor sees (None for none; 412
+    for several): what a conditional delete deletes and a conditional patch patches. A resource out
+    of sight is as absent as it is to a read. `lock`: take the criteria's lock first, as conditional
+    creates and updates do, so that the match cannot change before the transaction ends."""
+    args, query = _condition_query(resource_type, criteria, where)
+    store = ResourceStore(session)
+    if lock:
+        store.lock_key(condition_lock_key(resource_type, args))
+    ids = store.find_ids(query, actor, limit=2)
+    if len(ids) > 1:
+        raise PreconditionFailed(f"the criteria match more than one {resource_type}")
+    return ids[0] if ids else None
+
+
+def conditional_delete(
+    session: Session, actor: Actor, resource_type: str, criteria: str, *, request_id: str | None = None,
+    where: str = "url",
+) -> str | None:
+    """DELETE Type?criteria in HAPI's default single mode: the one match the actor sees is deleted
+    (as `delete` does: audit row, hooks that may refuse); none: nothing is (None); several: 412.
+    Returns the id deleted."""
+    _check_write_allowed(actor, resource_type)
+    if "delete" not in RESOURCES[resource_type].interactions:
+        raise Forbidden(f"{resource_type} resources cannot be deleted (reverse or correct them instead)")
+    target = visible_match(session, actor, resource_type, criteria, where, lock=True)
+    if target is not None:
+        delete(session, actor, resource_type, target, request_id=request_id)
+    return target
 
 
 def resolve_conditional_references(session: Session, actor: Actor, resource_type: str, node: Any,
@@ -401,6 +536,19 @@ def create(
     return result
 
 
+def check_if_match(if_match: str | None, existing: StoredResource | None) -> None:
+    """412 unless If-Match (when sent) names the current version of `existing` (weak comparison);
+    RFC 9110 13.1.1: `*` holds for any current version, and a deleted resource has none."""
+    if if_match is None:
+        return
+    expected = if_match.strip().removeprefix("W/").strip('"')
+    current = str(existing.version_id) if existing is not None else None
+    any_version = expected == "*" and existing is not None and not existing.deleted
+    if current != expected and not any_version:
+        shown = "none" if current is None else f'W/"{current}"'
+        raise PreconditionFailed(f"If-Match {if_match} does not match the current version ({shown})")
+
+
 def update(
     session: Session,
     actor: Actor,
@@ -415,6 +563,7 @@ def update(
     validate: bool = True,
     seen_absent: bool = False,
     structure_checked: bool = False,
+    interaction: str = "update",
 ) -> WriteResult:
     """Replace a resource (creating it with the client's id when new); stale If-Match -> 412.
 
@@ -423,6 +572,7 @@ def update(
     `seen_absent`: the caller has just found no such resource in this transaction, so the look-up
     starts under the lock that update-as-create takes anyway (one statement fewer).
     `structure_checked`: `check_write` has passed on this body.
+    `interaction`: what the audit row records (`patch` for a PATCH, stored as this update).
     """
     _check_write_allowed(actor, resource_type)
     warnings = (
@@ -440,14 +590,7 @@ def update(
     if existing is not None and not actor.sees_everything and not _sees(store, actor, resource_type, res_id):
         # The writer must be able to see what it changes (even a deleted one); otherwise it is unknown.
         raise NotFound(f"{resource_type}/{res_id} is not known")
-    if if_match is not None:
-        expected = if_match.strip().removeprefix("W/").strip('"')
-        current = str(existing.version_id) if existing is not None else None
-        # RFC 9110 13.1.1: `*` holds for any current version (a deleted resource has none).
-        any_version = expected == "*" and existing is not None and not existing.deleted
-        if current != expected and not any_version:
-            shown = "none" if current is None else f'W/"{current}"'
-            raise PreconditionFailed(f"If-Match {if_match} does not match the current version ({shown})")
+    check_if_match(if_match, existing)
     body = {**body, "id": res_id}
     index_rows = extract(body, list(RESOURCES[resource_type].params))
     wanted = _wanted_references(resource_type, index_rows, known_refs)
@@ -458,12 +601,62 @@ def update(
     _run_before(session, actor, resource_type, body, previous)
     stored = _store_version(
         session, actor, resource_type, body, method="PUT", existing=existing, index_rows=index_rows,
-        interaction="update", request_id=request_id, check_refs=wanted if in_write else set(),
+        interaction=interaction, request_id=request_id, check_refs=wanted if in_write else set(),
     )
     result = WriteResult(stored, created=existing is None, warnings=warnings, previous=previous)
     if hooks:
         run_hooks(session, actor, result)
     return result
+
+
+def patch(
+    session: Session,
+    actor: Actor,
+    resource_type: str,
+    res_id: str,
+    operations: list[dict[str, Any]],
+    *,
+    if_match: str | None = None,
+    request_id: str | None = None,
+    hooks: bool = True,
+    known_refs: frozenset[tuple[str, str]] = frozenset(),
+) -> WriteResult:
+    """Apply a JSON Patch (`json_patch.parse_patch`) to the current version and store the result as
+    a PUT of it would be (FHIR http.html#patch): the same validation, version, audit row and hooks
+    (a ServiceRequest patched to active sends the referral).
+
+    404 when unknown or out of the actor's sight, 410 when deleted, 412 for a stale If-Match (checked
+    before the patch is applied: it was written against another version), 422 when an operation
+    cannot be applied, 400 when the result has another id or resourceType. The row stays locked from
+    the read to the write, so no other writer's version is patched over.
+    """
+    _check_write_allowed(actor, resource_type)
+    if "patch" not in RESOURCES[resource_type].interactions:
+        raise Forbidden(f"{resource_type} resources cannot be patched")
+    store = ResourceStore(session)
+    existing = store.current(resource_type, res_id, for_update=True)
+    if existing is None:
+        raise NotFound(f"{resource_type}/{res_id} is not known")
+    current = store.read(resource_type, res_id, actor)  # 404 out of sight, 410 deleted
+    check_if_match(if_match, existing)
+    patched = json_patch.apply_patch(resource_type, current.as_dict(), operations)
+    _check_patched_identity(resource_type, res_id, patched)
+    return update(
+        session, actor, resource_type, res_id, patched, request_id=request_id, hooks=hooks,
+        known_refs=known_refs, interaction="patch",
+    )
+
+
+def _check_patched_identity(resource_type: str, res_id: str, patched: Any) -> None:
+    """400 for a patch whose result is no longer this resource: another resourceType or id (or
+    none: the patch removed it), as a PUT whose body differs from its URL is."""
+    if not isinstance(patched, dict) or patched.get("resourceType") != resource_type:
+        message = f"the patch must not change resourceType: the result must stay a {resource_type}"
+        raise BadRequest(message, [Problem(message, expression=f"{resource_type}.resourceType",
+                                           code="invalid")])
+    if patched.get("id") != res_id:
+        message = f"the patch must not change id: the result must keep id {res_id!r}"
+        raise BadRequest(message, [Problem(message, expression=f"{resource_type}.id", code="invalid")])
 
 
 def delete(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from typing import Any
 
@@ -21,6 +22,7 @@ from referral_service.fhir.codes import (
 )
 
 FHIR = "application/fhir+json"
+JSON_PATCH = "application/json-patch+json"
 RESIDENT_ID = f"{BASE}/sid/resident-id"
 
 
@@ -57,6 +59,12 @@ class Fhir:
 
     def delete(self, path: str) -> TestResponse:
         return self.client.delete(f"/fhir/{path}", headers=self._headers())
+
+    def patch(self, path: str, operations: Any, headers: dict[str, str] | None = None,
+              content_type: str = JSON_PATCH) -> TestResponse:
+        """PATCH with a JSON Patch (or, given another `content_type`, whatever `operations` is)."""
+        return self.client.patch(f"/fhir/{path}", data=json.dumps(operations), headers=self._headers(headers),
+                                 content_type=content_type)
 
 
 def active_referral(

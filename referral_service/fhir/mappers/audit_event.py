@@ -9,7 +9,7 @@ from ...domain.registry import AuditRecord
 
 _INTERACTION_CODES = {
     "read": "read", "vread": "vread", "search": "search-type", "create": "create", "update": "update",
-    "delete": "delete", "operation": "operation",
+    "patch": "patch", "delete": "delete", "operation": "operation",
 }
 
 
