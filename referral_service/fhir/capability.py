@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import conformance
+from . import conformance, json_patch
 from .resources import RESOURCES
 
 SOFTWARE_VERSION = "0.1.0"
@@ -37,8 +37,9 @@ def _resource_entry(type_name: str) -> dict[str, Any]:
         "updateCreate": "update" in rdef.interactions,
         "conditionalCreate": "create" in rdef.interactions,
         "conditionalRead": "not-supported",
-        "conditionalUpdate": False,
-        "conditionalDelete": "not-supported",
+        "conditionalUpdate": "update" in rdef.interactions,
+        # HAPI's default: a DELETE whose criteria match several resources is 412.
+        "conditionalDelete": "single" if "delete" in rdef.interactions else "not-supported",
         "searchInclude": [
             f"{type_name}:{p.name}" for p in rdef.params if p.type == "reference" and not rdef.audit_log
         ],
@@ -84,6 +85,7 @@ def capability_statement(base_url: str) -> dict[str, Any]:
         "implementation": {"description": "County referral network FHIR API", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
+        "patchFormat": [json_patch.MEDIA_TYPE],
         "rest": [
             {
                 "mode": "server",

@@ -103,7 +103,19 @@ def test_capability_statement_lists_what_is_registered(client: FlaskClient) -> N
     types = {r["type"]: r for r in rest["resource"]}
     assert set(RESOURCES) <= set(types)
     patient = types["Patient"]
-    assert {"read", "vread", "create", "update", "search-type"} <= {i["code"] for i in patient["interaction"]}
+    assert {"read", "vread", "create", "update", "patch", "delete", "search-type"} <= {
+        i["code"] for i in patient["interaction"]
+    }
+    # Conditional update (PUT Type?criteria) and delete (single mode, as HAPI's default); JSON Patch.
+    assert (patient["conditionalCreate"], patient["conditionalUpdate"]) == (True, True)
+    assert patient["conditionalDelete"] == "single"
+    assert cs["patchFormat"] == ["application/json-patch+json"]
+    claim = types["Claim"]  # reversed, never deleted
+    assert "delete" not in {i["code"] for i in claim["interaction"]}
+    assert (claim["conditionalUpdate"], claim["conditionalDelete"]) == (True, "not-supported")
+    response = types["ClaimResponse"]  # written by the settlement only
+    assert not {"update", "patch", "delete"} & {i["code"] for i in response["interaction"]}
+    assert (response["conditionalUpdate"], response["conditionalDelete"]) == (False, "not-supported")
     assert {"identifier", "name", "birthdate"} <= {p["name"] for p in patient["searchParam"]}
     assert "Encounter:subject" in patient["searchRevInclude"]
     # Served from the audit log: read and search only (vread and history answered 404).
