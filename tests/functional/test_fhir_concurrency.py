@@ -19,7 +19,7 @@ from referral_service.domain.fhir_store import StoredResource
 from referral_service.domain.registry import Patient
 from referral_service.domain.resident_id import generate
 from referral_service.extensions import database
-from tests.functional.fhir_helpers import FHIR, RESIDENT_ID, organization, patient, token_for
+from tests.functional.fhir_helpers import FHIR, JSON_PATCH, RESIDENT_ID, organization, patient, token_for
 
 V3 = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 PID_1 = generate("620421", date(1990, 3, 7), "female", 1)
@@ -173,6 +173,107 @@ def test_same_conditional_create_in_transactions(base_url: str, tokens: dict[str
     assert patient_statuses == ["200 OK"] * 9 + ["201 Created"]
     assert count("Patient") == 1
     assert count("Encounter") == 10
+
+
+def test_same_conditional_update_makes_exactly_one(base_url: str, tokens: dict[str, str]) -> None:
+    """PUT Patient?identifier=... of a patient not yet stored, 20 times at once: the criteria's lock
+    makes the first a create and the others updates of it, never a second patient."""
+    http = Http(base_url, tokens["township"])
+    criteria = f"Patient?identifier={RESIDENT_ID}|{PID_1}"
+
+    def update(i: int) -> requests.Response:
+        body = patient(PID_1) | {"telecom": [{"system": "phone", "value": f"1380000{i:04d}"}]}
+        return http.request("PUT", criteria, body)
+
+    responses = run_parallel(20, update)
+    assert statuses(responses) == [200] * 19 + [201], [r.text for r in responses if r.status_code >= 300]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert sorted(int(r.json()["meta"]["versionId"]) for r in responses) == list(range(1, 21))
+    assert count("Patient") == 1
+    with database.session() as s:
+        assert s.scalar(select(func.count()).select_from(Patient)) == 1
+
+
+def test_conditional_creates_and_updates_of_the_same_criteria_make_one(
+    base_url: str, tokens: dict[str, str]
+) -> None:
+    """A conditional create and a conditional update of the same criteria, written in another order,
+    take the same lock: one Encounter, whatever the interleaving."""
+    http = Http(base_url, tokens["township"])
+    pid = http.request("POST", "Patient", patient(PID_1)).json()["id"]
+    visit = "identifier=urn:oid:1.2.156.9|visit-1"
+    of_patient = f"subject=Patient/{pid}"
+
+    def work(i: int) -> requests.Response:
+        if i % 2:
+            return http.request("POST", "Encounter", encounter(pid, 1),
+                                **{"If-None-Exist": f"{visit}&{of_patient}"})
+        return http.request("PUT", f"Encounter?{of_patient}&{visit}", encounter(pid, 1))
+
+    responses = run_parallel(20, work)
+    assert all(r.status_code in (200, 201) for r in responses), [r.text for r in responses]
+    assert [r.status_code for r in responses].count(201) == 1
+    assert count("Encounter") == 1
+
+
+def test_same_conditional_update_in_transactions(base_url: str, tokens: dict[str, str]) -> None:
+    http = Http(base_url, tokens["platform"])
+    person = "urn:uuid:5b0f3c1e-0000-4000-8000-000000000002"
+
+    def bundle(i: int) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": person, "resource": patient(PID_1),
+             "request": {"method": "PUT", "url": f"Patient?identifier={RESIDENT_ID}|{PID_1}"}},
+            {"resource": encounter("x", i) | {"subject": {"reference": person}},
+             "request": {"method": "POST", "url": "Encounter"}},
+        ]}
+
+    responses = run_parallel(10, lambda i: http.request("POST", "", bundle(i)))
+    assert statuses(responses) == [200] * 10, [r.text for r in responses if r.status_code != 200]
+    patient_statuses = sorted(r.json()["entry"][0]["response"]["status"] for r in responses)
+    assert patient_statuses == ["200 OK"] * 9 + ["201 Created"]
+    assert count("Patient") == 1
+    assert count("Encounter") == 10
+
+
+def test_transactions_taking_conditions_in_opposite_orders_never_fail(
+    base_url: str, tokens: dict[str, str]
+) -> None:
+    """A conditional DELETE locks its criteria before the conditional PUTs do; taken entry by entry,
+    one transaction's `DELETE ?a, PUT ?b` and another's `DELETE ?b, PUT ?a` could each hold the lock
+    the other waits for (a deadlock, a 5xx). All of a transaction's condition locks are taken first,
+    in one order."""
+    http = Http(base_url, tokens["township"])
+
+    def bundle(i: int) -> dict[str, Any]:
+        first, second = ("甲", "乙") if i % 2 else ("乙", "甲")
+        return {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "DELETE", "url": f"Patient?family={first}"}},
+            {"resource": patient(None, family=second),
+             "request": {"method": "PUT", "url": f"Patient?family={second}"}},
+        ]}
+
+    responses = run_parallel(20, lambda i: http.request("POST", "", bundle(i)))
+    assert statuses(responses) == [200] * 20, [r.text for r in responses if r.status_code != 200]
+    assert count("Patient") <= 2
+
+
+def test_concurrent_patches_lose_no_update(base_url: str, tokens: dict[str, str]) -> None:
+    """Each PATCH is applied to the version current when it runs (the row stays locked from the read
+    to the write): 20 concurrent additions to one list leave 20 items."""
+    http = Http(base_url, tokens["township"])
+    body = patient(PID_1) | {"telecom": [{"system": "phone", "value": "0"}]}
+    pid = http.request("POST", "Patient", body).json()["id"]
+
+    def add(i: int) -> requests.Response:
+        operation = {"op": "add", "path": "/telecom/-", "value": {"system": "phone", "value": str(i + 1)}}
+        return http.request("PATCH", f"Patient/{pid}", [operation], **{"Content-Type": JSON_PATCH})
+
+    responses = run_parallel(20, add)
+    assert statuses(responses) == [200] * 20, [r.text for r in responses if r.status_code != 200]
+    current = http.request("GET", f"Patient/{pid}").json()
+    assert current["meta"]["versionId"] == "21"
+    assert sorted(int(t["value"]) for t in current["telecom"]) == list(range(21))
 
 
 def test_if_match_lets_exactly_one_writer_win(base_url: str, tokens: dict[str, str]) -> None:
