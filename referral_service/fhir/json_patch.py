@@ -16,8 +16,14 @@ import jsonpatch
 import jsonpointer
 
 from ..domain.errors import BadRequest, Problem, Unprocessable
+from . import jsonio
 
 MEDIA_TYPE = "application/json-patch+json"
+
+# The largest resource a patch may make: a write's largest body (MAX_CONTENT_LENGTH's default). Only
+# `copy` can outgrow the patch itself: each copy of the whole document into itself doubles it, so a
+# patch of a few kilobytes could otherwise ask for gigabytes.
+MAX_RESULT_BYTES = 20 * 1024 * 1024
 
 # RFC 6902 4: the operations and the members each needs besides `op` and `path`.
 OPERATIONS: dict[str, tuple[str, ...]] = {
@@ -91,6 +97,15 @@ def element_path(resource_type: str, pointer: str) -> str:
     return path
 
 
+def _copied_size(document: Any, pointer: str) -> int:
+    """The JSON size of what a `copy` duplicates (0 when `from` names nothing: the copy then fails)."""
+    try:
+        value = jsonpointer.resolve_pointer(document, pointer)
+    except jsonpointer.JsonPointerException:
+        return 0
+    return len(jsonio.dumps(value))
+
+
 def _reason(exc: Exception) -> str:
     """The library's reason without the copy of the document some of its messages end with."""
     return re.sub(r" in [\[{].*\Z", "", str(exc), flags=re.DOTALL)[:300]
@@ -101,7 +116,16 @@ def apply_patch(resource_type: str, resource: dict[str, Any], operations: list[d
     422 naming the first operation that cannot be applied. The result may be no resource at all
     (a `replace` of the root): the caller checks it as any other body."""
     document: Any = copy.deepcopy(resource)
+    size = len(jsonio.dumps(resource))
     for index, operation in enumerate(operations):
+        if operation["op"] == "copy":
+            size += _copied_size(document, operation["from"])
+            if size > MAX_RESULT_BYTES:
+                message = (f"JSON Patch operation {index} (copy {operation['path'][:200]}) would make the "
+                           f"resource larger than {MAX_RESULT_BYTES // (1024 * 1024)} MiB")
+                problem = Problem(message, expression=element_path(resource_type, operation["path"]),
+                                  code="too-costly")
+                raise Unprocessable(message, [problem])
         try:
             document = jsonpatch.JsonPatch([operation]).apply(document, in_place=True)
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:

@@ -163,6 +163,17 @@ def test_a_patch_that_cannot_be_applied_is_422_naming_the_operation(
     assert "telecom" not in his.get(f"Patient/{pid}").json
 
 
+def test_a_patch_that_would_grow_the_resource_beyond_a_writes_limit_is_422(his: Fhir, pid: str) -> None:
+    """Each copy of a list into itself doubles it: 40 operations (2 kB) would ask for terabytes."""
+    seed = [{"op": "add", "path": "/telecom", "value": [{"system": "phone", "value": "1" * 200}]}]
+    doubling = [{"op": "copy", "from": "/telecom", "path": "/telecom/-"}] * 40
+    response = his.patch(f"Patient/{pid}", seed + doubling)
+    assert response.status_code == 422, response.json
+    issue = response.json["issue"][0]
+    assert issue["code"] == "too-costly" and "larger than 20 MiB" in issue["diagnostics"]
+    assert _version(his, f"Patient/{pid}") == "1"
+
+
 @pytest.mark.parametrize(
     ("operations", "expression"),
     [
