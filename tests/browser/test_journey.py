@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from werkzeug.serving import make_server
@@ -75,6 +75,25 @@ def _desktop_page() -> Iterator[Page]:
             browser.close()
 
 
+def _whole_bodies(app: Any) -> Any:
+    """The app with each response body read whole and closed before the server sends it.
+
+    Werkzeug's development server closes a response only after draining the request socket; when
+    Chromium resets a connection (it drops a stylesheet request when a page moves on), that drain
+    raises first and the static file's handle is left open. Its ResourceWarning then surfaced, at
+    the next garbage collection, as a failure of whichever test ran (with warnings as errors)."""
+
+    def wsgi(environ: Any, start_response: Any) -> list[bytes]:
+        answer = app(environ, start_response)
+        try:
+            return [b"".join(answer)]
+        finally:
+            if hasattr(answer, "close"):
+                answer.close()
+
+    return wsgi
+
+
 @pytest.fixture
 def live_county(tmp_path: Path) -> Iterator[str]:
     """The app on a fresh SQLite demo county (200 residents), served by a real server thread."""
@@ -90,7 +109,7 @@ def live_county(tmp_path: Path) -> Iterator[str]:
     seed_demo(database.engine, patients=200)
     with database.unit_of_work() as db:
         materialize(db)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = make_server("127.0.0.1", 0, _whole_bodies(app), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
