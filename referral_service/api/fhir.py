@@ -508,7 +508,8 @@ def search_post(resource_type: str) -> Response:
 def _search(resource_type: str, args: list[tuple[str, str]], query_text: str) -> Response:
     """One page; `query_text` (the parameters as sent) goes into the audit row."""
     cfg = current_app.config
-    query = parse_search(resource_type, args, cfg["FHIR_DEFAULT_COUNT"], cfg["FHIR_MAX_COUNT"])
+    query = parse_search(resource_type, args, cfg["FHIR_DEFAULT_COUNT"], cfg["FHIR_MAX_COUNT"],
+                         lenient=_prefers_lenient())
     service.authorise_includes(query, current_principal().may)  # included types need their own scopes
     page = with_actor(
         resource_type,
@@ -516,6 +517,13 @@ def _search(resource_type: str, args: list[tuple[str, str]], query_text: str) ->
         lambda s, a: service.search(s, a, query, query_text=query_text, request_id=g.get("request_id")),
     )
     return fhir_response(bundle_json.searchset(base_url(), resource_type, query, page))
+
+
+def _prefers_lenient() -> bool:
+    """`Prefer: handling=lenient` (RFC 7240, FHIR search.html#errors): ignore unknown parameters."""
+    prefer = ",".join(request.headers.getlist("Prefer"))
+    return any(p.strip().replace(" ", "").lower() == "handling=lenient"
+               for part in prefer.split(",") for p in part.split(";"))
 
 
 @bp.post("/<resource_type>")

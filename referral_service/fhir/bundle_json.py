@@ -58,11 +58,15 @@ def searchset(base: str, resource_type: str, query: SearchQuery, page: SearchPag
     entries = [_entry(base, s, "match", query) for s in page.matches] + [
         _entry(base, s, "include", query) for s in page.included
     ]
-    if page.warnings:
-        outcome = {
-            "resourceType": "OperationOutcome",
-            "issue": [{"severity": "warning", "code": "incomplete", "diagnostics": w} for w in page.warnings],
-        }
+    issues = [{"severity": "warning", "code": "incomplete", "diagnostics": w} for w in page.warnings]
+    issues += [
+        {"severity": "warning", "code": "not-supported",
+         "diagnostics": f"unknown search parameter {name!r} for {resource_type} was ignored "
+                        "(Prefer: handling=lenient)"}
+        for name in query.ignored
+    ]
+    if issues:
+        outcome = {"resourceType": "OperationOutcome", "issue": issues}
         entries.append(orjson.dumps({"resource": outcome, "search": {"mode": "outcome"}}))
     if entries:
         parts.append(b',"entry":[' + b",".join(entries) + b"]")

@@ -95,6 +95,7 @@ class SearchQuery:
     raw: list[tuple[str, str]] = field(default_factory=list)  # what to repeat in paging links
     cursor_token: str | None = None  # the _cursor as received (for the page's self link)
     subset: Subset | None = None  # _summary=true|text|data or _elements: parts of each resource
+    ignored: list[str] = field(default_factory=list)  # unknown parameters left out (lenient handling)
 
     @property
     def sort_name(self) -> str:
@@ -265,10 +266,23 @@ def condition_criteria(resource_type: str, query: str) -> list[tuple[str, str]]:
     return parse_qsl(criteria, keep_blank_values=True)
 
 
+def _names_a_parameter(rdef: ResourceDef, name: str) -> bool:
+    """Whether a search parameter name (before any modifier) is one this type knows: its own, a
+    chain from one of its reference parameters, `_has`, `_id` or `_lastUpdated`."""
+    return name in ("_id", "_lastUpdated", "_has") or name.partition(".")[0] in rdef.by_name
+
+
 def parse_search(
-    resource_type: str, args: list[tuple[str, str]], default_count: int, max_count: int
+    resource_type: str,
+    args: list[tuple[str, str]],
+    default_count: int,
+    max_count: int,
+    *,
+    lenient: bool = False,
 ) -> SearchQuery:
-    """Parse query-string pairs (GET or POST _search) into a SearchQuery; 400 on anything unknown."""
+    """Parse query-string pairs (GET or POST _search) into a SearchQuery; 400 on anything unknown,
+    unless `lenient` (`Prefer: handling=lenient`, FHIR search.html#errors): then a parameter the type
+    does not have is left out (`query.ignored`), as are its self and next links."""
     rdef = RESOURCES[resource_type]
     query = SearchQuery(rdef=rdef, count=default_count)
     cursor: dict[str, Any] | None = None
@@ -334,6 +348,8 @@ def parse_search(
             query.cursor_token = raw
         elif name in RESULT_PARAMS:
             continue  # formatting parameters handled by the response layer
+        elif lenient and not _names_a_parameter(rdef, name):
+            query.ignored.append(key)
         else:
             query.clauses.append(_parse_clause(rdef, name, modifier or None, raw))
             query.raw.append((key, raw))

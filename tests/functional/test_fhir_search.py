@@ -441,6 +441,31 @@ def test_reverse_chaining_with_has(platform: Fhir, world: World) -> None:
         assert_400(platform.get(bad))
 
 
+def test_lenient_handling_ignores_unknown_parameters(platform: Fhir, world: World) -> None:
+    """`Prefer: handling=lenient` (FHIR search.html#errors): an unknown parameter is left out, said
+    so in an outcome entry, and missing from the self link; without it (or with handling=strict) it
+    stays 400."""
+    lenient = {"Prefer": "handling=lenient"}
+    answer = platform.get("Patient?family=王&shoe-size=9&gender:whatever=x&_count=1", headers=lenient)
+    assert answer.status_code == 400  # a known parameter with an unknown modifier is still an error
+    answer = platform.get("Patient?family=王&shoe-size=9&_count=1", headers=lenient)
+    assert answer.status_code == 200, answer.json
+    assert answer.json["total"] == 2
+    outcome = next(e["resource"] for e in answer.json["entry"] if e["search"]["mode"] == "outcome")
+    assert "shoe-size" in outcome["issue"][0]["diagnostics"]
+    for link in answer.json["link"]:
+        assert "shoe-size" not in link["url"], link
+    nxt = next(lk["url"] for lk in answer.json["link"] if lk["relation"] == "next")
+    assert len(ordered_ids(platform.client.get(nxt, headers=platform._headers()))) == 1
+    assert platform.get("Patient?family=王&_count=1", headers=lenient).json["total"] == 2
+    assert "outcome" not in {e["search"]["mode"] for e in
+                             platform.get("Patient?family=王", headers=lenient).json["entry"]}
+    assert_400(platform.get("Patient?family=王&shoe-size=9"))
+    assert_400(platform.get("Patient?family=王&shoe-size=9", headers={"Prefer": "handling=strict"}))
+    assert platform.get("Patient?shoe-size=9", headers={"Prefer": "return=minimal, handling=lenient"}
+                        ).status_code == 200
+
+
 def _paged_ids(platform: Fhir, url: str) -> list[str]:
     """The match ids of a search read one entry a page, following its next links."""
     seen: list[str] = []
