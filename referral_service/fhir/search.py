@@ -444,6 +444,8 @@ def _parse_clause(rdef: ResourceDef, name: str, modifier: str | None, raw: str) 
             raise _bad(f"modifier :{modifier} is not supported on string parameter {name}", name)
         return Clause(param, modifier, tuple(values))
     if param.type == "token":
+        if modifier == "text":  # the texts and displays of its codes (`search_params.texts_of`)
+            return Clause(param, modifier, tuple(values))
         if modifier not in (None, "not"):
             raise _bad(f"modifier :{modifier} is not supported on token parameter {name}", name)
         return Clause(param, modifier, tuple(t for v in values for t in _token_values(v)))

@@ -77,6 +77,22 @@ def tokens_of(value: Any) -> Iterator[tuple[str | None, str]]:
             yield value.get("system"), value["value"]
 
 
+TEXT_SUFFIX = ":text"  # the string index rows of a token parameter's texts (`code:text=`)
+
+
+def texts_of(value: Any) -> Iterator[str]:
+    """The words a token's `:text` modifier searches: a CodeableConcept's text and its codings'
+    displays, or a Coding's display (an Identifier or a code has none)."""
+    if not isinstance(value, dict):
+        return
+    for key in ("text", "display"):
+        if isinstance(value.get(key), str) and value[key].strip():
+            yield value[key]
+    for coding in value.get("coding") or []:
+        if isinstance(coding, dict) and isinstance(coding.get("display"), str) and coding["display"].strip():
+            yield coding["display"]
+
+
 def strings_of(value: Any) -> Iterator[str]:
     """Searchable strings of a string, HumanName or Address."""
     if isinstance(value, str):
@@ -211,6 +227,9 @@ def extract(resource: dict[str, Any], params: list[SearchParam]) -> IndexRows:
                 if p.type == "token":
                     rows.tokens.extend(
                         (p.name, _column(s) if s else s, _column(c)) for s, c in tokens_of(value)
+                    )
+                    rows.strings.extend(
+                        (p.name + TEXT_SUFFIX, normalise(t), _column(t)) for t in texts_of(value)
                     )
                 elif p.type == "string":
                     rows.strings.extend((p.name, normalise(s), _column(s)) for s in strings_of(value))

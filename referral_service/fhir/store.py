@@ -54,7 +54,7 @@ from ..domain.registry import AuditRecord, Patient
 from . import jsonio, store_pg
 from .resources import RESOURCES, ResourceDef
 from .search import Clause, Include, SearchQuery, encode_cursor, sort_kind
-from .search_params import MAX_INSTANT, MIN_INSTANT, IndexRows, extract, normalise
+from .search_params import MAX_INSTANT, MIN_INSTANT, TEXT_SUFFIX, IndexRows, extract, normalise
 
 
 @dataclass(frozen=True)
@@ -561,6 +561,24 @@ class ResourceStore:
             if isinstance(obj, StoredResource):
                 self.session.expire(obj)
 
+    def reindex(self, after_pk: int, batch: int) -> int | None:
+        """Extract again the index rows of up to `batch` live resources after `after_pk` (in pk
+        order), replacing their old ones: after a search parameter or what it indexes changed
+        (`flask fhir-reindex`). The last pk done, or None when none was left."""
+        rows = self._sql().execute(
+            select(StoredResource.pk, StoredResource.res_type, StoredResource.content)
+            .where(StoredResource.pk > after_pk, StoredResource.deleted == false())
+            .order_by(StoredResource.pk)
+            .limit(batch)
+        ).all()
+        for pk, res_type, content in rows:
+            rdef = RESOURCES.get(res_type)
+            if rdef is None or rdef.audit_log:
+                continue
+            self._drop_indexes(pk)
+            self._write_indexes(pk, res_type, extract(jsonio.loads(content), list(rdef.params)))
+        return rows[-1].pk if rows else None
+
     def _drop_indexes(self, pk: int) -> None:
         for table in (TokenIndex, StringIndex, DateIndex, ReferenceIndex):
             self._sql().execute(delete(table).where(table.resource_pk == pk))
@@ -1027,6 +1045,8 @@ def _clause_shape(clause: Clause) -> tuple[Any, ...]:
         return (p.name, modifier, bool(values[0]))
     if p.name == "_lastUpdated" or p.type == "date":
         return (p.name, modifier, tuple(prefix for prefix, _, _ in values))
+    if modifier == "text":
+        return (p.name, modifier, len(values))
     if p.type == "token":
         return (p.name, modifier, tuple((s is None, s == "", c is None) for s, c in values))
     if p.type == "string":
@@ -1047,6 +1067,8 @@ def _clause_values(clause: Clause) -> list[Any]:
         return []
     if p.name == "_lastUpdated" or p.type == "date":
         return [v for _, lo, hi in values for v in (lo, hi)]
+    if modifier == "text":
+        return [_like(normalise(v), anywhere=False) for v in values]
     if p.type == "token":
         out: list[Any] = []
         for system, code in values:
@@ -1089,6 +1111,10 @@ def _clause_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[b
             select(table.resource_pk).where(table.res_type == res_type, table.param == p.name)
         )
         return not_(present) if clause.values[0] else present
+    if clause.modifier == "text":
+        texts = [StringIndex.value.like(bind(_like(normalise(v), anywhere=False)), escape="/")
+                 for v in clause.values]
+        return _in_index(StringIndex, res_type, p.name + TEXT_SUFFIX, or_(*texts))
     if p.type == "token":
         options = []
         for system, code in clause.values:

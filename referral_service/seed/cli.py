@@ -10,6 +10,7 @@ from flask.cli import with_appcontext
 from sqlalchemy import inspect
 
 from ..extensions import database
+from ..fhir.store import ResourceStore
 from .demo_county import SeedReport, is_demo_loaded, seed_demo
 from .materialize import PUBLISHED_TABLES, materialize
 
@@ -18,6 +19,7 @@ def register(app: Flask) -> None:
     """Add the `seed-demo` command to the app's CLI."""
     app.cli.add_command(seed_demo_command)
     app.cli.add_command(fhir_publish_command)
+    app.cli.add_command(fhir_reindex_command)
 
 
 @click.command("seed-demo")
@@ -61,6 +63,23 @@ def publish_registry() -> None:
 def fhir_publish_command() -> None:
     """Store registry rows that are not yet FHIR resources (after a bulk load)."""
     publish_registry()
+
+
+@click.command("fhir-reindex")
+@click.option("--batch", default=1000, show_default=True, help="resources per transaction")
+@with_appcontext
+def fhir_reindex_command(batch: int) -> None:
+    """Extract every live resource's search index rows again (after an upgrade that indexes more,
+    such as the texts of codes for `code:text=`). Safe to stop and run again."""
+    started, after = time.perf_counter(), 0
+    while True:
+        with database.unit_of_work() as session:
+            last = ResourceStore(session).reindex(after, batch)
+        if last is None:
+            break
+        after = last
+    database.analyze(PUBLISHED_TABLES)
+    click.echo(f"reindexed the resources up to pk {after:,} in {time.perf_counter() - started:.1f} s")
 
 
 def format_report(report: SeedReport) -> str:

@@ -466,6 +466,41 @@ def test_lenient_handling_ignores_unknown_parameters(platform: Fhir, world: Worl
                         ).status_code == 200
 
 
+def test_token_text_modifier_searches_texts_and_displays(platform: Fhir, world: World,
+                                                         client: FlaskClient) -> None:
+    """`code:text=` (FHIR search.html#modifiers) matches a code's text or display as a string
+    parameter does (starts with, case and accents ignored). It was 400; `flask fhir-reindex` gives
+    resources stored before it their text rows."""
+    def condition(text: str, display: str) -> str:
+        return _created(platform.post("Condition", {
+            "resourceType": "Condition", "subject": {"reference": f"Patient/{world.fang['id']}"},
+            "code": {"coding": [{"system": ICD10_SYSTEM, "code": "J18.9", "display": display}], "text": text},
+        }))["id"]
+
+    pneumonia = condition("社区获得性肺炎", "Pneumonia, unspecified organism")
+    fever = condition("发热", "Fever, unspecified")
+    assert ids_of(platform.get("Condition?code:text=社区")) == {pneumonia}
+    assert ids_of(platform.get("Condition?code:text=PNEUMONIA")) == {pneumonia}
+    assert ids_of(platform.get("Condition?code:text=fever,社区获得性肺炎")) == {pneumonia, fever}
+    assert ids_of(platform.get("Condition?code:text=肺炎")) == set()  # starts with, as strings do
+    assert ids_of(platform.get("Condition?code=J18.9")) == {pneumonia, fever}
+    assert ids_of(platform.get("Patient?gender:text=female")) == set()  # a code has no text
+
+    from sqlalchemy import delete
+
+    from referral_service.domain.fhir_store import StringIndex
+    from referral_service.extensions import database
+
+    with client.application.app_context(), database.unit_of_work() as session:
+        session.execute(delete(StringIndex).where(StringIndex.param == "code:text"))  # as stored before
+    assert ids_of(platform.get("Condition?code:text=社区")) == set()
+    result = client.application.test_cli_runner().invoke(args=["fhir-reindex", "--batch", "2"])
+    assert result.exit_code == 0, result.output
+    assert ids_of(platform.get("Condition?code:text=社区")) == {pneumonia}
+    number = world.fang["identifier"][0]["value"]
+    assert ids_of(platform.get(f"Patient?identifier={number}")) == world.ids("fang")  # the rest kept
+
+
 def _paged_ids(platform: Fhir, url: str) -> list[str]:
     """The match ids of a search read one entry a page, following its next links."""
     seen: list[str] = []
