@@ -17,7 +17,6 @@ from tests.functional.fhir_helpers import (
     JSON_PATCH,
     RESIDENT_ID,
     Fhir,
-    organization,
     patient,
     token_for,
 )
@@ -28,26 +27,6 @@ PID_2 = "620421198505050077"
 PHONE = [{"system": "phone", "value": "13800000000"}]
 
 
-@pytest.fixture
-def platform(client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]) -> Fhir:
-    cid, secret = make_api_client("county-platform", "system/*.cruds", "qs-health-commission")
-    fhir = Fhir(client, token_for(client, cid, secret))
-    for org_id in ("th-01", "th-02"):
-        assert fhir.put(f"Organization/{org_id}", organization(org_id)).status_code == 201
-    return fhir
-
-
-@pytest.fixture
-def his(client: FlaskClient, make_api_client: Callable[..., tuple[str, str]], platform: Fhir) -> Fhir:
-    cid, secret = make_api_client("township-his", "system/*.cruds", "th-01")
-    return Fhir(client, token_for(client, cid, secret))
-
-
-@pytest.fixture
-def other_his(client: FlaskClient, make_api_client: Callable[..., tuple[str, str]], platform: Fhir) -> Fhir:
-    """Another township's HIS (th-02): what it registers, th-01 does not see."""
-    cid, secret = make_api_client("township2-his", "system/*.cruds", "th-02")
-    return Fhir(client, token_for(client, cid, secret))
 
 
 @pytest.fixture
