@@ -7,7 +7,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from flask import current_app, g, render_template, request
+from flask import abort, current_app, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from sqlalchemy import BigInteger, cast, func, literal, select, union_all
@@ -286,8 +286,25 @@ def insurer_export_run() -> ResponseReturnValue:
     except BadRequest as exc:
         chosen.form.errors["_schema"] = [exc.message]
         return _exports_page(chosen, status=422)
+    # Post/Redirect/Get: the result has an address of its own, so reloading it shows the files again
+    # rather than running the export a second time.
+    return redirect(url_for("web.insurer_export_result", export_id=export_id), 303)
+
+
+@bp.get("/insurer/exports/<export_id>")
+@role_required("insurer")
+def insurer_export_result(export_id: str) -> ResponseReturnValue:
+    """One settlement export's files, manifest and totals, with the form set to its parameters."""
     with work() as (db, _actor):
         record = db.get(ExportLog, export_id)
-        if record is not None:
-            db.expunge(record)
+        if record is None or record.kind != "settlements":
+            abort(404)
+        db.expunge(record)
+    asked = record.parameters
+    chosen = _period_form({
+        "from": asked.get("from", ""), "to": asked.get("to", ""),
+        "fund": "" if asked.get("fund") in (None, "all") else asked["fund"],
+        "hospital": "" if asked.get("hospital") in (None, "all") else asked["hospital"],
+        "format": (asked.get("formats") or ["csv"])[0],
+    })
     return _exports_page(chosen, record)

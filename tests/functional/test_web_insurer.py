@@ -111,9 +111,17 @@ def test_payments_show_unpaid_bands_overdue_payables_and_batches(county: County)
 
 def test_export_runs_and_totals_match_the_settlements(county: County) -> None:
     client = county.client("insurer")
-    page = client.post("/insurer/exports", data={"from": "2026-03-01", "to": "2026-03-31", "format": "csv"})
+    posted = client.post("/insurer/exports", data={"from": "2026-03-01", "to": "2026-03-31", "format": "csv"})
+    assert posted.status_code == 303, posted.get_data(as_text=True)  # Post/Redirect/Get
+    page = client.get(posted.headers["Location"])
     assert page.status_code == 200, page.get_data(as_text=True)
     html = page.get_data(as_text=True)
+    assert 'value="2026-03-01"' in html and 'value="2026-03-31"' in html  # the form shows its period
+    again = client.get(posted.headers["Location"])  # a reload shows it again and exports nothing
+    assert again.status_code == 200 and 'id="export-result"' in again.get_data(as_text=True)
+    with database.session() as db:
+        assert db.scalar(select(func.count()).select_from(ExportLog)) == 1
+    assert client.get("/insurer/exports/not-an-export").status_code == 404
     result = html.split('id="export-result"', 1)[1].split("</section>", 1)[0]
     assert result.count("matches") == 4  # every fund, including the zero safety net
     links = re.findall(r'href="(/exports/[^"]+)"', result)
@@ -129,7 +137,7 @@ def test_export_runs_and_totals_match_the_settlements(county: County) -> None:
 def test_xlsx_export_for_one_fund(county: County) -> None:
     page = county.client("insurer").post(
         "/insurer/exports", data={"from": "2026-03-01", "to": "2026-03-31", "fund": "basic-insurance",
-                                  "format": "xlsx"})
+                                  "format": "xlsx"}, follow_redirects=True)
     html = page.get_data(as_text=True)
     assert page.status_code == 200 and ".xlsx" in html and "1,400.00" in html
     assert county.client("insurer").post("/insurer/exports", data={"format": "pdf"}).status_code == 422
