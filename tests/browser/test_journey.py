@@ -75,6 +75,14 @@ def _desktop_page() -> Iterator[Page]:
             browser.close()
 
 
+def _flashed(page: Any, message: str) -> None:
+    """The success message `message` is shown once. (Matched by its text: an earlier step's message
+    may still stand beside it, which a bare `.flash-success` locator would find twice.)"""
+    from playwright.sync_api import expect
+
+    expect(page.locator(".flash-success", has_text=message)).to_have_count(1)
+
+
 def _whole_bodies(app: Any) -> Any:
     """The app with each response body read whole and closed before the server sends it.
 
@@ -172,7 +180,7 @@ def test_referral_journey_across_roles(live_county: str) -> None:
         page.check("#coverage_basic")
         shot(page, "03-registration")
         page.click("button[type=submit].primary")
-        expect(page.locator(".flash-success")).to_contain_text("患者建档成功")
+        _flashed(page, "患者建档成功")
         expect(page.locator("h1")).to_contain_text("周德顺")
         shot(page, "04-patient")
 
@@ -215,8 +223,15 @@ def test_referral_journey_across_roles(live_county: str) -> None:
         expect(page.locator("table.news2")).to_contain_text("血氧饱和度")
         expect(page.locator(".referral .target")).to_have_text("青山县人民医院")
         shot(page, "07-decision")
+        # On a 360 px phone the decision reads without sideways scrolling, the NEWS2 table too.
+        page.set_viewport_size(PHONE)
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        wrap = page.evaluate("(() => { const w = document.querySelector('table.news2').parentElement;"
+                             " return [w.scrollWidth, w.clientWidth]; })()")
+        assert wrap[0] <= wrap[1], wrap
+        page.set_viewport_size(DESKTOP)
         page.click("#confirm-referral")
-        expect(page.locator(".flash-success")).to_contain_text("转诊已确认")
+        _flashed(page, "转诊已确认")
         expect(page.locator(".referral-status")).to_contain_text("待医院处理")
         shot(page, "08-referral-sent")
         sign_out(page)
@@ -239,9 +254,9 @@ def test_referral_journey_across_roles(live_county: str) -> None:
         expect(page.locator("h1")).to_contain_text("周德顺")
         shot(page, "11-incoming-referral")
         page.click("#accept")
-        expect(page.locator(".flash-success")).to_contain_text("已接收此转诊")
+        _flashed(page, "已接收此转诊")
         page.click("#admit")
-        expect(page.locator(".flash-success")).to_contain_text("患者已入院")
+        _flashed(page, "患者已入院")
         page.select_option("#disposition", "home")
         page.fill("#diagnosis-0", "I63.9")
         page.fill("#diagnosis-1", "J18.9")
@@ -260,7 +275,7 @@ def test_referral_journey_across_roles(live_county: str) -> None:
         expect(page.locator(".referral-status")).to_contain_text("尚未确认")
         expect(page.locator(".referral ol li")).to_have_count(3)
         page.click("#confirm-down-referral")
-        expect(page.locator(".flash-success")).to_contain_text("下转已确认")
+        _flashed(page, "下转已确认")
         expect(page.locator(".referral-status")).to_contain_text("待基层接收")
         shot(page, "13-down-referral")
 
@@ -270,7 +285,7 @@ def test_referral_journey_across_roles(live_county: str) -> None:
         expect(page.locator("#components")).to_contain_text("¥1,520.00")
         shot(page, "14-settlement-preview")
         page.click("#confirm-settlement")
-        expect(page.locator(".flash-success")).to_contain_text("结算完成")
+        _flashed(page, "结算完成")
         slip_url = page.locator("#print-slip").get_attribute("href")
         page.goto(f"{base}{slip_url}")
         expect(page.locator("h1")).to_contain_text("一站式结算单")
@@ -291,7 +306,7 @@ def test_referral_journey_across_roles(live_county: str) -> None:
         row.locator("a", has_text="登记随访").click()
         page.fill("#notes", "生命体征平稳，继续康复训练")
         page.click("button[type=submit].primary")
-        expect(page.locator(".flash-success")).to_contain_text("还有 2 次待随访")
+        _flashed(page, "还有 2 次待随访")
         expect(page.locator("#follow-ups tbody tr", has_text="周德顺")).to_contain_text("1 / 3")
 
         # Every clinic page fits a 360 px phone without sideways scrolling.
@@ -377,7 +392,7 @@ def test_referral_journey_across_roles(live_county: str) -> None:
         row.locator("a").click()
         expect(page.locator("#figures")).to_contain_text("1600")
         page.click("#acknowledge")
-        expect(page.locator(".flash-success")).to_contain_text("预警已签收")
+        _flashed(page, "预警已签收")
         page.fill("#note", "已上门核实，纳入医疗救助")
         shot(page, "22-monitor-alert")
         page.click("#resolve")
