@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base, UTCDateTime
+from .base import Base, ExactDecimal, UTCDateTime
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias).
 PkType = BigInteger().with_variant(Integer(), "sqlite")
@@ -125,6 +126,29 @@ class ReferenceIndex(Base):
         Index("ix_fhir_idx_ref_lookup", "res_type", "param", "target_id", "target_type", "resource_pk"),
         Index("ix_fhir_idx_ref_target", "target_type", "target_id"),
         Index("ix_fhir_idx_ref_resource", "resource_pk"),
+    )
+
+
+class QuantityIndex(Base):
+    """quantity search parameters: the value as an exact decimal, with its unit's system, code and
+    human-readable unit (`||mg` matches the code or the unit)."""
+
+    __tablename__ = "fhir_idx_quantity"
+
+    id: Mapped[int] = mapped_column(PkType, primary_key=True, autoincrement=True)
+    resource_pk: Mapped[int] = mapped_column(PkType, ForeignKey("fhir_resource.pk", ondelete="CASCADE"))
+    res_type: Mapped[str] = mapped_column(String(40))
+    param: Mapped[str] = mapped_column(String(64))
+    system: Mapped[str | None] = mapped_column(String(200))
+    code: Mapped[str | None] = mapped_column(String(200))
+    unit: Mapped[str | None] = mapped_column(String(200))
+    value: Mapped[Decimal] = mapped_column(ExactDecimal())
+
+    __table_args__ = (
+        # A range of values (`gt140`, the precision range of `5.4`), with or without a unit code.
+        Index("ix_fhir_idx_quantity_lookup", "res_type", "param", "value", "resource_pk"),
+        Index("ix_fhir_idx_quantity_code", "res_type", "param", "code", "value", "resource_pk"),
+        Index("ix_fhir_idx_quantity_resource", "resource_pk"),
     )
 
 

@@ -166,7 +166,10 @@ RESOURCES: dict[str, ResourceDef] = {
              P("code", "token", ("code",)), P("category", "token", ("category",)),
              P("status", "token", ("status",)),
              P("component-code", "token", ("component.code",)),
-             P("date", "date", ("effectiveDateTime", "effectivePeriod", "effectiveInstant"))),
+             P("date", "date", ("effectiveDateTime", "effectivePeriod", "effectiveInstant")),
+             P("value-quantity", "quantity", ("valueQuantity",)),
+             P("component-value-quantity", "quantity", ("component.valueQuantity",)),
+             P("combo-value-quantity", "quantity", ("valueQuantity", "component.valueQuantity"))),
             patient_paths=("subject",),
         ),
         ResourceDef(

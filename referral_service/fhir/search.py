@@ -7,8 +7,10 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -16,10 +18,18 @@ from ..domain import resident_id
 from ..domain.errors import BadRequest, Problem
 from . import codes
 from .resources import RESOURCES, ResourceDef
-from .search_params import SearchParam, parse_date_range
+from .search_params import (
+    MAX_QUANTITY_DIGITS,
+    MAX_QUANTITY_EXPONENT,
+    SearchParam,
+    in_quantity_range,
+    parse_date_range,
+    quantity_bounds,
+)
 from .subset import Subset, parse_subset
 
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+_SEARCH_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 RESULT_PARAMS = {
     "_count",
     "_sort",
@@ -205,6 +215,35 @@ def _parse_date_value(name: str, value: str) -> tuple[str, datetime, datetime]:
     except ValueError:
         raise _bad(f"{name}: {value!r} is not a FHIR date with an optional prefix", name) from None
     return prefix, low, high
+
+
+def _parse_quantity_value(
+    name: str, value: str
+) -> tuple[str, tuple[Decimal, ...], str | None, str | None]:
+    """(prefix, bounds, system, code) of `[prefix]number`, `[prefix]number|system|code` or
+    `[prefix]number||code` (FHIR search.html#quantity); system and code None when not given (`||code`:
+    no system, the code matches a unit's code or its human-readable unit). 400 when malformed."""
+    shape = "[prefix]number, [prefix]number|system|code or [prefix]number||code"
+    number_text, *unit = value.split("|")
+    if len(unit) not in (0, 2):
+        raise _bad(f"{name}: {value!r} is not {shape}", name)
+    prefix = "eq"
+    if number_text[:2].isalpha():
+        prefix, number_text = number_text[:2], number_text[2:]
+        if prefix not in DATE_PREFIXES:
+            raise _bad(f"{name}: unknown prefix {prefix!r} in {value!r} (eq, ne, gt, lt, ge, le, sa, eb "
+                       "or ap)", name)
+    # A '+' of an exponent that was not URL-encoded arrives as a space.
+    number_text = number_text.strip().replace(" ", "+")
+    if len(number_text) > 200 or not _SEARCH_NUMBER.fullmatch(number_text):
+        raise _bad(f"{name}: {value!r} is not {shape} (a decimal number such as 5.4, -1 or 1e2)", name)
+    number = Decimal(number_text)
+    if not in_quantity_range(number):
+        raise _bad(f"{name}: {number_text!r} is beyond the numbers searched (at most "
+                   f"{MAX_QUANTITY_DIGITS} significant digits, between 1e-{MAX_QUANTITY_EXPONENT} and "
+                   f"1e{MAX_QUANTITY_EXPONENT})", name)
+    system, code = (unit[0] or None, unit[1] or None) if unit else (None, None)
+    return prefix, quantity_bounds(prefix, number), system, code
 
 
 def _parse_token_value(value: str) -> tuple[str | None, str | None]:
@@ -453,6 +492,10 @@ def _parse_clause(rdef: ResourceDef, name: str, modifier: str | None, raw: str) 
         if modifier:
             raise _bad(f"modifier :{modifier} is not supported on date parameter {name}", name)
         return Clause(param, None, tuple(_parse_date_value(name, v) for v in values))
+    if param.type == "quantity":
+        if modifier:
+            raise _bad(f"modifier :{modifier} is not supported on quantity parameter {name}", name)
+        return Clause(param, None, tuple(_parse_quantity_value(name, v) for v in values))
     if param.type == "reference":
         if modifier and not (modifier[0].isupper() and modifier in RESOURCES):
             raise _bad(f"modifier :{modifier} is not supported on reference parameter {name}", name)

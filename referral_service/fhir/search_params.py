@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
+from decimal import Context, Decimal, localcontext
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,7 +25,7 @@ class SearchParam:
     """One search parameter: name, type, and the element paths it indexes."""
 
     name: str
-    type: str  # token, string, date, reference
+    type: str  # token, string, date, reference, quantity
     paths: tuple[str, ...]
     targets: tuple[str, ...] = ()  # reference target types (empty: any)
     description: str = ""
@@ -208,6 +209,78 @@ def references_of(value: Any) -> Iterator[tuple[str, str]]:
                 yield parts[-2], parts[-1]
 
 
+# The numbers a quantity index row or search holds: at most this many significant digits, and an
+# adjusted exponent within +-MAX_QUANTITY_EXPONENT (PostgreSQL's NUMERIC and SQLite's key hold more;
+# the margin keeps a search's precision and approximation bounds exact).
+MAX_QUANTITY_DIGITS = 60
+MAX_QUANTITY_EXPONENT = 99
+_EXACT = Context(prec=400)  # wide enough for every bound of such numbers: no rounding
+
+
+def quantity_number(value: Any) -> Decimal | None:
+    """A JSON number as an exact decimal within the indexed range, else None (a float, as a service
+    may build one, by its shortest text: what the stored JSON holds)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return None
+    number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    if not in_quantity_range(number) and number.is_finite():
+        number = number.normalize(_EXACT)  # 100.000...0 with more digits than kept: 1E+2
+    return number if in_quantity_range(number) else None
+
+
+def in_quantity_range(number: Decimal) -> bool:
+    """Whether a quantity index or search holds the number (finite, MAX_QUANTITY_DIGITS significant
+    digits at most, within 1e+-MAX_QUANTITY_EXPONENT, its last digit no finer than that allows)."""
+    if not number.is_finite():
+        return False
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if not -(MAX_QUANTITY_EXPONENT + MAX_QUANTITY_DIGITS) <= exponent <= MAX_QUANTITY_EXPONENT:
+        return False
+    if number.is_zero():
+        return True
+    digits = len(number.as_tuple().digits)
+    return digits <= MAX_QUANTITY_DIGITS and abs(number.adjusted()) <= MAX_QUANTITY_EXPONENT
+
+
+def quantities_of(value: Any) -> Iterator[tuple[str | None, str | None, str | None, Decimal]]:
+    """(system, code, unit, value) of a Quantity (Age, Duration ... alike) with a numeric value."""
+    if isinstance(value, dict):
+        number = quantity_number(value.get("value"))
+        if number is not None:
+            system, code, unit = (value.get(k) for k in ("system", "code", "unit"))
+            yield (
+                _column(system) if isinstance(system, str) and system else None,
+                _column(code) if isinstance(code, str) and code else None,
+                _column(unit) if isinstance(unit, str) and unit else None,
+                number,
+            )
+
+
+def quantity_bounds(prefix: str, number: Decimal) -> tuple[Decimal, ...]:
+    """The bounds a quantity search compares stored values with (FHIR search.html#quantity):
+
+    eq, ne: the number's implicit precision range [low, high), half a unit of its last digit either
+    way (5.4: [5.35, 5.45); 100: [99.5, 100.5); 1e2: [50, 150)); sa: high (values from there up);
+    eb: low (values below); gt, ge, lt, le: the number itself; ap: [low, high] both included, 10 %
+    of the number either way (HAPI's), or the precision range when that is wider (ap0)."""
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)  # (a finite number)
+    with localcontext(_EXACT):
+        half = Decimal((0, (5,), exponent - 1))
+        low, high = number - half, number + half
+        if prefix in ("eq", "ne"):
+            return low, high
+        if prefix == "sa":
+            return (high,)
+        if prefix == "eb":
+            return (low,)
+        if prefix == "ap":
+            spread = max(abs(number) * Decimal("0.1"), half)
+            return number - spread, number + spread
+    return (number,)
+
+
 @dataclass(frozen=True)
 class IndexRows:
     """The index values of one resource, by kind."""
@@ -216,6 +289,8 @@ class IndexRows:
     strings: list[tuple[str, str, str]]
     dates: list[tuple[str, datetime, datetime]]
     references: list[tuple[str, str, str]]
+    # (param, system, code, unit, value)
+    quantities: list[tuple[str, str | None, str | None, str | None, Decimal]] = field(default_factory=list)
 
 
 def extract(resource: dict[str, Any], params: list[SearchParam]) -> IndexRows:
@@ -235,6 +310,8 @@ def extract(resource: dict[str, Any], params: list[SearchParam]) -> IndexRows:
                     rows.strings.extend((p.name, normalise(s), _column(s)) for s in strings_of(value))
                 elif p.type == "date":
                     rows.dates.extend((p.name, lo, hi) for lo, hi in dates_of(value))
+                elif p.type == "quantity":
+                    rows.quantities.extend((p.name, *q) for q in quantities_of(value))
                 elif p.type == "reference":
                     rows.references.extend(
                         (p.name, t, i) for t, i in references_of(value)
@@ -245,4 +322,5 @@ def extract(resource: dict[str, Any], params: list[SearchParam]) -> IndexRows:
     return IndexRows(
         list(dict.fromkeys(rows.tokens)), list(dict.fromkeys(rows.strings)),
         list(dict.fromkeys(rows.dates)), list(dict.fromkeys(rows.references)),
+        list(dict.fromkeys(rows.quantities)),  # 5.4 and 5.40 are one value (equal Decimals hash alike)
     )

@@ -43,6 +43,7 @@ from ..domain.errors import Gone, NotFound, Problem, Unprocessable
 from ..domain.fhir_store import (
     DateIndex,
     PatientAccess,
+    QuantityIndex,
     ReferenceIndex,
     ResourceVersion,
     StoredResource,
@@ -150,6 +151,7 @@ _INSERT_INDEX = {
     "string": _insert(StringIndex, *_INDEX_COLUMNS, "value", "exact"),
     "date": _insert(DateIndex, *_INDEX_COLUMNS, "low", "high"),
     "reference": _insert(ReferenceIndex, *_INDEX_COLUMNS, "target_type", "target_id"),
+    "quantity": _insert(QuantityIndex, *_INDEX_COLUMNS, "system", "code", "unit", "value"),
 }
 
 
@@ -580,7 +582,7 @@ class ResourceStore:
         return rows[-1].pk if rows else None
 
     def _drop_indexes(self, pk: int) -> None:
-        for table in (TokenIndex, StringIndex, DateIndex, ReferenceIndex):
+        for table in (TokenIndex, StringIndex, DateIndex, ReferenceIndex, QuantityIndex):
             self._sql().execute(delete(table).where(table.resource_pk == pk))
 
     def _write_indexes(self, pk: int, res_type: str, rows: IndexRows) -> None:
@@ -610,6 +612,13 @@ class ResourceStore:
                 connection,
                 _INSERT_INDEX["reference"],
                 [{**base, "param": p, "target_type": t, "target_id": i} for p, t, i in rows.references],
+            )
+        if rows.quantities:
+            kept_many(
+                connection,
+                _INSERT_INDEX["quantity"],
+                [{**base, "param": p, "system": s, "code": c, "unit": u, "value": v}
+                 for p, s, c, u, v in rows.quantities],
             )
 
     # ---------------------------------------------------------------- search
@@ -1051,6 +1060,8 @@ def _clause_shape(clause: Clause) -> tuple[Any, ...]:
         return (p.name, modifier, tuple((s is None, s == "", c is None) for s, c in values))
     if p.type == "string":
         return (p.name, modifier, len(values))
+    if p.type == "quantity":
+        return (p.name, modifier, tuple((prefix, s is None, c is None) for prefix, _, s, c in values))
     return (p.name, modifier, tuple(bool(t) for t, _ in values))
 
 
@@ -1081,6 +1092,12 @@ def _clause_values(clause: Clause) -> list[Any]:
         if modifier == "exact":
             return list(values)
         return [_like(normalise(v), anywhere=modifier == "contains") for v in values]
+    if p.type == "quantity":
+        out = []
+        for _, bounds, system, code in values:
+            out.extend(bounds)
+            out.extend(v for v in (system, code) if v is not None)
+        return out
     out = []
     for target_type, target_id in values:
         out.append(target_id)
@@ -1103,9 +1120,8 @@ def _clause_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[b
         return or_(
             *[_date_compare(prefix, bind(lo), bind(hi), col, col) for prefix, lo, hi in clause.values]
         )
-    table: Any = {"token": TokenIndex, "string": StringIndex, "date": DateIndex, "reference": ReferenceIndex}[
-        p.type
-    ]
+    table: Any = {"token": TokenIndex, "string": StringIndex, "date": DateIndex, "reference": ReferenceIndex,
+                  "quantity": QuantityIndex}[p.type]
     if clause.modifier == "missing":
         present = StoredResource.pk.in_(
             select(table.resource_pk).where(table.res_type == res_type, table.param == p.name)
@@ -1149,6 +1165,10 @@ def _clause_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[b
                 ]
             ),
         )
+    if p.type == "quantity":
+        matches = [_quantity_match(prefix, bounds, system, code, bind)
+                   for prefix, bounds, system, code in clause.values]
+        return _in_index(QuantityIndex, res_type, p.name, or_(*matches))
     options = []
     for target_type, target_id in clause.values:
         cond = [ReferenceIndex.target_id == bind(target_id)]
@@ -1192,6 +1212,34 @@ def _has_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[bool
         ReferenceIndex.resource_pk.in_(sources),
     )
     return StoredResource.res_id.in_(referred)
+
+
+def _quantity_match(
+    prefix: str, bounds: tuple[Any, ...], system: str | None, code: str | None, bind: _Binder
+) -> ColumnElement[bool]:
+    """One quantity value (`search_params.quantity_bounds`) over an index row: the number compared
+    exactly; `system|code` names the unit's system and code, `||code` (no system) its code or its
+    human-readable unit."""
+    value = QuantityIndex.value
+    given = [bind(b) for b in bounds]
+    if prefix in ("eq", "ap"):
+        low, high = given
+        cond = [value >= low, value < high if prefix == "eq" else value <= high]
+    elif prefix == "ne":
+        low, high = given
+        cond = [or_(value < low, value >= high)]
+    else:
+        (bound,) = given
+        compare = {"gt": value > bound, "ge": value >= bound, "lt": value < bound, "le": value <= bound,
+                   "sa": value >= bound, "eb": value < bound}
+        cond = [compare[prefix]]
+    if system is not None:
+        cond.append(QuantityIndex.system == bind(system))
+    if code is not None:
+        named = bind(code)
+        cond.append(QuantityIndex.code == named if system is not None
+                    else or_(QuantityIndex.code == named, QuantityIndex.unit == named))
+    return and_(*cond)
 
 
 def _date_compare(prefix: str, lo: datetime, hi: datetime, low: Any, high: Any) -> ColumnElement[bool]:

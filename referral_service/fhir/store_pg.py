@@ -44,6 +44,11 @@ _INDEXES = """
           SELECT k@.pk, %(res_type@)s, x.param, x.target_type, x.target_id
           FROM k@, unnest(%(r_param@)s::text[], %(r_type@)s::text[], %(r_id@)s::text[])
                AS x(param, target_type, target_id)),
+    q@ AS (INSERT INTO fhir_idx_quantity (resource_pk, res_type, param, system, code, unit, value)
+          SELECT k@.pk, %(res_type@)s, x.param, x.system, x.code, x.unit, x.value
+          FROM k@, unnest(%(q_param@)s::text[], %(q_system@)s::text[], %(q_code@)s::text[],
+                          %(q_unit@)s::text[], %(q_value@)s::numeric[])
+               AS x(param, system, code, unit, value)),
     v@ AS (INSERT INTO fhir_resource_version
               (resource_pk, version_id, res_type, last_updated, method, deleted, content)
           SELECT k@.pk, %(version_id@)s, %(res_type@)s, %(last_updated@)s, %(method@)s, false, %(content@)s
@@ -66,7 +71,8 @@ _UPDATE_ROW = """
     old_t@ AS (DELETE FROM fhir_idx_token WHERE resource_pk = %(pk@)s),
     old_s@ AS (DELETE FROM fhir_idx_string WHERE resource_pk = %(pk@)s),
     old_d@ AS (DELETE FROM fhir_idx_date WHERE resource_pk = %(pk@)s),
-    old_r@ AS (DELETE FROM fhir_idx_reference WHERE resource_pk = %(pk@)s),"""
+    old_r@ AS (DELETE FROM fhir_idx_reference WHERE resource_pk = %(pk@)s),
+    old_q@ AS (DELETE FROM fhir_idx_quantity WHERE resource_pk = %(pk@)s),"""
 
 _GRANT = """,
     g AS (INSERT INTO patient_access (patient_id, org_id, reason)
@@ -103,7 +109,8 @@ _UPDATE_ROW_CHECKED = """
     old_t@ AS (DELETE FROM fhir_idx_token WHERE resource_pk IN (SELECT pk FROM k@)),
     old_s@ AS (DELETE FROM fhir_idx_string WHERE resource_pk IN (SELECT pk FROM k@)),
     old_d@ AS (DELETE FROM fhir_idx_date WHERE resource_pk IN (SELECT pk FROM k@)),
-    old_r@ AS (DELETE FROM fhir_idx_reference WHERE resource_pk IN (SELECT pk FROM k@)),"""
+    old_r@ AS (DELETE FROM fhir_idx_reference WHERE resource_pk IN (SELECT pk FROM k@)),
+    old_q@ AS (DELETE FROM fhir_idx_quantity WHERE resource_pk IN (SELECT pk FROM k@)),"""
 
 _GRANT_CHECKED = """,
     g AS (INSERT INTO patient_access (patient_id, org_id, reason)
@@ -177,9 +184,9 @@ class Version(NamedTuple):
 
 
 def _array(values: Sequence[Any]) -> str:
-    """A PostgreSQL array literal of strings, datetimes or None (NULL), for a `%(x)s::text[]` or
-    `::timestamptz[]` parameter: psycopg would otherwise look through every list element to choose
-    how to send it, a tenth of a create's CPU."""
+    """A PostgreSQL array literal of strings, datetimes, decimals or None (NULL), for a
+    `%(x)s::text[]`, `::timestamptz[]` or `::numeric[]` parameter: psycopg would otherwise look
+    through every list element to choose how to send it, a tenth of a create's CPU."""
     items = []
     for value in values:
         if value is None:
@@ -203,6 +210,7 @@ def _params(version: Version, suffix: str) -> dict[str, Any]:
     s_param, s_value, s_exact = _columns(rows.strings, 3)
     d_param, d_low, d_high = _columns(rows.dates, 3)
     r_param, r_type, r_id = _columns(rows.references, 3)
+    q_param, q_system, q_code, q_unit, q_value = _columns(rows.quantities, 5)
     values = {
         "pk": version.pk, "res_type": version.res_type, "res_id": version.res_id,
         "version_id": version.version_id, "last_updated": version.last_updated,
@@ -212,6 +220,7 @@ def _params(version: Version, suffix: str) -> dict[str, Any]:
         "s_param": s_param, "s_value": s_value, "s_exact": s_exact,
         "d_param": d_param, "d_low": d_low, "d_high": d_high,
         "r_param": r_param, "r_type": r_type, "r_id": r_id,
+        "q_param": q_param, "q_system": q_system, "q_code": q_code, "q_unit": q_unit, "q_value": q_value,
     }  # fmt: skip
     return values if not suffix else {name + suffix: value for name, value in values.items()}
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from ..domain.fhir_store import (
     DateIndex,
+    QuantityIndex,
     ReferenceIndex,
     ResourceVersion,
     StoredResource,
@@ -75,7 +76,7 @@ def _bulk(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
 # What publishing writes (their statistics are refreshed afterwards).
 PUBLISHED_TABLES = (
     "fhir_resource", "fhir_resource_version", "fhir_idx_token", "fhir_idx_string", "fhir_idx_date",
-    "fhir_idx_reference", "patient_access", "patient", "organization",
+    "fhir_idx_reference", "fhir_idx_quantity", "patient_access", "patient", "organization",
 )  # fmt: skip
 
 
@@ -135,7 +136,7 @@ def materialize(
                 }
                 for v in values
             ]
-            tokens, strings, dates, refs = [], [], [], []
+            tokens, strings, dates, refs, quantities = [], [], [], [], []
             for r in resources:
                 pk = pks[r["id"]]
                 idx = extract(r, params)
@@ -155,12 +156,18 @@ def materialize(
                     {"resource_pk": pk, "res_type": res_type, "param": p, "target_type": t, "target_id": i}
                     for p, t, i in idx.references
                 ]
+                quantities += [
+                    {"resource_pk": pk, "res_type": res_type, "param": p, "system": s, "code": c, "unit": u,
+                     "value": v}
+                    for p, s, c, u, v in idx.quantities
+                ]
             for table, batch in (
                 (ResourceVersion, versions),
                 (TokenIndex, tokens),
                 (StringIndex, strings),
                 (DateIndex, dates),
                 (ReferenceIndex, refs),
+                (QuantityIndex, quantities),
             ):
                 _bulk(session, table.__table__, batch)
             counts[res_type] += len(rows)
