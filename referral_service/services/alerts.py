@@ -24,7 +24,15 @@ from sqlalchemy.orm import Session
 from ..domain.actor import SYSTEM, Actor
 from ..domain.base import utcnow
 from ..domain.errors import BadRequest, Conflict, Forbidden, NotFound
-from ..domain.fhir_store import DateIndex, ReferenceIndex, ResourceVersion, StoredResource, TokenIndex
+from ..domain.fhir_store import (
+    DateIndex,
+    QuantityIndex,
+    ReferenceIndex,
+    ResourceVersion,
+    StoredResource,
+    StringIndex,
+    TokenIndex,
+)
 from ..domain.ledger import FUNDS
 from ..domain.monitoring import ALERT_STATUSES, Alert, AlertEvent
 from ..domain.registry import Household, Organization, Patient
@@ -206,7 +214,8 @@ def _create_flags(session: Session, alerts: Sequence[AlertLike]) -> None:
         ts = now_ms()
         pks = _allocate_ids(session, StoredResource.__table__.c.pk, len(chunk))
         resources, versions = [], []
-        indexes: dict[Any, list[dict[str, Any]]] = {TokenIndex: [], DateIndex: [], ReferenceIndex: []}
+        indexes: dict[Any, list[dict[str, Any]]] = {
+            TokenIndex: [], StringIndex: [], DateIndex: [], ReferenceIndex: [], QuantityIndex: []}
         for pk, alert in zip(pks, chunk, strict=True):
             flag = flag_resource(alert)
             meta = {"versionId": "1", "lastUpdated": instant(ts)}
@@ -222,9 +231,13 @@ def _create_flags(session: Session, alerts: Sequence[AlertLike]) -> None:
             base = {"resource_pk": pk, "res_type": "Flag"}
             idx = extract(body, params)
             indexes[TokenIndex] += [{**base, "param": p, "system": sy, "code": c} for p, sy, c in idx.tokens]
+            # (the texts of its codes, which `code:text=` searches)
+            indexes[StringIndex] += [{**base, "param": p, "value": v, "exact": e} for p, v, e in idx.strings]
             indexes[DateIndex] += [{**base, "param": p, "low": lo, "high": hi} for p, lo, hi in idx.dates]
             indexes[ReferenceIndex] += [{**base, "param": p, "target_type": t, "target_id": i}
                                         for p, t, i in idx.references]
+            indexes[QuantityIndex] += [{**base, "param": p, "system": sy, "code": c, "unit": u, "value": v}
+                                       for p, sy, c, u, v in idx.quantities]
         _bulk_insert(session, StoredResource.__table__, resources)
         _bulk_insert(session, ResourceVersion.__table__, versions)
         for model, rows in indexes.items():

@@ -233,6 +233,10 @@ def test_flags_are_searchable_over_fhir(client: FlaskClient, callers: Callers) -
     )
     assert (flag["status"], flag["subject"]) == ("active", {"reference": "Group/hb"})
     assert _ids(platform.get("Flag?code=catastrophic-health-expenditure&status=active")) == [flag["id"]]
+    # the scan stores its new Flags in bulk, with the texts of their codes (`code:text=`) as a save has
+    reason = alerts.REASONS["catastrophic-health-expenditure"]
+    assert _ids(platform.get("Flag", query_string={"code:text": reason.en.upper()})) == [flag["id"]]
+    assert _ids(platform.get("Flag", query_string={"code:text": reason.zh})) == [flag["id"]]
     assert _ids(platform.get(f"Flag?category={alerts.CATEGORY_SYSTEM}|poverty")) == sorted(
         ids + _ids(platform.get("Flag?subject=Group/hc"))
     )
