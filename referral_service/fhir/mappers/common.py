@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import calendar
+import re
 from datetime import date
 from typing import Any
 
@@ -48,6 +50,30 @@ def fhir_date(text: str | None) -> date | None:
         return shanghai_date(text)
     except ValueError:
         return date.fromisoformat(text[:10])
+
+
+_PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2}))?$")
+
+
+def period_bound(text: str | None, *, end: bool) -> date | None:
+    """The first (or, for `end`, the last) day a Period bound covers, in Asia/Shanghai, or None.
+
+    A full date or dateTime is its day (`fhir_date`); a partial date covers its whole year or month
+    (FHIR's implicit precision, as HAPI reads it): `start` "2016-03" is 2016-03-01, `end` "2018-06"
+    is 2018-06-30. Before, such a start was dropped and such an end read as open.
+    """
+    if not isinstance(text, str):
+        return None
+    match = _PARTIAL_DATE.match(text)
+    if match is None:
+        return fhir_date(text)
+    year, month = int(match.group(1)), int(match.group(2) or 0)
+    try:
+        if not month:
+            return date(year, 12, 31) if end else date(year, 1, 1)
+        return date(year, month, calendar.monthrange(year, month)[1] if end else 1)
+    except ValueError:
+        return None
 
 
 def coding_code(concepts: Any, system: str) -> str | None:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from ...domain.actor import Actor
 from ...domain.registry import Coverage
 from ..codes import COVERAGE_TYPE_SYSTEM
-from .common import clip, coding_code, ensure_unique, fhir_date, ref_id, require_ref
+from .common import clip, coding_code, ensure_unique, period_bound, ref_id, require_ref
 
 
 def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_create: bool) -> None:
@@ -27,8 +27,8 @@ def to_domain(session: Session, resource: dict[str, Any], actor: Actor, is_creat
     ensure_unique(session, Coverage, Coverage.member_number, row.member_number, cid, "member number",
                   "Coverage.subscriberId", type=row.type)
     period = resource.get("period") or {}
-    row.period_start = fhir_date(period.get("start"))
-    row.period_end = fhir_date(period.get("end"))
+    row.period_start = period_bound(period.get("start"), end=False)
+    row.period_end = period_bound(period.get("end"), end=True)
     payors = [ref_id(p, "Organization") for p in resource.get("payor") or []]
     row.payor_id = next((p for p in payors if p), None)
     session.flush()

@@ -17,7 +17,7 @@ from ...domain.errors import Conflict, Problem
 from ...domain.kept import Compiled, bound, compiled, kept_many, kept_rows
 from ...domain.registry import Patient, PovertyRegistration
 from ..codes import BASE
-from .common import clip, fhir_date, identifier_value, ref_id
+from .common import clip, fhir_date, identifier_value, period_bound, ref_id
 
 RESIDENT_ID_SYSTEM = f"{BASE}/sid/resident-id"
 POVERTY_URL = f"{BASE}/StructureDefinition/poverty-registration"
@@ -121,9 +121,10 @@ def _registry_plan(
         e.get("valuePeriod") or {} for e in resource.get("extension") or [] if e.get("url") == POVERTY_URL
     ]
     registrations = [
-        {"patient_id": pid, "start": fhir_date(p.get("start")), "end": fhir_date(p.get("end"))}
+        {"patient_id": pid, "start": period_bound(p.get("start"), end=False),
+         "end": period_bound(p.get("end"), end=True)}
         for p in periods
-        if fhir_date(p.get("start"))
+        if period_bound(p.get("start"), end=False)
     ]
     return row, registered, registrations
 
