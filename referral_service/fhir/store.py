@@ -18,6 +18,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     delete,
+    distinct,
     event,
     false,
     func,
@@ -794,6 +795,36 @@ class ResourceStore:
         stmt, params = _search_statement("ids", query, actor)
         return list(self._sql().scalars(stmt, {**params, "row_limit": limit}))
 
+    def referrers(self, res_type: str, res_id: str, actor: Actor, *, named: int = 3) -> Referrers:
+        """The live resources whose indexed references point at `res_type/res_id`: how many, and the
+        first few the actor may see, each with the parameter that refers (a deleted resource's index
+        rows are gone, so every row here is a live reference)."""
+        ref = ReferenceIndex
+        target = (ref.target_type == res_type, ref.target_id == res_id)
+        connection = self._sql()
+        count = connection.scalar(select(func.count(distinct(ref.resource_pk))).where(*target)) or 0
+        if not count:
+            return Referrers(0, ())
+        rows = connection.execute(
+            select(ref.resource_pk, ref.res_type, ref.param)
+            .where(*target)
+            .order_by(ref.resource_pk)
+            .limit(50)
+        ).all()
+        params: dict[int, tuple[str, str]] = {}
+        for pk, source, param in rows:
+            params.setdefault(pk, (source, param))
+        seen: list[str] = []
+        for source in sorted({s for s, _ in params.values()}):
+            pks = [pk for pk, (s, _) in params.items() if s == source]
+            ids = connection.execute(
+                select(StoredResource.pk, StoredResource.res_id)
+                .where(StoredResource.pk.in_(pks), visible(actor, RESOURCES[source]))
+                .order_by(StoredResource.pk)
+            ).all()
+            seen += [f"{source}/{rid} ({params[pk][1]})" for pk, rid in ids]
+        return Referrers(count, tuple(seen[:named]))
+
     def lock_key(self, key: str) -> None:
         """Serialise writers on a key until the transaction ends (PostgreSQL advisory lock).
 
@@ -801,6 +832,15 @@ class ResourceStore:
         """
         if self.session.get_bind().dialect.name == "postgresql":
             driver_rows(self._sql(), "SELECT pg_advisory_xact_lock(%(k)s)", {"k": lock_digest(key)})
+
+
+@dataclass(frozen=True)
+class Referrers:
+    """`ResourceStore.referrers`: how many live resources refer to one, and those the actor may see
+    (`Type/id (param)`, a few)."""
+
+    count: int
+    visible: tuple[str, ...]
 
 
 def version_window(since: datetime | None, at: tuple[datetime, datetime] | None) -> list[ColumnElement[bool]]:

@@ -264,7 +264,10 @@ def _run_entry(
     base: str,
     written: list[service.WriteResult],
     known: frozenset[tuple[str, str]] = frozenset(),
+    deleted: list[_Entry] | None = None,
 ) -> dict[str, Any]:
+    """Run one entry. A transaction passes `deleted`: its DELETEs are checked for references to what
+    they delete once every entry ran (`_check_deleted`), not one by one."""
     res_type, res_id = entry.res_type, entry.res_id
     if not authorise(res_type, entry.permission):
         raise Forbidden(f"the token's scopes do not allow {entry.method} on {res_type}")
@@ -321,12 +324,15 @@ def _run_entry(
         written.append(result)
         return _entry_response(200, result.stored, base)
     if entry.method == "DELETE":
+        check = deleted is None
         if res_id is None:  # conditional: the one match the client sees, if any (single mode)
             entry.res_id = service.conditional_delete(
-                session, actor, res_type, _criteria(entry), where=_url_of(entry)
+                session, actor, res_type, _criteria(entry), where=_url_of(entry), check_references=check
             )
         else:
-            service.delete(session, actor, res_type, res_id)
+            service.delete(session, actor, res_type, res_id, check_references=check)
+        if deleted is not None and entry.res_id is not None:
+            deleted.append(entry)
         return {"response": {"status": "204 No Content"}}
     if res_id is not None:
         stored = service.read(session, actor, res_type, res_id, version_id=entry.version_id)
@@ -379,10 +385,11 @@ def _run_named(
     base: str,
     written: list[service.WriteResult],
     known: frozenset[tuple[str, str]] = frozenset(),
+    deleted: list[_Entry] | None = None,
 ) -> dict[str, Any]:
     """Run one entry; its failure names it (a clash with stored data is a 409, not a crash)."""
     try:
-        return _run_entry(session, actor, entry, authorise, base, written, known)
+        return _run_entry(session, actor, entry, authorise, base, written, known, deleted)
     except DomainError as exc:
         raise _named(exc, entry.label) from None
     except IntegrityError:
@@ -591,11 +598,12 @@ def _transaction(
             except DomainError as exc:
                 raise _named(exc, e.label) from None
             e.structure_checked = True
+    deleted: list[_Entry] = []
     with database.unit_of_work() as session:
         _lock_conditions(session, entries)
         for e in entries:
             if e.method == "DELETE":
-                responses[e.index] = _run_named(session, actor, e, authorise, base, written)
+                responses[e.index] = _run_named(session, actor, e, authorise, base, written, deleted=deleted)
         ids = _assign_ids(session, actor, entries, authorise)
         writes = [e for e in entries if e.method in ("POST", "PUT", "PATCH")]
         for e in writes:
@@ -613,11 +621,23 @@ def _transaction(
                 responses[e.index] = _run_named(session, actor, e, authorise, base, written)
         for result in written:
             service.run_hooks(session, actor, result)
+        _check_deleted(session, actor, deleted)  # on the transaction's end state, derived records too
     return {
         "resourceType": "Bundle",
         "type": "transaction-response",
         "entry": [responses[i] for i in range(len(entries))],
     }, 200
+
+
+def _check_deleted(session: Session, actor: Actor, deleted: list[_Entry]) -> None:
+    """409 naming the entry when what a transaction deleted is still referred to once all its entries
+    ran (an entry of the same transaction may have deleted or changed the referrers)."""
+    for e in deleted:
+        assert e.res_id is not None
+        try:
+            service.ensure_unreferenced(session, actor, [(e.res_type, e.res_id)])
+        except DomainError as exc:
+            raise _named(exc, e.label) from None
 
 
 def _batch(

@@ -81,6 +81,17 @@ def configure(rules_dir: Path) -> None:
     service.on_before_write("Task", _check_task_move)
     service.on_before_write("ServiceRequest", _check_referral_change)
     service.on_write("ServiceRequest", _referral_written)
+    service.on_before_delete("Encounter", _drop_decision)
+
+
+def _drop_decision(session: Session, actor: Actor, encounter_id: str) -> None:
+    """A deleted visit's decision (gr-<encounter id>) goes with it: the service derived it from the
+    visit, and HIS tokens may only read decisions, so it would otherwise keep the visit from ever
+    being deleted (`service.ensure_unreferenced`). A referral made on the visit still does."""
+    gr_id = f"gr-{encounter_id}"
+    row = ResourceStore(session).current("GuidanceResponse", gr_id)
+    if row is not None and not row.deleted:
+        service.delete(session, SYSTEM, "GuidanceResponse", gr_id)
 
 
 def rule_sets() -> DefaultRuleSets:

@@ -420,7 +420,7 @@ def visible_match(session: Session, actor: Actor, resource_type: str, criteria: 
 
 def conditional_delete(
     session: Session, actor: Actor, resource_type: str, criteria: str, *, request_id: str | None = None,
-    where: str = "url",
+    where: str = "url", check_references: bool = True,
 ) -> str | None:
     """DELETE Type?criteria in HAPI's default single mode: the one match the actor sees is deleted
     (as `delete` does: audit row, hooks that may refuse); none: nothing is (None); several: 412.
@@ -430,7 +430,8 @@ def conditional_delete(
         raise Forbidden(f"{resource_type} resources cannot be deleted (reverse or correct them instead)")
     target = visible_match(session, actor, resource_type, criteria, where, lock=True)
     if target is not None:
-        delete(session, actor, resource_type, target, request_id=request_id)
+        delete(session, actor, resource_type, target, request_id=request_id,
+               check_references=check_references)
     return target
 
 
@@ -660,10 +661,16 @@ def _check_patched_identity(resource_type: str, res_id: str, patched: Any) -> No
 
 
 def delete(
-    session: Session, actor: Actor, resource_type: str, res_id: str, *, request_id: str | None = None
+    session: Session, actor: Actor, resource_type: str, res_id: str, *, request_id: str | None = None,
+    check_references: bool = True,
 ) -> Stored | None:
     """Delete a resource (a deletion version). An unknown id, or one the actor may not see, is 404
-    alike (the answer tells nothing about records out of sight); deleting again is fine (204)."""
+    alike (the answer tells nothing about records out of sight); deleting again is fine (204).
+
+    A resource that live resources still refer to is not deleted (409, `ensure_unreferenced`), as
+    HAPI enforces referential integrity on delete: writes refuse references to nothing, so a delete
+    must not make them. A transaction checks once all its entries ran (`check_references=False`
+    here), so that it may delete a patient together with its encounters."""
     _check_write_allowed(actor, resource_type)
     if "delete" not in RESOURCES[resource_type].interactions:
         raise Forbidden(f"{resource_type} resources cannot be deleted (reverse or correct them instead)")
@@ -678,6 +685,8 @@ def delete(
     for hook in _before_delete.get(resource_type, []):
         hook(session, actor, res_id)
     stored = store.delete(existing)
+    if check_references:
+        ensure_unreferenced(session, actor, [(resource_type, res_id)])
     release = ON_DELETE.get(resource_type)
     if release is not None:
         release(session, res_id)
@@ -692,6 +701,28 @@ def delete(
         request_id=request_id,
     )
     return stored
+
+
+def ensure_unreferenced(session: Session, actor: Actor, deleted: list[tuple[str, str]]) -> None:
+    """409 when a live resource still refers to one of the deleted resources (by a reference search
+    parameter, as HAPI's check does). The message names the first referrers the actor may see, and
+    only counts the others."""
+    store = ResourceStore(session)
+    for res_type, res_id in deleted:
+        found = store.referrers(res_type, res_id, actor)
+        if not found.count:
+            continue
+        named = ", ".join(found.visible)
+        hidden = found.count - len(found.visible)
+        if named and hidden:
+            named += f" and {hidden} more"
+        elif not named:
+            named = f"{found.count} resource{'s' if found.count > 1 else ''} out of this client's sight"
+        message = (
+            f"{res_type}/{res_id} cannot be deleted: other resources refer to it ({named}); "
+            "delete them or change their references first"
+        )
+        raise Conflict(message, [Problem(message, expression=res_type, code="conflict")])
 
 
 def _read_audit_row(

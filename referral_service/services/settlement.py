@@ -784,7 +784,8 @@ def _keep_settled(session: Session, res_type: str, res_id: str, query: Any) -> N
     DESIGN 5 keeps every settlement (a reversal keeps both records); a settled claim is never
     deleted (its type has no delete) but reversed. Deleting the patient or the coverage under it
     would leave the insurer a ClaimResponse whose patient reads 410, so it is refused the same way:
-    reverse the settlements first. Once they are all reversed the DELETE goes through. The lock
+    reverse the settlements first. Once they are all reversed this refusal lifts, but the kept claim
+    records still refer to them (`resources.ensure_unreferenced` answers 409 then). The lock
     taken here is the one every settlement shares on its patient and coverage (`_PARTIES_LOCKING`),
     so a settlement in flight and a DELETE never both succeed (SQLite serialises writers).
     """

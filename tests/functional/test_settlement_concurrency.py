@@ -116,8 +116,10 @@ def test_a_delete_and_a_settlement_of_one_patient_never_both_succeed(county: Cou
     pid, cov = county.patient()
     other, other_cov = county.patient()
     with live_server(county.platform.client.application) as base, ThreadPoolExecutor(max_workers=1) as pool:
-        # A DELETE in flight (uncommitted): the settlement waits for it, then finds no patient.
+        # A DELETE in flight (uncommitted): the settlement waits for it, then finds no patient. (Her
+        # coverage, which refers to her, goes first: a referenced patient is not deleted.)
         with database.unit_of_work() as session:
+            resources.delete(session, SYSTEM, "Coverage", cov)
             resources.delete(session, SYSTEM, "Patient", pid)
             submitted = pool.submit(
                 lambda: requests.post(f"{base}/fhir/Claim/$submit", timeout=60, headers=headers,

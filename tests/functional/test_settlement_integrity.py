@@ -33,11 +33,21 @@ def _nothing_settled() -> None:
 @pytest.mark.parametrize("deleted", ["Patient", "Coverage", "Organization"])
 def test_a_deleted_patient_coverage_or_provider_is_unknown_to_submit(county: County, deleted: str) -> None:
     pid, cov = county.patient()
-    target = {"Patient": f"Patient/{pid}", "Coverage": f"Coverage/{cov}", "Organization": "Organization/hosp"}
-    gone = county.platform.delete(target[deleted])
-    assert gone.status_code == 204, gone.json
+    provider = "hosp"
+    if deleted == "Organization":  # a hospital no record refers to yet (one that is referred to stays)
+        provider = "hosp-closed"
+        closed = {**county.platform.get("Organization/hosp").json, "id": provider}
+        closed.pop("meta"), closed.pop("identifier", None)
+        assert county.platform.put(f"Organization/{provider}", closed).status_code == 201
+    target = {"Patient": f"Patient/{pid}", "Coverage": f"Coverage/{cov}",
+              "Organization": f"Organization/{provider}"}
+    # A patient goes with her coverage (which refers to her): one transaction deletes both.
+    paths = [target[deleted], f"Coverage/{cov}"] if deleted == "Patient" else [target[deleted]]
+    gone = county.platform.post("", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": path}} for path in paths]})
+    assert gone.status_code == 200, gone.json
     assert county.platform.get(target[deleted]).status_code == 410
-    response = county.platform.post("Claim/$submit", claim(pid, cov, "hosp", [("1000.00", "A")]))
+    response = county.platform.post("Claim/$submit", claim(pid, cov, provider, [("1000.00", "A")]))
     assert response.status_code == 422, response.json
     expression = {"Patient": "Claim.patient", "Coverage": "Claim.insurance[0].coverage",
                   "Organization": "Claim.provider"}[deleted]
@@ -73,14 +83,20 @@ def test_a_patient_or_coverage_with_an_active_settlement_cannot_be_deleted(
     assert in_bundle.status_code == 409, in_bundle.json
     assert county.platform.get(path).status_code == 200
     assert county.platform.get(f"Patient/{pid}").status_code == 200
-    # Reversed: nothing rests on it any more.
+    # Reversed, no settlement rests on it; but the claim and its records, which are kept for good,
+    # still refer to it: it stays (referential integrity), with that reason.
     _reverse(county, claim_id)
-    assert county.platform.delete(path).status_code == 204
-    assert county.platform.get(path).status_code == 410
+    refused = county.platform.delete(path)
+    assert refused.status_code == 409, refused.json
+    issue = refused.json["issue"][0]
+    holder = f"Claim/{claim_id} (patient)" if target == "Patient" else "ExplanationOfBenefit/"
+    assert issue["code"] == "conflict" and holder in issue["diagnostics"]
+    assert county.platform.get(path).status_code == 200
 
 
-def test_a_coverage_only_a_reversed_settlement_used_can_be_deleted(county: County) -> None:
-    """The claim was settled on one coverage, reversed, and settled again on another: the first is free."""
+def test_a_coverage_only_a_reversed_settlement_used_is_held_by_its_records_only(county: County) -> None:
+    """The claim was settled on one coverage, reversed, and settled again on another: no settlement
+    rests on the first any more, only the reversed settlement's records refer to it."""
     pid, cov = county.patient()
     copy = {k: v for k, v in county.platform.get(f"Coverage/{cov}").json.items() if k not in ("id", "meta")}
     second = county.platform.post("Coverage", copy)
@@ -93,8 +109,14 @@ def test_a_coverage_only_a_reversed_settlement_used_can_be_deleted(county: Count
     body["insurance"][0]["coverage"] = {"reference": f"Coverage/{second.json['id']}"}
     again = county.his["hosp"].post("Claim/$submit", body)
     assert again.status_code == 200, again.json
-    assert county.platform.delete(f"Coverage/{cov}").status_code == 204
-    assert county.platform.delete(f"Coverage/{second.json['id']}").status_code == 409
+    first_refused = county.platform.delete(f"Coverage/{cov}")
+    assert first_refused.status_code == 409, first_refused.json
+    assert first_refused.json["issue"][0]["code"] == "conflict"  # referred to, not settled on
+    assert "reverse" not in first_refused.json["issue"][0]["diagnostics"]
+    second_refused = county.platform.delete(f"Coverage/{second.json['id']}")
+    assert second_refused.status_code == 409, second_refused.json
+    assert second_refused.json["issue"][0]["code"] == "business-rule"  # an active settlement rests on it
+    assert f"Claim/{claim_id}" in second_refused.json["issue"][0]["diagnostics"]
 
 
 def _post_text(county: County, text: str) -> Any:
