@@ -7,9 +7,10 @@ from contextlib import suppress
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import (
+    HTTPException,
     MethodNotAllowed,
     NotAcceptable,
     RequestEntityTooLarge,
@@ -22,6 +23,7 @@ from ..domain.errors import BadRequest, DomainError, Gone, NotFound, Problem
 from ..extensions import csrf, database
 from ..fhir import bundle_json, conformance, json_patch, jsonio
 from ..fhir.capability import capability_statement
+from ..fhir.capability import smart_configuration as smart_document
 from ..fhir.outcome import operation_outcome
 from ..fhir.resources import RESOURCES, is_fhir_id
 from ..fhir.search import is_empty_condition, parse_search
@@ -113,11 +115,24 @@ def _check_id() -> None:
         value = args.get(key)
         if value is None or is_fhir_id(value):  # (PostgreSQL, for one, refuses a NUL in text)
             continue
+        if value.startswith("$"):
+            _other_method_of_operation(value)
         shown = value.encode("unicode_escape").decode("ascii")[:80]
         if request.method == "PUT":
             message = f"'{shown}' is not a FHIR id (1-64 of A-Z a-z 0-9 - .)"
             raise BadRequest(message, [Problem(message, expression="id", code="value")])
         raise NotFound(f"no resource has the id '{shown}' (not a FHIR id)")
+
+
+def _other_method_of_operation(operation: str) -> None:
+    """405 naming POST for a GET (PUT, DELETE ...) of a type-level operation that is only POSTed
+    (`GET Claim/$submit`), which the instance routes would otherwise take for an id: as any route
+    answers a method it does not take. Not an operation we have: back to the id check."""
+    try:
+        current_app.url_map.bind("localhost").match(request.path, method="POST")
+    except HTTPException:
+        return
+    raise MethodNotAllowed(valid_methods=["POST"], description=f"{operation} is invoked with POST")
 
 
 def read_json_body() -> dict[str, Any]:
@@ -222,6 +237,14 @@ def _write_response(result: service.WriteResult) -> Response:
 def metadata() -> Response:
     """The CapabilityStatement (no token needed)."""
     return fhir_response(capability_statement(base_url()))
+
+
+@bp.get("/.well-known/smart-configuration")
+def smart_configuration() -> Response:
+    """SMART discovery: where to get a token and which scopes there are (no token needed)."""
+    response = jsonify(smart_document(base_url()))
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
 
 
 @bp.route("/metadata", methods=["POST", "PUT", "PATCH", "DELETE"])

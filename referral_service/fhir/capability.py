@@ -106,3 +106,20 @@ def capability_statement(base_url: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def smart_configuration(base_url: str) -> dict[str, Any]:
+    """SMART App Launch 2.0 discovery (`{base}/.well-known/smart-configuration`) for backend services:
+    the token endpoint, client credentials with a shared secret (HTTP Basic or form fields), and the
+    SMART system scopes a client may ask for, v2 and the v1 spellings still taken. There is no
+    authorization endpoint: no user-facing launch is offered."""
+    server = base_url.rsplit("/fhir", 1)[0]
+    scopes = ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write"]
+    scopes += [f"system/{t}.{p}" for t in sorted(RESOURCES) for p in ("cruds", "rs")]
+    return {
+        "token_endpoint": f"{server}/oauth/token",
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "scopes_supported": scopes,
+        "capabilities": ["client-confidential-symmetric", "permission-v2", "permission-v1"],
+    }

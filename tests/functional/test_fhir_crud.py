@@ -220,6 +220,18 @@ def test_405_is_an_operation_outcome(his: Fhir) -> None:
     assert response.json["resourceType"] == "OperationOutcome"
 
 
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_an_operation_by_another_method_than_post_is_405(his: Fhir, method: str) -> None:
+    """`GET Claim/$submit` was taken for a read of the id '$submit' (404): it is 405 naming POST."""
+    headers = {"Authorization": f"Bearer {his.token}", "Content-Type": "application/fhir+json"}
+    for path in ("/fhir/Claim/$submit", "/fhir/Patient/$validate"):
+        response = his.client.open(path, method=method, headers=headers, data=b"{}")
+        assert response.status_code == 405, (path, response.json)
+        assert response.headers["Allow"] == "POST"
+        assert response.json["resourceType"] == "OperationOutcome"
+    assert his.get("Patient/$no-such-operation").status_code == 404
+
+
 def test_missing_and_bad_tokens(client: FlaskClient, his: Fhir) -> None:
     none = client.get("/fhir/Patient")
     assert none.status_code == 401

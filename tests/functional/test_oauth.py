@@ -180,3 +180,35 @@ def test_basic_with_the_same_client_id_in_the_form_is_accepted(
     )
     assert response.status_code == 200, response.json
     assert response.json["organization"] == "Organization/org-county"
+
+
+def test_smart_discovery_leads_a_backend_client_to_a_working_token(
+    client: FlaskClient, his: tuple[str, str]
+) -> None:
+    """SMART App Launch 2.0 discovery (`{base}/.well-known/smart-configuration`), without a token:
+    its token endpoint issues tokens by both advertised methods, and every advertised scope parses."""
+    from referral_service.auth.scopes import parse_scopes
+    from referral_service.fhir.resources import RESOURCES
+
+    response = client.get("/fhir/.well-known/smart-configuration")
+    assert response.status_code == 200, response.json
+    assert response.mimetype == "application/json"
+    smart = response.json
+    assert smart["grant_types_supported"] == ["client_credentials"]
+    assert "client-confidential-symmetric" in smart["capabilities"]
+    assert "authorization_endpoint" not in smart  # no user-facing launch is offered
+    endpoint = smart["token_endpoint"]
+    assert endpoint.startswith("http://localhost/")
+    path = "/" + endpoint.split("/", 3)[3]
+    assert path == "/oauth/token"
+    assert len(parse_scopes(" ".join(smart["scopes_supported"]))) == len(smart["scopes_supported"])
+    assert {f"system/{t}.rs" for t in RESOURCES} <= set(smart["scopes_supported"])
+    assert set(smart["token_endpoint_auth_methods_supported"]) == {"client_secret_basic", "client_secret_post"}
+    form = {"grant_type": "client_credentials", "scope": "system/Patient.rs"}
+    by_basic = client.post(path, data=form, headers=basic(*his))
+    by_post = client.post(path, data={**form, "client_id": his[0], "client_secret": his[1]})
+    for issued in (by_basic, by_post):
+        assert issued.status_code == 200, issued.json
+        token = issued.json["access_token"]
+        assert client.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert client.post("/fhir/.well-known/smart-configuration").status_code == 405
