@@ -27,6 +27,10 @@ def init_app(app: Flask) -> None:
 
     app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
     app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(minutes=int(app.config["SESSION_TIMEOUT_MINUTES"]))
+    # The cookie is sent back only by requests that change the session. Every page view does (the idle
+    # timeout's `seen`, auth._session_timeout), so it still slides; an asset no longer returns the
+    # session it was requested with, which could undo a page's change when it finished later.
+    app.config["SESSION_REFRESH_EACH_REQUEST"] = False
     auth.init_login(app)
     formatting.init_app(app)
     app.register_blueprint(bp)

@@ -114,6 +114,22 @@ def test_session_cookie_lifetime_is_the_timeout(app: Flask) -> None:
 
 
 @SQLITE_ONLY
+def test_only_pages_refresh_the_session_cookie(county: County) -> None:
+    """A page view slides the idle timeout (a new cookie); a stylesheet or script sets no cookie. Were
+    it to send back the session it was requested with, an asset that finishes late would put back
+    what a page had just changed: a flash message already shown, or one not yet shown lost."""
+    client = county.client()
+    assert client.post("/login", data={"username": "clinic", "password": PASSWORD}).status_code == 302
+    page = client.get("/clinic")
+    assert page.status_code == 200 and "session=" in page.headers.get("Set-Cookie", "")
+    for asset in ("/assets/app.css", "/assets/app.js"):
+        served = client.get(asset)
+        assert served.status_code == 200, asset
+        assert "Set-Cookie" not in served.headers, asset
+        served.close()
+
+
+@SQLITE_ONLY
 def test_forms_without_a_csrf_token_are_refused(
     county: County, database_urls: dict[str, str], backend: str
 ) -> None:
