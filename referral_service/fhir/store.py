@@ -1455,6 +1455,22 @@ def visible(actor: Actor, rdef: ResourceDef) -> ColumnElement[bool]:
     )
 
 
+def visible_ids(session: Session | Connection, actor: Actor, res_type: str, ids: Sequence[str]) -> set[str]:
+    """Which of `ids` (live resources of `res_type`) the actor may see: the condition every read and
+    search of the API applies (`visible`), for pages that show records found some other way (a
+    household's members from the registry) and must leave out what a read by id would answer 404."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return set()
+    stmt = select(StoredResource.res_id).where(
+        StoredResource.res_type == res_type,
+        StoredResource.res_id.in_(wanted),
+        StoredResource.deleted == false(),
+        visible(actor, RESOURCES[res_type]),
+    )
+    return set(session.scalars(stmt))
+
+
 @lru_cache(maxsize=32)
 def _read_statement(shape: PolicyShape) -> Select[str, str, int, datetime, bytes, bool, str | None]:
     """Read by id under one policy shape, built once; type, id and the policy's values are parameters."""

@@ -22,7 +22,7 @@ from ..domain.registry import Coverage, Household, Organization, Patient
 from ..fhir import codes
 from ..fhir.mappers.group import INCOME_URL
 from ..fhir.search_params import SHANGHAI
-from ..fhir.store import visible_patients
+from ..fhir.store import visible_ids, visible_patients
 from . import resources
 
 GENDERS = ("male", "female", "other", "unknown")
@@ -491,7 +491,8 @@ class PatientRecord:
     household_id: str | None
     household_code: str | None
     household_income: Decimal | None
-    household_members: list[tuple[str, str]] = field(default_factory=list)
+    household_members: list[tuple[str, str]] = field(default_factory=list)  # those the actor may see
+    hidden_members: int = 0  # the household's other members the actor may not see (counted, never named)
     poverty_periods: list[tuple[date, date | None]] = field(default_factory=list)
     registered_poor_today: bool = False
     coverages: list[CoverageLine] = field(default_factory=list)
@@ -509,11 +510,11 @@ def patient_record(session: Session, actor: Actor, patient_id: str) -> PatientRe
         raise Unprocessable(f"Patient/{patient_id} has no registry entry")
     gp = session.get(Organization, row.general_practitioner_id) if row.general_practitioner_id else None
     household = row.household
-    members = (
-        [(m.id, m.name) for m in sorted(household.members, key=lambda m: m.id)]
-        if household is not None
-        else []
-    )
+    everyone = sorted(household.members, key=lambda m: m.id) if household is not None else []
+    # A member the actor may not see (DESIGN section 8) is counted but never named: the API's own
+    # access condition decides, so the page shows exactly the members a read by id would answer.
+    seen = visible_ids(session, actor, "Patient", [m.id for m in everyone])
+    members = [(m.id, m.name) for m in everyone if m.id in seen]
     covers = session.scalars(select(Coverage).where(Coverage.patient_id == patient_id).order_by(Coverage.id))
     today = datetime.now(SHANGHAI).date()
     return PatientRecord(
@@ -530,6 +531,7 @@ def patient_record(session: Session, actor: Actor, patient_id: str) -> PatientRe
         household_code=household.code if household else None,
         household_income=household.annual_income if household else None,
         household_members=members,
+        hidden_members=len(everyone) - len(members),
         poverty_periods=[(r.start, r.end) for r in row.poverty_registrations],
         registered_poor_today=row.registered_poor_on(today),
         coverages=[
