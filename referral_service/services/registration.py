@@ -345,7 +345,9 @@ def register_patient(session: Session, actor: Actor, data: Mapping[str, Any]) ->
     if values["household_mode"] == "existing":
         code = _text(values.get("household_code"))
         household = session.scalar(select(Household).where(or_(Household.code == code, Household.id == code)))
-        if household is None:
+        # A household the actor may not see (none of its members is in its care) answers as an unknown
+        # number: the API's access condition on the Group decides, as a read of it would.
+        if household is None or not visible_ids(session, actor, "Group", [household.id]):
             raise invalid("household_code", "No household has this number.")
     insurer = None
     if values.get("coverage_basic"):

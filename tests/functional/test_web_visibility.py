@@ -76,3 +76,24 @@ def test_household_members_the_clinic_may_not_see_are_counted_not_named(county: 
     assert "李秀英" in own and f"/clinic/patients/{woman}" in own
     assert "not in your care" not in own
 
+
+
+def test_a_household_the_clinic_may_not_see_answers_as_an_unknown_number(county: County) -> None:
+    code = _household_code(county, county.patients["woman"])
+    other = county.client("clinic2")
+    answers = {}
+    for label, number in (("hidden", code), ("unknown", "no-such-household")):
+        form = registration_form(
+            given_name="小明",
+            gender="male",
+            birth_date="2015-06-01",
+            resident_id=resident(date(2015, 6, 1), "male", 31),
+            household_mode="existing",
+            household_code=number,
+            household_income=None,
+            coverage_basic=None,
+        )
+        response = other.post("/clinic/patients/new", data=form)
+        answers[label] = (response.status_code, field_errors(response.get_data(as_text=True)))
+    assert answers["hidden"] == answers["unknown"]
+    assert answers["unknown"] == (422, {"household_code": "No household has this number."})
