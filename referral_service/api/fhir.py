@@ -22,15 +22,15 @@ from ..domain.base import int_key
 from ..domain.errors import BadRequest, DomainError, Gone, NotFound, Problem
 from ..extensions import csrf, database
 from ..fhir import bundle_json, conformance, json_patch, jsonio
-from ..fhir.capability import capability_statement
+from ..fhir.capability import capability_statement, register_operation
 from ..fhir.capability import smart_configuration as smart_document
 from ..fhir.outcome import operation_outcome
 from ..fhir.resources import RESOURCES, is_fhir_id
-from ..fhir.search import is_empty_condition, parse_search
+from ..fhir.search import decode_cursor, encode_cursor, is_empty_condition, parse_search
 from ..fhir.store import ResourceStore, Stored
 from ..fhir.subset import Subset, cut, cut_json, parse_subset
 from ..fhir.validation import check_resource, require_update_id
-from ..services import audit_events, bundles, history
+from ..services import audit_events, bundles, everything, history
 from ..services import resources as service
 from ..services.actors import actor_for
 from .guard import current_principal, require
@@ -463,6 +463,52 @@ def instance_history(resource_type: str, res_id: str) -> Response:
     """Every version of one resource, newest first."""
     _known_type(resource_type)
     return _history(resource_type, res_id)
+
+
+register_operation(
+    "Patient", "everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    "GET Patient/{id}/$everything: the patient's record that the client may see (the Patient, then "
+    "every resource of hers of the types its scopes let it read), in pages of `_count`, with the "
+    "organisations and practitioners they refer to as includes; `_type` narrows the types, `_since` "
+    "keeps what changed since. `start` and `end` are not supported (400).",
+)
+_EVERYTHING_ARGS = frozenset({"_count", "_type", "_since", "_cursor", "_format", "_pretty"})
+
+
+@bp.get("/Patient/<res_id>/$everything")
+def patient_everything(res_id: str) -> Response:
+    """The patient's whole record, paged in storage order (the cursor is the last row's position)."""
+    unknown = sorted({k for k in request.args if k not in _EVERYTHING_ARGS})
+    if unknown:
+        detail = "start and end (care dates) are not supported" if {"start", "end"} & set(unknown) else ""
+        message = f"$everything does not take {', '.join(unknown)}" + (f": {detail}" if detail else "")
+        raise BadRequest(message, [Problem(message, expression=unknown[0], code="not-supported")])
+    count = _count_arg()
+    since = bundle_json.parse_since(request.args.get("_since"))
+    after = 0
+    if cursor := request.args.get("_cursor"):
+        position = decode_cursor(cursor).get("pk")
+        if not isinstance(position, int) or not 0 <= position < 2**63:
+            raise BadRequest("the paging cursor is not valid")
+        after = position
+    principal = current_principal()
+    types = everything.compartment_types(
+        request.args.get("_type"), [t for t in everything.COMPARTMENT if principal.may(t, "r")]
+    )
+
+    def work(session: Session, actor: Actor) -> bytes:
+        page = everything.everything(
+            session, actor, res_id, types, count=count, after=after, since=since,
+            request_id=g.get("request_id"),
+        )
+        nxt = None if page.next_after is None else encode_cursor({"pk": page.next_after})
+        total = len(page.matches) if page.next_after is None and not after else None
+        return bundle_json.compartment_set(
+            base_url(), request.path, list(request.args.items(multi=True)), page.matches, page.included,
+            nxt, total=total,
+        )
+
+    return fhir_response(with_actor("Patient", "r", work))
 
 
 @bp.get("/<resource_type>/_history")

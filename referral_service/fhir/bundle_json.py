@@ -74,6 +74,39 @@ def searchset(base: str, resource_type: str, query: SearchQuery, page: SearchPag
     return b"".join(parts)
 
 
+def compartment_set(
+    base: str,
+    path: str,
+    args: list[tuple[str, str]],
+    matches: list[Stored],
+    included: list[Stored],
+    next_cursor: str | None,
+    *,
+    total: int | None = None,
+) -> bytes:
+    """A searchset of a patient's record (`Patient/{id}/$everything`): the record's resources as
+    matches, the directory resources they refer to as includes, and a next link while more follow."""
+    server = base.rsplit("/fhir", 1)[0]
+    links = [_link("self", server + path + (f"?{urlencode(args)}" if args else ""))]
+    if next_cursor is not None:
+        rest = [(k, v) for k, v in args if k != "_cursor"] + [("_cursor", next_cursor)]
+        links.append(_link("next", server + path + "?" + urlencode(rest)))
+    parts = [b'{"resourceType":"Bundle","type":"searchset","timestamp":"', _now().encode(), b'"']
+    if total is not None:
+        parts.append(b',"total":' + str(total).encode())
+    parts.append(b',"link":[' + b",".join(links) + b"]")
+    entries = [
+        b'{"fullUrl":' + orjson.dumps(f"{base}/{s.res_type}/{s.res_id}") + b',"resource":' + s.content
+        + b',"search":{"mode":"' + mode + b'"}}'
+        for group, mode in ((matches, b"match"), (included, b"include"))
+        for s in group
+    ]
+    if entries:
+        parts.append(b',"entry":[' + b",".join(entries) + b"]")
+    parts.append(b"}")
+    return b"".join(parts)
+
+
 def searchset_from_dicts(
     base: str, resource_type: str, resources: list[dict[str, Any]], self_url: str
 ) -> dict[str, Any]:

@@ -795,6 +795,53 @@ class ResourceStore:
         stmt, params = _search_statement("ids", query, actor)
         return list(self._sql().scalars(stmt, {**params, "row_limit": limit}))
 
+    def compartment(
+        self,
+        patient_id: str,
+        actor: Actor,
+        types: Sequence[str],
+        *,
+        count: int,
+        after: int = 0,
+        since: datetime | None = None,
+    ) -> tuple[list[tuple[int, Stored]], bool]:
+        """The live resources of a patient's record (the Patient included) of `types` that the actor
+        may see, in storage order after pk `after`: a page of (pk, resource), and whether more follow.
+        One index range (`ix_fhir_resource_patient`) with the access condition of each type."""
+        if not types or count <= 0:
+            return [], False
+        seen_by_type = [and_(StoredResource.res_type == t, visible(actor, RESOURCES[t])) for t in types]
+        stmt = select(StoredResource.pk, *SERVED).where(
+            StoredResource.patient_id == patient_id,
+            StoredResource.deleted == false(),
+            StoredResource.pk > after,
+            or_(*seen_by_type),
+        )
+        if since is not None:
+            stmt = stmt.where(StoredResource.last_updated >= since)
+        rows = self._sql().execute(stmt.order_by(StoredResource.pk).limit(count + 1)).all()
+        return [(row.pk, _stored(row)) for row in rows[:count]], len(rows) > count
+
+    def directory_of(self, pks: Sequence[int], actor: Actor, seen: set[tuple[str, str]]) -> list[Stored]:
+        """The live directory resources (organisations, practitioners, their roles: visible to all)
+        that the resources `pks` refer to, except those in `seen` (which this adds them to)."""
+        directory = sorted(t for t, d in RESOURCES.items() if d.directory)
+        if not pks:
+            return []
+        targets = self._sql().execute(
+            select(ReferenceIndex.target_type, ReferenceIndex.target_id)
+            .where(ReferenceIndex.resource_pk.in_(pks), ReferenceIndex.target_type.in_(directory))
+            .distinct()
+        ).all()
+        wanted: dict[str, set[str]] = {}
+        for target_type, target_id in targets:
+            if (target_type, target_id) not in seen:
+                wanted.setdefault(target_type, set()).add(target_id)
+        out: list[Stored] = []
+        for res_type in sorted(wanted):
+            out += [row for _, row in self._fetch(res_type, wanted[res_type], actor, seen)]
+        return out
+
     def referrers(self, res_type: str, res_id: str, actor: Actor, *, named: int = 3) -> Referrers:
         """The live resources whose indexed references point at `res_type/res_id`: how many, and the
         first few the actor may see, each with the parameter that refers (a deleted resource's index
