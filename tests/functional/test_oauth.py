@@ -203,7 +203,8 @@ def test_smart_discovery_leads_a_backend_client_to_a_working_token(
     assert path == "/oauth/token"
     assert len(parse_scopes(" ".join(smart["scopes_supported"]))) == len(smart["scopes_supported"])
     assert {f"system/{t}.rs" for t in RESOURCES} <= set(smart["scopes_supported"])
-    assert set(smart["token_endpoint_auth_methods_supported"]) == {"client_secret_basic", "client_secret_post"}
+    methods = set(smart["token_endpoint_auth_methods_supported"])
+    assert methods == {"client_secret_basic", "client_secret_post"}
     form = {"grant_type": "client_credentials", "scope": "system/Patient.rs"}
     by_basic = client.post(path, data=form, headers=basic(*his))
     by_post = client.post(path, data={**form, "client_id": his[0], "client_secret": his[1]})
