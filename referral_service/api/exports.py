@@ -30,6 +30,7 @@ from ..fhir.capability import register_operation
 from ..fhir.outcome import operation_outcome
 from ..services import bulk_export
 from ..services.actors import actor_for
+from ..services.ledger_scope import exports_seen
 from .fhir import FHIR_MIME_TYPES, base_url, parameters_of, read_json_body
 from .guard import current_principal
 from .responses import fhir_response
@@ -154,12 +155,13 @@ def settlement_export() -> Response:
 
 @bp.get("/exports")
 def export_list() -> Response:
-    """The latest settlement exports (newest first), with their files and checksums."""
-    export_recipient()
+    """The latest settlement exports recorded for the caller's organisation (newest first), with their
+    files and checksums."""
+    recipient = export_recipient()
     with database.unit_of_work() as db:
         rows = db.scalars(
             select(ExportLog)
-            .where(ExportLog.kind == "settlements")
+            .where(ExportLog.kind == "settlements", exports_seen(recipient.organization_id))
             .order_by(ExportLog.created_at.desc())
             .limit(100)
         ).all()
@@ -176,10 +178,12 @@ def export_list() -> Response:
 
 @bp.get("/exports/<export_id>/<name>")
 def export_file(export_id: str, name: str) -> Response:
-    """Download one file (data or manifest) of a recorded settlement export; the download is logged."""
+    """Download one file (data or manifest) of a settlement export recorded for the caller's
+    organisation (another's answers as unknown, 404); the download is logged."""
     recipient = export_recipient()
     with database.unit_of_work() as db:
-        record = db.get(ExportLog, export_id)
+        record = db.scalars(select(ExportLog).where(
+            ExportLog.id == export_id, exports_seen(recipient.organization_id))).first()
         entry = None
         if record is not None and record.kind == "settlements":
             entry = next((f for f in record.files if f.get("name") == name), None)

@@ -43,13 +43,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from ..domain.actor import Actor
+from ..domain.actor import SYSTEM, Actor
 from ..domain.base import new_id, utcnow
 from ..domain.days import DayOutOfRange, check_day
 from ..domain.errors import BadRequest, Forbidden
 from ..domain.exports import ExportLog, Recipient, mask_identity_sql, may_receive_full_identity
 from ..domain.ledger import FUNDS, Settlement
 from ..domain.registry import Organization, Patient
+from ..services.ledger_scope import recipient_actor, settlements_seen
 from ..services.resources import audit
 from .writer import Column, CsvSheet, FileInfo, XlsxBook, neutralise_sql
 
@@ -212,11 +213,16 @@ def _money(expr: Any) -> ColumnElement[Decimal]:
     return type_coerce(expr, Numeric(16, 2, asdecimal=True))
 
 
-def detail_query(request: SettlementExportRequest, dialect: str, *, masked: bool = True) -> Select[Any]:
-    """One SELECT over the ledger giving every detail row in file order (time, settlement, fund)."""
+def detail_query(
+    request: SettlementExportRequest, dialect: str, *, masked: bool = True, actor: Actor = SYSTEM
+) -> Select[Any]:
+    """One SELECT over the ledger giving every detail row in file order (time, settlement, fund), of
+    the settlements `actor` may see (`services.ledger_scope`: an insurer, its county's residents)."""
     # Text columns are neutralised and identity numbers masked by the database, so its rendering
-    # of a row can go to the file unchanged.
-    s, p, o = Settlement.__table__, Patient.__table__, Organization.__table__
+    # of a row can go to the file unchanged. The patient is joined under an alias, so the access
+    # condition's own look-up of the patient stays its own (not correlated to the joined row).
+    s, p, o = Settlement.__table__, Patient.__table__.alias("p"), Organization.__table__
+    seen = settlements_seen(actor, s)
     lo, hi = local_bounds(request.period_start, request.period_end)
     parts = []
     for event, ts, sign in (("settlement", s.c.settled_at, 1), ("reversal", s.c.reversed_at, -1)):
@@ -253,7 +259,7 @@ def detail_query(request: SettlementExportRequest, dialect: str, *, masked: bool
                     literal_column(str(FUNDS.index(fund))).label("sort_fund"),
                 )
                 .select_from(s.join(p, p.c.id == s.c.patient_id).join(o, o.c.id == s.c.provider_id))
-                .where(ts >= lo, ts < hi, amount != 0)
+                .where(ts >= lo, ts < hi, amount != 0, seen)
             )
             if request.hospital_id:
                 stmt = stmt.where(s.c.provider_id == request.hospital_id)
@@ -264,20 +270,22 @@ def detail_query(request: SettlementExportRequest, dialect: str, *, masked: bool
     )
 
 
-def count_rows(session: Session, request: SettlementExportRequest) -> int:
-    """How many detail rows the export will have (for a progress bar)."""
+def count_rows(session: Session, request: SettlementExportRequest, actor: Actor = SYSTEM) -> int:
+    """How many detail rows the export will have for the actor (for a progress bar)."""
     dialect = session.get_bind().dialect.name
-    inner = detail_query(request, dialect).order_by(None).subquery()
+    inner = detail_query(request, dialect, actor=actor).order_by(None).subquery()
     return int(session.scalar(select(func.count()).select_from(inner)) or 0)
 
 
-def stream_batches(session: Session, request: SettlementExportRequest) -> Iterator[list[list[Any]]]:
-    """The detail rows as values, in batches as they arrive from the database, never all at once."""
+def stream_batches(
+    session: Session, request: SettlementExportRequest, actor: Actor = SYSTEM
+) -> Iterator[list[list[Any]]]:
+    """The detail rows the actor may see as values, in batches as they arrive, never all at once."""
     # PostgreSQL streams the query through COPY ... TO STDOUT (CSV) inside the session's transaction
     # and each batch is parsed as its bytes arrive (values are text); SQLite fetches batches from a
     # cursor (values are typed).
     dialect = session.get_bind().dialect
-    stmt = detail_query(request, dialect.name, masked=request.identity == "masked")
+    stmt = detail_query(request, dialect.name, masked=request.identity == "masked", actor=actor)
     if dialect.name == "postgresql":
         for records in _copy_records(session, stmt):
             yield list(csv.reader(io.StringIO(b"".join(records).decode("utf-8"), newline="")))
@@ -305,10 +313,10 @@ def _copy_records(session: Session, stmt: Select[Any]) -> Iterator[list[bytes]]:
             yield batch
 
 
-def _stream_csv(session: Session, request: SettlementExportRequest, sheet: CsvSheet, totals: _Totals,
-                progress: Callable[[int], None] | None) -> None:
+def _stream_csv(session: Session, request: SettlementExportRequest, actor: Actor, sheet: CsvSheet,
+                totals: _Totals, progress: Callable[[int], None] | None) -> None:
     """PostgreSQL, CSV only: COPY's records go to the file as rendered; only the leading columns are read."""
-    stmt = detail_query(request, "postgresql", masked=request.identity == "masked")
+    stmt = detail_query(request, "postgresql", masked=request.identity == "masked", actor=actor)
     per_fund, per_hospital = totals.per_fund, totals.per_hospital
     for records in _copy_records(session, stmt):
         for record in records:
@@ -329,11 +337,12 @@ def _stream_csv(session: Session, request: SettlementExportRequest, sheet: CsvSh
     totals.rows = sum(rows for rows, _ in per_fund.values())
 
 
-def _write_rows(session: Session, request: SettlementExportRequest, sheets: Sequence[CsvSheet | XlsxBook],
-                totals: _Totals, progress: Callable[[int], None] | None) -> None:
+def _write_rows(session: Session, request: SettlementExportRequest, actor: Actor,
+                sheets: Sequence[CsvSheet | XlsxBook], totals: _Totals,
+                progress: Callable[[int], None] | None) -> None:
     """Every other case: rows as values through the writers (XLSX needs typed cells anyway)."""
     per_fund, per_hospital, names = totals.per_fund, totals.per_hospital, totals.names
-    for batch in stream_batches(session, request):
+    for batch in stream_batches(session, request, actor):
         for row in batch:
             fund, hospital, fen = row[FUND], row[HOSPITAL], _fen(row[AMOUNT])
             entry = per_fund[fund]
@@ -361,13 +370,18 @@ def export_settlements(
     progress: Callable[[int], None] | None = None,
     request_id: str | None = None,
 ) -> ExportResult:
-    """Write the export files and manifest into `out_dir` and record the export (caller commits)."""
+    """Write the export files and manifest into `out_dir` and record the export (caller commits).
+
+    The files hold the settlements the recipient's organisation may see (`services.ledger_scope`);
+    a system run without an organisation holds every settlement.
+    """
     request.check()
     if request.hospital_id is not None and session.get(Organization, request.hospital_id) is None:
         raise BadRequest(f"unknown hospital {request.hospital_id!r} (give an Organization id)")
     full = request.identity == "full"
     if full and not may_receive_full_identity(recipient.role):
         raise Forbidden(f"role {recipient.role or '(none)'} may not receive full identity numbers")
+    actor = recipient_actor(session, recipient)
     out_dir.mkdir(parents=True, exist_ok=True)
     export_id = new_id()
     stem = request.stem()
@@ -384,9 +398,9 @@ def export_settlements(
     dialect = session.get_bind().dialect.name
     try:
         if dialect == "postgresql" and csv_sheet is not None and book is None:
-            _stream_csv(session, request, csv_sheet, totals, progress)
+            _stream_csv(session, request, actor, csv_sheet, totals, progress)
         else:
-            _write_rows(session, request, sheets, totals, progress)
+            _write_rows(session, request, actor, sheets, totals, progress)
         if book is not None:
             book.write_summary(SUMMARY_COLUMNS, totals.summary_rows(), _summary_preamble(request, totals))
         infos = [sheet.close() for sheet in sheets]
@@ -394,7 +408,7 @@ def export_settlements(
         for sheet in sheets:
             sheet.discard()
         raise
-    manifest = _manifest(export_id, recipient, request, totals, infos)
+    manifest = _manifest(export_id, recipient, actor, request, totals, infos)
     manifest_path = out_dir / f"{stem}.manifest.json"
     manifest_path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     session.add(
@@ -430,13 +444,23 @@ def _summary_preamble(request: SettlementExportRequest, totals: _Totals) -> list
     return lines
 
 
-def _manifest(export_id: str, recipient: Recipient, request: SettlementExportRequest, totals: _Totals,
-              infos: Sequence[FileInfo]) -> dict[str, Any]:
+def _scope(actor: Actor) -> dict[str, Any]:
+    """Whose settlements the files hold (the access policy of DESIGN section 8, as the API applies it)."""
+    if actor.sees_everything:
+        return {"settlements": "all"}
+    return {"settlements": "of the patients the organisation may see (DESIGN section 8)",
+            "organization": actor.organization_id, "district": actor.district}
+
+
+def _manifest(export_id: str, recipient: Recipient, actor: Actor, request: SettlementExportRequest,
+              totals: _Totals, infos: Sequence[FileInfo]) -> dict[str, Any]:
     return {
         "export_id": export_id,
         "kind": "settlement-detail",
         "generated_at": utcnow().isoformat(timespec="seconds"),
-        "generated_by": {"name": recipient.name, "kind": recipient.kind, "role": recipient.role},
+        "generated_by": {"name": recipient.name, "kind": recipient.kind, "role": recipient.role,
+                         "organization": recipient.organization_id},
+        "scope": _scope(actor),
         "parameters": request.parameters(),
         "rule": "rows = fund shares of settlements settled in the period (positive) and of reversals "
                 "made in the period (negative); zero shares omitted",

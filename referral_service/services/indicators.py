@@ -44,12 +44,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from ..config import PROJECT_ROOT
+from ..domain.actor import Actor
 from ..domain.base import UTCDateTime
 from ..domain.days import DayOutOfRange, check_day
 from ..domain.errors import BadRequest
 from ..domain.fhir_store import DateIndex, ReferenceIndex, ResourceVersion, StoredResource, TokenIndex
 from ..domain.ledger import FUNDS, Payable, Settlement
 from ..domain.registry import Household, Patient
+from .ledger_scope import payables_seen
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 OPEN_TASK_STATES = ("requested", "received")
@@ -661,11 +663,14 @@ def paid_delays(session: Session, period: Period, filters: Filters = Filters()) 
     return out
 
 
-def unpaid_balances(session: Session, as_of: date, filters: Filters = Filters()) -> list[UnpaidRow]:
+def unpaid_balances(
+    session: Session, as_of: date, filters: Filters = Filters(), *, actor: Actor | None = None
+) -> list[UnpaidRow]:
     """Per hospital and fund, then a total row: what is unpaid on `as_of`, by age band, oldest, overdue.
 
     A payable is unpaid on a day when it was created by then and not paid by then; a partial payment
-    counts from its date; cancelled payables are left out.
+    counts from its date; cancelled payables are left out. With an `actor`, only the payables of the
+    settlements it may see (`ledger_scope`: an insurer, its county's residents).
     """
     th = thresholds().payments
     sql = Dialect(session)
@@ -682,6 +687,8 @@ def unpaid_balances(session: Session, as_of: date, filters: Filters = Filters())
         or_(Payable.status.in_(("unpaid", "partial")), and_(Payable.status == "paid", ~paid_by_then)),
         outstanding > 0,
     ]
+    if actor is not None:
+        where.append(payables_seen(actor))
     bands = th.age_bands
     labels = [f"0-{bands[0]}", *(f"{a + 1}-{b}" for a, b in pairwise(bands)), f">{bands[-1]}"]
     edges: list[tuple[int | None, int | None]] = [(None, bands[0]), *pairwise(bands), (bands[-1], None)]

@@ -35,11 +35,12 @@ from ..domain.actor import Actor
 from ..domain.base import utcnow
 from ..domain.errors import Forbidden, Problem, Unprocessable
 from ..domain.ledger import FUNDS, ZERO, Payable, Settlement
-from ..domain.registry import Organization, Patient
+from ..domain.registry import Organization
 from ..fhir.codes import BASE, SETTLEMENT_COMPONENT_SYSTEM
 from ..fhir.search_params import shanghai_date
 from ..fhir.store import ResourceStore, Stored, instant
 from . import resources as service
+from .ledger_scope import settlement_seen
 
 RESOURCE_TYPE = "PaymentReconciliation"
 SETTLEMENT_SID = f"{BASE}/sid/settlement"
@@ -261,7 +262,9 @@ def _payables(session: Session, actor: Actor, batch: PaymentBatch, problems: lis
     for line in batch.lines:
         where = f"PaymentReconciliation.detail[{line.index}]"
         settlement = _settlement(session, line)
-        if settlement is None or not _visible(session, actor, settlement):
+        # A batch covers only settlements its insurer may see (its county's residents; the platform:
+        # every one): the rule of every view of the ledger (ledger_scope), the API's own.
+        if settlement is None or not settlement_seen(session, actor, settlement.id):
             label = line.settlement_id or f"Claim/{line.claim_id}"
             problems.append(Problem(f"{where}: no active settlement {label}", where, "not-found"))
             continue
@@ -312,14 +315,6 @@ def _settlement(session: Session, line: PaymentLine) -> Settlement | None:
     return session.scalars(
         select(Settlement).where(Settlement.claim_id == line.claim_id).order_by(Settlement.status)
     ).first()  # "active" sorts before "reversed"
-
-
-def _visible(session: Session, actor: Actor, settlement: Settlement) -> bool:
-    """The insurance bureau pays for the residents of its county (the platform for everyone)."""
-    if actor.sees_everything:
-        return True
-    district = session.scalar(select(Patient.district).where(Patient.id == settlement.patient_id))
-    return bool(actor.district) and (district or "").strip() == actor.district
 
 
 # --------------------------------------------------------------------------------- FHIR reading

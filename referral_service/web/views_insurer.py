@@ -1,4 +1,9 @@
-"""Insurance office (role insurer): settlement totals, payment batches and overdue payables, exports."""
+"""Insurance office (role insurer): settlement totals, payment batches and overdue payables, exports.
+
+Every page shows the settlements the signed-in user's organisation may see, by the API's access
+policy (`services.ledger_scope`: an insurance bureau, the residents of its county wherever they
+were treated), and the exports recorded for that organisation; totals follow the export's rule.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from flask_babel import gettext as _
 from sqlalchemy import BigInteger, cast, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
+from ..domain.actor import Actor
 from ..domain.base import new_id
 from ..domain.errors import BadRequest
 from ..domain.exports import ExportLog, Recipient
@@ -20,6 +26,7 @@ from ..domain.ledger import FUNDS, Payable, Settlement
 from ..domain.registry import Organization
 from ..services import indicators
 from ..services.indicators import Dialect, day_start, local_today
+from ..services.ledger_scope import exports_seen, payables_seen, settlements_seen
 from .auth import current, role_required, work
 from .blueprint import bp
 from .formatting import component_label
@@ -86,22 +93,25 @@ def _fund_options() -> list[tuple[str, str]]:
     return [(f, component_label(f)) for f in FUNDS]
 
 
-def _hospitals(db: Session) -> list[tuple[str, str]]:
+def _hospitals(db: Session, actor: Actor) -> list[tuple[str, str]]:
+    """Hospitals with settlements the actor may see (the choices of the hospital filter)."""
     rows = db.execute(
         select(Organization.id, Organization.name)
-        .where(Organization.id.in_(select(Settlement.provider_id).distinct()))
+        .where(Organization.id.in_(select(Settlement.provider_id).where(settlements_seen(actor)).distinct()))
         .order_by(Organization.name)
     ).all()
     return [(r[0], r[1]) for r in rows]
 
 
-def settlement_totals(db: Session, start: date, end: date, fund: str | None = None,
+def settlement_totals(db: Session, actor: Actor, start: date, end: date, fund: str | None = None,
                       hospital: str | None = None) -> list[dict[str, Any]]:
-    """Per fund and hospital: settlements in the period minus reversals in the period (the export's rule).
+    """Per fund and hospital: settlements in the period minus reversals in the period (the export's rule),
+    of the settlements the actor may see (the export's too).
 
     One UNION ALL of SQL aggregates; amounts are summed in whole fen, so the totals match the export files.
     """
     lo, hi = day_start(start), day_start(end + timedelta(days=1))
+    seen = settlements_seen(actor)
     parts: list[Any] = []
     for fund_code in (fund,) if fund else FUNDS:
         column = FUND_COLUMNS[fund_code]
@@ -113,7 +123,7 @@ def settlement_totals(db: Session, start: date, end: date, fund: str | None = No
                 literal(0 if sign > 0 else 1).label("reversed"),
                 (Dialect.fen(column) * sign).label("fen"),
                 (Dialect.fen(Settlement.total) * sign).label("total_fen"),
-            ).where(ts >= lo, ts < hi, column != 0)
+            ).where(ts >= lo, ts < hi, column != 0, seen)
             if hospital:
                 stmt = stmt.where(Settlement.provider_id == hospital)
             parts.append(stmt)
@@ -148,10 +158,10 @@ def insurer_settlements() -> ResponseReturnValue:
     """Settlement totals by fund and hospital for a period (settled minus reversed in the period)."""
     chosen = _period_form(request.args)
     rows: list[dict[str, Any]] = []
-    with work() as (db, _actor):
-        hospitals = _hospitals(db)
+    with work() as (db, actor):
+        hospitals = _hospitals(db, actor)
         if not chosen.form.invalid:
-            rows = settlement_totals(db, chosen.start, chosen.end, chosen.fund, chosen.hospital)
+            rows = settlement_totals(db, actor, chosen.start, chosen.end, chosen.fund, chosen.hospital)
     funds = (chosen.fund,) if chosen.fund else FUNDS
     by_fund = _fund_totals(rows, funds)
     status = 422 if chosen.form.invalid else 200
@@ -161,7 +171,8 @@ def insurer_settlements() -> ResponseReturnValue:
     ), status
 
 
-def _payment_batches(db: Session, limit: int = 50) -> list[dict[str, Any]]:
+def _payment_batches(db: Session, actor: Actor, limit: int = 50) -> list[dict[str, Any]]:
+    """Payment batches as the payables they paid, of the settlements the actor may see."""
     rows = db.execute(
         select(
             Payable.payment_id, Payable.hospital_id, Organization.name, func.count(),
@@ -170,7 +181,7 @@ def _payment_batches(db: Session, limit: int = 50) -> list[dict[str, Any]]:
             else func.string_agg(Payable.fund.distinct(), ","),
         )
         .join(Organization, Organization.id == Payable.hospital_id)
-        .where(Payable.payment_id.is_not(None))
+        .where(Payable.payment_id.is_not(None), payables_seen(actor))
         .group_by(Payable.payment_id, Payable.hospital_id, Organization.name)
         .order_by(func.max(Payable.paid_at).desc())
         .limit(limit)
@@ -182,13 +193,15 @@ def _payment_batches(db: Session, limit: int = 50) -> list[dict[str, Any]]:
     ]
 
 
-def _overdue_payables(db: Session, as_of: date, overdue_days: int, limit: int = 100) -> list[dict[str, Any]]:
+def _overdue_payables(db: Session, actor: Actor, as_of: date, overdue_days: int,
+                      limit: int = 100) -> list[dict[str, Any]]:
     cutoff = day_start(as_of - timedelta(days=overdue_days))
     rows = db.execute(
         select(Payable, Organization.name, Settlement.discharge_date)
         .join(Organization, Organization.id == Payable.hospital_id)
         .join(Settlement, Settlement.id == Payable.settlement_id)
-        .where(Payable.status.in_(("unpaid", "partial")), Payable.created_at < cutoff)
+        .where(Payable.status.in_(("unpaid", "partial")), Payable.created_at < cutoff,
+               settlements_seen(actor))
         .order_by(Payable.created_at, Payable.id)
         .limit(limit)
     ).all()
@@ -214,11 +227,11 @@ def insurer_payments() -> ResponseReturnValue:
         else:
             as_of = day
     overdue_days = indicators.thresholds().payments.overdue_days
-    with work() as (db, _actor):
+    with work() as (db, actor):
         names = {r[0]: r[1] for r in db.execute(select(Organization.id, Organization.name)).all()}
-        unpaid = indicators.unpaid_balances(db, as_of)
-        batches = _payment_batches(db)
-        overdue = _overdue_payables(db, as_of, overdue_days)
+        unpaid = indicators.unpaid_balances(db, as_of, actor=actor)
+        batches = _payment_batches(db, actor)
+        overdue = _overdue_payables(db, actor, as_of, overdue_days)
     bands = list(unpaid[-1].by_age) if unpaid else []
     return render_template(
         "web/insurer/payments.html", form=form, as_of=as_of, unpaid=unpaid, bands=bands, names=names,
@@ -226,22 +239,23 @@ def insurer_payments() -> ResponseReturnValue:
     ), 422 if form.invalid else 200
 
 
-def _history(db: Session, limit: int = 50) -> list[ExportLog]:
+def _history(db: Session, actor: Actor, limit: int = 50) -> list[ExportLog]:
+    """The settlement exports recorded for the actor's organisation, newest first."""
     return list(db.scalars(
-        select(ExportLog).where(ExportLog.kind == "settlements")
+        select(ExportLog).where(ExportLog.kind == "settlements", exports_seen(actor.organization_id))
         .order_by(ExportLog.created_at.desc()).limit(limit)
     ).all())
 
 
 def _exports_page(chosen: PeriodForm, result: ExportLog | None = None,
                   status: int = 200) -> ResponseReturnValue:
-    with work() as (db, _actor):
-        hospitals = _hospitals(db)
-        history = _history(db)
+    with work() as (db, actor):
+        hospitals = _hospitals(db, actor)
+        history = _history(db, actor)
         expected: dict[str, Decimal] | None = None
         if result is not None:
             funds = (chosen.fund,) if chosen.fund else FUNDS
-            rows = settlement_totals(db, chosen.start, chosen.end, chosen.fund, chosen.hospital)
+            rows = settlement_totals(db, actor, chosen.start, chosen.end, chosen.fund, chosen.hospital)
             expected = _fund_totals(rows, funds)
     return render_template(
         "web/insurer/exports.html", form=chosen.form, chosen=chosen, hospitals=hospitals,
@@ -295,9 +309,11 @@ def insurer_export_run() -> ResponseReturnValue:
 @role_required("insurer")
 def insurer_export_result(export_id: str) -> ResponseReturnValue:
     """One settlement export's files, manifest and totals, with the form set to its parameters."""
-    with work() as (db, _actor):
-        record = db.get(ExportLog, export_id)
-        if record is None or record.kind != "settlements":
+    with work() as (db, actor):
+        record = db.scalars(select(ExportLog).where(
+            ExportLog.id == export_id, ExportLog.kind == "settlements", exports_seen(actor.organization_id),
+        )).first()
+        if record is None:  # none, or another organisation's: the same answer
             abort(404)
         db.expunge(record)
     asked = record.parameters
