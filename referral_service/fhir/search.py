@@ -48,6 +48,8 @@ SORTABLE = {"_id", "_lastUpdated"}
 SORTABLE_TYPES = {"date", "string", "token", "reference"}
 MAX_PK = 2**63 - 1
 MAX_SORT_KEYS = 5
+MAX_CHAIN_LINKS = 3  # references a chained parameter follows (`a.b.c.name`)
+MAX_HAS_LEVELS = 2  # `_has` within `_has`
 SORT_TEXT_MAX = 200  # the longest value a string, token or reference index row holds
 _CURSOR_SALT = b"referral-service search cursor v1"
 
@@ -399,47 +401,75 @@ def parse_search(
 
 
 def _parse_chain(rdef: ResourceDef, name: str, modifier: str | None, raw: str) -> Clause:
-    """A chained parameter (FHIR search.html#chaining): `patient.identifier=...` or
-    `subject:Patient.identifier=...`, one link deep. Its values are (target type, the clause on
-    that type) for each type the reference may point at that has the chained parameter."""
-    if "." in name:
-        ref_name, _, chained = name.partition(".")
-        target, chained_modifier = None, modifier
-    else:
-        assert modifier is not None
-        target, _, rest = modifier.partition(".")
-        ref_name = name
-        chained, _, chained_modifier_text = rest.partition(":")
-        chained_modifier = chained_modifier_text or None
-    expression = f"{name}:{modifier}" if modifier and "." in modifier else name
+    """A chained parameter (FHIR search.html#chaining): `patient.identifier=...`,
+    `subject:Patient.identifier=...`, up to MAX_CHAIN_LINKS references deep
+    (`encounter.service-provider.name=...`, `subject:Patient.organization.name=...`). Its values
+    are (target type, the clause on that type) for each type the reference may point at that has
+    the next parameter; that clause is itself a chain when more links follow."""
+    expression = f"{name}:{modifier}" if modifier else name
+    links = expression.split(".")
+    if len(links) - 1 > MAX_CHAIN_LINKS:
+        raise _bad(f"{expression}: chains of at most {MAX_CHAIN_LINKS} links are supported "
+                   "(reference.reference.reference.parameter)", expression)
+    return _parse_links(rdef, links, raw, expression)
+
+
+def _parse_links(rdef: ResourceDef, links: list[str], raw: str, expression: str) -> Clause:
+    """The chain `links` (`reference[:Type]`, ..., `parameter[:modifier]`) from a resource of `rdef`.
+
+    A link whose reference may point at several types must name one (`subject:Patient`) when more
+    than one of them has the next reference parameter (FHIR search.html#chaining); the last link
+    is searched on every type that has its parameter, as a one-link chain is."""
+    ref_name, _, target = links[0].partition(":")
     param = rdef.by_name.get(ref_name)
     if param is None or param.type != "reference":
         raise _bad(f"{expression}: {rdef.type} has no reference parameter {ref_name!r} to chain from",
                    expression)
-    if "." in chained or not chained:
-        raise _bad(f"{expression}: chains of one link are supported (reference.parameter)", expression)
-    if target is not None and (target not in RESOURCES or (param.targets and target not in param.targets)):
+    if target and (target not in RESOURCES or RESOURCES[target].audit_log
+                   or (param.targets and target not in param.targets)):
         raise _bad(f"{expression}: {rdef.type}.{ref_name} does not refer to {target!r}", expression)
-    candidates = [target] if target else sorted(param.targets or RESOURCES)
-    types = [t for t in candidates if chained in RESOURCES[t].by_name or chained == "_id"]
+    following, _, following_modifier = links[1].partition(":")
+    if not following or following.startswith("_has"):
+        raise _bad(f"{expression}: a chain ends in a search parameter of the type it reaches "
+                   "(not _has, not empty)", expression)
+    candidates = [target] if target else sorted(
+        t for t in (param.targets or RESOURCES) if not RESOURCES[t].audit_log
+    )
+    last = len(links) == 2
+    if last:
+        types = [t for t in candidates
+                 if following in RESOURCES[t].by_name or following in ("_id", "_lastUpdated")]
+    else:
+        types = [t for t in candidates
+                 if getattr(RESOURCES[t].by_name.get(following), "type", None) == "reference"]
     if not types:
-        raise _bad(f"{expression}: no resource {rdef.type}.{ref_name} refers to has a search "
-                   f"parameter {chained!r}", expression)
-    if chained_modifier == "missing":
-        raise _bad(f"{expression}: :missing is not supported in a chain", expression)
-    inner = tuple((t, _parse_clause(RESOURCES[t], chained, chained_modifier, raw)) for t in types)
-    return Clause(param, "chain", inner)
+        kind = "search" if last else "reference"
+        raise _bad(f"{expression}: no resource {rdef.type}.{ref_name} refers to has a {kind} "
+                   f"parameter {following!r}", expression)
+    if last:
+        if following_modifier == "missing":
+            raise _bad(f"{expression}: :missing is not supported in a chain", expression)
+        inner = tuple((t, _parse_clause(RESOURCES[t], following, following_modifier or None, raw))
+                      for t in types)
+        return Clause(param, "chain", inner)
+    if len(types) > 1:
+        raise _bad(f"{expression}: {rdef.type}.{ref_name} may refer to {', '.join(types)}, which all have "
+                   f"{following!r}: name the type ({ref_name}:{types[0]}.{following}...)", expression)
+    (reached,) = types
+    return Clause(param, "chain", ((reached, _parse_links(RESOURCES[reached], links[1:], raw, expression)),))
 
 
-def _parse_has(rdef: ResourceDef, modifier: str | None, raw: str) -> Clause:
+def _parse_has(rdef: ResourceDef, modifier: str | None, raw: str, level: int = 1) -> Clause:
     """Reverse chaining (FHIR search.html#has): `_has:Observation:patient:code=8867-4` finds the
     resources that a live Observation matching `code=8867-4` refers to by its `patient` parameter.
-    One level (no `_has` inside `_has`). Its value: ((source type, reference parameter, the clause
-    on the source type),)."""
+    Up to MAX_HAS_LEVELS levels (`_has:Encounter:patient:_has:Observation:encounter:code=...`: an
+    encounter of the patient that an observation with the code refers to); the final parameter may
+    be chained (`_has:Observation:patient:encounter.status=finished`). Its value: ((source type,
+    reference parameter, the clause on the source type),), that clause a `_has` one for a nested one."""
     parts = (modifier or "").split(":")
     key = ":".join(["_has", *parts])
-    if len(parts) not in (3, 4) or parts[0] not in RESOURCES or "_has" in parts:
-        raise _bad(f"{key}: expected _has:Type:reference:parameter (one level)", "_has")
+    if len(parts) < 3 or parts[0] not in RESOURCES or not parts[2]:
+        raise _bad(f"{key}: expected _has:Type:reference:parameter", "_has")
     source_type, ref_name, param_name = parts[:3]
     source = RESOURCES[source_type]
     if source.audit_log:
@@ -447,9 +477,14 @@ def _parse_has(rdef: ResourceDef, modifier: str | None, raw: str) -> Clause:
     ref = source.by_name.get(ref_name)
     if ref is None or ref.type != "reference" or (ref.targets and rdef.type not in ref.targets):
         raise _bad(f"{key}: {source_type} has no reference parameter {ref_name!r} to {rdef.type}", "_has")
-    if param_name.startswith("_has") or "." in param_name:
-        raise _bad(f"{key}: one level of _has, without chains, is supported", "_has")
-    inner = _parse_clause(source, param_name, parts[3] if len(parts) == 4 else None, raw)
+    if param_name == "_has":
+        if level >= MAX_HAS_LEVELS:
+            raise _bad(f"{key}: at most {MAX_HAS_LEVELS} levels of _has are supported", "_has")
+        inner = _parse_has(source, ":".join(parts[3:]), raw, level + 1)
+    elif param_name.startswith("_has"):
+        raise _bad(f"{key}: expected _has:Type:reference:parameter", "_has")
+    else:
+        inner = _parse_clause(source, param_name, ":".join(parts[3:]) or None, raw)
     return Clause(SearchParam("_has", "special", ()), "has", ((source_type, ref_name, inner),))
 
 

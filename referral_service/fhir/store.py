@@ -1034,12 +1034,12 @@ def _search_statement(
     rdef = query.rdef
     shape = policy_shape(actor, rdef)
     paged = kind == "page" and query.cursor is not None
-    has_shapes = tuple(  # the access policy of each `_has` source type is part of the statement
-        policy_shape(actor, RESOURCES[c.values[0][0]]) for c in query.clauses if c.modifier == "has"
+    looked_through = tuple(  # the access policy of every type a chain or `_has` looks through
+        policy_shape(actor, RESOURCES[t]) for c in query.clauses for t in _looked_through(c)
     )
     cache_key = (
         kind, rdef.type, shape, tuple(_clause_shape(c) for c in query.clauses), query.sort, paged, audited,
-        has_shapes,
+        looked_through,
     )
     values = [v for c in query.clauses for v in _clause_values(c)]
     params: dict[str, Any] = {f"v{i}": v for i, v in enumerate(values)}
@@ -1265,15 +1265,33 @@ def _clause_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[b
     return _in_index(ReferenceIndex, res_type, p.name, or_(*options))
 
 
+def _looked_through(clause: Clause) -> list[str]:
+    """The types whose resources a clause's chains and `_has` look through, in the order
+    `_clause_sql` builds their access conditions (each is part of the statement's cache key)."""
+    if clause.modifier == "chain":
+        return [t for target_type, inner in clause.values for t in (target_type, *_looked_through(inner))]
+    if clause.modifier == "has":
+        return [t for source_type, _, inner in clause.values for t in (source_type, *_looked_through(inner))]
+    return []
+
+
+def _looked_at(res_type: str, bind: _Binder) -> ColumnElement[bool]:
+    """The caller's access condition on a resource of the type that a chain or `_has` looks
+    through: what a read would answer as unknown matches nothing, so no search tells of it."""
+    assert bind.actor is not None
+    return _policy(policy_shape(bind.actor, RESOURCES[res_type]), bindparam(_ORG), bindparam(_DISTRICT))
+
+
 def _chain_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[bool]:
     """A chained clause: the resource's reference parameter points at a live resource of one of the
-    target types that matches the chained clause (each target type's clause run as a search of it)."""
+    target types, that the caller may see, that matches the chained clause (each target type's
+    clause run as a search of it; a further link is a chained clause of that type)."""
     options = []
     for target_type, inner in clause.values:
         targets = (
             select(StoredResource.res_id)
             .where(StoredResource.res_type == target_type, StoredResource.deleted == false(),
-                   _clause_sql(target_type, inner, bind))
+                   _looked_at(target_type, bind), _clause_sql(target_type, inner, bind))
             .correlate(None)  # the target's own row, not the row of the resource searched
         )
         options.append(and_(ReferenceIndex.target_type == target_type, ReferenceIndex.target_id.in_(targets)))
@@ -1282,14 +1300,13 @@ def _chain_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[bo
 
 def _has_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[bool]:
     """A `_has` clause: a live resource of the source type that the caller may see, matching the
-    inner clause, refers to this resource by the reference parameter."""
+    inner clause (itself a `_has` clause when nested), refers to this resource by the reference
+    parameter."""
     ((source_type, ref_name, inner),) = clause.values
-    assert bind.actor is not None
-    policy = _policy(policy_shape(bind.actor, RESOURCES[source_type]), bindparam(_ORG), bindparam(_DISTRICT))
     sources = (
         select(StoredResource.pk)
-        .where(StoredResource.res_type == source_type, StoredResource.deleted == false(), policy,
-               _clause_sql(source_type, inner, bind))
+        .where(StoredResource.res_type == source_type, StoredResource.deleted == false(),
+               _looked_at(source_type, bind), _clause_sql(source_type, inner, bind))
         .correlate(None)  # the source's own row, not the row of the resource searched
     )
     referred = select(ReferenceIndex.target_id).where(
