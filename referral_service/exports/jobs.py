@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..domain.exports import Recipient
 from ..domain.ledger import FUNDS
+from ..domain.registry import Organization
 from .settlements import LOCAL_TZ, SettlementExportRequest, export_dir, export_settlements
 
 SCHEDULER = Recipient(name="scheduler", kind="system", role=None)
@@ -28,16 +31,34 @@ def previous_month(day: date) -> date:
     return (day.replace(day=1) - timedelta(days=1)).replace(day=1)
 
 
+def bureau_recipient(organization_id: str) -> Recipient:
+    """The scheduled run on behalf of one insurance bureau: its files hold what the bureau may see."""
+    return Recipient(name="scheduler", kind="system", role="insurer", organization_id=organization_id)
+
+
 def export_month(
     session: Session, month: date, *, settings: Mapping[str, Any] | None = None, out_dir: Path | None = None
 ) -> list[Path]:
-    """Export the calendar month holding `month`, all funds, CSV + XLSX, to EXPORT_DIR/monthly/YYYY-MM."""
+    """Export the calendar month holding `month`, all funds, CSV + XLSX, to EXPORT_DIR/monthly/YYYY-MM.
+
+    The folder itself gets the whole network's files (a system run, listed to no insurer); each active
+    insurance bureau gets its own set in a subfolder named by its Organization id, holding the
+    settlements it may see (its county's residents, as on its pages and in its own exports) and
+    recorded for it, so that it alone lists and downloads them.
+    """
     start, end = month_bounds(month)
     target = out_dir or export_dir(settings) / "monthly" / start.strftime("%Y-%m")
+    bureaus = session.scalars(
+        select(Organization.id).where(Organization.kind == "insurer", Organization.active.is_(True))
+        .order_by(Organization.id)
+    ).all()
     paths: list[Path] = []
-    for fund in FUNDS:
-        request = SettlementExportRequest(start, end, fund=fund, formats=("csv", "xlsx"))
-        paths += export_settlements(session, SCHEDULER, request, target).paths
+    for recipient, folder in [(SCHEDULER, target)] + [
+        (bureau_recipient(b), target / re.sub(r"[^A-Za-z0-9_.-]", "_", b)) for b in bureaus
+    ]:
+        for fund in FUNDS:
+            request = SettlementExportRequest(start, end, fund=fund, formats=("csv", "xlsx"))
+            paths += export_settlements(session, recipient, request, folder).paths
     return paths
 
 

@@ -31,8 +31,10 @@ from werkzeug.test import TestResponse
 
 from referral_service.config import PROJECT_ROOT
 from referral_service.domain import resident_id
+from referral_service.domain.exports import ExportLog
 from referral_service.domain.ledger import FUNDS, Settlement
 from referral_service.domain.registry import Patient
+from referral_service.exports import export_month
 from referral_service.exports.settlements import KEYS, local_bounds
 from referral_service.extensions import database
 from referral_service.fhir.codes import BASE, COVERAGE_TYPE_SYSTEM, SETTLEMENT_COMPONENT_SYSTEM
@@ -399,3 +401,37 @@ def test_a_payment_batch_covers_only_settlements_its_insurer_sees(world: World) 
     # Each pays for its own residents, wherever they were treated.
     assert yz.api.post("PaymentReconciliation", _batch(world, yz, "yz@county", "hosp")).status_code == 201
     assert qs.api.post("PaymentReconciliation", _batch(world, qs, "qs@home", "hosp")).status_code == 201
+
+
+# ------------------------------------------------------------------------------- monthly run
+
+
+def test_the_monthly_run_gives_each_bureau_its_own_countys_files(
+    world: World, client: FlaskClient, tmp_path: Path
+) -> None:
+    with database.unit_of_work() as session:  # the month holding the settlements (all made today)
+        paths = export_month(session, local_today(), out_dir=tmp_path / "monthly")
+    network = {p for p in paths if p.parent == tmp_path / "monthly"}
+    assert len(network) == 3 * len(FUNDS)  # the whole network: CSV, XLSX, manifest per fund
+    month = (local_today().replace(day=1), world.period[1])
+    for key, office in world.offices.items():
+        folder = tmp_path / "monthly" / office.org
+        found = {f: D("0.00") for f in FUNDS}
+        claims: set[str] = set()
+        for fund in FUNDS:
+            (csv_path,) = [p for p in paths if p.parent == folder and p.suffix == ".csv" and fund in p.name]
+            rows = csv_rows(csv_path.read_bytes())
+            claims |= claim_ids(rows)
+            found[fund] = sums(rows)[fund]
+        assert claims == set(office.settlements), key
+        assert found == office.expected() == ledger_totals(office.district, month), key
+        listed = get(client, "/exports", headers=bearer(office)).json["exports"]
+        assert len(listed) == len(FUNDS), key  # its own monthly files: not the other's, nor the network's
+        assert all(e["parameters"]["from"] == month[0].isoformat() for e in listed)
+        other = next(o for o in world.offices.values() if o is not office)
+        with database.session() as db:
+            foreign = db.scalars(select(ExportLog).where(ExportLog.organization_id == other.org)).first()
+            assert foreign is not None
+            url = f"/exports/{foreign.id}/{foreign.files[0]['name']}"
+        assert get(client, url, headers=bearer(other)).status_code == 200
+        assert get(client, url, headers=bearer(office)).status_code == 404

@@ -412,16 +412,21 @@ def test_monthly_export_writes_every_fund(march: dict[str, str], tmp_path: Path)
     with database.unit_of_work() as session:  # the run on 1 April exports March
         paths = monthly_export(session, date(2026, 4, 1), settings={"EXPORT_DIR": str(tmp_path)})
     folder = tmp_path / "monthly" / "2026-03"
-    assert all(p.parent == folder for p in paths)
-    assert len(paths) == 3 * len(FUNDS)  # CSV, XLSX, manifest per fund
+    bureau = folder / "insurer-org"  # the county's insurance bureau: its own set, recorded for it
+    assert {p.parent for p in paths} == {folder, bureau}
+    assert len(paths) == 2 * 3 * len(FUNDS)  # CSV, XLSX, manifest per fund, the network's and the bureau's
     expected = ledger_totals(*MARCH)
     for fund in FUNDS:
-        manifest = orjson.loads(
-            (folder / f"settlements_{fund}_all_2026-03-01_2026-03-31.manifest.json").read_bytes()
-        )
-        assert D(manifest["totals"][fund]) == expected[fund]
+        for where in (folder, bureau):  # one county: the bureau sees every settlement of the ledger
+            manifest = orjson.loads(
+                (where / f"settlements_{fund}_all_2026-03-01_2026-03-31.manifest.json").read_bytes()
+            )
+            assert D(manifest["totals"][fund]) == expected[fund]
     with database.unit_of_work() as session:
-        assert session.scalar(select(func.count()).select_from(ExportLog)) == len(FUNDS)
+        owners = session.execute(
+            select(ExportLog.organization_id, func.count()).group_by(ExportLog.organization_id)
+        ).all()
+        assert dict(owners) == {None: len(FUNDS), "insurer-org": len(FUNDS)}
 
 
 def _manifest_total(folder: Path, fund: str, start: date, end: date) -> Decimal:
