@@ -219,10 +219,10 @@ def detail_query(
     """One SELECT over the ledger giving every detail row in file order (time, settlement, fund), of
     the settlements `actor` may see (`services.ledger_scope`: an insurer, its county's residents)."""
     # Text columns are neutralised and identity numbers masked by the database, so its rendering
-    # of a row can go to the file unchanged. The patient is joined under an alias, so the access
-    # condition's own look-up of the patient stays its own (not correlated to the joined row).
-    s, p, o = Settlement.__table__, Patient.__table__.alias("p"), Organization.__table__
-    seen = settlements_seen(actor, s)
+    # of a row can go to the file unchanged. The access condition reads the joined patient row
+    # (no second look-up per settlement) and probes `patient_access` for the organisation's links.
+    s, p, o = Settlement.__table__, Patient.__table__, Organization.__table__
+    seen = settlements_seen(actor, s, patient=p)
     lo, hi = local_bounds(request.period_start, request.period_end)
     parts = []
     for event, ts, sign in (("settlement", s.c.settled_at, 1), ("reversal", s.c.reversed_at, -1)):

@@ -1407,11 +1407,12 @@ def policy_shape(actor: Actor, rdef: ResourceDef) -> PolicyShape:
     return PolicyShape(scope, rdef.party_params, _by_district(actor))
 
 
-def _catchment(org: Any, district: Any | None) -> list[ColumnElement[bool]]:
-    """Registry conditions on Patient that put a patient in an organisation's catchment."""
-    catchment = [Patient.general_practitioner_id == org, Patient.created_by_org_id == org]
+def _catchment(org: Any, district: Any | None, patient: Any = Patient) -> list[ColumnElement[bool]]:
+    """Registry conditions on Patient (or on the columns of a joined patient row) that put a patient in
+    an organisation's catchment."""
+    catchment = [patient.general_practitioner_id == org, patient.created_by_org_id == org]
     if district is not None:
-        catchment.append(Patient.district == district)
+        catchment.append(patient.district == district)
     return catchment
 
 
@@ -1432,12 +1433,16 @@ def _patient_visible(patient_id: Any, org: Any, district: Any | None) -> ColumnE
     in_catchment = (
         select(Patient.id).where(Patient.id == patient_id, or_(*_catchment(org, district))).exists()
     )
-    linked = (
+    return or_(in_catchment, _linked(patient_id, org))
+
+
+def _linked(patient_id: Any, org: Any) -> ColumnElement[bool]:
+    """The organisation has a standing link to the patient (treated, referred, received, registered)."""
+    return (
         select(PatientAccess.patient_id)
         .where(PatientAccess.patient_id == patient_id, PatientAccess.org_id == org)
         .exists()
     )
-    return or_(in_catchment, linked)
 
 
 def _patient_seen_values(actor: Actor, patient_id: str) -> dict[str, Any]:
@@ -1535,13 +1540,16 @@ def visible_ids(session: Session | Connection, actor: Actor, res_type: str, ids:
     return set(session.scalars(stmt))
 
 
-def patient_records_visible(actor: Actor, patient_id: Any) -> ColumnElement[bool]:
+def patient_records_visible(actor: Actor, patient_id: Any, *, joined: Any = None) -> ColumnElement[bool]:
     """SQL condition on a financial record kept outside the resource store by its patient id (the
     settlement ledger): the actor may see it. The same condition `visible` puts on a financial
     resource (Claim, ClaimResponse, ExplanationOfBenefit) through its patient, of the same shape:
     true for the platform and system jobs; else the patient is in the organisation's catchment (an
     insurer's or a county hospital's district included, `_by_district`) or linked to it
     (`patient_access`). Index look-ups per row (`_patient_visible`), never a Python filter.
+
+    `joined`: the columns of the patient's registry row when the query joins it already (a streamed
+    export); the catchment is then tested on that row instead of looking the patient up again.
     """
     shape = policy_shape(actor, RESOURCES["ExplanationOfBenefit"])
     if shape.scope == "all":
@@ -1550,7 +1558,10 @@ def patient_records_visible(actor: Actor, patient_id: Any) -> ColumnElement[bool
         return false()
     org = bindparam("seen_org", actor.organization_id, type_=String, unique=True)
     district = bindparam("seen_district", actor.district, type_=String, unique=True)
-    return _patient_visible(patient_id, org, district if shape.by_district else None)
+    area = district if shape.by_district else None
+    if joined is not None:
+        return or_(*_catchment(org, area, joined), _linked(patient_id, org))
+    return _patient_visible(patient_id, org, area)
 
 
 @lru_cache(maxsize=32)

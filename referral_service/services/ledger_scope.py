@@ -24,9 +24,16 @@ from ..fhir.store import patient_records_visible
 from .actors import actor_for
 
 
-def settlements_seen(actor: Actor, settlement: Any = Settlement) -> ColumnElement[bool]:
-    """SQL condition on `Settlement` (or an alias of it, or its table): the actor may see the settlement."""
-    return patient_records_visible(actor, getattr(settlement, "c", settlement).patient_id)
+def settlements_seen(
+    actor: Actor, settlement: Any = Settlement, *, patient: Any = None
+) -> ColumnElement[bool]:
+    """SQL condition on `Settlement` (or an alias of it, or its table): the actor may see the settlement.
+
+    `patient`: the settlement's patient row when the query joins it already (its table or alias), so
+    the condition reads that row's columns instead of looking the patient up again per settlement.
+    """
+    joined = None if patient is None else getattr(patient, "c", patient)
+    return patient_records_visible(actor, getattr(settlement, "c", settlement).patient_id, joined=joined)
 
 
 def payables_seen(actor: Actor) -> ColumnElement[bool]:
