@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, aliased
 from ..domain.actor import SYSTEM, Actor
 from ..domain.exports import ExportLog, Recipient
 from ..domain.ledger import Payable, Settlement
+from ..domain.registry import Patient
 from ..fhir.store import patient_records_visible
 from .actors import actor_for
 
@@ -40,9 +41,13 @@ def payables_seen(actor: Actor) -> ColumnElement[bool]:
     """SQL condition on `Payable`: the actor may see the settlement it belongs to."""
     if actor.sees_everything:
         return true()
-    own = aliased(Settlement)  # an alias: correct also in queries that join Settlement themselves
-    return exists(
-        select(own.id).where(own.id == Payable.settlement_id, settlements_seen(actor, own))
+    # A semi-join on the ids of the settlements it sees (each read with its patient's row, the
+    # condition on that row): one pass, not a look-up of settlement and patient per payable. Aliases
+    # keep it correct in queries that join Settlement or Patient themselves.
+    own, patient = aliased(Settlement), aliased(Patient)
+    return Payable.settlement_id.in_(
+        select(own.id).join(patient, patient.id == own.patient_id)
+        .where(settlements_seen(actor, own, patient=patient))
     )
 
 
