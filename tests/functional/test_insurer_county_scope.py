@@ -33,7 +33,7 @@ from referral_service.config import PROJECT_ROOT
 from referral_service.domain import resident_id
 from referral_service.domain.exports import ExportLog
 from referral_service.domain.ledger import FUNDS, Settlement
-from referral_service.domain.registry import Patient
+from referral_service.domain.registry import Organization, Patient
 from referral_service.exports import export_month
 from referral_service.exports.settlements import KEYS, local_bounds
 from referral_service.extensions import database
@@ -435,3 +435,19 @@ def test_the_monthly_run_gives_each_bureau_its_own_countys_files(
             url = f"/exports/{foreign.id}/{foreign.files[0]['name']}"
         assert get(client, url, headers=bearer(other)).status_code == 200
         assert get(client, url, headers=bearer(office)).status_code == 404
+
+
+def test_a_bureau_without_a_district_sees_what_the_api_shows_it(
+    world: World, client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]
+) -> None:
+    """No district, no county: the API shows such a bureau only patients linked to it (none here), and
+    so do its exports, for the one rule; the platform still sees every settlement."""
+    with database.unit_of_work() as session:
+        session.add(Organization(id="bureau-nowhere", name="无辖区医保局", district="", kind="insurer"))
+    cid, secret = make_api_client("nowhere-insurance", INSURER_SCOPES, "bureau-nowhere")
+    nowhere = {"Authorization": f"Bearer {token_for(client, cid, secret)}"}
+    assert get(client, "/fhir/ExplanationOfBenefit?_summary=count", headers=nowhere).json["total"] == 0
+    exported = get(client, f"/exports/settlements?{world.query}", headers=nowhere)
+    assert exported.status_code == 200 and csv_rows(exported.data) == []
+    everyone = world.county.platform.get("ExplanationOfBenefit?_summary=count").json["total"]
+    assert everyone == sum(len(o.settlements) for o in world.offices.values())
