@@ -1282,6 +1282,13 @@ def _looked_at(res_type: str, bind: _Binder) -> ColumnElement[bool]:
     return _policy(policy_shape(bind.actor, RESOURCES[res_type]), bindparam(_ORG), bindparam(_DISTRICT))
 
 
+# `_flat`: the resources a chain link or a `_has` level looks through are a common table expression
+# each, named in the statement's WITH, instead of a subquery nested in the previous one: a chain of 3
+# links under 2 levels of `_has`, with the access policy at each, nested deeper than SQLite's parser
+# stack holds (its "parser stack overflow" was a 500). Each is used once and uncorrelated, so
+# PostgreSQL (12 and later) and SQLite fold it into the query as they would the subquery.
+
+
 def _chain_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[bool]:
     """A chained clause: the resource's reference parameter points at a live resource of one of the
     target types, that the caller may see, that matches the chained clause (each target type's
@@ -1293,8 +1300,10 @@ def _chain_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[bo
             .where(StoredResource.res_type == target_type, StoredResource.deleted == false(),
                    _looked_at(target_type, bind), _clause_sql(target_type, inner, bind))
             .correlate(None)  # the target's own row, not the row of the resource searched
+            .cte()  # (`_flat`)
         )
-        options.append(and_(ReferenceIndex.target_type == target_type, ReferenceIndex.target_id.in_(targets)))
+        options.append(and_(ReferenceIndex.target_type == target_type,
+                            ReferenceIndex.target_id.in_(select(targets.c.res_id))))
     return _in_index(ReferenceIndex, res_type, clause.param.name, or_(*options))
 
 
@@ -1308,12 +1317,13 @@ def _has_sql(res_type: str, clause: Clause, bind: _Binder) -> ColumnElement[bool
         .where(StoredResource.res_type == source_type, StoredResource.deleted == false(),
                _looked_at(source_type, bind), _clause_sql(source_type, inner, bind))
         .correlate(None)  # the source's own row, not the row of the resource searched
+        .cte()  # (`_flat`)
     )
     referred = select(ReferenceIndex.target_id).where(
         ReferenceIndex.res_type == source_type,
         ReferenceIndex.param == ref_name,
         ReferenceIndex.target_type == res_type,
-        ReferenceIndex.resource_pk.in_(sources),
+        ReferenceIndex.resource_pk.in_(select(sources.c.pk)),
     )
     return StoredResource.res_id.in_(referred)
 

@@ -350,3 +350,20 @@ def test_a_statement_is_not_shared_by_callers_whose_inner_levels_differ(
     assert ids_of(bureau.get(search)) == set()
     assert ids_of(bureau.get(f"Encounter?_id={world.enc_fang}")) == set()
     assert ids_of(county.get(search)) == {"th-01"}
+
+
+def test_the_deepest_chain_and_has_answer_a_client_with_an_access_policy(world: World) -> None:
+    """A chain of three links whose last reference may point at any type, alone or under two levels
+    of `_has`, as a township client (the access policy of every type looked through at every link):
+    on SQLite these nested subqueries beyond its parser's stack (500 "parser stack overflow")."""
+    t, fang = world.township, world.fang
+    assert ids_of(t.get("Observation?encounter.patient.general-practitioner.name=测试")) == {world.pulse}
+    assert ids_of(t.get("Observation?encounter.patient.general-practitioner.name=第二")) == set()
+    assert ids_of(t.get("ClaimResponse?insurer:ExplanationOfBenefit.coverage:Coverage.payor.identifier=x")
+                  ) == set()
+    assert ids_of(t.get("Patient?_has:Encounter:patient:_has:Observation:encounter:"
+                        "encounter.patient.general-practitioner.name=测试")) == {fang}
+    assert ids_of(t.get("Organization?_has:Encounter:service-provider:_has:Observation:encounter:"
+                        "encounter.service-provider.partof.name=县人民")) == {"th-01"}
+    assert ids_of(world.platform.get("Patient?_has:Encounter:patient:_has:Observation:encounter:"
+                                     "encounter.patient.general-practitioner.name=第二")) == {world.ming}
