@@ -127,10 +127,14 @@ def _check_id() -> None:
 def _other_method_of_operation(operation: str) -> None:
     """405 naming POST for a GET (PUT, DELETE ...) of a type-level operation that is only POSTed
     (`GET Claim/$submit`), which the instance routes would otherwise take for an id: as any route
-    answers a method it does not take. Not an operation we have: back to the id check."""
+    answers a method it does not take. Not an operation we have: back to the id check. Only an
+    operation route counts: a POST that reaches another route (the read-only conformance types'
+    405, `GET ValueSet/$expand`) does not mean the operation is there to be POSTed."""
     try:
-        current_app.url_map.bind("localhost").match(request.path, method="POST")
+        rule, _ = current_app.url_map.bind("localhost").match(request.path, method="POST", return_rule=True)
     except HTTPException:
+        return
+    if "$" not in rule.rule:
         return
     raise MethodNotAllowed(valid_methods=["POST"], description=f"{operation} is invoked with POST")
 

@@ -232,6 +232,16 @@ def test_an_operation_by_another_method_than_post_is_405(his: Fhir, method: str)
     assert his.get("Patient/$no-such-operation").status_code == 404
 
 
+def test_an_operation_on_a_read_only_conformance_type_is_not_405_naming_post(his: Fhir) -> None:
+    """`GET ValueSet/$expand`: no operation is POSTed there (the POST reaches only the read-only
+    types' refusal), so Allow: POST would send the client to an answer just as refused; it is the
+    404 of an unknown id, as for any other operation we do not have."""
+    for path in ("ValueSet/$expand", "StructureDefinition/$snapshot", "CodeSystem/$lookup"):
+        response = his.get(path)
+        assert response.status_code == 404, (path, response.json)
+        assert "Allow" not in response.headers
+
+
 def test_missing_and_bad_tokens(client: FlaskClient, his: Fhir) -> None:
     none = client.get("/fhir/Patient")
     assert none.status_code == 401
