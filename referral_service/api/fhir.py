@@ -506,7 +506,7 @@ def patient_everything(res_id: str) -> Response:
             request_id=g.get("request_id"),
         )
         nxt = None if page.next_after is None else encode_cursor({"pk": page.next_after})
-        total = len(page.matches) if page.next_after is None and not after else None
+        total = len(page.matches) if page.next_after is None and not after and count else None
         return bundle_json.compartment_set(
             base_url(), request.path, list(request.args.items(multi=True)), page.matches, page.included,
             nxt, total=total,
@@ -558,8 +558,10 @@ def _count_arg() -> int:
     if raw is None:
         return int(default)
     if not (raw.isascii() and raw.isdigit()):
-        raise BadRequest(f"_count must be a whole number, not {raw!r}")
-    return min(int(raw), int(maximum))
+        message = f"_count must be a whole number, not {raw[:50]!r}"
+        raise BadRequest(message, [Problem(message, expression="_count")])
+    # (int() refuses more than 4,300 digits; a number of more than 9 is beyond any maximum anyway)
+    return min(int(raw), int(maximum)) if len(raw) <= 9 else int(maximum)
 
 
 @bp.get("/<resource_type>")

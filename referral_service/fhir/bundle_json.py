@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from ..domain.errors import BadRequest
+from ..domain.errors import BadRequest, Problem
 from .search import SearchQuery, decode_cursor, encode_cursor
 from .search_params import parse_date_range
 from .store import SearchPage, Stored, instant
@@ -130,10 +130,11 @@ def parse_since(value: str | None) -> datetime | None:
     """The _since instant of a history request."""
     if not value:
         return None
-    try:
-        return parse_date_range(value)[0]
+    try:  # A '+' of a zone offset that was not URL-encoded arrives as a space (as for _at).
+        return parse_date_range(value.strip().replace(" ", "+"))[0]
     except ValueError:
-        raise BadRequest(f"_since={value!r} is not a FHIR instant") from None
+        message = f"_since={value[:100]!r} is not a FHIR instant"
+        raise BadRequest(message, [Problem(message, expression="_since")]) from None
 
 
 def parse_at(value: str | None) -> tuple[datetime, datetime] | None:

@@ -129,6 +129,27 @@ def test_what_it_does_not_take_is_400(his: Fhir, query: str, named: str) -> None
     assert named in str(response.json["issue"][0])
 
 
+def test_odd_count_and_since_values(his: Fhir) -> None:
+    """`_count` of 5,000 digits was a 500 (int() takes at most 4,300), here and in history; `_count=0`
+    answered total 0 for a record of 4; an offset of `_since` whose '+' was not URL-encoded (a space)
+    was 400 where `_at` and search dates take it; `_count` and `_since` are named as an expression."""
+    pid, record = _record(his)
+    for path in (f"Patient/{pid}/$everything", f"Patient/{pid}/_history", "Encounter/_history"):
+        huge = his.get(f"{path}?_count={'9' * 5000}")
+        assert huge.status_code == 200, (path, huge.json)
+    whole = his.get(f"Patient/{pid}/$everything?_count={'9' * 5000}").json
+    assert len(_entries(whole, "match")) == len(record)
+    none = his.get(f"Patient/{pid}/$everything?_count=0").json
+    assert "entry" not in none and none.get("total") in (None, len(record))
+    spaced = his.get(f"Patient/{pid}/$everything?_since=2000-01-01T00:00:00+08:00")
+    assert spaced.status_code == 200, spaced.json
+    assert set(_entries(spaced.json, "match")) == record
+    for query, named in (("_count=-1", "_count"), ("_since=yesterday", "_since")):
+        for path in (f"Patient/{pid}/$everything", f"Patient/{pid}/_history"):
+            bad = his.get(f"{path}?{query}")
+            assert bad.status_code == 400 and bad.json["issue"][0]["expression"] == [named], bad.json
+
+
 def test_only_what_the_client_may_see_and_read(
     client: FlaskClient, make_api_client: Callable[..., tuple[str, str]], his: Fhir, platform: Fhir
 ) -> None:
