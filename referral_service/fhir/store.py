@@ -843,34 +843,34 @@ class ResourceStore:
         return out
 
     def referrers(self, res_type: str, res_id: str, actor: Actor, *, named: int = 3) -> Referrers:
-        """The live resources whose indexed references point at `res_type/res_id`: how many, and the
-        first few the actor may see, each with the parameter that refers (a deleted resource's index
-        rows are gone, so every row here is a live reference)."""
+        """The live resources whose indexed references point at `res_type/res_id` (a deleted
+        resource's index rows are gone): the first few the actor may see, each with the parameter
+        that refers, how many it may see, and whether there are others it may not."""
         ref = ReferenceIndex
         target = (ref.target_type == res_type, ref.target_id == res_id)
         connection = self._sql()
-        count = connection.scalar(select(func.count(distinct(ref.resource_pk))).where(*target)) or 0
-        if not count:
-            return Referrers(0, ())
-        rows = connection.execute(
-            select(ref.resource_pk, ref.res_type, ref.param)
-            .where(*target)
-            .order_by(ref.resource_pk)
-            .limit(50)
+        sources = sorted(connection.scalars(select(ref.res_type).where(*target).distinct()).all())
+        if not sources:
+            return Referrers((), 0, hidden=False)
+        seen = or_(*(and_(StoredResource.res_type == s, visible(actor, RESOURCES[s])) for s in sources))
+        on = StoredResource.pk == ref.resource_pk
+        total = connection.scalar(select(func.count(distinct(ref.resource_pk))).where(*target)) or 0
+        in_sight = connection.scalar(
+            select(func.count(distinct(ref.resource_pk))).select_from(ref).join(StoredResource, on)
+            .where(*target, seen)
+        ) or 0
+        first = connection.execute(
+            select(StoredResource.pk, StoredResource.res_type, StoredResource.res_id, func.min(ref.param))
+            .select_from(ref)
+            .join(StoredResource, on)
+            .where(*target, seen)
+            .group_by(StoredResource.pk, StoredResource.res_type, StoredResource.res_id)
+            .order_by(StoredResource.pk)
+            .limit(named)
         ).all()
-        params: dict[int, tuple[str, str]] = {}
-        for pk, source, param in rows:
-            params.setdefault(pk, (source, param))
-        seen: list[str] = []
-        for source in sorted({s for s, _ in params.values()}):
-            pks = [pk for pk, (s, _) in params.items() if s == source]
-            ids = connection.execute(
-                select(StoredResource.pk, StoredResource.res_id)
-                .where(StoredResource.pk.in_(pks), visible(actor, RESOURCES[source]))
-                .order_by(StoredResource.pk)
-            ).all()
-            seen += [f"{source}/{rid} ({params[pk][1]})" for pk, rid in ids]
-        return Referrers(count, tuple(seen[:named]))
+        return Referrers(
+            tuple(f"{t}/{i} ({param})" for _, t, i, param in first), in_sight, hidden=total > in_sight
+        )
 
     def lock_key(self, key: str) -> None:
         """Serialise writers on a key until the transaction ends (PostgreSQL advisory lock).
@@ -883,11 +883,18 @@ class ResourceStore:
 
 @dataclass(frozen=True)
 class Referrers:
-    """`ResourceStore.referrers`: how many live resources refer to one, and those the actor may see
-    (`Type/id (param)`, a few)."""
+    """`ResourceStore.referrers`: a few of the live resources that refer to one and that the actor may
+    see (`Type/id (param)`), how many it may see, and whether others it may not see refer to it too
+    (not how many: that would say more about records out of sight than the refusal must)."""
 
-    count: int
-    visible: tuple[str, ...]
+    named: tuple[str, ...]
+    visible: int
+    hidden: bool
+
+    @property
+    def any(self) -> bool:
+        """Whether anything refers to the resource at all."""
+        return bool(self.visible or self.hidden)
 
 
 def version_window(since: datetime | None, at: tuple[datetime, datetime] | None) -> list[ColumnElement[bool]]:

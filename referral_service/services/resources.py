@@ -705,19 +705,19 @@ def delete(
 
 def ensure_unreferenced(session: Session, actor: Actor, deleted: list[tuple[str, str]]) -> None:
     """409 when a live resource still refers to one of the deleted resources (by a reference search
-    parameter, as HAPI's check does). The message names the first referrers the actor may see, and
-    only counts the others."""
+    parameter, as HAPI's check does). The message names the first referrers the actor may see and
+    counts the rest of those; of referrers out of its sight it says only that there are some."""
     store = ResourceStore(session)
     for res_type, res_id in deleted:
         found = store.referrers(res_type, res_id, actor)
-        if not found.count:
+        if not found.any:
             continue
-        named = ", ".join(found.visible)
-        hidden = found.count - len(found.visible)
-        if named and hidden:
-            named += f" and {hidden} more"
-        elif not named:
-            named = f"{found.count} resource{'s' if found.count > 1 else ''} out of this client's sight"
+        parts = list(found.named)
+        if found.visible > len(found.named):
+            parts.append(f"{found.visible - len(found.named)} more")
+        if found.hidden:
+            parts.append("resources out of this client's sight")
+        named = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
         message = (
             f"{res_type}/{res_id} cannot be deleted: other resources refer to it ({named}); "
             "delete them or change their references first"

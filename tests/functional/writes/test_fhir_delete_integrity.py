@@ -69,7 +69,12 @@ def test_referrers_out_of_sight_are_counted_not_named(platform: Fhir, his: Fhir,
     obs = _created(platform, "Observation", pulse)
     assert his.get(f"Observation/{obs}").status_code == 404
     diagnostics = _conflict(his.delete(f"Encounter/{enc}"))
-    assert obs not in diagnostics and "(1 resource out of this client's sight)" in diagnostics
+    assert obs not in diagnostics and "(resources out of this client's sight)" in diagnostics
+    # A visible referrer beside the hidden one is named; how many are hidden is not said.
+    mine = _created(his, "Observation", vital("8867-4", 72, "/min", f"Encounter/{enc}", f"Patient/{pid}"))
+    diagnostics = _conflict(his.delete(f"Encounter/{enc}"))
+    assert f"(Observation/{mine} (encounter) and resources out of this client's sight)" in diagnostics
+    assert obs not in diagnostics and "1 " not in diagnostics.split("(", 1)[1]
     assert f"Observation/{obs} (encounter)" in _conflict(platform.delete(f"Encounter/{enc}"))
 
 
@@ -141,3 +146,12 @@ def test_a_batch_refuses_only_the_referenced_entry(his: Fhir) -> None:
     assert done["response"]["status"] == "204 No Content"
     assert his.get(f"Patient/{pid}").status_code == 200
     assert his.get(f"Patient/{spare}").status_code == 410
+
+
+def test_many_referrers_are_named_a_few_and_counted(his: Fhir) -> None:
+    pid = _created(his, "Patient", patient(PID))
+    open_visit = encounter(pid) | {"status": "in-progress"}  # (no rules decision refers to it)
+    visits = [_created(his, "Encounter", open_visit) for _ in range(5)]
+    diagnostics = _conflict(his.delete(f"Patient/{pid}"))
+    assert [v for v in visits if f"Encounter/{v} (" in diagnostics] == visits[:3], diagnostics
+    assert "and 2 more)" in diagnostics and "sight" not in diagnostics
