@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -59,6 +59,8 @@ def _parse(text: str) -> Any:
         raise  # NaN or Infinity (`_no_constants`)
     except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
         raise JsonError(f"a number is too long: {exc}") from None
+    except InvalidOperation:  # an exponent beyond what Decimal holds (1e99999999999999999999)
+        raise JsonError("a number's exponent is beyond what can be held (at most 18 digits)") from None
 
 
 def loads(raw: bytes) -> Any:

@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -239,7 +239,10 @@ def _parse_quantity_value(
     number_text = number_text.strip().replace(" ", "+")
     if len(number_text) > 200 or not _SEARCH_NUMBER.fullmatch(number_text):
         raise _bad(f"{name}: {value!r} is not {shape} (a decimal number such as 5.4, -1 or 1e2)", name)
-    number = Decimal(number_text)
+    try:
+        number = Decimal(number_text)
+    except InvalidOperation:  # an exponent beyond what Decimal holds (1e99999999999999999999)
+        number = Decimal("NaN")  # (beyond the range searched)
     if not in_quantity_range(number):
         raise _bad(f"{name}: {number_text!r} is beyond the numbers searched (at most "
                    f"{MAX_QUANTITY_DIGITS} significant digits, between 1e-{MAX_QUANTITY_EXPONENT} and "

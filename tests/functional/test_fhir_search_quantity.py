@@ -372,6 +372,8 @@ MALFORMED = [
     ("value-quantity", "0x10"),
     ("value-quantity", "NaN"),
     ("value-quantity", "1e999"),  # beyond the numbers searched
+    ("value-quantity", "1e99999999999999999999"),  # beyond Decimal's exponent (InvalidOperation: 500)
+    ("combo-value-quantity", "gt-1e-99999999999999999999||kg"),
     ("value-quantity", "|http://unitsofmeasure.org|kg"),  # no number
     ("component-value-quantity", "gt14O"),
     ("value-quantity:exact", "5.4"),
@@ -386,6 +388,19 @@ def test_malformed_values_are_400_naming_the_parameter(setting: Setting, name: s
     outcome = response.json
     assert outcome["resourceType"] == "OperationOutcome"
     assert outcome["issue"][0]["expression"] == [name.partition(":")[0]]
+
+
+def test_a_value_whose_exponent_decimal_cannot_hold_is_400(setting: Setting) -> None:
+    """A JSON number such as 1e99999999999999999999 in a body (Decimal refuses the exponent:
+    InvalidOperation) was a 500; it is 400 as any JSON the service cannot read."""
+    fhir = setting.platform
+    body = jsonio.dumps(observation(setting.mine, WEIGHT, kg(Decimal(70))))
+    for number in ("1e99999999999999999999", "-1E-99999999999999999999"):
+        raw = body.replace(b'"value":70', b'"value":' + number.encode())
+        assert raw != body
+        response = fhir.client.post("/fhir/Observation", data=raw, headers=fhir._headers(), content_type=FHIR)
+        assert response.status_code == 400, response.json
+        assert response.json["resourceType"] == "OperationOutcome"
 
 
 def test_sorting_by_a_quantity_is_400_saying_so(setting: Setting) -> None:
