@@ -42,8 +42,8 @@ def export_month(
     """Export the calendar month holding `month`, all funds, CSV + XLSX, to EXPORT_DIR/monthly/YYYY-MM.
 
     The folder itself gets the whole network's files (a system run, listed to no insurer); each active
-    insurance bureau gets its own set in a subfolder named by its Organization id, holding the
-    settlements it may see (its county's residents, as on its pages and in its own exports) and
+    insurance bureau gets its own set in a subfolder named by its Organization id (`bureau_folder`),
+    holding the settlements it may see (its county's residents, as on its pages and in its own exports) and
     recorded for it, so that it alone lists and downloads them.
     """
     start, end = month_bounds(month)
@@ -53,13 +53,18 @@ def export_month(
         .order_by(Organization.id)
     ).all()
     paths: list[Path] = []
-    for recipient, folder in [(SCHEDULER, target)] + [
-        (bureau_recipient(b), target / re.sub(r"[^A-Za-z0-9_.-]", "_", b)) for b in bureaus
-    ]:
+    runs = [(SCHEDULER, target)] + [(bureau_recipient(b), bureau_folder(target, b)) for b in bureaus]
+    for recipient, folder in runs:
         for fund in FUNDS:
             request = SettlementExportRequest(start, end, fund=fund, formats=("csv", "xlsx"))
             paths += export_settlements(session, recipient, request, folder).paths
     return paths
+
+
+def bureau_folder(target: Path, org_id: str) -> Path:
+    """A bureau's subfolder of a monthly export: `bureau-{id}`, always inside `target` (an id may be
+    `..` in FHIR's id grammar, and any other character is replaced)."""
+    return target / ("bureau-" + re.sub(r"[^A-Za-z0-9.-]", "_", org_id))
 
 
 def run_day(today: date | datetime) -> date:

@@ -415,7 +415,7 @@ def test_the_monthly_run_gives_each_bureau_its_own_countys_files(
     assert len(network) == 3 * len(FUNDS)  # the whole network: CSV, XLSX, manifest per fund
     month = (local_today().replace(day=1), world.period[1])
     for key, office in world.offices.items():
-        folder = tmp_path / "monthly" / office.org
+        folder = tmp_path / "monthly" / f"bureau-{office.org}"
         found = {f: D("0.00") for f in FUNDS}
         claims: set[str] = set()
         for fund in FUNDS:

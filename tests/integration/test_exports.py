@@ -412,7 +412,7 @@ def test_monthly_export_writes_every_fund(march: dict[str, str], tmp_path: Path)
     with database.unit_of_work() as session:  # the run on 1 April exports March
         paths = monthly_export(session, date(2026, 4, 1), settings={"EXPORT_DIR": str(tmp_path)})
     folder = tmp_path / "monthly" / "2026-03"
-    bureau = folder / "insurer-org"  # the county's insurance bureau: its own set, recorded for it
+    bureau = folder / "bureau-insurer-org"  # the county's insurance bureau: its own set, recorded for it
     assert {p.parent for p in paths} == {folder, bureau}
     assert len(paths) == 2 * 3 * len(FUNDS)  # CSV, XLSX, manifest per fund, the network's and the bureau's
     expected = ledger_totals(*MARCH)
