@@ -462,7 +462,7 @@ def constraint_keys() -> frozenset[str]:
     return frozenset(_CHECKERS)
 
 
-_PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2}))?$")
+_PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2}))?\Z", re.ASCII)
 
 
 @_checker("rs-pat-1")

@@ -423,11 +423,13 @@ def _parse_links(rdef: ResourceDef, links: list[str], raw: str, expression: str)
     A link whose reference may point at several types must name one (`subject:Patient`) when more
     than one of them has the next reference parameter (FHIR search.html#chaining); the last link
     is searched on every type that has its parameter, as a one-link chain is."""
-    ref_name, _, target = links[0].partition(":")
+    ref_name, typed, target = links[0].partition(":")
     param = rdef.by_name.get(ref_name)
     if param is None or param.type != "reference":
         raise _bad(f"{expression}: {rdef.type} has no reference parameter {ref_name!r} to chain from",
                    expression)
+    if typed and not target:
+        raise _bad(f"{expression}: the ':' after {ref_name} names no type", expression)
     if target and (target not in RESOURCES or RESOURCES[target].audit_log
                    or (param.targets and target not in param.targets)):
         raise _bad(f"{expression}: {rdef.type}.{ref_name} does not refer to {target!r}", expression)

@@ -194,6 +194,8 @@ def test_chains_that_are_ambiguous_too_deep_or_wrong_are_400(world: World) -> No
         ("Observation?encounter.patient.name:sounds=x", "modifier :sounds"),
         ("Observation?encounter.patient.=x", "a chain ends"),
         ("Observation?encounter..name=x", "a chain ends"),
+        ("Observation?subject:.code=x", "names no type"),  # was taken as no type named: 200
+        ("Observation?encounter.patient:.name=x", "names no type"),
         ("Observation?encounter.patient._has:Observation:patient:code=x", "not _has"),
     ):
         assert_400(p.get(bad), says)

@@ -52,7 +52,7 @@ def fhir_date(text: str | None) -> date | None:
         return date.fromisoformat(text[:10])
 
 
-_PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2}))?$")
+_PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2}))?\Z", re.ASCII)
 
 
 def period_bound(text: str | None, *, end: bool) -> date | None:
