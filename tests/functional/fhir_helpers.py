@@ -135,6 +135,25 @@ def patient(
 RESIDENT_SAMPLE = "620421199003070021"
 
 
+def township_visit(pid: str, status: str = "finished") -> dict[str, Any]:
+    """An outpatient visit of the patient at township clinic th-01 (a finished one gets the rules'
+    decision, `GuidanceResponse/gr-{id}`)."""
+    return {
+        "resourceType": "Encounter",
+        "status": status,
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "serviceProvider": {"reference": "Organization/th-01"},
+    }
+
+
+def created_id(fhir: Fhir, path: str, body: dict[str, Any]) -> str:
+    """POST the resource (201 expected) and answer its id."""
+    response = fhir.post(path, body)
+    assert response.status_code == 201, response.json
+    return str(response.json["id"])
+
+
 def identifier_of(resource: dict[str, Any], system: str) -> str:
     """The value of the resource's identifier in the system."""
     return next(str(i["value"]) for i in resource.get("identifier") or [] if i.get("system") == system)

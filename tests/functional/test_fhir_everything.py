@@ -13,50 +13,19 @@ from sqlalchemy import select
 
 from referral_service.domain.registry import AuditRecord
 from referral_service.extensions import database
-from tests.functional.fhir_helpers import Fhir, organization, patient, token_for, vital
+from tests.functional.fhir_helpers import Fhir, created_id, patient, token_for, township_visit, vital
 
 PID = "620421199003070021"
 OTHER_PID = "620421198505050077"
 
 
-@pytest.fixture
-def platform(client: FlaskClient, make_api_client: Callable[..., tuple[str, str]]) -> Fhir:
-    cid, secret = make_api_client("county-platform", "system/*.cruds", "qs-health-commission")
-    fhir = Fhir(client, token_for(client, cid, secret))
-    for org_id in ("th-01", "th-02"):
-        assert fhir.put(f"Organization/{org_id}", organization(org_id)).status_code == 201
-    return fhir
-
-
-@pytest.fixture
-def his(client: FlaskClient, make_api_client: Callable[..., tuple[str, str]], platform: Fhir) -> Fhir:
-    cid, secret = make_api_client("township-his", "system/*.cruds", "th-01")
-    return Fhir(client, token_for(client, cid, secret))
-
-
-def encounter(pid: str, status: str = "in-progress") -> dict[str, Any]:
-    return {
-        "resourceType": "Encounter",
-        "status": status,
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-        "subject": {"reference": f"Patient/{pid}"},
-        "serviceProvider": {"reference": "Organization/th-01"},
-    }
-
-
-def _created(fhir: Fhir, path: str, body: dict[str, Any]) -> str:
-    response = fhir.post(path, body)
-    assert response.status_code == 201, response.json
-    return str(response.json["id"])
-
-
 def _record(his: Fhir) -> tuple[str, set[str]]:
     """A patient with two visits and a pulse; another patient with a visit. The first's record."""
-    pid = _created(his, "Patient", patient(PID))
-    enc = [_created(his, "Encounter", encounter(pid)) for _ in range(2)]
-    obs = _created(his, "Observation", vital("8867-4", 80, "/min", f"Encounter/{enc[0]}", f"Patient/{pid}"))
-    other = _created(his, "Patient", patient(OTHER_PID, gender="male", birth="1985-05-05"))
-    _created(his, "Encounter", encounter(other))
+    pid = created_id(his, "Patient", patient(PID))
+    enc = [created_id(his, "Encounter", township_visit(pid, "in-progress")) for _ in range(2)]
+    obs = created_id(his, "Observation", vital("8867-4", 80, "/min", f"Encounter/{enc[0]}", f"Patient/{pid}"))
+    other = created_id(his, "Patient", patient(OTHER_PID, gender="male", birth="1985-05-05"))
+    created_id(his, "Encounter", township_visit(other, "in-progress"))
     return pid, {f"Patient/{pid}", f"Encounter/{enc[0]}", f"Encounter/{enc[1]}", f"Observation/{obs}"}
 
 
@@ -95,7 +64,7 @@ def test_pages_follow_storage_order_and_miss_nothing_added_meanwhile(his: Fhir) 
     pid, record = _record(his)
     first = his.get(f"Patient/{pid}/$everything?_count=2").json
     assert "total" not in first and len(_entries(first, "match")) == 2
-    late = _created(his, "Encounter", encounter(pid))  # added between the pages: it comes last
+    late = created_id(his, "Encounter", township_visit(pid, "in-progress"))  # added between pages: last
     pages = [first, *_follow(his, next(lk["url"] for lk in first["link"] if lk["relation"] == "next"))]
     seen = [ref for page in pages for ref in _entries(page, "match")]
     assert seen == [*seen[:-1], f"Encounter/{late}"]
@@ -122,7 +91,7 @@ def test_type_and_since_narrow_the_record(his: Fhir) -> None:
      ("_cursor=bogus", "_cursor"), ("_since=yesterday", "_since")],
 )
 def test_what_it_does_not_take_is_400(his: Fhir, query: str, named: str) -> None:
-    pid = _created(his, "Patient", patient(PID))
+    pid = created_id(his, "Patient", patient(PID))
     response = his.get(f"Patient/{pid}/$everything?{query}")
     assert response.status_code == 400, response.json
     assert response.json["resourceType"] == "OperationOutcome"
@@ -151,12 +120,11 @@ def test_odd_count_and_since_values(his: Fhir) -> None:
 
 
 def test_only_what_the_client_may_see_and_read(
-    client: FlaskClient, make_api_client: Callable[..., tuple[str, str]], his: Fhir, platform: Fhir
+    client: FlaskClient, make_api_client: Callable[..., tuple[str, str]], his: Fhir, platform: Fhir,
+    other_his: Fhir,
 ) -> None:
     pid, record = _record(his)
-    cid, secret = make_api_client("township2-his", "system/*.cruds", "th-02")
-    other_township = Fhir(client, token_for(client, cid, secret))
-    hidden = other_township.get(f"Patient/{pid}/$everything")
+    hidden = other_his.get(f"Patient/{pid}/$everything")
     assert hidden.status_code == 404  # as a read of her: out of sight is unknown
     assert his.get("Patient/nobody/$everything").status_code == 404
     cid, secret = make_api_client("registry-only", "system/Patient.rs", "th-01")
@@ -164,7 +132,7 @@ def test_only_what_the_client_may_see_and_read(
     assert _entries(patients_only.get(f"Patient/{pid}/$everything").json, "match") == [f"Patient/{pid}"]
     cid, secret = make_api_client("visits-only", "system/Encounter.rs", "th-01")
     assert Fhir(client, token_for(client, cid, secret)).get(f"Patient/{pid}/$everything").status_code == 403
-    alone = _created(his, "Patient", patient(None, family="李"))
+    alone = created_id(his, "Patient", patient(None, family="李"))
     assert his.delete(f"Patient/{alone}").status_code == 204
     assert his.get(f"Patient/{alone}/$everything").status_code == 410
     assert set(_entries(platform.get(f"Patient/{pid}/$everything").json, "match")) == record

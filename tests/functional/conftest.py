@@ -1,6 +1,6 @@
-"""Client fixtures of the write tests (PATCH, conditional update and delete): the county platform,
-which registers two townships' clinics, and each township's HIS (what one registers, the other does
-not see)."""
+"""Client fixtures shared by the functional tests that do not define their own (the write tests,
+`$everything`): the county platform, which registers two townships' clinics, and each township's
+HIS (what one registers, the other does not see)."""
 
 from __future__ import annotations
 
