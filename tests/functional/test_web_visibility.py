@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -35,18 +36,23 @@ def _household_code(county: County, patient_id: str) -> str:
     return found.group(1)
 
 
-def _register_son(county: County) -> str:
-    """The clinic registers 李小明 into 李秀英's household; returns his patient id."""
-    form = registration_form(
+def _son_form(household_code: str) -> dict[str, Any]:
+    """The registration of 李小明 into the household with that number."""
+    return registration_form(
         given_name="小明",
         gender="male",
         birth_date="2015-06-01",
         resident_id=resident(date(2015, 6, 1), "male", 31),
         household_mode="existing",
-        household_code=_household_code(county, county.patients["woman"]),
+        household_code=household_code,
         household_income=None,
         coverage_basic=None,
     )
+
+
+def _register_son(county: County) -> str:
+    """The clinic registers 李小明 into 李秀英's household; returns his patient id."""
+    form = _son_form(_household_code(county, county.patients["woman"]))
     response = county.client("clinic").post("/clinic/patients/new", data=form)
     assert response.status_code == 302, field_errors(response.get_data(as_text=True))
     return str(response.headers["Location"]).rsplit("/", 1)[-1]
@@ -83,17 +89,7 @@ def test_a_household_the_clinic_may_not_see_answers_as_an_unknown_number(county:
     other = county.client("clinic2")
     answers = {}
     for label, number in (("hidden", code), ("unknown", "no-such-household")):
-        form = registration_form(
-            given_name="小明",
-            gender="male",
-            birth_date="2015-06-01",
-            resident_id=resident(date(2015, 6, 1), "male", 31),
-            household_mode="existing",
-            household_code=number,
-            household_income=None,
-            coverage_basic=None,
-        )
-        response = other.post("/clinic/patients/new", data=form)
+        response = other.post("/clinic/patients/new", data=_son_form(number))
         answers[label] = (response.status_code, field_errors(response.get_data(as_text=True)))
     assert answers["hidden"] == answers["unknown"]
     assert answers["unknown"] == (422, {"household_code": "No household has this number."})
