@@ -20,7 +20,8 @@ from ..domain.errors import DomainError
 from ..domain.exports import Recipient
 from ..domain.ledger import FUNDS
 from ..services import bulk_export
-from .jobs import export_month, previous_month
+from ..services.ledger_scope import recipient_actor
+from .jobs import export_month, is_bureau, previous_month
 from .settlements import LOCAL_TZ, SettlementExportRequest, count_rows, export_dir, export_settlements
 
 OpenSession = Callable[[], AbstractContextManager[Session]]
@@ -56,19 +57,27 @@ def export_commands(open_session: OpenSession, settings: Mapping[str, Any]) -> c
     @click.option("--identity", type=click.Choice(["masked", "full"]), default="masked")
     @click.option("--recipient-role", type=click.Choice(ROLES), default="insurer",
                   help="role of the person the file is for (decides whether full numbers are allowed)")
+    @click.option("--bureau", default=None,
+                  help="Organization id of an insurance bureau: only the settlements it may see (its "
+                       "county's residents), recorded for it so that it lists and downloads the files "
+                       "(default: the whole network, listed to no one)")
     def settlements(fund: str, start: str, end: str, fmt: str, out: Path | None, hospital: str | None,
-                    identity: str, recipient_role: str) -> None:
+                    identity: str, recipient_role: str, bureau: str | None) -> None:
         """Settlement detail of a period per fund: CSV (UTF-8 with BOM) or XLSX, plus a manifest."""
         request = SettlementExportRequest(
             _day(start), _day(end), fund=None if fund == "all" else fund, hospital_id=hospital,
             formats=("csv", "xlsx") if fmt == "both" else (fmt,), identity=identity,
         )
-        recipient = Recipient(name=f"cli:{getpass.getuser()}", kind="system", role=recipient_role)
+        recipient = Recipient(name=f"cli:{getpass.getuser()}", kind="system", role=recipient_role,
+                              organization_id=bureau)
         target = out or export_dir(settings)
         try:
             request.check()
             with open_session() as session:
-                total = count_rows(session, request)
+                if bureau is not None and not is_bureau(session, bureau):
+                    raise click.BadParameter(f"{bureau!r} is no active insurance bureau",
+                                             param_hint="--bureau")
+                total = count_rows(session, request, recipient_actor(session, recipient))
                 bar: ProgressBar[int] = click.progressbar(
                     length=total, label="exporting", show_pos=True, file=sys.stderr
                 )

@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from ..domain.exports import Recipient
@@ -36,6 +36,16 @@ def bureau_recipient(organization_id: str) -> Recipient:
     return Recipient(name="scheduler", kind="system", role="insurer", organization_id=organization_id)
 
 
+def _bureaus() -> Select[str]:
+    """Ids of the active insurance bureaus."""
+    return select(Organization.id).where(Organization.kind == "insurer", Organization.active.is_(True))
+
+
+def is_bureau(session: Session, organization_id: str) -> bool:
+    """Whether the organisation is an active insurance bureau."""
+    return session.scalar(_bureaus().where(Organization.id == organization_id)) is not None
+
+
 def export_month(
     session: Session, month: date, *, settings: Mapping[str, Any] | None = None, out_dir: Path | None = None
 ) -> list[Path]:
@@ -48,10 +58,7 @@ def export_month(
     """
     start, end = month_bounds(month)
     target = out_dir or export_dir(settings) / "monthly" / start.strftime("%Y-%m")
-    bureaus = session.scalars(
-        select(Organization.id).where(Organization.kind == "insurer", Organization.active.is_(True))
-        .order_by(Organization.id)
-    ).all()
+    bureaus = session.scalars(_bureaus().order_by(Organization.id)).all()
     paths: list[Path] = []
     runs = [(SCHEDULER, target)] + [(bureau_recipient(b), bureau_folder(target, b)) for b in bureaus]
     for recipient, folder in runs:

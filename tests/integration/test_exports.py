@@ -511,6 +511,29 @@ def test_cli_export_with_progress(march: dict[str, str], app: Flask, tmp_path: P
     assert bad.exit_code != 0 and "before it starts" in bad.output
 
 
+def test_cli_export_for_one_bureau(
+    march: dict[str, str], ledger: LedgerFactory, app: Flask, tmp_path: Path
+) -> None:
+    """`--bureau`: the files hold what that bureau may see and are recorded for it (so it lists and
+    downloads them); a bureau of another county, whose residents none of these are, gets no rows."""
+    ledger.org("city-insurer", "云州市医疗保障局", level=None, kind="insurer", district="云州市")
+    runner = app.test_cli_runner()
+    base = ["export", "settlements", "--fund", "basic-insurance",
+            "--from", "2026-03-01", "--to", "2026-03-31"]
+    expected = ledger_totals(*MARCH)["basic-insurance"]
+    for bureau, total in (("insurer-org", expected), ("city-insurer", D("0.00"))):
+        out = tmp_path / bureau
+        result = runner.invoke(args=[*base, "--bureau", bureau, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert _manifest_total(out, "basic-insurance", *MARCH) == total, bureau
+    with database.unit_of_work() as session:
+        owners = session.scalars(select(ExportLog.organization_id).order_by(ExportLog.organization_id)).all()
+    assert owners == ["city-insurer", "insurer-org"]
+    for wrong in ("county-hosp", "nobody"):  # a hospital is no bureau
+        refused = runner.invoke(args=[*base, "--bureau", wrong, "--out", str(tmp_path / "x")])
+        assert refused.exit_code != 0 and "no active insurance bureau" in refused.output
+
+
 def test_cli_monthly_exports_the_month_asked_for(
     march: dict[str, str], app: Flask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
