@@ -154,6 +154,25 @@ def created_id(fhir: Fhir, path: str, body: dict[str, Any]) -> str:
     return str(response.json["id"])
 
 
+def ordered_ids(response: Any) -> list[str]:
+    """The ids of a searchset's matches, in order (the answer must be 200)."""
+    assert response.status_code == 200, response.json
+    return [e["resource"]["id"] for e in response.json.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def paged_ids(fhir: Fhir, url: str) -> list[str]:
+    """The match ids of a search read one entry a page, following its next links (which must keep
+    every parameter: without a chained or `_has` one, the second page would hold everything)."""
+    seen: list[str] = []
+    page = fhir.get(f"{url}&_count=1")
+    while True:
+        seen += ordered_ids(page)
+        nxt = next((lk["url"] for lk in page.json["link"] if lk["relation"] == "next"), None)
+        if nxt is None:
+            return seen
+        page = fhir.client.get(nxt, headers=fhir._headers())
+
+
 def identifier_of(resource: dict[str, Any], system: str) -> str:
     """The value of the resource's identifier in the system."""
     return next(str(i["value"]) for i in resource.get("identifier") or [] if i.get("system") == system)

@@ -64,14 +64,7 @@ class County:
         pid = self.platform.post("Patient", body).json["id"]
         cov = self.platform.post(
             "Coverage",
-            {
-                "resourceType": "Coverage",
-                "status": "active",
-                "type": {"coding": [{"system": COVERAGE_TYPE_SYSTEM, "code": "basic"}]},
-                "beneficiary": {"reference": f"Patient/{pid}"},
-                "payor": [{"reference": "Organization/bureau"}],
-                "period": {"start": coverage_from},
-            },
+            basic_coverage(pid, {"start": coverage_from}),
         )
         assert cov.status_code == 201, cov.json
         return pid, cov.json["id"]
@@ -91,6 +84,18 @@ class County:
         response = self.platform.post("ServiceRequest", body)
         assert response.status_code == 201, response.json
         return str(response.json["id"])
+
+
+def basic_coverage(pid: str, period: dict[str, str]) -> dict[str, Any]:
+    """The patient's basic medical insurance with the county's bureau over the period."""
+    return {
+        "resourceType": "Coverage",
+        "status": "active",
+        "type": {"coding": [{"system": COVERAGE_TYPE_SYSTEM, "code": "basic"}]},
+        "beneficiary": {"reference": f"Patient/{pid}"},
+        "payor": [{"reference": "Organization/bureau"}],
+        "period": period,
+    }
 
 
 def claim(

@@ -14,7 +14,16 @@ from flask.testing import FlaskClient
 
 from referral_service.domain.resident_id import generate
 from referral_service.fhir.codes import ICD10_SYSTEM
-from tests.functional.fhir_helpers import RESIDENT_ID, Fhir, organization, patient, token_for, vital
+from tests.functional.fhir_helpers import (
+    RESIDENT_ID,
+    Fhir,
+    ordered_ids,
+    organization,
+    paged_ids,
+    patient,
+    token_for,
+    vital,
+)
 
 V3 = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 LOINC = "http://loinc.org"
@@ -102,11 +111,6 @@ def ids_of(response: Any, mode: str = "match") -> set[str]:
     assert bundle["resourceType"] == "Bundle"
     assert bundle["type"] == "searchset"
     return {e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == mode}
-
-
-def ordered_ids(response: Any) -> list[str]:
-    assert response.status_code == 200, response.json
-    return [e["resource"]["id"] for e in response.json.get("entry", []) if e["search"]["mode"] == "match"]
 
 
 def assert_400(response: Any) -> None:
@@ -407,7 +411,7 @@ def test_chained_parameters(platform: Fhir, world: World) -> None:
     assert ids_of(platform.get("Encounter?service-provider.identifier=nobody")) == set()
     assert ids_of(platform.get("Encounter?patient.gender=male&status=finished")) == set()
     assert ids_of(platform.get("Encounter?patient.gender=male,female&_sort=date")) == {enc_jan, enc_feb}
-    paged = _paged_ids(platform, "Encounter?patient.name=王&_sort=date")
+    paged = paged_ids(platform, "Encounter?patient.name=王&_sort=date")
     assert paged == [enc_jan, enc_feb]
     # a patient her encounters refer to is not deleted (409): they are still found through her
     assert platform.delete(f"Patient/{world.ming['id']}").status_code == 409
@@ -503,18 +507,6 @@ def test_token_text_modifier_searches_texts_and_displays(platform: Fhir, world: 
     assert ids_of(platform.get(f"Patient?identifier={number}")) == world.ids("fang")  # the rest kept
 
 
-def _paged_ids(platform: Fhir, url: str) -> list[str]:
-    """The match ids of a search read one entry a page, following its next links."""
-    seen: list[str] = []
-    page = platform.get(f"{url}&_count=1")
-    while True:
-        seen += ordered_ids(page)
-        nxt = next((lk["url"] for lk in page.json["link"] if lk["relation"] == "next"), None)
-        if nxt is None:
-            return seen
-        page = platform.client.get(nxt, headers=platform._headers())
-
-
 def test_sort_by_string_token_and_reference_parameters_and_several_keys(platform: Fhir, world: World) -> None:
     """HAPI sorts by any string, token or reference parameter, and by several keys; we answered
     `_sort=family` with 400. Strings sort by their normalised value (case and accents ignored) in
@@ -537,7 +529,7 @@ def test_sort_by_string_token_and_reference_parameters_and_several_keys(platform
     }
     for sort, expected in cases.items():
         assert ordered_ids(platform.get(f"Patient?_sort={sort}")) == expected, sort
-        assert _paged_ids(platform, f"Patient?_sort={sort}") == expected, sort
+        assert paged_ids(platform, f"Patient?_sort={sort}") == expected, sort
     by_subject = sorted([(world.fang["id"], world.enc_jan["id"]), (world.ming["id"], world.enc_feb["id"])])
     assert ordered_ids(platform.get("Encounter?_sort=subject")) == [e for _, e in by_subject]
     assert ordered_ids(platform.get("Encounter?_sort=-subject")) == [e for _, e in reversed(by_subject)]

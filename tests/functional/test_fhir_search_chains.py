@@ -15,7 +15,15 @@ from flask.testing import FlaskClient
 from referral_service.domain.resident_id import generate
 from referral_service.extensions import database
 from referral_service.fhir.store import ResourceStore
-from tests.functional.fhir_helpers import Fhir, organization, patient, token_for, vital
+from tests.functional.fhir_helpers import (
+    Fhir,
+    ordered_ids,
+    organization,
+    paged_ids,
+    patient,
+    token_for,
+    vital,
+)
 
 ORG_ID = "urn:oid:1.2.156.112604"
 V3 = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -101,28 +109,10 @@ def ids_of(response: Any) -> set[str]:
     return set(ordered_ids(response))
 
 
-def ordered_ids(response: Any) -> list[str]:
-    assert response.status_code == 200, response.json
-    return [e["resource"]["id"] for e in response.json.get("entry", []) if e["search"]["mode"] == "match"]
-
-
 def assert_400(response: Any, says: str) -> None:
     assert response.status_code == 400, response.json
     assert response.json["resourceType"] == "OperationOutcome"
     assert says in response.json["issue"][0]["diagnostics"], response.json
-
-
-def paged_ids(fhir: Fhir, url: str) -> list[str]:
-    """The match ids of a search read one entry a page, following its next links (which must keep
-    the chained or `_has` parameter: without it the second page would hold everything)."""
-    seen: list[str] = []
-    page = fhir.get(f"{url}&_count=1")
-    while True:
-        seen += ordered_ids(page)
-        nxt = next((lk["url"] for lk in page.json["link"] if lk["relation"] == "next"), None)
-        if nxt is None:
-            return seen
-        page = fhir.client.get(nxt, headers=fhir._headers())
 
 
 def delete_stored(res_type: str, res_id: str) -> None:

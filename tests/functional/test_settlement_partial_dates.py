@@ -12,8 +12,7 @@ from decimal import Decimal
 import pytest
 from flask.testing import FlaskClient
 
-from referral_service.fhir.codes import COVERAGE_TYPE_SYSTEM
-from tests.functional.settlement_helpers import County, claim, components
+from tests.functional.settlement_helpers import County, basic_coverage, claim, components
 
 
 @pytest.fixture
@@ -50,17 +49,7 @@ def test_poverty_registration_with_partial_dates(
 
 def test_basic_coverage_with_partial_dates(county: County) -> None:
     pid, _ = county.patient(coverage_from="2030-01-01")  # not insured in 2026 by this one
-    coverage = county.platform.post(
-        "Coverage",
-        {
-            "resourceType": "Coverage",
-            "status": "active",
-            "type": {"coding": [{"system": COVERAGE_TYPE_SYSTEM, "code": "basic"}]},
-            "beneficiary": {"reference": f"Patient/{pid}"},
-            "payor": [{"reference": "Organization/bureau"}],
-            "period": {"start": "2018", "end": "2025-12"},
-        },
-    )
+    coverage = county.platform.post("Coverage", basic_coverage(pid, {"start": "2018", "end": "2025-12"}))
     assert coverage.status_code == 201, coverage.json
     cov = coverage.json["id"]
     assert _assistance(county, pid, cov, "2025-12-31") == 0  # insured (not poor) through December
